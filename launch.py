@@ -1,0 +1,16 @@
+"""llmx launcher: compose a config with Hydra and hand it to llmx.run."""
+import hydra
+from omegaconf import DictConfig
+
+import llmx.cli  # noqa: F401  (registers schemas + one-line config errors before Hydra starts)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from llmx.run import run
+
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""One-line config errors for the Hydra launcher.
+
+Hydra prints composition errors over several lines (plus a hint about
+HYDRA_FULL_ERROR), and a Python traceback for errors raised by the task. Our
+contract is one line naming the key, the value and what is allowed, so we
+wrap Hydra's `run_and_report`: config problems (ours, Hydra's, OmegaConf's)
+become one line on stderr and exit code 2; anything else keeps Hydra's report.
+Hydra offers no hook for this, hence the wrap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Callable
+
+import hydra._internal.utils as hydra_utils
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+import llmx.config  # noqa: F401  (schemas + resolvers must exist before composition)
+from llmx.config import UserError
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _allowed_keys(object_type: Any) -> str:
+    if dataclasses.is_dataclass(object_type):
+        return ", ".join(f.name for f in dataclasses.fields(object_type))
+    return ""
+
+
+def _omegaconf_line(ex: OmegaConfBaseException) -> str:
+    key = getattr(ex, "full_key", None) or "?"
+    if isinstance(ex, ConfigKeyError):
+        allowed = _allowed_keys(getattr(ex, "object_type", None))
+        return f"{key}: unknown key" + (f" (allowed here: {allowed})" if allowed else "")
+    if isinstance(ex, ValidationError):
+        msg = str(getattr(ex, "msg", ex)).splitlines()[0]
+        return f"{key}: {msg}"
+    return f"{key}: {str(getattr(ex, 'msg', ex)).splitlines()[0]}"
+
+
+def config_error_line(ex: BaseException) -> str | None:
+    """The one-line message for a config problem, or None if `ex` is not one."""
+    if isinstance(ex, UserError):
+        return f"{ex.kind}: {ex}"
+    if isinstance(ex, MissingConfigException):
+        first = str(ex).splitlines()[0]
+        options = getattr(ex, "options", None)
+        return "config error: " + first + (f" (available: {', '.join(sorted(options))})" if options else "")
+    if isinstance(ex, OverrideParseException):
+        return "config error: bad override: " + " ".join(str(ex).split())
+    cause = ex.__cause__ or ex.__context__
+    if isinstance(ex, OmegaConfBaseException):
+        return "config error: " + _omegaconf_line(ex)
+    if isinstance(ex, ConfigCompositionException):
+        if isinstance(cause, OmegaConfBaseException):
+            return "config error: " + _omegaconf_line(cause)
+        lines = [ln.strip() for ln in str(ex).splitlines() if ln.strip() and "To append to your config" not in ln]
+        return "config error: " + "; ".join(lines)
+    return None
+
+
+def _run_and_report(func: Callable[[], Any]) -> Any:
+    try:
+        return func()
+    except Exception as ex:  # noqa: BLE001 - classified below, re-raised when not ours
+        line = config_error_line(ex)
+        if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return _hydra_run_and_report(lambda: _reraise(ex))
+        sys.stderr.write(f"llmx: {line}\n")
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+def _reraise(ex: BaseException) -> None:
+    raise ex
+
+
+_hydra_run_and_report = hydra_utils.run_and_report
+hydra_utils.run_and_report = _run_and_report

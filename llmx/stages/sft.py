@@ -1,0 +1,119 @@
+"""SFT runner for full fine-tuning, LoRA and Prefix tuning (cfg.stage.peft decides).
+
+Train on {"src", "tgt"} JSONL with loss on answers only, evaluate the held-out
+split before and after (loss + exact match of greedy generations), write
+samples, and export: the full model, or the adapter plus a reference to its
+base (and, for LoRA with merge_adapter, the merged model too).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from llmx.data.sft import Conversation, read_sft_jsonl
+from llmx.stages import register
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Read and check the data files before any heavy import (paddle-free)."""
+    d = cfg.stage.data
+    return {"train": read_sft_jsonl(d.train), "eval": read_sft_jsonl(d.eval) if d.eval else []}
+
+
+def _exact_match(ctx, model, tokenizer, encoder, convs: list[Conversation]) -> tuple[float, list[dict]]:
+    from llmx.engine.generate import greedy_generate
+
+    e = ctx.cfg.stage.eval
+    convs = convs if e.num_samples == -1 else convs[: e.num_samples]
+    prompts = [encoder.prompt_for_generation(c) for c in convs]
+    generated = greedy_generate(model, tokenizer, prompts, e.max_new_tokens, e.batch_size)
+    samples = []
+    for conv, ids in zip(convs, generated):
+        text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        samples.append({"prompt": conv.turns[-1][0], "target": conv.answer, "generated": text.strip(),
+                        "correct": text.strip() == conv.answer.strip()})
+    accuracy = sum(s["correct"] for s in samples) / max(len(samples), 1)
+    return accuracy, samples
+
+
+@register("sft")
+def run(cfg: DictConfig, ctx) -> dict:
+    from llmx.data.sft import SftEncoder
+    from llmx.engine import model as models
+    from llmx.engine.trainer import LlmxTrainer, MetricsCallback, PadCollator, elapsed_before, resume_point, training_arguments
+
+    exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
+    tokenizer = models.build_tokenizer(cfg.model)
+    model = models.build_model(cfg.model, tokenizer, cfg.seed)
+
+    base_ref = cfg.model.name_or_path
+    if method != "none" and base_ref is None:
+        # An adapter must point at weights that exist: keep the random-init base once.
+        base_ref = str(exp.dir / "base_model")
+        if ctx.runtime.is_main and not Path(base_ref, "config.json").exists():
+            models.save_pretrained(model, tokenizer, Path(base_ref), safe_serialization=True)
+    model = models.wrap_peft(model, cfg, base_ref)
+
+    encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
+    train_set = [encoder.encode(c) for c in ctx.inputs["train"]]
+    eval_set = [encoder.encode(c) for c in ctx.inputs["eval"]]
+
+    resume = resume_point(exp)
+    collator = PadCollator(tokenizer.pad_token_id)
+    trainer = LlmxTrainer(
+        model=model,
+        args=training_arguments(cfg, exp, ctx.runtime.device),
+        train_dataset=train_set,
+        eval_dataset=eval_set or None,
+        data_collator=collator,
+        tokenizer=tokenizer,
+        callbacks=[MetricsCallback(exp, collator, elapsed_before(exp) if resume else 0.0)],
+        experiment=exp,
+        keep_checkpoints=stage.train.keep_checkpoints,
+        seed=cfg.seed,
+    )
+
+    evaluate = stage.eval.enabled and bool(eval_set)
+    if evaluate and resume is None:
+        exp.log_metrics({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    summary = {
+        "stage": method if method != "none" else "sft",
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "resumed_from": resume.name if resume else None,
+        "trainable_params": models.count_parameters(model, trainable_only=True),
+        "total_params": models.count_parameters(model),
+    }
+    metrics = exp.read_metrics()
+    train_rows = [r for r in metrics if "loss" in r]
+    if train_rows:
+        summary["final_loss"] = train_rows[-1]["loss"]
+        seconds = sum(r["interval_s"] for r in train_rows)
+        summary["tokens_per_s"] = round(sum(r["tokens"] for r in train_rows) / max(seconds, 1e-9), 2)
+    if evaluate:
+        summary["eval_loss_before"] = next((r["eval_loss"] for r in metrics if "eval_loss" in r), None)
+        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+        summary["exact_match"], samples = _exact_match(ctx, model, tokenizer, encoder, ctx.inputs["eval"])
+        exp.write_samples(samples[: stage.eval.samples_to_log])
+        exp.log_metrics({"step": trainer.state.global_step, "eval_loss": summary["eval_loss"],
+                         "exact_match": summary["exact_match"]})
+
+    if ctx.runtime.is_main:
+        summary.update(_export(cfg, exp, model, tokenizer, base_ref))
+    return summary
+
+
+def _export(cfg: DictConfig, exp, model, tokenizer, base_ref) -> dict:
+    from llmx.engine.model import save_pretrained
+
+    method = cfg.stage.peft.method
+    if method == "none":
+        return {"model_dir": str(save_pretrained(model, tokenizer, exp.dir / "model", safe_serialization=True))}
+    out = {"adapter_dir": str(save_pretrained(model, tokenizer, exp.dir / "adapter")), "base_model": base_ref}
+    if cfg.stage.merge_adapter:
+        model.merge()
+        out["model_dir"] = str(save_pretrained(model.model, tokenizer, exp.dir / "model", safe_serialization=True))
+    return out
