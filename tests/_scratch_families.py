@@ -146,6 +146,7 @@ def gen(model, ids, config, tag):
     print(f"  {tag}: generated shape {toks.shape}: {toks.numpy().tolist()}")
     assert toks.shape[0] == 2 and toks.shape[1] >= 1
     model.train()
+    return toks.numpy()
 
 
 def step(name, fn):
@@ -166,7 +167,8 @@ print(f"{fam}: {type(model).__name__} via {how}; params={sum(int(np.prod(p.shape
 print("  linear layers:", sorted({n.split('.')[-1] for n, l in model.named_sublayers() if 'Linear' in type(l).__name__}))
 
 step("base", lambda: fwd_bwd(model, ids, config, "forward/backward"))
-step("gen", lambda: gen(model, ids, config, "generate"))
+BASE_GEN = {}
+step("gen", lambda: BASE_GEN.setdefault("t", gen(model, ids, config, "generate")))
 
 
 def lora():
@@ -223,7 +225,11 @@ step("prefix", prefix)
 
 def prefix_gen():
     config, pm = make_prefix()
-    gen(pm, ids, config, "prefix generate")
+    for p in pm.prefix_encoder.parameters():  # make the prefix matter so a dropped prefix would show
+        p.set_value(paddle.normal(0.0, 1.0, p.shape))
+    t = gen(pm, ids, config, "prefix generate (prefix ~ N(0,1))")
+    if "t" in BASE_GEN:
+        print("  prefix changed generated tokens:", bool((t != BASE_GEN["t"]).any()))
 
 
 step("prefix_gen", prefix_gen)

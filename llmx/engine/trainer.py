@@ -64,6 +64,7 @@ def training_arguments(cfg: DictConfig, exp: Experiment, device: str, **extra) -
         sharding_parallel_degree=p.sharding,
         sharding=f"stage{p.sharding_stage}" if p.sharding_stage else "",
         sequence_parallel=p.sequence_parallel,
+        unified_checkpoint=True,  # safetensors weights that from_pretrained loads directly
     )
     args.update(extra)
     return TrainingArguments(**args)
@@ -160,6 +161,7 @@ class LlmxTrainer(Trainer):
             written = staging / f"checkpoint-{self.state.global_step}"
             final = self.experiment.commit_checkpoint(written, self.state.global_step, self.keep_checkpoints)
             log.info("checkpoint committed: %s", final)
+            staging.rmdir()  # empty now; its presence would mean an interrupted save
         if self.args.world_size > 1:
             paddle.distributed.barrier()
 

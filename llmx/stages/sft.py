@@ -77,11 +77,10 @@ def run(cfg: DictConfig, ctx) -> dict:
     evaluate = stage.eval.enabled and bool(eval_set)
     if evaluate and resume is None:
         exp.log_metrics({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     summary = {
         "stage": method if method != "none" else "sft",
-        "train_loss": result.training_loss,
         "steps": trainer.state.global_step,
         "resumed_from": resume.name if resume else None,
         "trainable_params": models.count_parameters(model, trainable_only=True),
@@ -90,6 +89,8 @@ def run(cfg: DictConfig, ctx) -> dict:
     metrics = exp.read_metrics()
     train_rows = [r for r in metrics if "loss" in r]
     if train_rows:
+        # From metrics.jsonl rather than the Trainer's own average, which restarts on resume.
+        summary["train_loss"] = sum(r["loss"] for r in train_rows) / len(train_rows)
         summary["final_loss"] = train_rows[-1]["loss"]
         seconds = sum(r["interval_s"] for r in train_rows)
         summary["tokens_per_s"] = round(sum(r["tokens"] for r in train_rows) / max(seconds, 1e-9), 2)
