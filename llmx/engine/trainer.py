@@ -12,6 +12,7 @@ parallelism untouched. What we add is what the Trainer does not do:
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -168,6 +169,8 @@ class LlmxTrainer(Trainer):
 
 def resume_point(exp: Experiment) -> Optional[Path]:
     """The checkpoint a re-launched run continues from (None for a fresh run)."""
+    if exp.writer:  # whatever a killed run left half-written is never resumed from
+        shutil.rmtree(exp.staging_dir(), ignore_errors=True)
     ckpt = exp.latest_checkpoint()
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
