@@ -143,6 +143,8 @@ def gen(model, ids, config, tag):
             **extra,
         )
     toks = out[0] if isinstance(out, (tuple, list)) else out
+    if isinstance(out, (tuple, list)) and len(out) > 1 and out[1] is not None:
+        print(f"  {tag}: scores {np.round(out[1].numpy().reshape(-1), 5).tolist()}")
     print(f"  {tag}: generated shape {toks.shape}: {toks.numpy().tolist()}")
     assert toks.shape[0] == 2 and toks.shape[1] >= 1
     model.train()

@@ -1,0 +1,143 @@
+"""End-to-end SFT runs through `python launch.py`, on CPU with the bundled tiny model."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import FAST, REPO, launch, read_json, read_jsonl
+
+RUN_FILES = [".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "provenance.json",
+             "metrics.jsonl", "summary.json", "samples.jsonl", "llmx.log", "checkpoints/latest", "model/config.json"]
+
+
+def test_default_job_leaves_a_complete_run_dir_and_learns(tmp_path):
+    """`python launch.py` with no overrides but the run dir: the README's main job."""
+    run = tmp_path / "default"
+    launch(f"hydra.run.dir={run}")
+    for name in RUN_FILES:
+        assert (run / name).exists(), f"missing {name}"
+    summary = read_json(run / "summary.json")
+    assert summary["eval_loss"] < summary["eval_loss_before"] - 1.0, summary
+    assert 0.0 <= summary["exact_match"] <= 1.0
+    prov = read_json(run / "provenance.json")
+    assert prov["world_size"] == 1 and prov["seed"] == 42 and prov["devices"] == ["cpu"]
+    assert prov["versions"]["paddlenlp"] == "3.0.0b4"
+    assert "git_sha" in prov["code"] and prov["command"][-1] == f"hydra.run.dir={run}"
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(10, summary["steps"] + 1, 10))
+    assert all(r["tokens_per_s"] > 0 and r["lr"] >= 0 for r in rows)
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 8 and {"prompt", "target", "generated", "correct"} <= set(samples[0])
+    ckpt = run / "checkpoints" / (run / "checkpoints/latest").read_text().strip()
+    assert ckpt.name == f"step-{summary['steps']}" and (ckpt / "trainer_state.json").exists()
+    assert any(p.suffix == ".safetensors" for p in ckpt.iterdir())
+    assert "summary" in (run / "llmx.log").read_text()
+
+
+SHORT = [*FAST, "stage.train.max_steps=30", "stage.train.save_steps=10", "stage.train.logging_steps=2",
+         "stage.eval.enabled=false"]
+
+
+def _losses(run) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+
+
+def test_same_seed_same_losses_and_sigkill_resume_matches(tmp_path):
+    a, b, killed = tmp_path / "a", tmp_path / "b", tmp_path / "killed"
+    launch(f"hydra.run.dir={a}", *SHORT)
+    launch(f"hydra.run.dir={b}", *SHORT)
+    assert _losses(a) == _losses(b), "same seed must give identical losses on CPU"
+    assert len(_losses(a)) == 15
+
+    proc = subprocess.Popen([sys.executable, "launch.py", f"hydra.run.dir={killed}", *SHORT], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    first = latest.read_text().strip()
+
+    out = launch(f"hydra.run.dir={killed}", *SHORT)
+    assert f"resuming from {killed / 'checkpoints' / first}" in out.stderr + out.stdout + (killed / "llmx.log").read_text()
+    assert read_json(killed / "summary.json")["resumed_from"] == first
+    resumed, reference = _losses(killed), _losses(a)
+    assert [s for s, _ in resumed] == [s for s, _ in reference], "metrics.jsonl must continue without gaps or repeats"
+    for (step, got), (_, want) in zip(resumed, reference):
+        assert got == pytest.approx(want, abs=1e-6), f"step {step}"
+
+
+def test_lora_trains_only_adapters_and_merge_matches(tmp_path):
+    run = tmp_path / "lora"
+    launch(f"hydra.run.dir={run}", "stage=lora", "stage.merge_adapter=true", "stage.train.max_steps=40",
+           "stage.eval.num_samples=16", *FAST)
+    summary = read_json(run / "summary.json")
+    # LoRA A (in x r) and B (r x out) on each target projection of the tiny llama
+    # (hidden 64, 4 heads / 2 kv heads of 16, intermediate 128, 2 layers), r=8.
+    r, h, kv, ffn = 8, 64, 32, 128
+    per_layer = sum(r * (i + o) for i, o in [(h, h), (h, kv), (h, kv), (h, h), (h, ffn), (h, ffn), (ffn, h)])
+    assert summary["trainable_params"] == 2 * per_layer
+    assert summary["eval_loss"] < summary["eval_loss_before"]
+
+    adapter_bytes = sum(p.stat().st_size for p in (run / "adapter").glob("lora_model_state*"))
+    base_bytes = sum(p.stat().st_size for p in (run / "base_model").glob("*.safetensors"))
+    assert 0 < adapter_bytes < 0.2 * base_bytes
+    assert summary["base_model"] == str(run / "base_model")
+    assert (run / "adapter/lora_config.json").exists()
+
+    # base + adapter and the merged model generate the same tokens
+    check = f"""
+import json, paddle
+from paddlenlp.peft import LoRAModel
+from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+from llmx.data.sft import SftEncoder, read_sft_jsonl
+from llmx.config import asset_path
+from llmx.engine.generate import greedy_generate
+tok = AutoTokenizer.from_pretrained("{run}/adapter")
+enc = SftEncoder(tok, 128, 96)
+prompts = [enc.prompt_for_generation(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:16]]
+base = AutoModelForCausalLM.from_pretrained("{run}/base_model")
+with_adapter = LoRAModel.from_pretrained(base, "{run}/adapter")
+merged = AutoModelForCausalLM.from_pretrained("{run}/model")
+a = greedy_generate(with_adapter, tok, prompts, 8, 8)
+b = greedy_generate(merged, tok, prompts, 8, 8)
+print(json.dumps({{"same": a == b, "n": len(a), "nonempty": sum(map(len, a))}}))
+"""
+    out = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = read_json_line(out.stdout)
+    assert result["n"] == 16 and result["nonempty"] > 0 and result["same"], result
+
+
+def read_json_line(stdout: str) -> dict:
+    import json
+
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def test_prefix_tuning_trains_and_evaluates(tmp_path):
+    run = tmp_path / "prefix"
+    launch(f"hydra.run.dir={run}", "stage=prefix", "stage.train.max_steps=40", "stage.eval.num_samples=16", *FAST)
+    summary = read_json(run / "summary.json")
+    # 16 prefix tokens x (key + value) x 2 layers x 2 kv heads x head dim 16
+    assert summary["trainable_params"] == 16 * 2 * 2 * 2 * 16
+    assert summary["eval_loss"] < summary["eval_loss_before"]
+    assert "exact_match" in summary and len(read_jsonl(run / "samples.jsonl")) == 8
+    assert (run / "adapter/prefix_config.json").exists()
+
+
+def test_qwen2_tiny_lora(tmp_path):
+    run = tmp_path / "qwen2"
+    launch(f"hydra.run.dir={run}", "model=qwen2", "model.size=tiny", "stage=lora", "stage.train.max_steps=20",
+           "stage.eval.num_samples=8", *FAST)
+    summary = read_json(run / "summary.json")
+    assert summary["steps"] == 20 and summary["eval_loss"] < summary["eval_loss_before"]
+    config = read_json(run / "base_model/config.json")
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["hidden_size"] == 64
