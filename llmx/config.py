@@ -7,6 +7,7 @@ paddle, so composing and validating a config stays fast.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,7 @@ def _existing(key: str, value: Optional[str], what: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check values and combinations; raise ConfigError with one line on the first problem."""
+    _check_known_keys(cfg, "")
     _validate_model(cfg.model)
     _validate_parallel(cfg.parallel)
     _one_of("quant.algorithm", cfg.quant.algorithm, QUANT_ALGORITHMS)
@@ -199,6 +201,20 @@ def validate(cfg: DictConfig) -> None:
     _one_of("stage.runner", cfg.stage.runner, RUNNERS)
     if cfg.stage.runner == "sft":
         _validate_sft_stage(cfg.stage, cfg.model)
+
+
+def _check_known_keys(node: DictConfig, prefix: str) -> None:
+    """`+key=value` adds keys past the schemas' struct check; a key no schema declares is a typo."""
+    schema = OmegaConf.get_type(node)
+    names = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        if names is not None and key not in names:
+            value = node[key]
+            _fail(f"{prefix}{key}", OmegaConf.to_container(value) if isinstance(value, DictConfig) else value,
+                  f"unknown key (allowed here: {', '.join(names)})")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and names is not None:  # free-form dicts (sizes, overrides) take any key
+            _check_known_keys(child, f"{prefix}{key}.")
 
 
 def _validate_model(m: DictConfig) -> None:

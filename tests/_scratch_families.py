@@ -20,7 +20,7 @@ paddle.set_default_dtype("float32")
 fam = sys.argv[1]
 only = sys.argv[2:] or ["base", "gen", "lora", "prefix", "prefix_gen"]
 mc = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model" / f"{fam}.yaml"))
-kw = {**mc["sizes"]["tiny"], **mc["overrides"]}
+kw = {**mc["sizes"]["tiny"], **mc["overrides"], **__import__("json").loads(__import__("os").environ.get("OVR", "{}"))}
 results = {}
 
 
@@ -194,22 +194,10 @@ def make_prefix():
     from llmx.engine.prefix_hooks import prefix_hooks
 
     config, m, _ = build()
+    from llmx.engine.prefix_hooks import prefix_dims
+
     pad, post = prefix_hooks(fam)
-    heads = config.num_attention_heads
-    layers = config.n_layer if fam == "bloom" else config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or getattr(config, "kv_channels", None) or config.hidden_size // heads
-    if fam == "chatglm2":
-        kvh = config.multi_query_group_num
-    else:
-        kvh = getattr(config, "num_key_value_heads", None)
-    pc = PrefixConfig(
-        num_prefix_tokens=4,
-        num_attention_heads=heads,
-        num_hidden_layers=layers,
-        hidden_size=heads * head_dim,
-        multi_query_group_num=kvh,
-        dtype="float32",
-    )
+    pc = PrefixConfig(num_prefix_tokens=4, dtype="float32", **prefix_dims(fam, config))
     pm = PrefixModelForCausalLM(m, pc, postprocess_past_key_value=post, pad_attention_mask=pad)
     return config, pm
 

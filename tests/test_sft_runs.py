@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,3 +142,22 @@ def test_qwen2_tiny_lora(tmp_path):
     assert summary["steps"] == 20 and summary["eval_loss"] < summary["eval_loss_before"]
     config = read_json(run / "base_model/config.json")
     assert config["architectures"] == ["Qwen2ForCausalLM"] and config["hidden_size"] == 64
+
+
+@pytest.mark.parametrize("stage", ["lora", "prefix"])
+def test_adapter_runs_resume_from_their_checkpoints(tmp_path, stage):
+    """Adapter checkpoints use other formats than full ones; a re-launch must still continue exactly."""
+    run = tmp_path / stage
+    args = [f"hydra.run.dir={run}", f"stage={stage}", *SHORT, "stage.train.max_steps=20"]
+    launch(*args)
+    reference = _losses(run)
+    # pretend the run died right after its first checkpoint
+    shutil.rmtree(run / "checkpoints/step-20")
+    (run / "checkpoints/latest").write_text("step-10\n")
+    (run / "summary.json").unlink()
+    launch(*args)
+    assert read_json(run / "summary.json")["resumed_from"] == "step-10"
+    resumed = _losses(run)
+    assert [s for s, _ in resumed] == [s for s, _ in reference]
+    for (step, got), (_, want) in zip(resumed, reference):
+        assert got == pytest.approx(want, abs=1e-6), f"step {step}"

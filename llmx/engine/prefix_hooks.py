@@ -1,9 +1,10 @@
 """Per-family hooks for paddlenlp.peft prefix tuning (PrefixModelForCausalLM).
 
-The prefix encoder yields one tensor [batch, prefix_len, 2 * num_layers, kv_heads, head_dim];
-`postprocess_past_key_value` turns it into the per-layer (key, value) cache that family's
-attention concatenates in front of its own keys/values, and `pad_attention_mask` (None means
-PrefixModelForCausalLM's default: prepend ones on the last axis) widens the mask to cover it.
+The prefix encoder yields one tensor [batch, prefix_len, 2 * num_layers, kv_heads, head_dim].
+`postprocess_past_key_value` turns it into the per-layer (key, value) cache in the layout that
+family's attention concatenates in front of its own keys/values; `pad_attention_mask` widens the
+mask over the prefix (None = PrefixModelForCausalLM's default: prepend ones on the last axis).
+Yuan is absent on purpose: in training it rebuilds its own [b, 1, s, s] mask and ignores a cache.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import paddle
 
 
 def _per_layer(kv: paddle.Tensor, perm) -> tuple:
-    # Move the 2*layers axis to the front in the family's cache layout, first half keys, second half values.
+    # perm puts the 2*layers axis first in the family's layout; first half are keys, second half values.
     keys, values = paddle.transpose(kv, perm=perm).split(2)
     return tuple(zip(keys, values))
 
@@ -34,7 +35,7 @@ def seq_batch_heads(kv):
 
 
 def opt_cache(kv):
-    """OPT only reuses a cache that is its MultiHeadAttention.Cache namedtuple, [batch, heads, seq, head_dim]."""
+    """OPT only reuses a cache given as its MultiHeadAttention.Cache namedtuple ([batch, heads, seq, head_dim])."""
     from paddlenlp.transformers.opt.modeling import MultiHeadAttention
 
     return tuple(MultiHeadAttention.Cache(k, v) for k, v in batch_heads_seq(kv))
@@ -51,20 +52,20 @@ def ones_in_front_or_none(input_ids_shape, num_prefix_tokens, attention_mask):
 
 # family -> (pad_attention_mask, postprocess_past_key_value)
 _HOOKS = {
-    "llama": (None, batch_seq_heads),  # LlamaAttention concatenates past keys on axis 1
+    "llama": (None, batch_seq_heads),  # LlamaAttention concatenates the past on axis 1
     "baichuan": (None, batch_seq_heads),  # runs on the Llama code
     "qwen": (None, batch_seq_heads),  # QWenAttention concatenates on axis 1
     "qwen2": (None, batch_seq_heads),  # Qwen2Attention concatenates on axis 1
     "mixtral": (None, batch_seq_heads),  # MixtralAttention concatenates on axis 1
     "gemma": (None, batch_seq_heads),  # GemmaAttention concatenates on axis 1
-    # GPT's attention concatenates on axis 1; its generate drops attention_mask, which the default pad can't take.
+    "bloom": (None, batch_seq_heads),  # BloomAttention concatenates on axis 1 (in this paddlenlp)
+    # GPT concatenates on axis 1; its generate passes attention_mask=None, which the default pad can't take.
     "gpt3": (ones_in_front_or_none, batch_seq_heads),
-    "bloom": (None, batch_seq_heads),  # BloomAttention concatenates on axis 1 (this paddlenlp version)
     "mistral": (None, batch_heads_seq),  # MistralAttention keeps heads before seq (axis 2)
-    "opt": (None, opt_cache),  # heads before seq, wrapped in its Cache namedtuple
-    # ChatGLM v1's 4-D mask uses 1 = attend, so the default (prepend ones on the last axis) is right.
+    "opt": (None, opt_cache),  # heads before seq, and it must be OPT's Cache namedtuple
+    # ChatGLM's 4-D mask means 1 = attend here, so the default ones-padding is right.
     "chatglm": (None, seq_batch_heads),  # sequence-first layout
-    "chatglm2": (None, seq_batch_heads),  # sequence-first layout, kv heads = multi_query_group_num
+    "chatglm2": (None, seq_batch_heads),  # sequence-first layout; kv heads = multi_query_group_num
 }
 
 
@@ -76,3 +77,14 @@ def prefix_hooks(family: str) -> Tuple[Optional[Callable], Callable]:
         raise ValueError(
             f"prefix tuning is not supported for model family {family!r}; supported: {', '.join(sorted(_HOOKS))}"
         ) from None
+
+
+def prefix_dims(family: str, config) -> dict:
+    """PrefixConfig sizes: hidden_size must be heads * head_dim (Gemma-7B's head_dim is not hidden / heads)."""
+    heads = config.num_attention_heads
+    layers = config.n_layer if family == "bloom" else config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "kv_channels", None) or config.hidden_size // heads
+    kv_heads = config.multi_query_group_num if family == "chatglm2" else getattr(config, "num_key_value_heads", None)
+    return dict(
+        num_attention_heads=heads, num_hidden_layers=layers, hidden_size=heads * head_dim, multi_query_group_num=kv_heads
+    )

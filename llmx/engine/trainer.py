@@ -65,7 +65,10 @@ def training_arguments(cfg: DictConfig, exp: Experiment, device: str, **extra) -
         sharding_parallel_degree=p.sharding,
         sharding=f"stage{p.sharding_stage}" if p.sharding_stage else "",
         sequence_parallel=p.sequence_parallel,
-        unified_checkpoint=True,  # safetensors weights that from_pretrained loads directly
+        # Safetensors weights that from_pretrained loads directly. PaddleNLP's unified
+        # checkpoint cannot save PrefixModelForCausalLM (no can_generate), so prefix
+        # runs keep the Trainer's classic format.
+        unified_checkpoint=cfg.stage.peft.method != "prefix",
     )
     args.update(extra)
     return TrainingArguments(**args)

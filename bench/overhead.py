@@ -1,0 +1,164 @@
+"""llmx overhead: `python launch.py` SFT vs the same SFT written directly on PaddleNLP's Trainer.
+
+Both runs train the bundled tiny Llama (random init, same seed) on the bundled
+demo data with the same tokenizer, encoding, data order and hyperparameters, on
+CPU, in fresh processes (so both pay their imports), alternating A/B per round.
+Reported: process wall time, steady-state step time (median over logging
+intervals of interval_runtime / logging_steps, first interval skipped) and the
+loss agreement at every logged step.
+
+    python bench/overhead.py                    # 3 rounds x 300 steps, ~3-4 min on 2 cores
+    python bench/overhead.py --rounds 5 --steps 500 --threads 1
+"""
+from __future__ import annotations
+
+import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Phases read from PaddleNLP's own log lines, printed the same way by both runs.
+TRAIN_START = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\].*\*\*\*\*\* Running training \*\*\*\*\*")
+TRAIN_RUNTIME = re.compile(r"train_runtime: ([\d.]+)")
+
+
+def direct(args) -> None:
+    """The baseline a PaddleNLP user would write; only data reading/encoding and the
+    sampler come from llmx, so that both runs see identical batches."""
+    import paddle
+    from omegaconf import OmegaConf
+    from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
+    from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llmx.config import asset_path
+    from llmx.data.sft import SftEncoder, pad_batch, read_sft_jsonl
+    from llmx.engine.trainer import SeededBatchSampler  # llmx's (seed, epoch) data order
+
+    paddle.set_device("cpu")
+    tok = AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer"))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    sizes = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/model/llama.yaml").sizes.tiny)
+    config = LlamaConfig(**sizes)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):  # as llmx does for random init
+        if getattr(tok, name, None) is not None:
+            setattr(config, name, getattr(tok, name))
+    config.dtype = "float32"
+    paddle.seed(args.seed)
+    model = LlamaForCausalLM.from_config(config, dtype="float32")
+
+    encoder = SftEncoder(tok, max_length=128, src_length=96)  # llmx's SftDataConfig defaults
+    train_set = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))]
+
+    def collate(features):
+        return {k: paddle.to_tensor(v) for k, v in pad_batch(features, tok.pad_token_id).items()}
+
+    rows = []
+
+    class Record(TrainerCallback):
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs and "interval_runtime" in logs:
+                rows.append({"step": state.global_step, "loss": logs["loss"], "interval_s": logs["interval_runtime"]})
+
+    class SameOrderTrainer(Trainer):
+        def _get_train_sampler(self):
+            return SeededBatchSampler(self.train_dataset, self.args.per_device_train_batch_size, seed=args.seed)
+
+    out = Path(args.out)
+    targs = TrainingArguments(
+        output_dir=str(out), seed=args.seed, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=args.logging_steps, save_strategy="no", evaluation_strategy="no", disable_tqdm=True,
+        report_to=["visualdl"], logging_dir=str(out / "visualdl"),  # PaddleNLP's default reporter, as llmx
+        dataloader_num_workers=0, remove_unused_columns=False, device="cpu")
+    SameOrderTrainer(model=model, args=targs, train_dataset=train_set, data_collator=collate,
+                     callbacks=[Record()]).train()
+    (out / "metrics.json").write_text(json.dumps(rows))
+
+
+def timed(cmd: list[str], env: dict, log: Path) -> dict:
+    """Run one process; wall time plus startup/train/teardown split from its log lines."""
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.time() - t0
+    log.write_text(proc.stdout)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
+    start = datetime.strptime(TRAIN_START.search(proc.stdout).group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    train = float(TRAIN_RUNTIME.search(proc.stdout).group(1))
+    return {"wall": wall, "startup": start - t0, "train": train, "after": wall - (start - t0) - train}
+
+
+def step_time(rows: list[dict], logging_steps: int) -> float:
+    return statistics.median(r["interval_s"] / logging_steps for r in rows[1:])  # [0] is warm-up
+
+
+def one_round(args, env: dict, tmp: Path, r: int, llmx_first: bool) -> dict:
+    run_dir, out = tmp / f"llmx{r}", tmp / f"direct{r}"
+    llmx_cmd = [sys.executable, "launch.py", f"seed={args.seed}", "device=cpu", f"stage.train.max_steps={args.steps}",
+                f"stage.train.batch_size={args.batch_size}", f"stage.train.lr={args.lr}",
+                f"stage.train.logging_steps={args.logging_steps}", "stage.train.save_steps=100000000",
+                "stage.train.progress_bar=false", "stage.eval.enabled=false", f"hydra.run.dir={run_dir}"]
+    direct_cmd = [sys.executable, "bench/overhead.py", "--direct", "--out", str(out), "--seed", str(args.seed),
+                  "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+                  "--logging-steps", str(args.logging_steps)]
+    res = {}
+    for name in (("llmx", "direct") if llmx_first else ("direct", "llmx")):
+        res[name] = timed(llmx_cmd if name == "llmx" else direct_cmd, env, tmp / f"{name}{r}.log")
+    res["llmx"]["rows"] = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    res["direct"]["rows"] = json.loads((out / "metrics.json").read_text())
+    for v in res.values():
+        v["step"] = step_time(v["rows"], args.logging_steps)
+    a, b = ({x["step"]: x["loss"] for x in res[k]["rows"]} for k in ("llmx", "direct"))
+    res["loss_diff"] = max(abs(a[s] - b[s]) for s in a.keys() & b.keys()) if a.keys() & b.keys() else float("nan")
+    res["steps_compared"] = len(a.keys() & b.keys())
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP/MKL threads, the same for both runs")
+    p.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)  # internal: the baseline process
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.direct:
+        return direct(args)
+
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+           "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    print(f"tiny Llama SFT on CPU: {args.steps} steps, batch {args.batch_size}, lr {args.lr}, "
+          f"log every {args.logging_steps}, {args.threads} threads, {args.rounds} rounds (alternating order)")
+    hdr = f"{'round':>6} | {'wall llmx':>9} {'direct':>7} {'ratio':>6} | {'step ms llmx':>12} {'direct':>7} {'ratio':>6} | loss max|diff|"
+    print(hdr + "\n" + "-" * len(hdr))
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="llmx-overhead-") as tmp:
+        for r in range(args.rounds):
+            res = one_round(args, env, Path(tmp), r, llmx_first=r % 2 == 0)
+            rounds.append(res)
+            L, D = res["llmx"], res["direct"]
+            print(f"{r + 1:>6} | {L['wall']:>8.2f}s {D['wall']:>6.2f}s {L['wall'] / D['wall']:>6.3f} | "
+                  f"{L['step'] * 1e3:>12.2f} {D['step'] * 1e3:>7.2f} {L['step'] / D['step']:>6.3f} | "
+                  f"{res['loss_diff']:.2e} ({res['steps_compared']} steps)", flush=True)
+    med = lambda name, key: statistics.median(x[name][key] for x in rounds)
+    wall_ratio = statistics.median(x["llmx"]["wall"] / x["direct"]["wall"] for x in rounds)
+    step_ratio = statistics.median(x["llmx"]["step"] / x["direct"]["step"] for x in rounds)
+    print(f"{'median':>6} | {med('llmx', 'wall'):>8.2f}s {med('direct', 'wall'):>6.2f}s {wall_ratio:>6.3f} | "
+          f"{med('llmx', 'step') * 1e3:>12.2f} {med('direct', 'step') * 1e3:>7.2f} {step_ratio:>6.3f} |")
+    print("\nwhere the wall time goes (median s): launch->'Running training' | train_runtime | after training")
+    for name in ("llmx", "direct"):
+        print(f"  {name:>6}: {med(name, 'startup'):7.2f} | {med(name, 'train'):7.2f} | {med(name, 'after'):7.2f}")
+    worst = max(x["loss_diff"] for x in rounds)
+    print(f"losses: max |llmx - direct| = {worst:.2e} over all rounds "
+          f"({'same data order and init' if worst < 1e-4 else 'the runs are NOT the same computation: check data order/init'})")
+    print(f"overhead: step-time ratio {step_ratio:.3f} (target <= 1.01), wall-time ratio {wall_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

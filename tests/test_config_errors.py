@@ -1,0 +1,91 @@
+"""Bad configs and bad data fail before any heavy import, with exit code 2 and one stderr line
+naming the key, the bad value and what is allowed (each case is a real `python launch.py`)."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import HEAVY_IMPORT_MARK, config_error, run_python
+
+LLAMA_SIZES = "tiny, 7b, 13b, 70b"
+TRAIN_KEYS = "max_steps, epochs, batch_size, grad_accum, lr, lr_scheduler, warmup_steps"
+
+# (overrides, substrings the one line must contain)
+BAD_CONFIGS = {
+    "unknown_key": (["stage.train.lrr=1"],
+                    ["config error: stage.train.lrr: unknown key", f"allowed here: {TRAIN_KEYS}"]),
+    "unknown_key_appended": (["+stage.train.lrr=1"],
+                             ["config error: stage.train.lrr=1: unknown key", f"allowed here: {TRAIN_KEYS}"]),
+    "unknown_top_level_key": (["foo=1"],
+                              ["foo: unknown key", "allowed here: model, stage, parallel, quant, seed, device"]),
+    "wrong_type_int": (["stage.train.batch_size=abc"],
+                       ["stage.train.batch_size", "'abc'", "could not be converted to Integer"]),
+    "wrong_type_float": (["stage.train.lr=abc"], ["stage.train.lr", "'abc'", "could not be converted to Float"]),
+    "bad_override_syntax": (["stage.train.lr=[1"], ["config error: bad override", "'[1'"]),
+    "unknown_model": (["model=nope"],
+                      ["Could not find 'model/nope'", "available: baichuan, bloom, chatglm", "qwen2, tiny, yuan"]),
+    "unknown_stage": (["stage=nope"], ["Could not find 'stage/nope'", "available: lora, prefix, sft"]),
+    "unknown_parallel": (["parallel=nope"], ["Could not find 'parallel/nope'", "available: single"]),
+    "unknown_quant": (["quant=nope"], ["Could not find 'quant/nope'", "available: none"]),
+    "model_size": (["model.size=99b"], ["model.size='99b'", f"allowed for llama: {LLAMA_SIZES}"]),
+    "model_size_other_family": (["model=qwen2", "model.size=7b1"],
+                                ["model.size='7b1'", "allowed for qwen2: tiny, 0.5b, 1.5b, 7b, 72b"]),
+    "model_dtype": (["model.dtype=int8"], ["model.dtype='int8'", "allowed: float32, bfloat16, float16"]),
+    "lr_zero": (["stage.train.lr=0"], ["stage.train.lr=0.0", "must be > 0"]),
+    "lr_scheduler": (["stage.train.lr_scheduler=foo"],
+                     ["stage.train.lr_scheduler='foo'", "allowed: cosine, linear, constant"]),
+    "peft_method": (["stage.peft.method=adapterx"], ["stage.peft.method='adapterx'", "allowed: none, lora, prefix"]),
+    "merge_adapter_without_lora": (["stage.merge_adapter=true"],
+                                   ["stage.merge_adapter=True", "needs stage.peft.method=lora"]),
+    "lora_rank_zero": (["stage=lora", "stage.peft.lora_r=0"], ["stage.peft.lora_r=0", "must be >= 1"]),
+    "prefix_unsupported_family": (["stage=prefix", "model=yuan"],
+                                  ["stage.peft.method='prefix'", "not supported for model family yuan"]),
+    "src_length_not_below_max_length": (["stage.data.src_length=500"],
+                                        ["stage.data.src_length=500", "between 1 and stage.data.max_length-1 (127)"]),
+    "missing_train_file": (["stage.data.train=/nonexistent.jsonl"],
+                           ["stage.data.train='/nonexistent.jsonl'", "no such file", "never downloads"]),
+    "missing_model_dir": (["model.name_or_path=/no/such/dir"],
+                          ["model.name_or_path='/no/such/dir'", "no such directory"]),
+    # The distributed engine is not in this build: any layout needing >1 process is refused.
+    "tp_needs_more_processes": (["parallel.tp=2"],
+                                ["parallel=", "dp*tp*pp*sharding=2", "single-process layouts only (1)"]),
+    "sharding_stage": (["parallel.sharding_stage=5"], ["parallel.sharding_stage=5", "allowed: 0 (off), 1, 2, 3"]),
+    "negative_seed": (["seed=-1"], ["seed=-1", "must be >= 0"]),
+    "device": (["device=tpu"], ["device='tpu'", "allowed: auto, cpu, gpu"]),
+}
+
+
+@pytest.mark.parametrize("overrides,expected", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_bad_config_is_one_line(overrides, expected, tmp_path):
+    line = config_error(*overrides, tmp_path=tmp_path)
+    assert line.startswith("llmx: config error: "), line
+    for text in expected:
+        assert text in line, f"{text!r} not in {line!r}"
+
+
+def test_multirun_config_error_names_the_job(tmp_path):
+    line = config_error("seed=1,-1", tmp_path=tmp_path, multirun=True)
+    assert line == "llmx: config error: seed=-1: must be >= 0 (job: seed=-1)", line
+
+
+GOOD = '{"src": "1+1=", "tgt": "2"}\n'
+BAD_DATA = {
+    "missing_tgt": ('{"src": "2+2="}\n', "missing key 'tgt' (each line needs src and tgt)"),
+    "invalid_json": ('{"src": "2+2=", "tgt": \n', "invalid JSON"),
+    "turn_count_mismatch": ('{"src": ["a", "b"], "tgt": ["c"]}\n', "src has 2 turns but tgt has 1"),
+}
+
+
+@pytest.mark.parametrize("bad_line,reason", BAD_DATA.values(), ids=BAD_DATA.keys())
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_bad_data_line_is_one_line_with_path_and_line_number(split, bad_line, reason, tmp_path):
+    data = tmp_path / f"{split}.jsonl"
+    data.write_text(GOOD + bad_line + GOOD)
+    line = config_error(f"stage.data.{split}={data}", tmp_path=tmp_path)
+    assert line.startswith(f"llmx: data error: {data}:2: "), line
+    assert reason in line, line
+
+
+def test_import_watch_sees_paddle(tmp_path):
+    """The watch behind every case above is not vacuous: it reports a (faked) paddle import."""
+    proc = run_python("-c", "import sys; sys.modules['paddle'] = sys; sys.exit(2)", tmp_path=tmp_path)
+    assert proc.returncode == 2 and HEAVY_IMPORT_MARK + " paddle" in proc.stderr, proc.stderr
