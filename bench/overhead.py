@@ -12,7 +12,7 @@ loss agreement at every logged step.
 """
 from __future__ import annotations
 
-import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, statistics, subprocess, sys, tempfile, time
 from datetime import datetime
 from pathlib import Path
 
@@ -77,16 +77,20 @@ def direct(args) -> None:
 
 
 def timed(cmd: list[str], env: dict, log: Path) -> dict:
-    """Run one process; wall time plus startup/train/teardown split from its log lines."""
+    """Run one process; wall time, CPU time (user+sys: robust to other load on a shared
+    machine) and a startup/train/teardown split from its log lines."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     log.write_text(proc.stdout)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
     start = datetime.strptime(TRAIN_START.search(proc.stdout).group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     train = float(TRAIN_RUNTIME.search(proc.stdout).group(1))
-    return {"wall": wall, "startup": start - t0, "train": train, "after": wall - (start - t0) - train}
+    return {"wall": wall, "cpu": cpu, "startup": start - t0, "train": train, "after": wall - (start - t0) - train}
 
 
 def step_time(rows: list[dict], logging_steps: int) -> float:
@@ -123,7 +127,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP/MKL threads, the same for both runs")
+    # 1 thread by default: on a shared 2-core machine, multi-threaded OMP steps swing 2-3x with outside load.
+    p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads, the same for both runs")
     p.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)  # internal: the baseline process
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -135,29 +140,33 @@ def main() -> None:
            "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
     print(f"tiny Llama SFT on CPU: {args.steps} steps, batch {args.batch_size}, lr {args.lr}, "
           f"log every {args.logging_steps}, {args.threads} threads, {args.rounds} rounds (alternating order)")
-    hdr = f"{'round':>6} | {'wall llmx':>9} {'direct':>7} {'ratio':>6} | {'step ms llmx':>12} {'direct':>7} {'ratio':>6} | loss max|diff|"
+    cols = [("wall s", "wall", 1), ("cpu s", "cpu", 1), ("step ms", "step", 1e3)]
+    hdr = "round " + "".join(f"| {c + ' llmx':>12} {'direct':>7} {'ratio':>6} " for c, _, _ in cols) + "| loss max|diff|"
     print(hdr + "\n" + "-" * len(hdr))
+
+    def row(label: str, pick, ratio) -> str:  # pick(name, key): a llmx/direct value; ratio(key): llmx/direct
+        return f"{label:<6}" + "".join(f"| {pick('llmx', k) * u:>12.2f} {pick('direct', k) * u:>7.2f} "
+                                      f"{ratio(k):>6.3f} " for _, k, u in cols)
+
     rounds = []
     with tempfile.TemporaryDirectory(prefix="llmx-overhead-") as tmp:
-        for r in range(args.rounds):
+        for r in range(args.rounds):  # alternate who goes first, so drift in machine load hits both
             res = one_round(args, env, Path(tmp), r, llmx_first=r % 2 == 0)
             rounds.append(res)
-            L, D = res["llmx"], res["direct"]
-            print(f"{r + 1:>6} | {L['wall']:>8.2f}s {D['wall']:>6.2f}s {L['wall'] / D['wall']:>6.3f} | "
-                  f"{L['step'] * 1e3:>12.2f} {D['step'] * 1e3:>7.2f} {L['step'] / D['step']:>6.3f} | "
-                  f"{res['loss_diff']:.2e} ({res['steps_compared']} steps)", flush=True)
+            print(row(str(r + 1), lambda n, k: res[n][k], lambda k: res["llmx"][k] / res["direct"][k])
+                  + f"| {res['loss_diff']:.2e} ({res['steps_compared']} steps)",
+                  flush=True)
     med = lambda name, key: statistics.median(x[name][key] for x in rounds)
-    wall_ratio = statistics.median(x["llmx"]["wall"] / x["direct"]["wall"] for x in rounds)
-    step_ratio = statistics.median(x["llmx"]["step"] / x["direct"]["step"] for x in rounds)
-    print(f"{'median':>6} | {med('llmx', 'wall'):>8.2f}s {med('direct', 'wall'):>6.2f}s {wall_ratio:>6.3f} | "
-          f"{med('llmx', 'step') * 1e3:>12.2f} {med('direct', 'step') * 1e3:>7.2f} {step_ratio:>6.3f} |")
-    print("\nwhere the wall time goes (median s): launch->'Running training' | train_runtime | after training")
+    ratio = lambda key: statistics.median(x["llmx"][key] / x["direct"][key] for x in rounds)
+    print(row("median", med, ratio) + "|  (ratios: median of the per-round ratios)")
+    print("\nwhere the wall time goes (median s): launch -> 'Running training' | train_runtime | after training")
     for name in ("llmx", "direct"):
         print(f"  {name:>6}: {med(name, 'startup'):7.2f} | {med(name, 'train'):7.2f} | {med(name, 'after'):7.2f}")
     worst = max(x["loss_diff"] for x in rounds)
-    print(f"losses: max |llmx - direct| = {worst:.2e} over all rounds "
-          f"({'same data order and init' if worst < 1e-4 else 'the runs are NOT the same computation: check data order/init'})")
-    print(f"overhead: step-time ratio {step_ratio:.3f} (target <= 1.01), wall-time ratio {wall_ratio:.2f}")
+    print(f"losses: max |llmx - direct| = {worst:.2e} at the same steps, all rounds ("
+          + ("same init, data order and math" if worst < 1e-4 else "NOT the same computation: check data order/init") + ")")
+    print(f"overhead: step-time ratio {ratio('step'):.3f} (target <= 1.01), wall-time ratio {ratio('wall'):.2f}, "
+          f"cpu-time ratio {ratio('cpu'):.2f}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,18 @@ def test_default_job_leaves_a_complete_run_dir_and_learns(tmp_path):
     assert any(p.suffix == ".safetensors" for p in ckpt.iterdir())
     assert "summary" in (run / "llmx.log").read_text()
 
+    # the exported model and the last checkpoint load with plain PaddleNLP and hold the same weights
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained(run / "model")
+    restored = AutoModelForCausalLM.from_pretrained(ckpt)
+    ids = paddle.to_tensor([AutoTokenizer.from_pretrained(run / "model")("Q: add 2 + 3 =\nA:")["input_ids"]])
+    with paddle.no_grad():
+        a, b = exported(ids), restored(ids)
+    a, b = (x[0] if isinstance(x, tuple) else x for x in (a, b))
+    assert a.shape[-1] == 512 and paddle.allclose(a, b).item()
+
 
 SHORT = [*FAST, "stage.train.max_steps=30", "stage.train.save_steps=10", "stage.train.logging_steps=2",
          "stage.eval.enabled=false"]

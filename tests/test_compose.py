@@ -1,0 +1,143 @@
+"""Every option of every config group composes (Hydra's compose API) and validates without
+importing paddle; `--cfg job`, `--help` and `--info defaults-tree` answer from the config tree.
+
+The compose-everything check runs this file as a script in fresh interpreters
+(`python tests/test_compose.py SHARD NSHARDS`), so that nothing another test imported into the
+pytest process can hide a heavy import; each shard prints one JSON line: the configs it checked,
+the problems it found and the paddle modules it ended up with (there must be none).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from helpers import HEAVY_IMPORT_MARK, run_launch, run_python
+from llmx.config import ConfigError, validate  # importing llmx.config registers the schemas and resolvers
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+GROUPS = ("model", "stage", "parallel", "quant")
+NO_PREFIX_TUNING = {"yuan"}  # families whose conf says prefix_tuning: false
+SHARDS = 2
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def cases() -> list[list[str]]:
+    """Defaults; each group's options one at a time; every model with the adapter stages
+    (their targets and support are per family). `[model=X, "sizes"]` expands to every size of X."""
+    one_at_a_time = [[f"{group}={option}"] for group in GROUPS for option in options(group)]
+    adapters = [[f"model={m}", f"stage={s}"] for m in options("model") for s in ("lora", "prefix")]
+    sizes = [[f"model={m}", "sizes"] for m in options("model")]
+    return [[]] + one_at_a_time + adapters + sizes
+
+
+def check(overrides: list[str]) -> str | None:
+    """Compose and validate one config; None if it is as expected, else what is wrong."""
+    cfg = compose(config_name="config", overrides=overrides)
+    choice = dict(o.split("=", 1) for o in overrides)
+    expected_error = None
+    if cfg.stage.peft.method == "prefix" and cfg.model.family in NO_PREFIX_TUNING:
+        expected_error = f"prefix tuning is not supported for model family {cfg.model.family}"
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        return None if expected_error and expected_error in str(e) else f"ConfigError: {e}"
+    if expected_error:
+        return f"validated, but expected ConfigError: {expected_error}"
+    if choice.get("model", "tiny") != "tiny" and cfg.model.family != choice["model"]:
+        return f"model.family={cfg.model.family}"
+    stage = choice.get("stage", "sft")
+    if cfg.stage.runner != "sft" or cfg.stage.peft.method != ("none" if stage == "sft" else stage):
+        return f"stage.runner={cfg.stage.runner} stage.peft.method={cfg.stage.peft.method}"
+    if cfg.model.size != choice.get("model.size", "tiny"):
+        return f"model.size={cfg.model.size}"
+    return None
+
+
+def run_shard(shard: int, shards: int) -> dict:
+    checked, problems = [], []
+
+    def one(overrides: list[str]) -> None:
+        problem = check(overrides)
+        checked.append(" ".join(overrides))
+        if problem:
+            problems.append(f"{' '.join(overrides) or '(defaults)'}: {problem}")
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for case in cases()[shard::shards]:
+            if case[-1:] != ["sizes"]:
+                one(case)
+                continue
+            sizes = list(compose(config_name="config", overrides=case[:-1]).model.sizes)
+            if "tiny" not in sizes or len(sizes) < 2:
+                problems.append(f"{case[0]}: sizes {sizes} (need tiny plus the published sizes)")
+            for size in sizes:
+                one([*case[:-1], f"model.size={size}"])
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))
+    return {"checked": checked, "problems": problems, "heavy_modules": heavy}
+
+
+def test_every_group_has_its_options():
+    assert "tiny" in options("model") and {"sft", "lora", "prefix"} <= set(options("stage"))
+    assert "single" in options("parallel") and "none" in options("quant")
+
+
+def test_every_option_and_size_composes_and_validates_without_paddle(tmp_path):
+    def shard(i: int) -> dict:
+        (tmp_path / str(i)).mkdir()
+        proc = run_python(__file__, str(i), str(SHARDS), tmp_path=tmp_path / str(i))
+        assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(SHARDS) as pool:
+        reports = list(pool.map(shard, range(SHARDS)))
+    problems = [p for r in reports for p in r["problems"]]
+    assert problems == [], "\n".join(problems)
+    assert [r["heavy_modules"] for r in reports] == [[]] * SHARDS
+    checked = {c for r in reports for c in r["checked"]}
+    for group in GROUPS:
+        for option in options(group):
+            assert f"{group}={option}" in checked
+    for expected in ("", "model=yuan stage=prefix", "model=qwen2 stage=lora", "model=llama model.size=70b",
+                     "model=qwen2 model.size=72b", "model=mixtral model.size=8x22b",
+                     "model=chatglm2 model.size=chatglm3_6b", "model=tiny model.size=7b"):
+        assert expected in checked, expected
+    assert len(checked) > 80, len(checked)
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    proc = run_launch("--cfg", "job", tmp_path=tmp_path)
+    assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+    assert "runner: sft" in proc.stdout and "family: llama" in proc.stdout
+    cfg = OmegaConf.create(proc.stdout)
+    assert set(cfg.keys()) == {"model", "stage", "parallel", "quant", "seed", "device"}
+    assert (cfg.model.size, cfg.stage.peft.method, cfg.parallel.tp, cfg.quant.algorithm) == ("tiny", "none", 1, "none")
+
+
+def test_help_lists_groups_and_their_options(tmp_path):
+    proc = run_launch("--help", tmp_path=tmp_path)
+    assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+    listed = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.split(":")[0] in GROUPS)
+    for group in GROUPS:
+        assert listed.get(group) == ", ".join(options(group)), (group, proc.stdout)
+    for option in ("qwen2", "lora", "prefix", "single", "none"):
+        assert option in proc.stdout
+
+
+def test_info_defaults_tree(tmp_path):
+    proc = run_launch("--info", "defaults-tree", tmp_path=tmp_path)
+    assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+    assert "model: tiny" in proc.stdout and "stage: sft" in proc.stdout
+
+
+if __name__ == "__main__":
+    shard_index, shard_count = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (0, 1)
+    print(json.dumps(run_shard(shard_index, shard_count)))
