@@ -231,7 +231,9 @@ def _validate_parallel(p: DictConfig) -> None:
     _require(p.sharding_stage in (0, 1, 2, 3), "parallel.sharding_stage", p.sharding_stage, "allowed: 0 (off), 1, 2, 3")
     world = p.dp * p.tp * p.pp * p.sharding
     # Multi-process launching arrives with the distributed engine; until then say so plainly.
-    _require(world == 1, "parallel", f"dp*tp*pp*sharding={world}", "this build runs single-process layouts only (1)")
+    if world != 1:
+        raise ConfigError(f"parallel: dp*tp*pp*sharding = {world} but this build runs 1 process "
+                          "(multi-process layouts arrive with the distributed engine)")
 
 
 def _validate_sft_stage(s: DictConfig, model: DictConfig) -> None:

@@ -47,7 +47,7 @@ BAD_CONFIGS = {
                           ["model.name_or_path='/no/such/dir'", "no such directory"]),
     # The distributed engine is not in this build: any layout needing >1 process is refused.
     "tp_needs_more_processes": (["parallel.tp=2"],
-                                ["parallel=", "dp*tp*pp*sharding=2", "single-process layouts only (1)"]),
+                                ["parallel: dp*tp*pp*sharding = 2 but this build runs 1 process"]),
     "sharding_stage": (["parallel.sharding_stage=5"], ["parallel.sharding_stage=5", "allowed: 0 (off), 1, 2, 3"]),
     "negative_seed": (["seed=-1"], ["seed=-1", "must be >= 0"]),
     "device": (["device=tpu"], ["device='tpu'", "allowed: auto, cpu, gpu"]),

@@ -31,7 +31,7 @@ def test_reads_single_and_multi_turn(tmp_path):
 
 @pytest.mark.parametrize("line, reason", [
     ('{"src": "a"}', "missing key 'tgt'"),
-    ('{"src": "a", "tgt": ', "invalid JSON"),
+    ('{"src": "a", "tgt": ', "invalid JSON (Expecting value at column 21)"),
     ('{"src": ["a", "b"], "tgt": ["c"]}', "src has 2 turns but tgt has 1"),
     ('{"src": "a", "tgt": 3}', "both be strings or both be lists"),
     ('{"src": ["a"], "tgt": [3]}', "tgt[0] is int"),

@@ -66,7 +66,7 @@ def read_sft_jsonl(path: str | Path) -> list[Conversation]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
             conversations.append(Conversation(_as_turns(obj, where)))
