@@ -7,8 +7,8 @@ Reported: process wall time, steady-state step time (median over logging
 intervals of interval_runtime / logging_steps, first interval skipped) and the
 loss agreement at every logged step.
 
-    python bench/overhead.py                    # 5 rounds x 200 steps, ~4 min on 2 cores
-    python bench/overhead.py --rounds 5 --steps 500 --threads 1
+    python bench/overhead.py                    # 5 rounds x 200 steps, 2.5-4 min on 2 shared cores
+    python bench/overhead.py --rounds 3 --steps 500 --threads 2
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def direct(args) -> None:
     from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from llmx.config import asset_path
+    from llmx.config import SftDataConfig, TrainConfig, asset_path
     from llmx.data.sft import SftEncoder, pad_batch, read_sft_jsonl
     from llmx.engine.trainer import SeededBatchSampler  # llmx's (seed, epoch) data order
 
@@ -47,7 +47,8 @@ def direct(args) -> None:
     paddle.seed(args.seed)
     model = LlamaForCausalLM.from_config(config, dtype="float32")
 
-    encoder = SftEncoder(tok, max_length=128, src_length=96)  # llmx's SftDataConfig defaults
+    d, t = SftDataConfig(), TrainConfig()  # the llmx defaults the launch.py run uses for what we don't pass
+    encoder = SftEncoder(tok, max_length=d.max_length, src_length=d.src_length)
     train_set = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))]
 
     def collate(features):
@@ -67,7 +68,8 @@ def direct(args) -> None:
     out = Path(args.out)
     targs = TrainingArguments(
         output_dir=str(out), seed=args.seed, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0,
+        learning_rate=args.lr, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         logging_steps=args.logging_steps, save_strategy="no", evaluation_strategy="no", disable_tqdm=True,
         report_to=["visualdl"], logging_dir=str(out / "visualdl"),  # PaddleNLP's default reporter, as llmx
         dataloader_num_workers=0, remove_unused_columns=False, device="cpu")

@@ -238,6 +238,9 @@ def _validate_parallel(p: DictConfig) -> None:
 
 def _validate_sft_stage(s: DictConfig, model: DictConfig) -> None:
     d, t, p = s.data, s.train, s.peft
+    # ChatGLM v1 needs [gMASK]/bos inputs, 4-D masks and 2-D position ids that only its own tokenizer builds.
+    _require(model.family != "chatglm", "model.family", model.family,
+             "ChatGLM v1 is not trainable by the sft runner yet; use model=chatglm2 (ChatGLM2/ChatGLM3)")
     _existing("stage.data.train", d.train, "file")
     _existing("stage.data.eval", d.eval, "file")
     _positive("stage.data.max_length", d.max_length, 2)

@@ -49,6 +49,7 @@ BAD_CONFIGS = {
     "tp_needs_more_processes": (["parallel.tp=2"],
                                 ["parallel: dp*tp*pp*sharding = 2 but this build runs 1 process"]),
     "sharding_stage": (["parallel.sharding_stage=5"], ["parallel.sharding_stage=5", "allowed: 0 (off), 1, 2, 3"]),
+    "chatglm_v1_sft": (["model=chatglm"], ["model.family='chatglm'", "use model=chatglm2"]),
     "negative_seed": (["seed=-1"], ["seed=-1", "must be >= 0"]),
     "device": (["device=tpu"], ["device='tpu'", "allowed: auto, cpu, gpu"]),
 }

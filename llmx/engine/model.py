@@ -15,6 +15,8 @@ import paddlenlp.transformers as pnt
 from omegaconf import DictConfig, OmegaConf
 
 from llmx.config import ConfigError, asset_path
+from llmx.data.sft import IGNORE_INDEX
+from llmx.engine import family_fixes
 from llmx.experiment import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,14 @@ def family_config(m: DictConfig, tokenizer=None):
                 if getattr(tokenizer, name, None) is not None:
                     setattr(config, name, getattr(tokenizer, name))
     config.dtype = m.dtype
+    # Our datasets mark unlearned positions with IGNORE_INDEX; some criterions (GPT's)
+    # read their ignore index from the config and default to 0, a real token id.
+    config.ignore_index = IGNORE_INDEX
     return config
 
 
 def build_model(m: DictConfig, tokenizer, seed: int):
+    family_fixes.before_build(m.family)
     model_cls = _paddlenlp_class("model.architecture", m.architecture)
     config = family_config(m, tokenizer)
     if m.name_or_path:
@@ -66,6 +72,7 @@ def build_model(m: DictConfig, tokenizer, seed: int):
         raise ConfigError(f"model.sizes.{m.size}.vocab_size={config.vocab_size}: smaller than the tokenizer ({len(tokenizer)} tokens)")
     paddle.seed(seed)  # random init is part of the experiment: same seed, same weights
     model = model_cls.from_config(config, dtype=m.dtype)
+    family_fixes.after_random_init(m.family, model)
     log.info("random init of %s (%s) with %d parameters", m.architecture, m.size, count_parameters(model))
     return model
 
@@ -88,18 +95,11 @@ def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
     elif p.method == "prefix":
         from paddlenlp.peft import PrefixConfig, PrefixModelForCausalLM
 
-        from llmx.engine.prefix_hooks import prefix_hooks
+        from llmx.engine.prefix_hooks import prefix_dims, prefix_hooks
 
         pad_mask, postprocess = prefix_hooks(m.family)
-        c = model.config
-        prefix_cfg = PrefixConfig(
-            num_prefix_tokens=p.num_prefix_tokens,
-            num_attention_heads=c.num_attention_heads,
-            num_hidden_layers=c.num_hidden_layers,
-            hidden_size=c.hidden_size,
-            multi_query_group_num=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
-            dtype=m.dtype,
-        )
+        prefix_cfg = PrefixConfig(num_prefix_tokens=p.num_prefix_tokens, dtype=m.dtype,
+                                  **prefix_dims(m.family, model.config))
         model = PrefixModelForCausalLM(model, prefix_cfg, postprocess_past_key_value=postprocess,
                                        pad_attention_mask=pad_mask)
         model.mark_only_prefix_as_trainable()

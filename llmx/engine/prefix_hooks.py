@@ -83,8 +83,12 @@ def prefix_dims(family: str, config) -> dict:
     """PrefixConfig sizes: hidden_size must be heads * head_dim (Gemma-7B's head_dim is not hidden / heads)."""
     heads = config.num_attention_heads
     layers = config.n_layer if family == "bloom" else config.num_hidden_layers
+    # Gemma sets head_dim, QWen and ChatGLM2 set kv_channels; the rest use hidden_size / heads.
     head_dim = getattr(config, "head_dim", None) or getattr(config, "kv_channels", None) or config.hidden_size // heads
     kv_heads = config.multi_query_group_num if family == "chatglm2" else getattr(config, "num_key_value_heads", None)
     return dict(
-        num_attention_heads=heads, num_hidden_layers=layers, hidden_size=heads * head_dim, multi_query_group_num=kv_heads
+        num_attention_heads=heads,
+        num_hidden_layers=layers,
+        hidden_size=heads * head_dim,
+        multi_query_group_num=kv_heads,
     )

@@ -146,6 +146,12 @@ class LlmxTrainer(Trainer):
         self.keep_checkpoints = keep_checkpoints
         self.data_seed = seed
 
+    def train(self, *args, **kwargs):
+        result = super().train(*args, **kwargs)
+        if self.args.should_save:  # the Trainer creates output_dir (our staging dir) even when it never saves
+            shutil.rmtree(self.experiment.staging_dir(), ignore_errors=True)
+        return result
+
     def _get_train_sampler(self):
         return SeededBatchSampler(
             self.train_dataset,
@@ -157,7 +163,7 @@ class LlmxTrainer(Trainer):
         )
 
     def _save_checkpoint(self, model, metrics=None):
-        staging = self.experiment.staging_dir()
+        staging = self.experiment.staging_dir()  # the Trainer's output_dir
         super()._save_checkpoint(model, metrics=metrics)  # writes staging/checkpoint-N completely
         if self.args.world_size > 1:
             paddle.distributed.barrier()
@@ -165,7 +171,6 @@ class LlmxTrainer(Trainer):
             written = staging / f"checkpoint-{self.state.global_step}"
             final = self.experiment.commit_checkpoint(written, self.state.global_step, self.keep_checkpoints)
             log.info("checkpoint committed: %s", final)
-            staging.rmdir()  # empty now; its presence would mean an interrupted save
         if self.args.world_size > 1:
             paddle.distributed.barrier()
 
