@@ -1,10 +1,25 @@
-"""`python -m llmx ...` sub-commands (none yet besides the launcher)."""
+"""`python -m llmx <command>`: tools that work on run directories (no paddle import)."""
+from __future__ import annotations
+
 import sys
 
+from llmx.config import UserError
 
-def main() -> int:
-    print("usage: python launch.py [group=option ...] [key=value ...]", file=sys.stderr)
-    return 2
+COMMANDS = {"diff": "llmx.diff"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m llmx {{{','.join(COMMANDS)}}} ...   (training runs: python launch.py)", file=sys.stderr)
+        return 2
+    import importlib
+
+    try:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    except UserError as e:
+        print(f"llmx: {e.kind}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
