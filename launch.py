@@ -7,9 +7,9 @@ import llmx.cli  # noqa: F401  (registers schemas + one-line config errors befor
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from llmx.run import run
+    from llmx.run import run_job
 
-    run(cfg)
+    run_job(cfg)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from typing import Any, Callable
 import hydra._internal.utils as hydra_utils
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from hydra.types import RunMode
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 import llmx.config  # noqa: F401  (schemas + resolvers must exist before composition)
@@ -46,8 +45,7 @@ def _omegaconf_line(ex: OmegaConfBaseException) -> str:
 def config_error_line(ex: BaseException) -> str | None:
     """The one-line message for a config problem, or None if `ex` is not one."""
     if isinstance(ex, UserError):
-        job = getattr(ex, "job_overrides", None)
-        return f"{ex.kind}: {ex}" + (f" (job: {' '.join(job) or 'no overrides'})" if job is not None else "")
+        return f"{ex.kind}: {ex}"
     if isinstance(ex, MissingConfigException):
         first = str(ex).splitlines()[0]
         options = getattr(ex, "options", None)
@@ -85,16 +83,14 @@ hydra_utils.run_and_report = _run_and_report
 
 
 # Hydra writes "Error executing job with overrides: [...]" to stderr before re-raising a
-# failed job's exception; for a UserError that would be a second line. Keep the one line
-# (in a multirun it names the failing job's overrides instead).
+# failed job's exception; for a UserError that would be a second line. (In a multirun,
+# llmx.run.run_job records failures instead of raising them; llmx.sweep reports them.)
 _hydra_return_value = JobReturn.return_value
 
 
 def _return_value(self: JobReturn) -> Any:
     ex = self._return_value
     if self.status == JobStatus.FAILED and isinstance(ex, UserError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
-        if self.hydra_cfg is not None and self.hydra_cfg.hydra.mode == RunMode.MULTIRUN:
-            ex.job_overrides = list(self.overrides or [])
         raise ex
     return _hydra_return_value.fget(self)
 

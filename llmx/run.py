@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from llmx.config import validate
@@ -24,4 +28,26 @@ def run(cfg: DictConfig) -> dict:
     summary = get_runner(cfg.stage.runner)(cfg, ctx)
     ctx.experiment.write_summary(summary)
     log.info("summary: %s", summary)
+    return summary
+
+
+def run_job(cfg: DictConfig) -> dict | None:
+    """Hydra's task: run, and record the outcome in status.json. In a multirun a failed
+    job is logged and recorded, and the sweep goes on (the sweep's end reports it)."""
+    from llmx.sweep import write_status
+
+    hydra_cfg = HydraConfig.get()
+    run_dir, started = Path(hydra_cfg.runtime.output_dir), time.time()
+    main_process = int(os.environ.get("PADDLE_TRAINER_ID", "0")) == 0  # other ranks leave the files to rank 0
+    try:
+        summary = run(cfg)
+    except Exception as error:  # noqa: BLE001 - recorded, then re-raised or (multirun) absorbed
+        if main_process:
+            write_status(run_dir, started, error)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job failed: %s", error)
+        return None
+    if main_process:
+        write_status(run_dir, started)
     return summary

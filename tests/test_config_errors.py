@@ -65,7 +65,9 @@ def test_bad_config_is_one_line(overrides, expected, tmp_path):
 
 def test_multirun_config_error_names_the_job(tmp_path):
     line = config_error("seed=-1,-2", tmp_path=tmp_path, multirun=True)  # every job bad: none trains
-    assert line == "llmx: config error: seed=-1: must be >= 0 (job: seed=-1)", line
+    sweep = tmp_path / "sweep"
+    assert line == (f"llmx: error: 2 of 2 sweep jobs failed (see {sweep / 'sweep.md'}); "
+                    "first: job 0 (seed=-1): ConfigError: seed=-1: must be >= 0"), line
 
 
 GOOD = '{"src": "1+1=", "tgt": "2"}\n'

@@ -1,0 +1,98 @@
+"""Sweep bookkeeping: each job's status.json, and the sweep.csv / sweep.md table.
+
+Every job (single run or sweep job) writes `status.json` (ok/failed, the error's
+last line, wall time, peak memory). In a multirun a failing job is recorded and
+the sweep goes on; when the sweep ends, the Hydra callback `SweepSummary` tables
+every job from its directory and, if any failed, ends the sweep with one line
+saying how many. Imports no paddle.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from llmx.experiment import atomic_write_json, atomic_write_text
+
+STATUS = "status.json"
+COLUMNS = ["job", "overrides", "status", "final_loss", "eval_loss", "tokens_per_s", "peak_mem_mb", "wall_s", "error"]
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process and its finished children (Linux: KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)
+
+
+def write_status(run_dir: Path, started: float, error: BaseException | None = None) -> None:
+    status: dict[str, Any] = {"status": "ok" if error is None else "failed",
+                              "wall_s": round(time.time() - started, 2), "peak_mem_mb": peak_memory_mb()}
+    if error is not None:
+        lines = [ln for ln in str(error).splitlines() if ln.strip()] or [type(error).__name__]
+        status["error"] = f"{type(error).__name__}: {lines[-1]}"
+    atomic_write_json(run_dir / STATUS, status)
+
+
+def _job_row(job_dir: Path) -> dict:
+    def load(name: str) -> dict:
+        path = job_dir / name
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    status, summary = load(STATUS), load("summary.json")
+    row = {"job": job_dir.name, "overrides": overrides, "status": status.get("status", "unknown")}
+    row.update({k: summary.get(k, "") for k in ("final_loss", "eval_loss", "tokens_per_s")})
+    row.update({k: status.get(k, "") for k in ("peak_mem_mb", "wall_s", "error")})
+    return row
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict]:
+    """One row per job; `overrides` shows only what varies between the jobs."""
+    jobs = [d for d in sweep_dir.iterdir() if d.is_dir() and (d / ".hydra").is_dir()]
+    rows = [_job_row(d) for d in sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))]
+    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    for r in rows:
+        r["overrides"] = " ".join(o for o in r["overrides"] if o not in shared)
+    return rows
+
+
+def write_sweep_table(sweep_dir: Path) -> list[dict]:
+    rows = sweep_rows(sweep_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(sweep_dir / "sweep.csv", buf.getvalue())
+    md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    atomic_write_text(sweep_dir / "sweep.md", "\n".join(md) + "\n")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/config.yaml): tables the sweep when it ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_sweep_table(sweep_dir)
+        failed = [r for r in rows if r["status"] != "ok"]
+        if failed:
+            first = failed[0]
+            # Hydra turns a callback's exception into a warning and exits 0; a failed sweep
+            # must exit non-zero, with one line, so we exit here ourselves.
+            sys.stderr.write(f"llmx: error: {len(failed)} of {len(rows)} sweep jobs failed (see {sweep_dir / 'sweep.md'}); "
+                             f"first: job {first['job']} ({first['overrides']}): {first['error']}\n")
+            raise SystemExit(2)
+        print(f"sweep: {len(rows)} jobs ok; table: {sweep_dir / 'sweep.md'}")
