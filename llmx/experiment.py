@@ -120,6 +120,7 @@ class Experiment:
             "world_size": world_size,
             "seed": seed,
             "command": [sys.executable, *sys.argv],
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "cwd": os.getcwd(),
             **(extra or {}),
         }
