@@ -10,6 +10,8 @@ is ever downloaded. Outputs, relative to --out:
     demo/sft_eval.jsonl    64 lines; no eval src appears in train
     demo/corpus.txt        plain text the tokenizer is trained on
     tiny_tokenizer/        SentencePiece BPE (vocab 512) saved as a PaddleNLP LlamaTokenizer
+    demo/pretrain.jsonl.gz ~4000 {"text"} pretraining documents (gzip, no timestamp)
+    demo/pretrain.bin/.idx those documents tokenized by `llmx.data.preprocess` (uint16, eos-terminated)
 
 Special ids: unk=0 `<unk>`, bos=1 `<s>`, eos=2 `</s>`, pad=3 `<pad>`. LlamaTokenizer
 reads bos/eos ids from the SentencePiece model itself, so they are fixed in the model
@@ -19,6 +21,7 @@ rather than only in tokenizer_config.json.
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import random
@@ -219,6 +222,84 @@ def check_tokenizer(tok_dir: Path, examples: list[dict]) -> None:
     assert len(batch[0]) == len(batch[1]) and tok.pad_token_id in batch[0], batch
 
 
+# --- pretraining corpus -----------------------------------------------------------------
+# Plain documents with structure a tiny model can pick up within a few hundred steps:
+# the SFT task texts written out, counting runs, and sentences about a small fixed
+# "world" (every word has one colour and one place, always the same), so held-out
+# text is predictable and the loss has somewhere to go below the unigram level.
+
+N_PRETRAIN_DOCS = 4000
+COLOURS = ["red", "blue", "green", "gold", "white", "black", "pink", "grey"]
+PLACES = ["farm", "park", "city", "lake", "hill", "sea", "town", "house", "shop", "river"]
+NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+
+
+def _world(rng: random.Random) -> dict[str, tuple[str, str]]:
+    return {w: (rng.choice(COLOURS), rng.choice(PLACES)) for w in WORDS}
+
+
+def _pretrain_doc(rng: random.Random, world: dict[str, tuple[str, str]], held_out: set[str]) -> str:
+    kind = rng.choice(["tasks", "count", "world", "story", "letters"])
+    n = rng.randint(4, 10)
+    if kind == "tasks":  # "add 12 + 30 = 42", "reverse: bird drib", ...; never an SFT eval src
+        lines = []
+        while len(lines) < n:
+            src, tgt = rng.choice(TASKS)(rng)
+            if src not in held_out:
+                lines.append(f"{src} {tgt}")
+    elif kind == "count":
+        lines = []
+        for _ in range(n // 2):
+            start, step = rng.randint(0, 90), rng.choice([1, 1, 2, 5, 10])
+            down = rng.random() < 0.25
+            run = [start + (-step if down else step) * i for i in range(rng.randint(5, 12))]
+            run = [x for x in run if x >= 0]
+            lines.append(f"count {'down ' if down else ''}from {start} by {step}: " + " ".join(map(str, run)))
+        k = rng.randint(0, len(NUMBER_WORDS) - 5)
+        lines.append("counting words: " + " ".join(NUMBER_WORDS[k : k + rng.randint(4, len(NUMBER_WORDS) - k)]))
+    elif kind == "world":  # facts that never change between documents
+        lines = []
+        for w in rng.sample(WORDS, n):
+            colour, place = world[w]
+            lines.append(rng.choice([f"The {w} is {colour}.", f"The {w} lives in the {place}.",
+                                     f"The {colour} {w} lives in the {place}."]))
+    elif kind == "story":
+        subjects = rng.sample(WORDS, 3)
+        lines = []
+        for _ in range(n):
+            a, b = rng.sample(subjects, 2)
+            k = rng.randint(2, 12)
+            lines.append(rng.choice([
+                f"The {a} sees {k} {b}s.",
+                f"The {a} gives the {b} {NUMBER_WORDS[k]} {rng.choice(WORDS)}s.",
+                f"The {a} and the {b} go to the {world[a][1]}.",
+                f"The {a} has {k} {b}s and {k + 1} {rng.choice(WORDS)}s.",
+            ]))
+    else:  # letters: the alphabet, spelled words, upper case
+        start = rng.randint(0, 20)
+        lines = ["letters: " + " ".join(string.ascii_lowercase[start : start + rng.randint(5, 26 - start)])]
+        for w in rng.sample(WORDS, n // 2):
+            lines.append(f"{w} is spelled {' '.join(w)} and written {w.upper()}.")
+    return "\n".join(lines)
+
+
+def make_pretrain(rng: random.Random, eval_: list[dict]) -> list[dict]:
+    """Documents {"text": ...}; no SFT eval prompt (nor a first turn of one) appears in them."""
+    held_out = {_turns(ex["src"])[0] for ex in eval_}
+    world = _world(rng)
+    return [{"text": _pretrain_doc(rng, world, held_out)} for _ in range(N_PRETRAIN_DOCS)]
+
+
+def write_jsonl_gz(path: Path, rows: list[dict]) -> None:
+    """gzip without a file name or timestamp in its header: the bytes depend only on rows."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as gz:
+        for r in rows:
+            gz.write((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
@@ -244,7 +325,15 @@ def main(argv=None) -> None:
     train_tokenizer(corpus, tok_dir / "sentencepiece.bpe.model")
     save_paddlenlp_tokenizer(tok_dir)
     check_tokenizer(tok_dir, train[:200] + eval_)
-    print(f"wrote {len(train)} train / {len(eval_)} eval examples and a tokenizer under {out}")
+
+    # Its own seed, after everything else: adding it left the files above unchanged.
+    pretrain = make_pretrain(random.Random(SEED + 1), eval_)
+    write_jsonl_gz(out / "demo" / "pretrain.jsonl.gz", pretrain)
+    from llmx.data.preprocess import preprocess
+
+    stats = preprocess([out / "demo" / "pretrain.jsonl.gz"], out / "demo" / "pretrain", tok_dir)
+    print(f"wrote {len(train)} train / {len(eval_)} eval examples, a tokenizer and "
+          f"{stats.documents} pretraining documents ({stats.tokens} tokens) under {out}")
 
 
 if __name__ == "__main__":
