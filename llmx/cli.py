@@ -71,7 +71,7 @@ def _run_and_report(func: Callable[[], Any]) -> Any:
         if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             return _hydra_run_and_report(lambda: _reraise(ex))
         sys.stderr.write(f"llmx: {line}\n")
-        sys.exit(EXIT_CONFIG_ERROR)
+        sys.exit(getattr(ex, "exit_code", EXIT_CONFIG_ERROR))  # a failed rank's launcher exit code
 
 
 def _reraise(ex: BaseException) -> None:

@@ -138,6 +138,32 @@ class SftStageConfig:
     peft: PeftConfig = field(default_factory=PeftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     merge_adapter: bool = False  # LoRA only: also write the merged full model
+    zero_padding: bool = False  # pack several examples per training sequence (eval stays unpacked)
+
+
+@dataclass
+class PretrainDataConfig:
+    paths: List[str] = field(default_factory=lambda: ["${asset:demo/pretrain}"])  # .bin/.idx prefixes
+    weights: Optional[List[float]] = None  # blending weights, one per path (None = equal)
+    split: str = "949,50,1"  # train,valid,test shares of each dataset's documents
+    seq_length: int = 128
+    cache_dir: Optional[str] = None  # None = index-cache/ next to the first dataset
+
+
+@dataclass
+class PretrainEvalConfig:
+    enabled: bool = True
+    samples: int = 128  # validation samples for eval loss before and after training
+    batch_size: int = 16
+
+
+@dataclass
+class PretrainStageConfig:
+    runner: str = "pretrain"
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
+    continue_training: bool = False  # start from model.name_or_path's weights instead of random init
 
 
 @dataclass
@@ -154,6 +180,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     cs.store(group="schema/stage", name="sft", node=SftStageConfig)
+    cs.store(group="schema/stage", name="pretrain", node=PretrainStageConfig)
 
 
 register_configs()
@@ -165,7 +192,14 @@ DEVICES = ("auto", "cpu", "gpu")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 PEFT_METHODS = ("none", "lora", "prefix")
 QUANT_ALGORITHMS = ("none",)  # the quantization issue adds the rest
-RUNNERS = ("sft",)
+RUNNERS = ("sft", "pretrain")
+# Families whose attention takes a block-diagonal [b, 1, s, s] mask with per-example position ids, so a
+# packed forward equals separate ones (tests/test_packing.py). Not OPT (it derives positions from a 2-D
+# mask and takes no 4-D one) nor Yuan (its localized-filtering convolution mixes neighbouring examples).
+PACKING_FAMILIES = ("llama", "baichuan", "qwen", "qwen2", "mistral", "mixtral", "gemma", "chatglm2", "bloom", "gpt3")
+# With a prefix cache these place positions after the prefix (Mistral rotary, GPT learned) or bias by
+# absolute key position (BLOOM alibi), which per-example position ids cannot reproduce.
+PACKING_WITHOUT_PREFIX = ("mistral", "bloom", "gpt3")
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
@@ -194,13 +228,19 @@ def validate(cfg: DictConfig) -> None:
     """Check values and combinations; raise ConfigError with one line on the first problem."""
     _check_known_keys(cfg, "")
     _validate_model(cfg.model)
-    _validate_parallel(cfg.parallel)
+    _validate_parallel(cfg)
     _one_of("quant.algorithm", cfg.quant.algorithm, QUANT_ALGORITHMS)
     _one_of("device", cfg.device, DEVICES)
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     _one_of("stage.runner", cfg.stage.runner, RUNNERS)
+    if cfg.stage.runner in ("sft", "pretrain"):
+        # ChatGLM v1 needs [gMASK]/bos inputs, 4-D masks and 2-D position ids that only its own tokenizer builds.
+        _require(cfg.model.family != "chatglm", "model.family", cfg.model.family,
+                 "ChatGLM v1 is not trainable by llmx yet; use model=chatglm2 (ChatGLM2/ChatGLM3)")
     if cfg.stage.runner == "sft":
         _validate_sft_stage(cfg.stage, cfg.model)
+    if cfg.stage.runner == "pretrain":
+        _validate_pretrain_stage(cfg.stage, cfg.model)
 
 
 def _check_known_keys(node: DictConfig, prefix: str) -> None:
@@ -225,27 +265,91 @@ def _validate_model(m: DictConfig) -> None:
     _existing("model.tokenizer", m.tokenizer, "tokenizer directory")
 
 
-def _validate_parallel(p: DictConfig) -> None:
+# Hyperparameter names differ per family (BLOOM: n_head/n_layer; ChatGLM2: multi_query_group_num).
+_HEADS_KEYS = ("num_attention_heads", "n_head", "num_heads")
+_KV_HEADS_KEYS = ("num_key_value_heads", "multi_query_group_num")
+_LAYERS_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_VOCAB_KEYS = ("vocab_size", "padded_vocab_size")
+
+
+def world_size(p: DictConfig) -> int:
+    """Processes a layout needs: one per (dp, sharding, pp, tp) coordinate."""
+    return p.dp * p.tp * p.pp * p.sharding
+
+
+def launched_processes() -> Optional[int]:
+    """The world size set by a launcher this process runs under (paddle.distributed.launch
+    sets PADDLE_TRAINERS_NUM), or None for a plain shell, where llmx starts the processes itself."""
+    n = os.environ.get("PADDLE_TRAINERS_NUM")
+    return int(n) if n else None
+
+
+def model_dims(m: DictConfig) -> Dict[str, Any]:
+    """The model hyperparameters that parallel layouts depend on (paddle-free): from the pretrained
+    dir's config.json when there is one, else from `sizes[size]`; `overrides` win."""
+    raw: Dict[str, Any] = {}
+    config_json = Path(m.name_or_path, "config.json") if m.name_or_path else None
+    if config_json is not None and config_json.is_file():
+        import json
+
+        raw = json.loads(config_json.read_text())
+    elif m.size in m.sizes:
+        raw = OmegaConf.to_container(m.sizes[m.size])
+    raw.update(OmegaConf.to_container(m.overrides))
+
+    def first(keys):
+        return next((raw[k] for k in keys if raw.get(k) is not None), None)
+
+    heads = first(_HEADS_KEYS)
+    kv = raw.get("num_key_value_heads")
+    if kv is None and raw.get("multi_query_attention"):  # ChatGLM2 groups only count with MQA on
+        kv = raw.get("multi_query_group_num")
+    return {"heads": heads, "kv_heads": kv if kv is not None else heads,
+            "layers": first(_LAYERS_KEYS), "vocab": first(_VOCAB_KEYS)}
+
+
+def _validate_parallel(cfg: DictConfig) -> None:
+    """Layouts: world = dp*tp*pp*sharding processes. From a plain shell llmx starts that many
+    itself (CPU: any number, over gloo; GPU: at most the visible GPUs, checked by the launcher);
+    under a launcher the world it set must match."""
+    p, m = cfg.parallel, cfg.model
     for key in ("dp", "tp", "pp", "sharding", "vpp"):
         _positive(f"parallel.{key}", p[key])
     _require(p.sharding_stage in (0, 1, 2, 3), "parallel.sharding_stage", p.sharding_stage, "allowed: 0 (off), 1, 2, 3")
-    world = p.dp * p.tp * p.pp * p.sharding
-    # Multi-process launching arrives with the distributed engine; until then say so plainly.
-    if world != 1:
-        raise ConfigError(f"parallel: dp*tp*pp*sharding = {world} but this build runs 1 process "
-                          "(multi-process layouts arrive with the distributed engine)")
+    _require(p.sharding == 1 or p.sharding_stage > 0, "parallel.sharding", p.sharding,
+             "needs parallel.sharding_stage 1, 2 or 3 (0 turns sharding off)")
+    _require(p.sharding_stage == 0 or p.sharding > 1, "parallel.sharding_stage", p.sharding_stage,
+             "needs parallel.sharding >= 2 (the sharding degree)")
+    world = world_size(p)
+    launched = launched_processes()
+    if launched is not None and launched != world:
+        raise ConfigError(f"parallel: dp*tp*pp*sharding = {world} but {launched} processes "
+                          f"(dp={p.dp} tp={p.tp} pp={p.pp} sharding={p.sharding})")
+    if p.pp > 1:
+        _require(m.pipeline_class is not None, "parallel.pp", p.pp,
+                 f"model family {m.family} has no pipeline class in PaddleNLP (model.pipeline_class is null)")
+        _require(p.sharding_stage not in (2, 3), "parallel.sharding_stage", p.sharding_stage,
+                 "pp>1 needs sharding stage1 (Paddle has no pipeline with sharding stage 2/3)")
+    _require(p.vpp == 1 or p.pp > 1, "parallel.vpp", p.vpp, "virtual pipeline stages need parallel.pp > 1")
+    _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", True, "needs parallel.tp > 1")
+    if m.size not in m.sizes and not m.name_or_path:
+        return  # model.size is reported by _validate_model
+    dims = model_dims(m)
+    for key, what in (("heads", "attention heads"), ("kv_heads", "KV heads"), ("vocab", "vocab size")):
+        n = dims[key]
+        _require(n is None or n % p.tp == 0, "parallel.tp", p.tp, f"must divide the model's {what} ({n})")
+    n = dims["layers"]
+    _require(n is None or n % (p.pp * p.vpp) == 0, "parallel.pp", p.pp,
+             f"pp*vpp = {p.pp * p.vpp} must divide the model's layers ({n})")
+    train = cfg.stage.get("train") if "stage" in cfg else None
+    if train is not None and "batch_size" in train and "grad_accum" in train:
+        replicas = p.dp * p.sharding  # data-parallel replicas share one global batch
+        _require(train.grad_accum % replicas == 0 or train.batch_size % replicas == 0, "parallel", f"dp*sharding={replicas}",
+                 f"must divide stage.train.grad_accum ({train.grad_accum}) or stage.train.batch_size ({train.batch_size}): "
+                 "the global batch stays batch_size*grad_accum")
 
 
-def _validate_sft_stage(s: DictConfig, model: DictConfig) -> None:
-    d, t, p = s.data, s.train, s.peft
-    # ChatGLM v1 needs [gMASK]/bos inputs, 4-D masks and 2-D position ids that only its own tokenizer builds.
-    _require(model.family != "chatglm", "model.family", model.family,
-             "ChatGLM v1 is not trainable by the sft runner yet; use model=chatglm2 (ChatGLM2/ChatGLM3)")
-    _existing("stage.data.train", d.train, "file")
-    _existing("stage.data.eval", d.eval, "file")
-    _positive("stage.data.max_length", d.max_length, 2)
-    _require(1 <= d.src_length < d.max_length, "stage.data.src_length", d.src_length,
-             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
+def _validate_train(t: DictConfig) -> None:
     _require(t.max_steps == -1 or t.max_steps >= 1, "stage.train.max_steps", t.max_steps, "must be >= 1, or -1 to use epochs")
     _require(t.max_steps != -1 or t.epochs > 0, "stage.train.epochs", t.epochs, "must be > 0 when max_steps=-1")
     _positive("stage.train.batch_size", t.batch_size)
@@ -258,6 +362,36 @@ def _validate_sft_stage(s: DictConfig, model: DictConfig) -> None:
     _positive("stage.train.logging_steps", t.logging_steps)
     _positive("stage.train.save_steps", t.save_steps)
     _positive("stage.train.keep_checkpoints", t.keep_checkpoints, 0)
+
+
+def _validate_pretrain_stage(s: DictConfig, model: DictConfig) -> None:
+    d = s.data
+    _require(len(d.paths) >= 1, "stage.data.paths", list(d.paths), "needs at least one .bin/.idx prefix")
+    for i, prefix in enumerate(d.paths):
+        base = prefix[:-4] if prefix.endswith((".bin", ".idx")) else prefix
+        for ext in (".bin", ".idx"):
+            _existing(f"stage.data.paths[{i}]", base + ext, "file")
+    if d.weights is not None:
+        _require(len(d.weights) == len(d.paths), "stage.data.weights", list(d.weights),
+                 f"needs one weight per path ({len(d.paths)})")
+        _require(all(w >= 0 for w in d.weights) and sum(d.weights) > 0, "stage.data.weights", list(d.weights),
+                 "must be non-negative with a positive sum")
+    _positive("stage.data.seq_length", d.seq_length, 2)
+    _validate_train(s.train)
+    _positive("stage.eval.samples", s.eval.samples)
+    _positive("stage.eval.batch_size", s.eval.batch_size)
+    _require(not s.continue_training or model.name_or_path is not None, "stage.continue_training", True,
+             "needs model.name_or_path (the checkpoint directory to continue from)")
+
+
+def _validate_sft_stage(s: DictConfig, model: DictConfig) -> None:
+    d, t, p = s.data, s.train, s.peft
+    _existing("stage.data.train", d.train, "file")
+    _existing("stage.data.eval", d.eval, "file")
+    _positive("stage.data.max_length", d.max_length, 2)
+    _require(1 <= d.src_length < d.max_length, "stage.data.src_length", d.src_length,
+             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
+    _validate_train(t)
     _one_of("stage.peft.method", p.method, PEFT_METHODS)
     if p.method == "lora":
         _positive("stage.peft.lora_r", p.lora_r)
@@ -270,6 +404,10 @@ def _validate_sft_stage(s: DictConfig, model: DictConfig) -> None:
         _require(model.prefix_tuning, "stage.peft.method", "prefix", f"prefix tuning is not supported for model family {model.family}")
         _positive("stage.peft.num_prefix_tokens", p.num_prefix_tokens)
     _require(not s.merge_adapter or p.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    _require(not s.zero_padding or model.family in PACKING_FAMILIES, "stage.zero_padding", True,
+             f"model family {model.family} cannot keep packed examples apart; supported: {', '.join(PACKING_FAMILIES)}")
+    _require(not (s.zero_padding and p.method == "prefix" and model.family in PACKING_WITHOUT_PREFIX), "stage.zero_padding",
+             True, f"not with prefix tuning for model family {model.family} (not for: {', '.join(PACKING_WITHOUT_PREFIX)})")
     _positive("stage.eval.max_new_tokens", s.eval.max_new_tokens)
     _positive("stage.eval.batch_size", s.eval.batch_size)
     _require(s.eval.num_samples == -1 or s.eval.num_samples >= 1, "stage.eval.num_samples", s.eval.num_samples, "must be >= 1, or -1 for all")

@@ -1,6 +1,7 @@
 """validate -> check inputs -> experiment dir + engine -> stage runner -> summary."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -21,6 +22,16 @@ def run(cfg: DictConfig) -> dict:
     stage = load_stage(cfg.stage.runner)
     # Data problems surface here, as one line, before paddle is imported.
     inputs = stage.prepare(cfg) if hasattr(stage, "prepare") else None
+
+    from llmx import launcher
+
+    if launcher.needs_launch(cfg):  # a multi-process layout from a plain shell: start the ranks, wait
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        launcher.launch(cfg, hydra_cfg, run_dir)
+        summary_path = run_dir / "summary.json"
+        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    launcher.join_launched_job()
 
     from llmx.engine.context import create_context  # the first heavy import
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 
 from helpers import HEAVY_IMPORT_MARK, config_error, run_python
+from llmx.config import CONF_DIR
 
 LLAMA_SIZES = "tiny, 7b, 13b, 70b"
+
+
+def OPTIONS(group: str) -> str:
+    """What the error must list: every file of the group, sorted."""
+    return ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
 TRAIN_KEYS = "max_steps, epochs, batch_size, grad_accum, lr, lr_scheduler, warmup_steps"
 
 # (overrides, substrings the one line must contain)
@@ -23,8 +29,8 @@ BAD_CONFIGS = {
     "bad_override_syntax": (["stage.train.lr=[1"], ["config error: bad override", "'[1'"]),
     "unknown_model": (["model=nope"],
                       ["Could not find 'model/nope'", "available: baichuan, bloom, chatglm", "qwen2, tiny, yuan"]),
-    "unknown_stage": (["stage=nope"], ["Could not find 'stage/nope'", "available: lora, prefix, sft"]),
-    "unknown_parallel": (["parallel=nope"], ["Could not find 'parallel/nope'", "available: single"]),
+    "unknown_stage": (["stage=nope"], ["Could not find 'stage/nope'", f"available: {OPTIONS('stage')}"]),
+    "unknown_parallel": (["parallel=nope"], ["Could not find 'parallel/nope'", f"available: {OPTIONS('parallel')}"]),
     "unknown_quant": (["quant=nope"], ["Could not find 'quant/nope'", "available: none"]),
     "model_size": (["model.size=99b"], ["model.size='99b'", f"allowed for llama: {LLAMA_SIZES}"]),
     "model_size_other_family": (["model=qwen2", "model.size=7b1"],
@@ -45,9 +51,29 @@ BAD_CONFIGS = {
                            ["stage.data.train='/nonexistent.jsonl'", "no such file", "never downloads"]),
     "missing_model_dir": (["model.name_or_path=/no/such/dir"],
                           ["model.name_or_path='/no/such/dir'", "no such directory"]),
-    # The distributed engine is not in this build: any layout needing >1 process is refused.
-    "tp_needs_more_processes": (["parallel.tp=2"],
-                                ["parallel: dp*tp*pp*sharding = 2 but this build runs 1 process"]),
+    # Parallel layouts that cannot work are refused before any process starts (tiny llama: 4 heads,
+    # 2 KV heads, 2 layers, vocab 512). The world vs an outer launcher: tests/test_parallel.py.
+    "tp_not_dividing_heads": (["parallel.tp=3"], ["parallel.tp=3: must divide the model's attention heads (4)"]),
+    "tp_not_dividing_kv_heads": (["parallel=tp4pp2"], ["parallel.tp=4: must divide the model's KV heads (2)"]),
+    "tp_not_dividing_heads_bloom": (["model=bloom", "parallel.tp=3"],  # BLOOM names them n_head
+                                    ["parallel.tp=3: must divide the model's attention heads (4)"]),
+    "tp_not_dividing_vocab": (["parallel=tp2", "model.sizes.tiny.vocab_size=513"],
+                              ["parallel.tp=2: must divide the model's vocab size (513)"]),
+    "pp_not_dividing_layers": (["parallel.pp=4"], ["parallel.pp=4: pp*vpp = 4 must divide the model's layers (2)"]),
+    "vpp_not_dividing_layers": (["parallel=pp2", "parallel.vpp=2"],
+                                ["parallel.pp=2: pp*vpp = 4 must divide the model's layers (2)"]),
+    "pp_with_sharding_stage2": (["parallel=pp2", "parallel.sharding=2", "parallel.sharding_stage=2"],
+                                ["parallel.sharding_stage=2: pp>1 needs sharding stage1"]),
+    "pp_without_pipeline_class": (["parallel=pp2", "model=mistral"],
+                                  ["parallel.pp=2: model family mistral has no pipeline class"]),
+    "sharding_without_stage": (["parallel.sharding=2"], ["parallel.sharding=2: needs parallel.sharding_stage 1, 2 or 3"]),
+    "sharding_stage_without_degree": (["parallel.sharding_stage=1"], ["parallel.sharding_stage=1: needs parallel.sharding >= 2"]),
+    "vpp_without_pp": (["parallel.vpp=2"], ["parallel.vpp=2: virtual pipeline stages need parallel.pp > 1"]),
+    "sequence_parallel_without_tp": (["parallel.sequence_parallel=true"],
+                                     ["parallel.sequence_parallel=True: needs parallel.tp > 1"]),
+    "global_batch_not_splittable": (["parallel=dp2", "stage.train.batch_size=3"],
+                                    ["parallel='dp*sharding=2': must divide stage.train.grad_accum (1) or "
+                                     "stage.train.batch_size (3)"]),
     "sharding_stage": (["parallel.sharding_stage=5"], ["parallel.sharding_stage=5", "allowed: 0 (off), 1, 2, 3"]),
     "chatglm_v1_sft": (["model=chatglm"], ["model.family='chatglm'", "use model=chatglm2"]),
     "negative_seed": (["seed=-1"], ["seed=-1", "must be >= 0"]),

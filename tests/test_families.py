@@ -23,7 +23,7 @@ def _cfg(family: str, stage: str = "sft"):
 
 
 def _batch(tokenizer, n: int = 8):
-    from llmx.engine.trainer import PadCollator
+    from llmx.engine.batching import PadCollator
 
     enc = SftEncoder(tokenizer, 64, 48)
     convs = read_sft_jsonl(asset_path("demo/sft_train.jsonl"))[:n]

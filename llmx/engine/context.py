@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from llmx.engine.distributed import init_distributed
 from llmx.engine.runtime import Runtime, init_runtime, seed_everything
 from llmx.experiment import Experiment
 
@@ -34,5 +35,6 @@ def create_context(cfg: DictConfig, run_dir: str, inputs: Any) -> Context:
     seed_everything(cfg.seed)
     experiment = Experiment(run_dir, writer=runtime.is_main)
     experiment.write_provenance(cfg.seed, runtime.world_size, runtime.device_names())
+    init_distributed(cfg, experiment, runtime)
     _share_log_file_with_paddlenlp()
     return Context(cfg=cfg, experiment=experiment, runtime=runtime, inputs=inputs, log=logging.getLogger("llmx"))

@@ -19,28 +19,62 @@ from typing import Optional, Sequence
 
 import numpy as np
 import paddle
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
-from llmx.data.sft import pad_batch
+from llmx.engine.batching import PackedCollator, PadCollator  # noqa: F401  (re-exported)
+from llmx.engine.model import name_single_model_class
 from llmx.experiment import Experiment
 
 log = logging.getLogger(__name__)
 
 
+def batch_split(train: DictConfig, parallel: DictConfig) -> tuple[int, int]:
+    """(per-device micro-batch, micro-batches per rank per step). The global batch stays
+    batch_size*grad_accum whatever the layout: dp*sharding replicas share it, taking whole
+    micro-batches when they divide grad_accum (then every layout sums the very same
+    micro-batch losses as one process), else each taking a slice of every micro-batch."""
+    replicas = parallel.dp * parallel.sharding
+    if train.grad_accum % replicas == 0:
+        return train.batch_size, train.grad_accum // replicas
+    return train.batch_size // replicas, train.grad_accum
+
+
+def parallel_arguments(p: DictConfig) -> dict:
+    """Degrees -> PaddleNLP's hybrid-parallel arguments. The data-parallel degree is what is
+    left of the world: PaddleNLP derives it as world / (tp*pp*sharding), which is p.dp because
+    validation checked world = dp*tp*pp*sharding. Pipeline micro-batches come from
+    gradient_accumulation_steps (PaddleNLP's pipeline accumulate_steps); virtual pp is a model
+    config setting (see engine.model)."""
+    args = dict(tensor_parallel_degree=p.tp, pipeline_parallel_degree=p.pp, sharding_parallel_degree=p.sharding,
+                sharding=f"stage{p.sharding_stage}" if p.sharding > 1 else "",
+                sequence_parallel=bool(p.sequence_parallel and p.tp > 1))
+    if p.pp > 1:
+        # Padded batches change length from step to step; without this the pipeline reuses the
+        # first micro-batch's activation shape for every send.
+        args["pipeline_parallel_config"] = "disable_p2p_cache_shape"
+    return args
+
+
+def eval_batch_size(cfg: DictConfig, micro_batch: int, accum: int) -> int:
+    """A pipeline evaluates a batch as its training micro-batches (Paddle checks the size)."""
+    return micro_batch * accum if cfg.parallel.pp > 1 else cfg.stage.eval.batch_size
+
+
 def training_arguments(cfg: DictConfig, exp: Experiment, device: str, **extra) -> TrainingArguments:
     """The single mapping from llmx's stage + parallel config to PaddleNLP's TrainingArguments."""
     t, p = cfg.stage.train, cfg.parallel
+    micro_batch, accum = batch_split(t, p)
     half = cfg.model.dtype if cfg.model.dtype != "float32" else None
     args = dict(
         output_dir=str(exp.staging_dir()),
         seed=cfg.seed,
         max_steps=t.max_steps,
         num_train_epochs=t.epochs,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=cfg.stage.eval.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        per_device_train_batch_size=micro_batch,
+        per_device_eval_batch_size=eval_batch_size(cfg, micro_batch, accum),
+        gradient_accumulation_steps=accum,
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_steps,
@@ -60,57 +94,52 @@ def training_arguments(cfg: DictConfig, exp: Experiment, device: str, **extra) -
         bf16=half == "bfloat16",
         fp16=half == "float16",
         fp16_opt_level="O2" if half else "O1",
-        tensor_parallel_degree=p.tp,
-        pipeline_parallel_degree=p.pp,
-        sharding_parallel_degree=p.sharding,
-        sharding=f"stage{p.sharding_stage}" if p.sharding_stage else "",
-        sequence_parallel=p.sequence_parallel,
+        **parallel_arguments(p),
         # Safetensors weights that from_pretrained loads directly. PaddleNLP's unified
         # checkpoint cannot save PrefixModelForCausalLM (no can_generate), so prefix
         # runs keep the Trainer's classic format.
-        unified_checkpoint=cfg.stage.peft.method != "prefix",
+        unified_checkpoint=OmegaConf.select(cfg, "stage.peft.method") != "prefix",
     )
     args.update(extra)
     return TrainingArguments(**args)
 
 
 class SeededBatchSampler(DistributedBatchSampler):
-    """Shuffles with (seed, epoch) only; the Trainer calls set_epoch each epoch, on resume too."""
+    """Shuffles with (seed, epoch) only; the Trainer calls set_epoch each epoch, on resume too.
 
-    def __init__(self, dataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0, drop_last: bool = False):
+    With data-parallel replicas the shuffled order is cut into micro-batches and handed out
+    in blocks of `accum` (one replica's share of a step): replica r takes blocks r, r+R, ...
+    So one step of R replicas covers exactly the examples one process takes in R*accum
+    micro-batches. Multi-process runs wrap the epoch around to whole global batches, since
+    every rank must run the same number of steps (and a pipeline takes full micro-batches)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 drop_last: bool = False, accum: int = 1, pad_epoch: bool = False):
         super().__init__(dataset, batch_size=batch_size, num_replicas=num_replicas, rank=rank, shuffle=True, drop_last=drop_last)
-        self.seed = seed
+        self.seed, self.accum, self.pad_epoch = seed, accum, pad_epoch
+
+    def _batches(self) -> list[list[int]]:
+        order = np.random.RandomState(self.seed + 1000003 * self.epoch).permutation(len(self.dataset))
+        if self.pad_epoch:
+            step = self.batch_size * self.accum * self.nranks
+            order = np.resize(order, -(-len(order) // step) * step)  # wraps around
+        batches = [[int(i) for i in order[k:k + self.batch_size]] for k in range(0, len(order), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        blocks = [batches[k:k + self.accum] for k in range(0, len(batches), self.accum)]
+        return [b for block in blocks[self.local_rank::self.nranks] for b in block]
 
     def __iter__(self):
-        order = np.random.RandomState(self.seed + 1000003 * self.epoch).permutation(len(self.dataset))
-        per_rank = order[self.local_rank::self.nranks]
-        batch = []
-        for i in per_rank:
-            batch.append(int(i))
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch and not self.drop_last:
-            yield batch
+        yield from self._batches()
 
-
-class PadCollator:
-    """Pads a batch and counts its real tokens (for tokens/s)."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-        self.tokens = 0
-
-    def __call__(self, features: Sequence[dict]) -> dict:
-        batch = pad_batch(features, self.pad_id)
-        self.tokens += int(batch["attention_mask"].sum())
-        return {k: paddle.to_tensor(v) for k, v in batch.items()}
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 class MetricsCallback(TrainerCallback):
     """Appends one metrics.jsonl line per Trainer log: step, loss, lr, tokens/s, elapsed."""
 
-    def __init__(self, exp: Experiment, collator: PadCollator, elapsed_before: float = 0.0) -> None:
+    def __init__(self, exp: Experiment, collator: PadCollator | PackedCollator, elapsed_before: float = 0.0) -> None:
         self.exp = exp
         self.collator = collator
         self.elapsed_before = elapsed_before  # seconds trained before a resume
@@ -152,6 +181,16 @@ class LlmxTrainer(Trainer):
             shutil.rmtree(self.experiment.staging_dir(), ignore_errors=True)
         return result
 
+    def evaluate(self, *args, **kwargs):
+        unwrapped = self.model_wrapped is self.model
+        metrics = super().evaluate(*args, **kwargs)
+        if unwrapped and self.args.pipeline_parallel_degree > 1:
+            # Evaluating a pipeline model before training wraps it for eval only (no
+            # distributed optimizer, no pipeline input split), and train() would keep that
+            # wrapper; let train() wrap it properly.
+            self.model_wrapped = self.model
+        return metrics
+
     def _get_train_sampler(self):
         return SeededBatchSampler(
             self.train_dataset,
@@ -160,6 +199,8 @@ class LlmxTrainer(Trainer):
             num_replicas=self.args.dataset_world_size,
             rank=self.args.dataset_rank,
             drop_last=self.args.dataloader_drop_last,
+            accum=self.args.gradient_accumulation_steps,
+            pad_epoch=self.args.world_size > 1,
         )
 
     def _save_checkpoint(self, model, metrics=None):
@@ -169,6 +210,7 @@ class LlmxTrainer(Trainer):
             paddle.distributed.barrier()
         if self.args.should_save:
             written = staging / f"checkpoint-{self.state.global_step}"
+            name_single_model_class(written)
             final = self.experiment.commit_checkpoint(written, self.state.global_step, self.keep_checkpoints)
             log.info("checkpoint committed: %s", final)
         if self.args.world_size > 1:

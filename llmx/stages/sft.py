@@ -41,11 +41,12 @@ def _exact_match(ctx, model, tokenizer, encoder, convs: list[Conversation]) -> t
 def run(cfg: DictConfig, ctx) -> dict:
     from llmx.data.sft import SftEncoder
     from llmx.engine import model as models
-    from llmx.engine.trainer import LlmxTrainer, MetricsCallback, PadCollator, elapsed_before, resume_point, training_arguments
+    from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
+    from llmx.engine.trainer import LlmxTrainer, MetricsCallback, elapsed_before, resume_point, training_arguments
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
     tokenizer = models.build_tokenizer(cfg.model)
-    model = models.build_model(cfg.model, tokenizer, cfg.seed)
+    model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
 
     base_ref = cfg.model.name_or_path
     if method != "none" and base_ref is None:
@@ -59,8 +60,20 @@ def run(cfg: DictConfig, ctx) -> dict:
     train_set = [encoder.encode(c) for c in ctx.inputs["train"]]
     eval_set = [encoder.encode(c) for c in ctx.inputs["eval"]]
 
+    packing = None
+    if stage.zero_padding:  # train on packed sequences; eval stays one example per row, comparable with unpacked runs
+        from llmx.data.packing import pack_examples, packing_stats
+
+        train_set = pack_examples(train_set, stage.data.max_length)
+        packing = packing_stats(train_set, stage.data.max_length)
+        ctx.log.info("zero padding: %d examples in %d sequences of <= %d tokens, non-pad fraction %.4f",
+                     packing["examples"], packing["sequences"], stage.data.max_length, packing["non_pad_fraction"])
+
     resume = resume_point(exp)
-    collator = PadCollator(tokenizer.pad_token_id)
+    if packing:
+        collator = PackedCollator(tokenizer.pad_token_id, flashmask=use_flashmask(model, ctx.runtime.device))
+    else:
+        collator = PadCollator(tokenizer.pad_token_id)
     trainer = LlmxTrainer(
         model=model,
         args=training_arguments(cfg, exp, ctx.runtime.device),
@@ -86,6 +99,9 @@ def run(cfg: DictConfig, ctx) -> dict:
         "trainable_params": models.count_parameters(model, trainable_only=True),
         "total_params": models.count_parameters(model),
     }
+    if packing:
+        summary["packing_efficiency"] = round(packing["non_pad_fraction"], 4)
+        summary["packed_sequences"] = packing["sequences"]
     metrics = exp.read_metrics()
     train_rows = [r for r in metrics if "loss" in r]
     if train_rows:
@@ -97,12 +113,15 @@ def run(cfg: DictConfig, ctx) -> dict:
     if evaluate:
         summary["eval_loss_before"] = next((r["eval_loss"] for r in metrics if "eval_loss" in r), None)
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-        summary["exact_match"], samples = _exact_match(ctx, model, tokenizer, encoder, ctx.inputs["eval"])
-        exp.write_samples(samples[: stage.eval.samples_to_log])
+        if cfg.parallel.pp == 1:  # a pipeline-parallel model cannot generate
+            summary["exact_match"], samples = _exact_match(ctx, model, tokenizer, encoder, ctx.inputs["eval"])
+            exp.write_samples(samples[: stage.eval.samples_to_log])
         exp.log_metrics({"step": trainer.state.global_step, "eval_loss": summary["eval_loss"],
-                         "exact_match": summary["exact_match"]})
+                         **({"exact_match": summary["exact_match"]} if "exact_match" in summary else {})})
 
-    if ctx.runtime.is_main:
+    if models.model_parallel(cfg.parallel) and method == "none":  # every rank holds a part: merged by PaddleNLP
+        summary["model_dir"] = str(models.export_merged(trainer, exp.dir / "model", ctx.runtime.is_main))
+    elif ctx.runtime.is_main:
         summary.update(_export(cfg, exp, model, tokenizer, base_ref))
     return summary
 

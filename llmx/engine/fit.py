@@ -1,0 +1,65 @@
+"""The training run every training stage shares: resume, evaluate, train, evaluate, summarise.
+
+A stage builds its model, datasets and collator, then calls `fit`; what is
+particular to the stage (generations, exports) stays in the stage.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig
+
+from llmx.engine.model import count_parameters
+from llmx.engine.trainer import LlmxTrainer, MetricsCallback, elapsed_before, resume_point, training_arguments
+
+
+def summarise_metrics(rows: list[dict]) -> dict:
+    """Loss and throughput over the whole run, from metrics.jsonl (so a resumed run counts
+    the steps before the resume too; the Trainer's own average restarts)."""
+    train = [r for r in rows if "loss" in r]
+    out: dict = {}
+    if train:
+        seconds = sum(r["interval_s"] for r in train)
+        out["train_loss"] = sum(r["loss"] for r in train) / len(train)
+        out["final_loss"] = train[-1]["loss"]
+        out["tokens_per_s"] = round(sum(r["tokens"] for r in train) / max(seconds, 1e-9), 2)
+    before = [r["eval_loss"] for r in rows if "eval_loss" in r and r.get("step") == 0]
+    if before:
+        out["eval_loss_before"] = before[0]
+    return out
+
+
+def fit(cfg: DictConfig, ctx, model, tokenizer, train_set: Sequence, eval_set: Optional[Sequence], collator,
+        evaluate: bool = True) -> tuple[LlmxTrainer, dict]:
+    """Train `model` under PaddleNLP's Trainer in the run directory; resume if it holds a checkpoint.
+    With `evaluate`, the eval loss is measured before (fresh runs) and after training."""
+    exp = ctx.experiment
+    resume = resume_point(exp)
+    trainer = LlmxTrainer(
+        model=model,
+        args=training_arguments(cfg, exp, ctx.runtime.device),
+        train_dataset=train_set,
+        eval_dataset=eval_set or None,
+        data_collator=collator,
+        tokenizer=tokenizer,
+        callbacks=[MetricsCallback(exp, collator, elapsed_before(exp) if resume else 0.0)],
+        experiment=exp,
+        keep_checkpoints=cfg.stage.train.keep_checkpoints,
+        seed=cfg.seed,
+    )
+    evaluate = evaluate and bool(eval_set)
+    if evaluate and resume is None:
+        exp.log_metrics({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    summary = {
+        "steps": trainer.state.global_step,
+        "resumed_from": resume.name if resume else None,
+        "trainable_params": count_parameters(model, trainable_only=True),
+        "total_params": count_parameters(model),
+    }
+    if evaluate:
+        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+        exp.log_metrics({"step": trainer.state.global_step, "eval_loss": summary["eval_loss"]})
+    summary.update(summarise_metrics(exp.read_metrics()))
+    return trainer, summary

@@ -1,0 +1,118 @@
+"""Local multi-process launch (paddle-free): `python launch.py parallel=tp2` from a plain shell.
+
+A layout needing N > 1 processes, started outside any launcher, re-runs its own job
+under `python -m paddle.distributed.launch --nproc_per_node N`: on GPUs when this
+paddle build has CUDA and GPUs are visible, else as N CPU processes over gloo. Every
+rank gets the job's overrides plus `hydra.run.dir=<this job's run dir>`, so all of
+them share the one Hydra run directory (rank 0 writes the experiment files; Paddle's
+per-rank logs go to `<run dir>/launch_logs/workerlog.<rank>`). This process only waits
+and reports: it never imports paddle. Under a launcher (PADDLE_TRAINERS_NUM set by
+paddle.distributed.launch) a process just joins.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import List
+
+from omegaconf import DictConfig
+
+from llmx.config import ConfigError, UserError, launched_processes, world_size
+
+log = logging.getLogger("llmx")
+LAUNCH_LOGS = "launch_logs"
+# Hydra overrides a single-run child must not inherit: the sweep machinery and the run dir we set.
+_NOT_INHERITED = ("hydra.run.dir", "hydra.sweep.", "hydra/launcher", "hydra.launcher.", "hydra/sweeper",
+                  "hydra.sweeper.", "hydra.mode", "hydra.job.num", "hydra.job.id")
+
+
+class LaunchError(UserError):
+    """Some rank of a self-launched job failed; its log tail was already printed by the launcher."""
+
+    kind = "launch error"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def under_launcher() -> bool:
+    return launched_processes() is not None
+
+
+def needs_launch(cfg: DictConfig) -> bool:
+    return world_size(cfg.parallel) > 1 and not under_launcher()
+
+
+def visible_gpus() -> int:
+    """GPUs this paddle build could use, found without importing paddle: 0 on the CPU wheel."""
+    try:
+        metadata.version("paddlepaddle-gpu")
+    except metadata.PackageNotFoundError:
+        return 0
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return len([d for d in env.split(",") if d.strip() not in ("", "-1")])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def child_command(hydra_cfg, run_dir: Path) -> List[str]:
+    """The job as one single-run command line: its own overrides, our run dir."""
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("+~").startswith(_NOT_INHERITED)]
+    args = list(hydra_cfg.overrides.task) + hydra_overrides + [f"hydra.run.dir={run_dir}"]
+    if hydra_cfg.job.config_name and hydra_cfg.job.config_name != "config":
+        args = ["--config-name", hydra_cfg.job.config_name] + args
+    for source in hydra_cfg.runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":
+            args = ["--config-dir", source.path] + args
+    return [os.path.abspath(sys.argv[0])] + args
+
+
+def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
+    """Start the layout's processes, wait, and raise LaunchError if any rank failed."""
+    n = world_size(cfg.parallel)
+    gpus = 0 if cfg.device == "cpu" else visible_gpus()
+    if cfg.device == "gpu" and gpus == 0:
+        raise ConfigError("device='gpu': no CUDA device visible to this paddle build (allowed here: auto, cpu)")
+    if gpus and n > gpus:
+        raise ConfigError(f"parallel: dp*tp*pp*sharding = {n} but {gpus} GPUs visible "
+                          f"(dp={cfg.parallel.dp} tp={cfg.parallel.tp} pp={cfg.parallel.pp} sharding={cfg.parallel.sharding})")
+    env = dict(os.environ)
+    launcher = [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING",
+                "--log_dir", str(run_dir / LAUNCH_LOGS), "--max_restart", "0"]
+    if gpus:
+        launcher += ["--devices", ",".join(str(i) for i in range(n))]
+    else:
+        launcher += ["--nproc_per_node", str(n)]
+        env["PADDLE_DISTRI_BACKEND"] = "gloo"
+        if cfg.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU build asked to run on CPU must not grab GPUs
+    cmd = launcher + child_command(hydra_cfg, run_dir)
+    log.info("starting %d %s processes: %s", n, "GPU" if gpus else "CPU (gloo)", " ".join(cmd))
+    for handler in logging.getLogger().handlers:  # rank 0 appends to llmx.log from here on
+        handler.flush()
+    rc = subprocess.run(cmd, env=env).returncode
+    if rc != 0:
+        logs = run_dir / LAUNCH_LOGS
+        raise LaunchError(f"{n}-process run failed (launcher exit {rc}); per-rank logs: {logs}/workerlog.*", rc)
+
+
+def join_launched_job() -> None:
+    """In a launched rank other than 0: leave llmx.log to rank 0 (our output is in launch_logs)."""
+    if int(os.environ.get("PADDLE_TRAINER_ID", "0")) != 0:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.FileHandler):
+                root.removeHandler(handler)
+                handler.close()
+
+
+__all__ = ["LaunchError", "launch", "needs_launch", "under_launcher", "join_launched_job", "child_command"]

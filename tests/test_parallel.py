@@ -1,0 +1,164 @@
+"""Parallel layouts on CPU over gloo, started the way a user starts them: `python launch.py
+parallel=X` from a plain shell, which launches the processes itself (llmx/launcher.py).
+
+Every layout runs the same config as the single-process reference: batch 4, grad_accum 2,
+so the global batch is 8 everywhere. Data-parallel replicas (dp, sharding) each take one of
+the two micro-batches of a step, and the pipeline takes them as its two micro-batches, so
+every layout sums the very same micro-batch losses as one process and the logged losses
+must agree to 1e-5 relative. The compatibility layer's counters (one file per rank) show
+that the parallel path really ran.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAST, REPO, launch, read_json, read_jsonl
+from helpers import config_error
+
+STEPS = 3
+COMMON = [*FAST, f"stage.train.max_steps={STEPS}", "stage.train.logging_steps=1", "stage.train.batch_size=4",
+          "stage.train.grad_accum=2", f"stage.train.save_steps={STEPS}", "stage.eval.enabled=false"]
+# tp/pp runs also evaluate (pp: loss only, a pipeline cannot generate) and export the merged model
+WITH_EVAL = ["stage.eval.enabled=true", "stage.eval.num_samples=4", "stage.eval.max_new_tokens=4"]
+
+
+def _losses(run) -> list[float]:
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), "rank 0 alone writes metrics.jsonl"
+    return [r["loss"] for r in rows]
+
+
+def _counters(run, world: int) -> list[dict]:
+    return [read_json(run / f"cpu_parallel_counters.rank{r}.json") for r in range(world)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("parallel") / "single"
+    launch(f"hydra.run.dir={run}", *COMMON)
+    assert not list(run.glob("cpu_parallel_counters*")), "the compatibility layer stays off in one process"
+    return run
+
+
+def _run(tmp_path, layout: str, *extra: str):
+    run = tmp_path / layout
+    launch(f"hydra.run.dir={run}", f"parallel={layout}", *COMMON, *extra)
+    return run
+
+
+def _check_common(run, reference, world: int, rel: float = 1e-5) -> list[dict]:
+    assert _losses(run) == pytest.approx(_losses(reference), rel=rel)
+    assert read_json(run / "provenance.json")["world_size"] == world
+    assert sorted(p.name for p in (run / "launch_logs").glob("workerlog.*")) == [f"workerlog.{r}" for r in range(world)]
+    assert "starting %d CPU (gloo) processes" % world in (run / "llmx.log").read_text()
+    return _counters(run, world)
+
+
+@pytest.mark.parametrize("layout", ["dp2", "sharding_stage1", "sharding_stage2"])
+def test_data_parallel_layouts_match_one_process(tmp_path, reference, layout):
+    counters = _check_common(_run(tmp_path, layout), reference, 2)
+    for c in counters:
+        if layout == "dp2":  # DataParallel armed its (C++) gradient all-reduce for every micro-batch
+            assert c["dp.grad_sync_forward"] == STEPS
+        else:  # each rank reduces gradients to the parameters' owners and broadcasts its updates
+            assert c["collective.reduce"] >= STEPS and c["collective.broadcast"] >= STEPS
+        if layout == "sharding_stage2":
+            assert c["sharding.stage2_wrap"] == 1
+
+
+def _eval_loss(model_dir) -> float:
+    """Eval loss of a saved model in this (single) process, batched as the Trainer's evaluate."""
+    import numpy as np
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmx.config import asset_path
+    from llmx.data.sft import SftEncoder, pad_batch, read_sft_jsonl
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    encoder = SftEncoder(tokenizer, 128, 96)
+    examples = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))]
+    losses = []
+    with paddle.no_grad():
+        for i in range(0, len(examples), 16):
+            batch = {k: paddle.to_tensor(v) for k, v in pad_batch(examples[i:i + 16], tokenizer.pad_token_id).items()}
+            out = model(**batch)
+            losses.append(float(out[0] if isinstance(out, tuple) else out.loss))
+    return float(np.mean(losses))
+
+
+@pytest.fixture(scope="module")
+def model_parallel_runs(tmp_path_factory, reference):
+    base = tmp_path_factory.mktemp("model_parallel")
+    return {layout: _run(base, layout, *WITH_EVAL) for layout in ("tp2", "pp2")}
+
+
+def test_tensor_parallel_matches_one_process(model_parallel_runs, reference):
+    run = model_parallel_runs["tp2"]
+    counters = _check_common(run, reference, 2)
+    for c in counters:  # the vocab-parallel embedding, column/row-parallel linears and loss ran on both ranks
+        for op in ("mp.c_embedding", "mp.c_identity", "mp.allreduce", "mp.c_softmax_with_cross_entropy"):
+            assert c[op] > 0, (op, c)
+    summary = read_json(run / "summary.json")
+    assert 0.0 <= summary["exact_match"] <= 1.0  # the tensor-parallel model generates
+
+
+def test_pipeline_parallel_matches_one_process(model_parallel_runs, reference):
+    run = model_parallel_runs["pp2"]
+    counters = _check_common(run, reference, 2)
+    first, last = counters
+    assert first["collective.send"] > 0 and last["collective.recv"] > 0  # activations forward ...
+    assert last["collective.send"] > 0 and first["collective.recv"] > 0  # ... and gradients back
+    summary = read_json(run / "summary.json")
+    assert "eval_loss" in summary and "exact_match" not in summary
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_model_parallel_checkpoints_load_into_one_process(model_parallel_runs, reference, layout):
+    """The unified checkpoint merges tensor-parallel shards and names pipeline stages' weights as in
+    the single model: a plain from_pretrained loads it and evaluates like the single run's checkpoint."""
+    run = model_parallel_runs[layout]
+    ckpt = run / "checkpoints" / f"step-{STEPS}"
+    config = read_json(ckpt / "config.json")
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    got, want = _eval_loss(ckpt), _eval_loss(reference / "checkpoints" / f"step-{STEPS}")
+    assert got == pytest.approx(want, rel=1e-5)
+    assert _eval_loss(run / "model") == pytest.approx(got, rel=1e-6)  # the exported model: the same weights
+    if layout == "tp2":  # same eval batching as one process: the run's own eval agrees too
+        assert read_json(run / "summary.json")["eval_loss"] == pytest.approx(got, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_tp2pp2_four_processes_match_one_process(tmp_path, reference):
+    counters = _check_common(_run(tmp_path, "tp2pp2"), reference, 4)
+    assert all(c["mp.c_identity"] > 0 for c in counters)
+    assert all(c["collective.send"] + c.get("collective.send_partial_as_send", 0) > 0 for c in counters)
+    assert all(c["gloo.group_store"] >= 2 for c in counters)  # tp and pp subgroups, each with its own store
+
+
+def test_world_must_match_an_outer_launcher(tmp_path, monkeypatch):
+    """Under paddle.distributed.launch the layout must use exactly the processes it started."""
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    line = config_error("parallel=tp2pp2", tmp_path=tmp_path)
+    assert line == "llmx: config error: parallel: dp*tp*pp*sharding = 4 but 2 processes (dp=1 tp=2 pp=2 sharding=1)"
+
+
+def test_spawning_parent_imports_no_paddle():
+    code = "import sys, llmx.run, llmx.launcher; print(sorted(m for m in ('paddle', 'paddlenlp') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_failed_rank_fails_the_run(tmp_path):
+    """A rank that dies fails the launch: one line pointing at the per-rank logs, nonzero exit."""
+    run = tmp_path / "bad"
+    proc = launch(f"hydra.run.dir={run}", "parallel=dp2", *COMMON, "+model.overrides.hidden_act=nope", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("llmx: launch error: 2-process run failed")
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
