@@ -1,11 +1,11 @@
-"""`python -m llmx <command>`: tools that work on run directories (no paddle import)."""
+"""`python -m llmx <command>`: tools around runs (diff of run dirs, plan of a layout); no paddle import."""
 from __future__ import annotations
 
 import sys
 
 from llmx.config import UserError
 
-COMMANDS = {"diff": "llmx.diff"}
+COMMANDS = {"diff": "llmx.diff", "plan": "llmx.plan"}
 
 
 def main(argv: list[str] | None = None) -> int:

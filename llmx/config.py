@@ -174,6 +174,8 @@ class RunConfig:
     quant: QuantConfig = MISSING
     seed: int = 42
     device: str = "auto"  # auto | cpu | gpu
+    plan: bool = False  # only print the per-device memory estimate of this layout (llmx.plan), run nothing
+    device_memory_gb: Optional[float] = None  # memory of one device in GiB, for the plan's fits verdict
 
 
 def register_configs() -> None:
@@ -231,6 +233,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_parallel(cfg)
     _one_of("quant.algorithm", cfg.quant.algorithm, QUANT_ALGORITHMS)
     _one_of("device", cfg.device, DEVICES)
+    _require(cfg.device_memory_gb is None or cfg.device_memory_gb > 0, "device_memory_gb", cfg.device_memory_gb, "must be > 0 (GiB)")
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     _one_of("stage.runner", cfg.stage.runner, RUNNERS)
     if cfg.stage.runner in ("sft", "pretrain"):
@@ -284,9 +287,9 @@ def launched_processes() -> Optional[int]:
     return int(n) if n else None
 
 
-def model_dims(m: DictConfig) -> Dict[str, Any]:
-    """The model hyperparameters that parallel layouts depend on (paddle-free): from the pretrained
-    dir's config.json when there is one, else from `sizes[size]`; `overrides` win."""
+def model_hparams(m: DictConfig) -> Dict[str, Any]:
+    """The model's hyperparameters as given (paddle-free): the pretrained dir's config.json when
+    there is one, else `sizes[size]`; `overrides` win. Keys left out take the config class defaults."""
     raw: Dict[str, Any] = {}
     config_json = Path(m.name_or_path, "config.json") if m.name_or_path else None
     if config_json is not None and config_json.is_file():
@@ -296,13 +299,19 @@ def model_dims(m: DictConfig) -> Dict[str, Any]:
     elif m.size in m.sizes:
         raw = OmegaConf.to_container(m.sizes[m.size])
     raw.update(OmegaConf.to_container(m.overrides))
+    return raw
+
+
+def model_dims(m: DictConfig) -> Dict[str, Any]:
+    """The model hyperparameters that parallel layouts depend on (paddle-free, see model_hparams)."""
+    raw = model_hparams(m)
 
     def first(keys):
         return next((raw[k] for k in keys if raw.get(k) is not None), None)
 
     heads = first(_HEADS_KEYS)
     kv = raw.get("num_key_value_heads")
-    if kv is None and raw.get("multi_query_attention"):  # ChatGLM2 groups only count with MQA on
+    if kv is None:  # PaddleNLP's ChatGLM2 always uses its multi_query_group_num KV groups (HF's multi_query_attention flag is not read)
         kv = raw.get("multi_query_group_num")
     return {"heads": heads, "kv_heads": kv if kv is not None else heads,
             "layers": first(_LAYERS_KEYS), "vocab": first(_VOCAB_KEYS)}
@@ -332,6 +341,10 @@ def _validate_parallel(cfg: DictConfig) -> None:
                  "pp>1 needs sharding stage1 (Paddle has no pipeline with sharding stage 2/3)")
     _require(p.vpp == 1 or p.pp > 1, "parallel.vpp", p.vpp, "virtual pipeline stages need parallel.pp > 1")
     _require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", True, "needs parallel.tp > 1")
+    # PaddleNLP's sequence-parallel decoders reshape activations to [-1, seq_length, ...]: every
+    # batch must be exactly seq_length tokens long, which padded SFT batches are not.
+    _require(not p.sequence_parallel or cfg.stage.runner != "sft", "parallel.sequence_parallel", True,
+             "needs fixed-length batches of model seq_length tokens; the sft runner pads per batch")
     if m.size not in m.sizes and not m.name_or_path:
         return  # model.size is reported by _validate_model
     dims = model_dims(m)
@@ -341,6 +354,11 @@ def _validate_parallel(cfg: DictConfig) -> None:
     n = dims["layers"]
     _require(n is None or n % (p.pp * p.vpp) == 0, "parallel.pp", p.pp,
              f"pp*vpp = {p.pp * p.vpp} must divide the model's layers ({n})")
+    peft = cfg.stage.get("peft") if "stage" in cfg else None
+    if peft is not None and peft.method != "none":
+        # An adapter's random init and its export would be per tensor-parallel shard / pipeline stage.
+        _require(p.tp == 1 and p.pp == 1, "stage.peft.method", peft.method,
+                 "adapters train with dp or sharding layouts only (not yet with parallel.tp or parallel.pp > 1)")
     train = cfg.stage.get("train") if "stage" in cfg else None
     if train is not None and "batch_size" in train and "grad_accum" in train:
         replicas = p.dp * p.sharding  # data-parallel replicas share one global batch

@@ -45,6 +45,11 @@ def run(cfg: DictConfig) -> dict:
 def run_job(cfg: DictConfig) -> dict | None:
     """Hydra's task: run, and record the outcome in status.json. In a multirun a failed
     job is logged and recorded, and the sweep goes on (the sweep's end reports it)."""
+    if cfg.plan:  # `plan=true`: print the memory estimate of this layout instead (no paddle, no run files)
+        from llmx.plan import print_plan
+
+        print_plan(cfg)
+        return None
     from llmx.sweep import write_status
 
     hydra_cfg = HydraConfig.get()

@@ -84,7 +84,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        if not sweep_dir.is_dir() or config.get("plan"):  # a sweep of plans (plan=true) ran no jobs to table
             return
         rows = write_sweep_table(sweep_dir)
         failed = [r for r in rows if r["status"] != "ok"]

@@ -124,7 +124,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
     assert "runner: sft" in proc.stdout and "family: llama" in proc.stdout
     cfg = OmegaConf.create(proc.stdout)
-    assert set(cfg.keys()) == {"model", "stage", "parallel", "quant", "seed", "device"}
+    assert set(cfg.keys()) == {"model", "stage", "parallel", "quant", "seed", "device", "plan", "device_memory_gb"}
     assert (cfg.model.size, cfg.stage.peft.method, cfg.parallel.tp, cfg.quant.algorithm) == ("tiny", "none", 1, "none")
 
 

@@ -1,0 +1,370 @@
+"""`python -m llmx plan [OVERRIDES...]`: will this layout fit? Per-device memory, estimated.
+
+    python -m llmx plan model=qwen2 model.size=7b parallel=tp4pp2 +device_memory_gb=80
+    python launch.py model=qwen2 model.size=7b parallel=tp4pp2 plan=true device_memory_gb=80
+
+Hydra composes the config from the overrides (the same groups and keys as launch.py) and
+`validate` checks it, so an impossible layout gives the usual one-line error. Then the
+parameter count follows from the family's hyperparameters at `model.size` (formulas below,
+exact against PaddleNLP's models: tests/test_plan.py), and the memory of the busiest device
+from the layout, the micro-batch and the sequence length. Nothing is built and paddle is
+never imported: the formulas restate PaddleNLP 3.0.0b4's layer shapes and config defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from llmx.config import CONF_DIR, ConfigError, model_hparams, validate
+
+GIB = 2**30
+
+# ------------------------------------------------------------------ parameter count
+
+# PaddleNLP 3.0.0b4's config-class defaults for the keys the formulas read: a size (or config.json)
+# that leaves a key out gets these, as the real config class would (tests/test_plan.py compares them).
+_LLAMA = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+              num_attention_heads=32, num_key_value_heads=None, tie_word_embeddings=False)
+FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "llama": _LLAMA,
+    "baichuan": _LLAMA,  # Baichuan loads as LlamaForCausalLM / LlamaConfig
+    "mistral": dict(_LLAMA, intermediate_size=14336, num_key_value_heads=8),
+    "mixtral": dict(_LLAMA, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, tie_word_embeddings=True),
+    "yuan": dict(vocab_size=135040, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                 num_attention_heads=32, num_key_value_heads=None),
+    "qwen": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                 kv_channels=128, intermediate_size=22016, no_bias=True),
+    "chatglm": dict(vocab_size=130528, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
+                    inner_hidden_size=16384),
+    "chatglm2": dict(vocab_size=65024, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
+                     ffn_hidden_size=13696, multi_query_group_num=1, add_bias_linear=False, add_qkv_bias=False,
+                     rmsnorm=True, post_layer_norm=True),
+    "bloom": dict(vocab_size=250880, hidden_size=64, n_layer=2, n_head=8),
+    "gpt3": dict(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512),
+    "opt": dict(vocab_size=50272, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
+                intermediate_size=8192, max_position_embeddings=2048, word_embed_proj_dim=2048,
+                normalize_before=True),
+}
+# Other spellings each config class accepts for those keys (its `attribute_map`), e.g. in a config.json.
+_GPT_NAMES = {"n_positions": "max_position_embeddings", "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
+              "n_head": "num_attention_heads", "n_inner": "intermediate_size"}
+ALIASES: Dict[str, Dict[str, str]] = {
+    "llama": _GPT_NAMES, "baichuan": _GPT_NAMES, "gpt3": _GPT_NAMES,
+    "bloom": {"num_attention_heads": "n_head", "n_embed": "hidden_size"},
+    "chatglm": {"num_layers": "num_hidden_layers"},
+    "chatglm2": {"num_layers": "num_hidden_layers", "padded_vocab_size": "vocab_size"},
+    "opt": {"ffn_dim": "intermediate_size"},
+}
+
+
+def hyperparameters(family: str, given: Dict[str, Any]) -> Dict[str, Any]:
+    """`given` (a size, or a config.json) over the family's PaddleNLP defaults, derived values resolved."""
+    if family not in FAMILY_DEFAULTS:
+        raise ConfigError(f"model.family={family!r}: llmx.plan has no parameter formula for it "
+                          f"(known: {', '.join(FAMILY_DEFAULTS)})")
+    aliases = ALIASES.get(family, {})
+    hp = dict(FAMILY_DEFAULTS[family])
+    hp.update({aliases[k]: v for k, v in given.items() if k in aliases and aliases[k] not in given})
+    hp.update({k: v for k, v in given.items() if k not in aliases})
+    if hp.get("num_key_value_heads", 0) is None:  # LlamaConfig/YuanConfig: None means one KV head per query head
+        hp["num_key_value_heads"] = hp["num_attention_heads"]
+    if family == "opt" and hp.get("word_embed_proj_dim") is None:
+        hp["word_embed_proj_dim"] = hp["hidden_size"]
+    return hp
+
+
+@dataclass
+class Params:
+    """A model's parameters by where they live: `layers` identical decoder layers of `layer` each;
+    `embed` on the input side (token/position embeddings and what belongs to them: first pipeline
+    stage); `head` on the output side (final norm, lm_head: last pipeline stage). With tied
+    embeddings the token embedding is in both `embed` and `head` and `shared` says how big it is:
+    one model holds it once, but with pp > 1 the first and the last stage each hold a copy
+    (PaddleNLP's SharedLayerDesc)."""
+
+    layer: int
+    layers: int
+    embed: int
+    head: int
+    shared: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.layers * self.layer + self.embed + self.head - self.shared
+
+
+def _llama_like(family: str, hp: Dict[str, Any]) -> Params:
+    """LLaMA and its descendants: no biases (but Qwen2's q/k/v), RMSNorm (weight only), gated MLP."""
+    h, V, I = hp["hidden_size"], hp["vocab_size"], hp["intermediate_size"]
+    heads, kv = hp["num_attention_heads"], hp["num_key_value_heads"]
+    head_dim = hp.get("head_dim") or h // heads  # Gemma sets it (256), the rest use hidden/heads
+    q, k = heads * head_dim, kv * head_dim  # grouped-query attention: kv heads share K/V projections
+    attention = h * q + 2 * h * k + q * h  # q, k, v, o projections
+    if family == "qwen2":
+        attention += q + 2 * k  # Qwen2 has biases on q, k and v (not on o)
+    mlp = 3 * h * I  # SwiGLU (GeGLU for Gemma): gate, up and down projections
+    if family == "mixtral":
+        experts = hp["num_local_experts"]
+        mlp = experts * mlp + h * experts  # every expert is a full gated MLP; the router is h x experts, no bias
+    layer = attention + mlp + 2 * h  # two RMSNorm weights
+    if family == "yuan":
+        # Yuan's localized filtering gate: Conv2D(h -> h/2, kernel 2x1) and Conv2D(h/2 -> h, 2x1), both with
+        # bias, then an RMSNorm.
+        layer += 2 * (h // 2) * h * 2 + h // 2 + h + h
+    # Only LlamaForCausalLM (so Baichuan), Qwen2 and Gemma honour tie_word_embeddings; Mistral, Mixtral and
+    # Yuan always build their own lm_head (Yuan although its config says tie_word_embeddings=True).
+    tied = family in ("llama", "baichuan", "qwen2", "gemma") and bool(hp["tie_word_embeddings"])
+    return Params(layer, hp["num_hidden_layers"], embed=V * h, head=h + V * h, shared=V * h if tied else 0)
+
+
+def _qwen(hp: Dict[str, Any]) -> Params:
+    """QWen v1: fused c_attn with bias, c_proj, and an MLP of width intermediate_size // 2 (w1, w2 gated, c_proj);
+    no_bias (the default) drops every other bias. RMSNorm. lm_head never tied."""
+    h, V = hp["hidden_size"], hp["vocab_size"]
+    proj, ff = hp["kv_channels"] * hp["num_attention_heads"], hp["intermediate_size"] // 2
+    bias = 0 if hp["no_bias"] else 1
+    attention = h * 3 * proj + 3 * proj + proj * h + bias * h
+    mlp = 2 * (h * ff + bias * ff) + ff * h + bias * h
+    return Params(attention + mlp + 2 * h, hp["num_hidden_layers"], embed=V * h, head=h + V * h)
+
+
+def _chatglm(hp: Dict[str, Any]) -> Params:
+    """ChatGLM v1: LayerNorms with bias, every Linear with bias, GeLU MLP of inner_hidden_size; the lm_head
+    is the word embedding (tied)."""
+    h, V, ff = hp["hidden_size"], hp["vocab_size"], hp["inner_hidden_size"]
+    layer = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * ff + ff) + (ff * h + h)
+    return Params(layer, hp["num_hidden_layers"], embed=V * h, head=2 * h + V * h, shared=V * h)
+
+
+def _chatglm2(hp: Dict[str, Any]) -> Params:
+    """ChatGLM2/3: multi-query attention with multi_query_group_num K/V groups of head size hidden/heads,
+    a SwiGLU MLP fused as one h -> 2*ffn Linear, biases per add_qkv_bias/add_bias_linear, RMSNorm (or LayerNorm
+    with bias), its own output_layer (never tied)."""
+    h, V, ff = hp["hidden_size"], hp["vocab_size"], hp["ffn_hidden_size"]
+    qkv = h + 2 * (h // hp["num_attention_heads"]) * hp["multi_query_group_num"]
+    linear_bias = 1 if hp["add_bias_linear"] else 0
+    qkv_bias = 1 if hp["add_bias_linear"] or hp["add_qkv_bias"] else 0
+    norm = h if hp["rmsnorm"] else 2 * h
+    attention = h * qkv + qkv_bias * qkv + h * h + linear_bias * h
+    mlp = h * 2 * ff + linear_bias * 2 * ff + ff * h + linear_bias * h
+    final_norm = norm if hp["post_layer_norm"] else 0
+    return Params(attention + mlp + 2 * norm, hp["num_hidden_layers"], embed=V * h, head=final_norm + V * h)
+
+
+def _bloom(hp: Dict[str, Any]) -> Params:
+    """BLOOM: ALiBi (no position parameters), LayerNorms with bias (one more right after the embedding),
+    biased Linears, MLP fixed at 4*hidden; lm_head tied to the word embedding."""
+    h, V = hp["hidden_size"], hp["vocab_size"]
+    layer = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h)
+    return Params(layer, hp["n_layer"], embed=V * h + 2 * h, head=2 * h + V * h, shared=V * h)
+
+
+def _gpt_opt_layer(h: int, ff: int) -> int:
+    """A GPT/OPT decoder layer: q, k, v, out projections and the 2-matrix MLP (linear1, linear2), all with
+    bias, and two LayerNorms with bias."""
+    return 4 * (h * h + h) + (h * ff + ff) + (ff * h + h) + 2 * 2 * h
+
+
+def _gpt3(hp: Dict[str, Any]) -> Params:
+    """GPT: learned position embeddings (max_position_embeddings), final LayerNorm; lm_head tied."""
+    h, V = hp["hidden_size"], hp["vocab_size"]
+    embed = V * h + hp["max_position_embeddings"] * h
+    return Params(_gpt_opt_layer(h, hp["intermediate_size"]), hp["num_hidden_layers"], embed=embed,
+                  head=2 * h + V * h, shared=V * h)
+
+
+def _opt(hp: Dict[str, Any]) -> Params:
+    """OPT: word embeddings of word_embed_proj_dim (projected in and out when that differs from hidden),
+    learned positions with an offset of 2, a final LayerNorm only with normalize_before, and an lm_head that
+    PaddleNLP 3.0.0b4 always creates as its own [vocab, hidden] parameter (not tied)."""
+    h, V, proj = hp["hidden_size"], hp["vocab_size"], hp["word_embed_proj_dim"]
+    projection = proj * h if proj != h else 0
+    embed = V * proj + (hp["max_position_embeddings"] + 2) * h + projection
+    head = (2 * h if hp["normalize_before"] else 0) + projection + V * h
+    return Params(_gpt_opt_layer(h, hp["intermediate_size"]), hp["num_hidden_layers"], embed=embed, head=head)
+
+
+def count_params(family: str, given: Dict[str, Any]) -> Params:
+    hp = hyperparameters(family, given)
+    if family == "qwen":
+        return _qwen(hp)
+    if family in ("chatglm", "chatglm2", "bloom", "gpt3", "opt"):
+        return {"chatglm": _chatglm, "chatglm2": _chatglm2, "bloom": _bloom, "gpt3": _gpt3, "opt": _opt}[family](hp)
+    return _llama_like(family, hp)
+
+
+# ------------------------------------------------------------------ memory per device
+
+
+def micro_batches(train: DictConfig, p: DictConfig) -> tuple[int, int]:
+    """(per-device micro-batch, micro-batches per step): llmx.engine.trainer.batch_split, restated
+    here because the engine imports paddle. dp*sharding replicas share the global batch."""
+    replicas = p.dp * p.sharding
+    if train.grad_accum % replicas == 0:
+        return train.batch_size, train.grad_accum // replicas
+    return train.batch_size // replicas, train.grad_accum
+
+
+def estimate(cfg: DictConfig) -> Dict[str, Any]:
+    m, p, stage = cfg.model, cfg.parallel, cfg.stage
+    hp = hyperparameters(m.family, model_hparams(m))
+    params = count_params(m.family, model_hparams(m))
+    seq = OmegaConf.select(stage, "data.max_length") or OmegaConf.select(stage, "data.seq_length")
+    if seq is None or OmegaConf.select(stage, "train") is None:
+        raise ConfigError(f"stage.runner={stage.runner!r}: plan needs a training stage (stage.data.max_length "
+                          "or stage.data.seq_length, and stage.train)")
+    batch, accum = micro_batches(stage.train, p)
+    half = m.dtype in ("bfloat16", "float16")
+    width = 2 if half else 4  # bytes per parameter, gradient and activation element
+
+    # Parameters on the busiest device. Decoder layers split evenly over the pp stages; the input side
+    # (embeddings) sits on the first stage, the output side (final norm + lm_head) on the last; with pp=1 one
+    # device holds all (a tied embedding once). Tensor parallelism splits every layer's matrices and the
+    # vocabulary of the embedding and the lm_head by tp; we divide everything by tp, which slightly
+    # undercounts what TP replicates (norm weights, row-parallel biases, position embeddings, the MoE router).
+    ends = params.embed + params.head - params.shared if p.pp == 1 else max(params.embed, params.head)
+    per_device = (params.layers // p.pp * params.layer + ends) / p.tp
+
+    # ZeRO over the sharding group: stage 1 shards the optimizer states, stage 2 also the gradients,
+    # stage 3 also the parameters. Data parallelism (dp) replicates everything.
+    shards = p.sharding if p.sharding_stage > 0 else 1
+
+    def sharded(from_stage: int) -> int:
+        return shards if p.sharding_stage >= from_stage else 1
+
+    param_bytes = per_device * width / sharded(3)
+    grad_bytes = per_device * width / sharded(2)  # gradients have the parameters' dtype
+    # AdamW: two fp32 moments per parameter, plus an fp32 master copy of the weights when the model trains in
+    # bf16/fp16 (PaddleNLP's O2 mixed precision). The beta-power scalars are negligible.
+    optimizer_bytes = per_device * (8 + (4 if half else 0)) / sharded(1)
+
+    # Activations per micro-batch and layer, after Korthikanti et al. 2022 ("Reducing Activation Recomputation
+    # in Large Transformer Models", eqs. 1-2), in bytes for 16-bit activations: s*b*h*(34 + 5*a*s/h) on one device
+    # (34: the inputs kept for backward by the layer norms, q/k/v/out projections and MLP, plus 1-byte dropout
+    # masks; 5*a*s/h: the a*s*s attention scores, softmax output and its dropout mask). Tensor parallelism
+    # splits all but the 10*s*b*h kept around the layer norms and dropouts: s*b*h*(10 + 24/t + 5*a*s/(h*t));
+    # sequence parallelism splits those too: s*b*h*(34 + 5*a*s/h)/t. The formula is for the GPT-3 block (a 4h
+    # MLP, dropout on); for llama-style blocks (gated MLP, no dropout) it is an approximation, and flash
+    # attention (GPU) keeps no attention scores, so "no recompute" is an upper bound there.
+    s, b, h, t = seq, batch, hp["hidden_size"], p.tp
+    a = hp["n_head"] if m.family == "bloom" else hp["num_attention_heads"]
+    sbh = s * b * h
+    scores = 5 * a * s / h
+    if p.sequence_parallel and t > 1:
+        layer_acts = sbh * (34 + scores) / t
+    else:
+        layer_acts = sbh * (10 + (24 + scores) / t)
+    # Full recompute keeps only each layer's input (2*s*b*h bytes; split by t under sequence parallelism) and
+    # rebuilds one layer's activations at a time during backward.
+    layer_input = 2 * sbh / (t if p.sequence_parallel and t > 1 else 1)
+    scale = width / 2  # the formula counts 2-byte activations; float32 doubles them
+    layers_here = params.layers // p.pp
+    # 1F1B pipeline: the first stage holds the activations of min(pp, micro-batches) micro-batches before its
+    # first backward; the interleaved schedule (vpp > 1) holds (1 + (pp-1)/(pp*vpp)) times that (paper, 4.2.3).
+    in_flight = 1.0 if p.pp == 1 else float(min(p.pp, accum))
+    if p.pp > 1 and p.vpp > 1 and accum >= p.pp:
+        in_flight *= 1 + (p.pp - 1) / (p.pp * p.vpp)
+    acts = layer_acts * layers_here * in_flight * scale
+    acts_recompute = (layer_input * layers_here * in_flight + layer_acts) * scale
+
+    states = param_bytes + grad_bytes + optimizer_bytes
+    gib = {"parameters": param_bytes / GIB, "gradients": grad_bytes / GIB, "optimizer": optimizer_bytes / GIB,
+           "activations": acts / GIB, "activations_recompute": acts_recompute / GIB,
+           "total": (states + acts) / GIB, "total_recompute": (states + acts_recompute) / GIB}
+    memory = cfg.get("device_memory_gb")
+    return {
+        "model": {"family": m.family, "size": m.size, "dtype": m.dtype, "parameters": params.total,
+                  "parameters_per_device": round(per_device)},
+        "layout": {"dp": p.dp, "tp": p.tp, "pp": p.pp, "vpp": p.vpp, "sharding": p.sharding,
+                   "sharding_stage": p.sharding_stage, "sequence_parallel": bool(p.sequence_parallel),
+                   "devices": p.dp * p.tp * p.pp * p.sharding},
+        "batch": {"micro_batch": batch, "seq_length": seq, "micro_batches_in_flight": in_flight},
+        "per_device_gib": gib,
+        "device_memory_gb": memory,
+        "fits": verdict(gib["total"], gib["total_recompute"], memory),
+        "peft": OmegaConf.select(stage, "peft.method") or "none",
+    }
+
+
+def verdict(total: float, total_recompute: float, memory: Optional[float]) -> str:
+    if memory is None:
+        return f"fits: unknown (give device_memory_gb=...; needs {total:.1f} GiB, with recompute: {total_recompute:.1f} GiB)"
+    if total <= memory:
+        return f"fits: yes ({total:.1f} GiB of {memory:g} GiB, with recompute: {total_recompute:.1f} GiB)"
+    if total_recompute <= memory:
+        return f"fits: only with full recompute ({total_recompute:.1f} GiB of {memory:g} GiB, without: {total:.1f} GiB)"
+    return f"fits: no ({total:.1f} GiB of {memory:g} GiB, with recompute: {total_recompute:.1f} GiB)"
+
+
+def render(plan: Dict[str, Any]) -> str:
+    m, lay, bt, g = plan["model"], plan["layout"], plan["batch"], plan["per_device_gib"]
+    mem = plan["device_memory_gb"]
+    rows = [("parameters", g["parameters"]), ("gradients", g["gradients"]), ("optimizer states (AdamW)", g["optimizer"]),
+            ("activations, no recompute", g["activations"]), ("activations, full recompute", g["activations_recompute"]),
+            ("total, no recompute", g["total"]), ("total, full recompute", g["total_recompute"])]
+    lines = [f"plan: {m['family']} {m['size']} ({m['parameters'] / 1e9:.3g}B parameters, {m['dtype']}), "
+             f"tp={lay['tp']} pp={lay['pp']} dp={lay['dp']} sharding={lay['sharding']} "
+             f"(stage {lay['sharding_stage']}) on {lay['devices']} devices",
+             f"busiest device: {m['parameters_per_device'] / 1e9:.3g}B parameters, micro-batch {bt['micro_batch']} x "
+             f"{bt['seq_length']} tokens, {bt['micro_batches_in_flight']:g} in flight",
+             "", f"  {'per device':<30}{'GiB':>9}"]
+    lines += [f"  {name:<30}{value:9.2f}" for name, value in rows]
+    lines.append(f"  {'device memory':<30}{mem:9.2f}" if mem is not None else f"  {'device memory':<30}{'unknown':>9}")
+    if plan["peft"] != "none":
+        lines.append(f"note: stage.peft.method={plan['peft']} trains adapters only; gradients and optimizer "
+                     "states above are for full-parameter training (an upper bound)")
+    lines.append(plan["fits"])
+    return "\n".join(lines)
+
+
+def print_plan(cfg: DictConfig, fmt: str = "text") -> Dict[str, Any]:
+    """Validate `cfg`, then print its plan (launch.py's `plan=true` lands here)."""
+    validate(cfg)
+    plan = estimate(cfg)
+    print(json.dumps(plan, indent=2) if fmt == "json" else render(plan), flush=True)
+    return plan
+
+
+# ------------------------------------------------------------------ command line
+
+PLAN_KEYS = ("plan", "device_memory_gb")  # RunConfig fields: `+key=` (append) becomes `key=` (override)
+
+
+def compose_config(overrides: List[str]) -> DictConfig:
+    """Hydra's compose API over llmx's conf/, with launch.py's overrides."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [o[1:] if o.startswith("+") and not o.startswith("++") and o[1:].split("=", 1)[0] in PLAN_KEYS
+                 else o for o in overrides]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmx plan", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for launch.py "
+                        "(e.g. model=qwen2 model.size=7b parallel=tp4pp2 device_memory_gb=80)")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    args = parser.parse_intermixed_args(argv)
+    from llmx.cli import config_error_line
+
+    try:
+        cfg = compose_config(args.overrides)
+    except Exception as ex:  # noqa: BLE001 - Hydra's and OmegaConf's config errors become one line
+        line = config_error_line(ex)
+        if line is None:
+            raise
+        print(f"llmx: {line}", file=sys.stderr)
+        return 2
+    print_plan(cfg, args.format)
+    return 0

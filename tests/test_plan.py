@@ -1,0 +1,136 @@
+"""`python -m llmx plan` / `launch.py plan=true`: the per-device memory estimate of a layout.
+
+The parameter formulas (llmx.plan) are checked exactly against the real PaddleNLP models at every
+family's `tiny` size (built in-process, one paddle import), and against published totals of real sizes
+without building them; the commands run without paddle and start no training.
+"""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from helpers import HEAVY_IMPORT_MARK, config_error, run_launch, run_python
+from llmx.config import CONF_DIR, model_hparams
+from llmx.plan import FAMILY_DEFAULTS, GIB, count_params, estimate, hyperparameters
+
+FAMILIES = sorted(p.stem for p in CONF_DIR.glob("model/*.yaml") if p.stem != "tiny")
+# Variants of tiny that switch the formulas' other branches (tied heads, projections, biases, post-LN, MQA).
+VARIANTS = [
+    ("llama", ["+model.overrides.tie_word_embeddings=true"]),
+    ("qwen2", ["+model.overrides.tie_word_embeddings=true"]),
+    ("gemma", ["+model.overrides.num_key_value_heads=1", "+model.overrides.head_dim=32"]),
+    ("qwen", ["+model.overrides.no_bias=false"]),
+    ("chatglm2", ["+model.overrides.add_bias_linear=true", "+model.overrides.multi_query_group_num=1"]),
+    ("opt", ["+model.overrides.word_embed_proj_dim=32", "+model.overrides.normalize_before=false"]),
+]
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_tiny_parameter_counts_are_exact():
+    """Every family at `tiny` (and the variants): formula == the built PaddleNLP model's parameter count."""
+    import paddle
+
+    from llmx.engine.model import build_model, build_tokenizer, count_parameters
+
+    paddle.set_device("cpu")
+    cases = [(f, [f"model={f}"]) for f in FAMILIES] + [(f, [f"model={f}", *o]) for f, o in VARIANTS]
+    tokenizer = build_tokenizer(_compose().model)  # every tiny size uses the bundled tokenizer
+    wrong = []
+    for family, overrides in cases:
+        m = _compose(*overrides, "model.size=tiny").model
+        built = count_parameters(build_model(m, tokenizer, seed=0))
+        counted = count_params(family, model_hparams(m)).total
+        if counted != built:
+            wrong.append(f"{' '.join(overrides)}: formula {counted} != model {built}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_family_defaults_match_paddlenlp_config_classes():
+    """A size that leaves a key out gets the config class default; llmx.plan restates those defaults."""
+    import paddlenlp.transformers as pnt
+
+    wrong = []
+    for family in FAMILIES:
+        config = getattr(pnt, _compose(f"model={family}").model.config_class)()
+        ours = hyperparameters(family, {})
+        wrong += [f"{family}.{key}: plan {ours[key]!r} != {type(config).__name__} {getattr(config, key)!r}"
+                  for key in FAMILY_DEFAULTS[family] if getattr(config, key) != ours[key]]
+    assert not wrong, "\n".join(wrong)
+
+
+# Published totals (Hugging Face checkpoints' parameter counts).
+PUBLISHED = {("llama", "7b"): 6.74e9, ("qwen2", "7b"): 7.62e9, ("mixtral", "8x7b"): 46.7e9, ("gemma", "7b"): 8.54e9,
+             ("llama", "70b"): 68.98e9, ("mistral", "7b"): 7.24e9, ("chatglm2", "6b"): 6.24e9, ("bloom", "7b1"): 7.07e9}
+
+
+@pytest.mark.parametrize("family,size", sorted(PUBLISHED))
+def test_real_sizes_match_published_totals(family, size):
+    m = _compose(f"model={family}", f"model.size={size}").model
+    counted = count_params(family, model_hparams(m)).total
+    assert abs(counted - PUBLISHED[family, size]) / PUBLISHED[family, size] < 0.01, counted
+
+
+def test_memory_formulas():
+    """The per-device terms, recomputed by hand for qwen2 7b (h 3584, 28 heads, 28 layers) on tp4pp2, bf16."""
+    cfg = _compose("model=qwen2", "model.size=7b", "parallel=tp4pp2", "model.dtype=bfloat16",
+                   "stage.data.max_length=4096", "stage.train.batch_size=1", "stage.train.grad_accum=8")
+    plan = estimate(cfg)
+    g = plan["per_device_gib"]
+    h, V, layers = 3584, 152064, 28
+    params = count_params("qwen2", model_hparams(cfg.model))
+    per_device = (layers // 2 * params.layer + V * h + h) / 4  # 14 layers + the last stage's norm and lm_head, over tp
+    assert plan["model"]["parameters_per_device"] == round(per_device)
+    assert g["parameters"] == pytest.approx(per_device * 2 / GIB) and g["gradients"] == g["parameters"]
+    assert g["optimizer"] == pytest.approx(per_device * 12 / GIB)  # 2 fp32 moments + fp32 master weights
+    sbh = 4096 * 1 * h
+    per_layer = sbh * (10 + (24 + 5 * 28 * 4096 / h) / 4)  # Korthikanti et al. eq. 2, t = 4
+    assert plan["batch"]["micro_batches_in_flight"] == 2  # 1F1B: pp micro-batches on the first stage
+    assert g["activations"] == pytest.approx(per_layer * 14 * 2 / GIB)
+    assert g["activations_recompute"] == pytest.approx((2 * sbh * 14 * 2 + per_layer) / GIB)
+    assert g["total"] == pytest.approx(g["parameters"] + g["gradients"] + g["optimizer"] + g["activations"])
+
+    zero2 = estimate(_compose("model=qwen2", "model.size=7b", "parallel=sharding_stage2", "parallel.sharding=8"))
+    single = estimate(_compose("model=qwen2", "model.size=7b"))
+    z, s = zero2["per_device_gib"], single["per_device_gib"]
+    assert z["parameters"] == pytest.approx(s["parameters"])  # stage 2 keeps whole parameters
+    assert z["gradients"] == pytest.approx(s["gradients"] / 8) and z["optimizer"] == pytest.approx(s["optimizer"] / 8)
+
+
+def _plan(*overrides: str, tmp_path):
+    proc = run_python("-m", "llmx", "plan", *overrides, tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+    return proc.stdout.strip().splitlines()
+
+
+def test_plan_command_verdicts_without_paddle(tmp_path):
+    fits = _plan("model=qwen2", "model.size=7b", "parallel=tp4pp2", "+device_memory_gb=80", tmp_path=tmp_path)
+    assert fits[-1].startswith("fits: yes (") and "GiB of 80 GiB, with recompute:" in fits[-1], fits
+    assert any(line.split()[:1] == ["parameters"] for line in fits), fits
+    too_big = _plan("model=llama", "model.size=7b", "parallel=tp2", "device_memory_gb=16", tmp_path=tmp_path)
+    assert too_big[-1].startswith("fits: no (") and "GiB of 16 GiB" in too_big[-1], too_big
+    unknown = _plan("model=llama", "model.size=7b", tmp_path=tmp_path)
+    assert unknown[-1].startswith("fits: unknown (give device_memory_gb="), unknown
+
+
+def test_launch_plan_prints_the_plan_and_runs_nothing(tmp_path):
+    overrides = ["model=qwen2", "model.size=7b", "parallel=tp4pp2"]
+    expected = _plan(*overrides, "+device_memory_gb=80", tmp_path=tmp_path)
+    run_dir = tmp_path / "run"
+    proc = run_launch(*overrides, "plan=true", "device_memory_gb=80", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+    assert proc.stdout.strip().splitlines() == expected
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "llmx.log"]  # Hydra's own files only
+
+
+def test_impossible_layout_is_one_line_error(tmp_path):
+    proc = run_python("-m", "llmx", "plan", "model=qwen2", "model.size=tiny", "parallel=tp4pp2", tmp_path=tmp_path)
+    assert proc.returncode == 2 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "llmx: config error: parallel.tp=4: must divide the model's KV heads (2)"
+    line = config_error("model=qwen2", "parallel=tp4pp2", "plan=true", tmp_path=tmp_path)
+    assert line == "llmx: config error: parallel.tp=4: must divide the model's KV heads (2)"
