@@ -49,19 +49,21 @@ def needs_launch(cfg: DictConfig) -> bool:
     return world_size(cfg.parallel) > 1 and not under_launcher()
 
 
-def visible_gpus() -> int:
-    """GPUs this paddle build could use, found without importing paddle: 0 on the CPU wheel."""
+def visible_gpus() -> List[str]:
+    """Ids of the GPUs this paddle build could use, found without importing paddle (none on the
+    CPU wheel): CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists."""
     try:
         metadata.version("paddlepaddle-gpu")
     except metadata.PackageNotFoundError:
-        return 0
+        return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return len([d for d in env.split(",") if d.strip() not in ("", "-1")])
+        return [d.strip() for d in env.split(",") if d.strip() not in ("", "-1")]
     if shutil.which("nvidia-smi") is None:
-        return 0
+        return []
     out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+    count = sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+    return [str(i) for i in range(count)]
 
 
 def child_command(hydra_cfg, run_dir: Path) -> List[str]:
@@ -79,17 +81,17 @@ def child_command(hydra_cfg, run_dir: Path) -> List[str]:
 def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
     """Start the layout's processes, wait, and raise LaunchError if any rank failed."""
     n = world_size(cfg.parallel)
-    gpus = 0 if cfg.device == "cpu" else visible_gpus()
-    if cfg.device == "gpu" and gpus == 0:
+    gpus = [] if cfg.device == "cpu" else visible_gpus()
+    if cfg.device == "gpu" and not gpus:
         raise ConfigError("device='gpu': no CUDA device visible to this paddle build (allowed here: auto, cpu)")
-    if gpus and n > gpus:
-        raise ConfigError(f"parallel: dp*tp*pp*sharding = {n} but {gpus} GPUs visible "
+    if gpus and n > len(gpus):
+        raise ConfigError(f"parallel: dp*tp*pp*sharding = {n} but {len(gpus)} GPUs visible "
                           f"(dp={cfg.parallel.dp} tp={cfg.parallel.tp} pp={cfg.parallel.pp} sharding={cfg.parallel.sharding})")
     env = dict(os.environ)
     launcher = [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING",
                 "--log_dir", str(run_dir / LAUNCH_LOGS), "--max_restart", "0"]
     if gpus:
-        launcher += ["--devices", ",".join(str(i) for i in range(n))]
+        launcher += ["--devices", ",".join(gpus[:n])]
     else:
         launcher += ["--nproc_per_node", str(n)]
         env["PADDLE_DISTRI_BACKEND"] = "gloo"
@@ -113,6 +115,3 @@ def join_launched_job() -> None:
             if isinstance(handler, logging.FileHandler):
                 root.removeHandler(handler)
                 handler.close()
-
-
-__all__ = ["LaunchError", "launch", "needs_launch", "under_launcher", "join_launched_job", "child_command"]

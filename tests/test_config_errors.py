@@ -71,6 +71,10 @@ BAD_CONFIGS = {
     "vpp_without_pp": (["parallel.vpp=2"], ["parallel.vpp=2: virtual pipeline stages need parallel.pp > 1"]),
     "sequence_parallel_without_tp": (["parallel.sequence_parallel=true"],
                                      ["parallel.sequence_parallel=True: needs parallel.tp > 1"]),
+    "sequence_parallel_in_sft": (["parallel=tp2", "parallel.sequence_parallel=true"],
+                                 ["parallel.sequence_parallel=True: needs fixed-length batches"]),
+    "lora_with_tensor_parallel": (["stage=lora", "parallel=tp2"],
+                                  ["stage.peft.method='lora': adapters train with dp or sharding layouts only"]),
     "global_batch_not_splittable": (["parallel=dp2", "stage.train.batch_size=3"],
                                     ["parallel='dp*sharding=2': must divide stage.train.grad_accum (1) or "
                                      "stage.train.batch_size (3)"]),

@@ -134,12 +134,36 @@ def test_model_parallel_checkpoints_load_into_one_process(model_parallel_runs, r
         assert read_json(run / "summary.json")["eval_loss"] == pytest.approx(got, rel=1e-5)
 
 
+def test_pretrained_weights_are_split_by_the_loader(tmp_path, reference):
+    """With model.name_or_path PaddleNLP's loader splits the weights for tensor parallelism."""
+    pretrained = [f"model.name_or_path={reference / 'model'}"]
+    single = tmp_path / "single"
+    launch(f"hydra.run.dir={single}", *COMMON, *pretrained)
+    run = _run(tmp_path, "tp2", *pretrained)
+    assert _losses(run) == pytest.approx(_losses(single), rel=1e-5)
+    assert _losses(single)[0] < _losses(reference)[0]  # it did start from the trained weights
+    assert "split from " + str(reference / "model") in (run / "llmx.log").read_text()
+
+
 @pytest.mark.slow
 def test_tp2pp2_four_processes_match_one_process(tmp_path, reference):
     counters = _check_common(_run(tmp_path, "tp2pp2"), reference, 4)
     assert all(c["mp.c_identity"] > 0 for c in counters)
     assert all(c["collective.send"] + c.get("collective.send_partial_as_send", 0) > 0 for c in counters)
     assert all(c["gloo.group_store"] >= 2 for c in counters)  # tp and pp subgroups, each with its own store
+
+
+def test_joins_an_outer_launcher(tmp_path, reference):
+    """`python -m paddle.distributed.launch launch.py ...`: every rank joins (no second launch);
+    the user names the run dir (each rank would otherwise stamp its own time)."""
+    run = tmp_path / "joined"
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING", "--nproc_per_node", "2",
+           "--log_dir", str(tmp_path / "logs"), "launch.py", f"hydra.run.dir={run}", "parallel=dp2", *COMMON]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)  # no PADDLE_DISTRI_BACKEND
+    assert proc.returncode == 0, (tmp_path / "logs" / "workerlog.0").read_text()[-3000:]
+    assert _losses(run) == pytest.approx(_losses(reference), rel=1e-5)
+    assert not (run / "launch_logs").exists() and "starting" not in (run / "llmx.log").read_text()
+    assert all(c["dp.grad_sync_forward"] == STEPS for c in _counters(run, 2))
 
 
 def test_world_must_match_an_outer_launcher(tmp_path, monkeypatch):
@@ -158,7 +182,8 @@ def test_spawning_parent_imports_no_paddle():
 def test_failed_rank_fails_the_run(tmp_path):
     """A rank that dies fails the launch: one line pointing at the per-rank logs, nonzero exit."""
     run = tmp_path / "bad"
-    proc = launch(f"hydra.run.dir={run}", "parallel=dp2", *COMMON, "+model.overrides.hidden_act=nope", check=False)
+    # passes validation (paddle-free), fails in every rank once PaddleNLP is imported
+    proc = launch(f"hydra.run.dir={run}", "parallel=dp2", *COMMON, "model.config_class=NoSuchConfig", check=False)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("llmx: launch error: 2-process run failed")
     assert json.loads((run / "status.json").read_text())["status"] == "failed"

@@ -48,7 +48,6 @@ def _group(group):
 # Every Python-level collective ends in a ProcessGroup method; counting there covers
 # them all (DataParallel's gradient all-reduce runs in C++ and is counted separately).
 _COUNTED = ("all_reduce", "broadcast", "reduce", "send", "recv", "all_gather", "all_gather_into_tensor", "barrier")
-_CALC_STREAM = ("all_reduce", "broadcast", "reduce", "send", "recv", "all_gather_into_tensor")
 
 
 def _counted(name, method):
@@ -59,15 +58,20 @@ def _counted(name, method):
     return wrapper
 
 
-def _on_calc_stream(name):
-    """`x_on_calc_stream(...)` (rejected by gloo) -> the synchronous `x(..., sync_op=True)`."""
+def _sync(task):
+    task.wait()
+    return task
 
-    def wrapper(self, *args):
-        task = getattr(self, name)(*args, True)
-        task.wait()
-        return task
 
-    return wrapper
+# gloo rejects `x_on_calc_stream(...)`: run the synchronous `x(..., sync_op=True)` instead.
+_ON_CALC_STREAM = {
+    "all_reduce": lambda self, tensor, op=dist.ReduceOp.SUM: _sync(self.all_reduce(tensor, op, True)),
+    "broadcast": lambda self, tensor, src: _sync(self.broadcast(tensor, src, True)),
+    "reduce": lambda self, tensor, dst, op=dist.ReduceOp.SUM: _sync(self.reduce(tensor, dst, op, True)),
+    "send": lambda self, tensor, dst: _sync(self.send(tensor, dst, True)),
+    "recv": lambda self, tensor, src: _sync(self.recv(tensor, src, True)),
+    "all_gather_into_tensor": lambda self, out, inp: _sync(self.all_gather_into_tensor(out, inp, True)),
+}
 
 
 def _reduce_scatter_tensor(self, out, inp, op, sync_op=True):
@@ -102,8 +106,8 @@ def _patch_process_group() -> None:
     PG = core.ProcessGroup
     for name in _COUNTED:
         setattr(PG, name, _counted(name, getattr(PG, name)))
-    for name in _CALC_STREAM:
-        setattr(PG, f"{name}_on_calc_stream", _on_calc_stream(name))
+    for name, redirect in _ON_CALC_STREAM.items():
+        setattr(PG, f"{name}_on_calc_stream", redirect)
     PG.send_partial = PG.send_partial_on_calc_stream = _send_partial
     PG.recv_partial = PG.recv_partial_on_calc_stream = _recv_partial
     PG.all_gather_partial = PG.all_gather_partial_on_calc_stream = _all_gather_partial

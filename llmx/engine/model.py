@@ -123,21 +123,24 @@ def _build_parallel_model(m: DictConfig, model_cls, config, tokenizer, seed: int
     part_config.virtual_pp_degree = parallel.vpp if parallel is not None else 1
     part_cls = _paddlenlp_class("model.pipeline_class", m.pipeline_class) if pp > 1 else model_cls
     if m.name_or_path and load_weights:
-        return part_cls.from_pretrained(m.name_or_path, config=part_config, dtype=m.dtype)
-    full = _random_init(m, model_cls, config, tokenizer, seed)
-    state = {k: v.numpy() for k, v in full.state_dict().items()}
-    del full
-    if tp > 1:
-        state = model_cls.convert_tensor_parallel(None, part_config, state_dict=state)
-    model = part_cls.from_config(part_config, dtype=m.dtype)
-    missing, _ = model.set_state_dict({k: v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v) for k, v in state.items()})
-    if missing:
-        raise RuntimeError(f"{part_cls.__name__}: no weights split for {missing}")
+        model = part_cls.from_pretrained(m.name_or_path, config=part_config, dtype=m.dtype)
+        source = m.name_or_path
+    else:
+        full = _random_init(m, model_cls, config, tokenizer, seed)
+        state = {k: v.numpy() for k, v in full.state_dict().items()}
+        del full
+        if tp > 1:
+            state = model_cls.convert_tensor_parallel(None, part_config, state_dict=state)
+        model = part_cls.from_config(part_config, dtype=m.dtype)
+        missing, _ = model.set_state_dict({k: v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v)
+                                           for k, v in state.items()})
+        if missing:
+            raise RuntimeError(f"{part_cls.__name__}: no weights split for {missing}")
+        source = f"the seed-{seed} random init"
     if pp > 1:
         _bool_attention_masks(model)
-    log.info("%s part (tp rank %d of %d, pp stage %d of %d): %d parameters, split from the seed-%d random init",
-             part_cls.__name__, part_config.tensor_parallel_rank, tp, hcg.get_stage_id(), pp,
-             count_parameters(model), seed)
+    log.info("%s part (tp rank %d of %d, pp stage %d of %d): %d parameters, split from %s", part_cls.__name__,
+             part_config.tensor_parallel_rank, tp, hcg.get_stage_id(), pp, count_parameters(model), source)
     return model
 
 

@@ -47,7 +47,8 @@ def parallel_arguments(p: DictConfig) -> dict:
     validation checked world = dp*tp*pp*sharding. Pipeline micro-batches come from
     gradient_accumulation_steps (PaddleNLP's pipeline accumulate_steps); virtual pp is a model
     config setting (see engine.model)."""
-    args = dict(tensor_parallel_degree=p.tp, pipeline_parallel_degree=p.pp, sharding_parallel_degree=p.sharding,
+    args = dict(tensor_parallel_degree=p.tp, pipeline_parallel_degree=p.pp,
+                sharding_parallel_degree=p.sharding if p.sharding > 1 else -1,
                 sharding=f"stage{p.sharding_stage}" if p.sharding > 1 else "",
                 sequence_parallel=bool(p.sequence_parallel and p.tp > 1))
     if p.pp > 1:
@@ -136,6 +137,26 @@ class SeededBatchSampler(DistributedBatchSampler):
         return len(self._batches())
 
 
+def _over_data_replicas(args, tokens: int) -> int:
+    """Tokens of all data-parallel replicas (dp x sharding ranks read different data; tp and pp
+    ranks of one replica read the same). Every rank logs at the same steps, so this collective
+    is safe here."""
+    if args.dataset_world_size <= 1:
+        return tokens
+    total = paddle.to_tensor([tokens], dtype="int64")
+    if args.use_hybrid_parallel:
+        from paddle.distributed import fleet
+
+        hcg = fleet.get_hybrid_communicate_group()
+        groups = [g for g, n in ((hcg.get_data_parallel_group(), args.data_parallel_degree),
+                                 (hcg.get_sharding_parallel_group(), args.sharding_parallel_degree)) if n > 1]
+    else:  # plain data parallel: the world
+        groups = [None]
+    for group in groups:
+        paddle.distributed.all_reduce(total, group=group)
+    return int(total.item())
+
+
 class MetricsCallback(TrainerCallback):
     """Appends one metrics.jsonl line per Trainer log: step, loss, lr, tokens/s, elapsed."""
 
@@ -153,7 +174,7 @@ class MetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or "interval_runtime" not in logs:
             return
-        tokens = self.collator.tokens - self.last_tokens
+        tokens = _over_data_replicas(args, self.collator.tokens - self.last_tokens)
         self.last_tokens = self.collator.tokens
         record = {
             "step": state.global_step,
