@@ -95,10 +95,13 @@ class Way:
         return self.next >= len(self.batch_list)
 
     def step(self, timed: bool) -> None:
+        from llmx.engine.batching import NUM_TOKENS
+
         feats = self.batch_list[self.next]
         self.next += 1
         t0 = time.perf_counter()
         batch = self.collate(feats)
+        batch.pop(NUM_TOKENS)  # the trainer's token bookkeeping, not a model input
         t_collate = time.perf_counter() - t0
         loss = self.model(**batch)[0]
         loss.backward()

@@ -23,11 +23,13 @@ def _cfg(family: str, stage: str = "sft"):
 
 
 def _batch(tokenizer, n: int = 8):
-    from llmx.engine.batching import PadCollator
+    from llmx.engine.batching import NUM_TOKENS, PadCollator
 
     enc = SftEncoder(tokenizer, 64, 48)
     convs = read_sft_jsonl(asset_path("demo/sft_train.jsonl"))[:n]
-    return PadCollator(tokenizer.pad_token_id)([enc.encode(c) for c in convs]), enc, convs
+    batch = PadCollator(tokenizer.pad_token_id)([enc.encode(c) for c in convs])
+    batch.pop(NUM_TOKENS)  # the trainer's bookkeeping, not a model input
+    return batch, enc, convs
 
 
 def _loss(model, batch):

@@ -73,7 +73,7 @@ def test_packer_rejects_examples_longer_than_max_length():
 
 
 def test_collator_masks_block_diagonal_and_flashmask_agree():
-    from llmx.engine.batching import PackedCollator
+    from llmx.engine.batching import NUM_TOKENS, PackedCollator
 
     packs = pack_examples(_synthetic(40, seed=1, longest=20), 48)
     dense = PackedCollator(0).arrays(packs[:4])
@@ -92,9 +92,8 @@ def test_collator_masks_block_diagonal_and_flashmask_agree():
             assert not mask[r, end:, start:end].any()  # nothing after an example sees it
         assert mask[r].any(axis=-1).all()  # no empty row, also in the padding tail
         assert (dense["labels"][r, n:] == IGNORE_INDEX).all()
-    collator = PackedCollator(0, pad_to=48)
-    collator(packs[:4])
-    assert collator.tokens == sum(len(p["input_ids"]) for p in packs[:4])  # real tokens only
+    batch = PackedCollator(0, pad_to=48)(packs[:4])
+    assert batch[NUM_TOKENS] == sum(len(p["input_ids"]) for p in packs[:4])  # real tokens only
     # unpacked examples (eval sets) are one segment each: an ordinary causal mask
     single = PackedCollator(0).arrays([{"input_ids": [5, 6, 7], "labels": [6, 7, 2]}])
     assert (single["attention_mask"][0, 0] == np.tri(3, dtype=bool)).all()
@@ -131,7 +130,7 @@ def test_packed_forward_equals_one_by_one(family):
     import paddle
     import paddle.nn.functional as F
 
-    from llmx.engine.batching import PackedCollator
+    from llmx.engine.batching import NUM_TOKENS, PackedCollator
 
     model, tok = _build(family)
     enc = SftEncoder(tok, 64, 48)
@@ -142,7 +141,7 @@ def test_packed_forward_equals_one_by_one(family):
     batch = PackedCollator(tok.pad_token_id)(packs)
     logit_diff = loss_diff = 0.0
     with paddle.no_grad():
-        packed = _logits(model(**{k: v for k, v in batch.items() if k != "labels"}))
+        packed = _logits(model(**{k: v for k, v in batch.items() if k not in ("labels", NUM_TOKENS)}))
         for r, p in enumerate(packs):
             for (start, end), i in zip(segment_bounds(p["seq_lens"]), p["example_ids"]):
                 ids = paddle.to_tensor([examples[i]["input_ids"]])

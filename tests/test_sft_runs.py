@@ -66,6 +66,20 @@ def test_same_seed_same_losses_and_sigkill_resume_matches(tmp_path):
     launch(f"hydra.run.dir={b}", *SHORT)
     assert _losses(a) == _losses(b), "same seed must give identical losses on CPU"
     assert len(_losses(a)) == 15
+    # tokens/s counts exactly the real tokens of the batches trained on in each interval
+    from paddlenlp.transformers import AutoTokenizer
+
+    from llmx.config import asset_path
+    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.engine.trainer import SeededBatchSampler
+
+    enc = SftEncoder(AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer")), 128, 96)
+    lengths = [len(enc.encode(c)["input_ids"]) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))]
+    sampler = SeededBatchSampler(lengths, batch_size=16, seed=42)
+    sampler.set_epoch(0)
+    per_step = [sum(lengths[i] for i in batch) for batch in list(sampler)[:30]]
+    logged = [r["tokens"] for r in read_jsonl(a / "metrics.jsonl") if "loss" in r]
+    assert logged == [sum(per_step[k:k + 2]) for k in range(0, 30, 2)]
 
     proc = subprocess.Popen([sys.executable, "launch.py", f"hydra.run.dir={killed}", *SHORT], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,6 +1,8 @@
 """Collators: padded batches of single examples, and packed (zero-padding) batches.
 
-Both count the real (non-pad) tokens they hand out, for tokens/s.
+Both put the batch's count of real (non-pad) tokens under NUM_TOKENS; the trainer
+takes it out before the forward and adds it up when it trains on the batch (counting
+here would also count batches the DataLoader prefetches, or skips on resume).
 
 A packed batch carries several examples per row (see llmx.data.packing). Attention
 must stay inside each example, so next to `position_ids` (restarting at 0 per
@@ -26,18 +28,18 @@ import paddle
 
 from llmx.data.sft import IGNORE_INDEX, pad_batch
 
+NUM_TOKENS = "num_tokens"
+
 
 class PadCollator:
-    """Pads a batch and counts its real tokens (for tokens/s)."""
+    """Pads a batch of single examples."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
-        self.tokens = 0
 
     def __call__(self, features: Sequence[dict]) -> dict:
         batch = pad_batch(features, self.pad_id)
-        self.tokens += int(batch["attention_mask"].sum())
-        return {k: paddle.to_tensor(v) for k, v in batch.items()}
+        return {**{k: paddle.to_tensor(v) for k, v in batch.items()}, NUM_TOKENS: int(batch["attention_mask"].sum())}
 
 
 def segment_ids(seq_lens_per_row: Sequence[Sequence[int]], width: int) -> np.ndarray:
@@ -75,7 +77,6 @@ class PackedCollator:
         self.pad_id = pad_id
         self.pad_to = pad_to
         self.flashmask = flashmask
-        self.tokens = 0
 
     def arrays(self, features: Sequence[dict]) -> dict:
         """The batch as numpy arrays (paddle-free; what __call__ turns into tensors)."""
@@ -98,11 +99,11 @@ class PackedCollator:
             out["attn_mask_startend_row_indices"] = startend_row_indices(seg)
         else:
             out["attention_mask"] = block_causal_mask(seg)
-        self.tokens += sum(lengths)
         return out
 
     def __call__(self, features: Sequence[dict]) -> dict:
-        return {k: paddle.to_tensor(v) for k, v in self.arrays(features).items()}
+        tensors = {k: paddle.to_tensor(v) for k, v in self.arrays(features).items()}
+        return {**tensors, NUM_TOKENS: sum(len(f["input_ids"]) for f in features)}
 
 
 def use_flashmask(model, device: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig
 
 from llmx.engine.model import count_parameters
-from llmx.engine.trainer import LlmxTrainer, MetricsCallback, elapsed_before, resume_point, training_arguments
+from llmx.engine.trainer import LlmxTrainer, elapsed_before, resume_point, training_arguments
 
 
 def summarise_metrics(rows: list[dict]) -> dict:
@@ -42,10 +42,10 @@ def fit(cfg: DictConfig, ctx, model, tokenizer, train_set: Sequence, eval_set: O
         eval_dataset=eval_set or None,
         data_collator=collator,
         tokenizer=tokenizer,
-        callbacks=[MetricsCallback(exp, collator, elapsed_before(exp) if resume else 0.0)],
         experiment=exp,
         keep_checkpoints=cfg.stage.train.keep_checkpoints,
         seed=cfg.seed,
+        elapsed_before=elapsed_before(exp) if resume else 0.0,
     )
     evaluate = evaluate and bool(eval_set)
     if evaluate and resume is None:

@@ -215,6 +215,16 @@ def export_merged(trainer, out_dir: Path, is_main: bool) -> Path:
     return out_dir
 
 
+def export_full_model(parallel: DictConfig, trainer, model, tokenizer, out_dir: Path, is_main: bool) -> str:
+    """The trained full model as one from_pretrained-able directory: merged from every
+    rank's part under tensor/pipeline parallelism (all ranks must call), else written by rank 0."""
+    if model_parallel(parallel):
+        return str(export_merged(trainer, out_dir, is_main))
+    if is_main:
+        save_pretrained(model, tokenizer, out_dir, safe_serialization=True)
+    return str(out_dir)
+
+
 def name_single_model_class(model_dir: Path) -> None:
     """A pipeline run saves the single-model weight names but records its pipeline class
     (e.g. LlamaForCausalLMPipe) in config.json; name the class that loads them."""

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
-from llmx.engine.batching import PackedCollator, PadCollator  # noqa: F401  (re-exported)
+from llmx.engine.batching import NUM_TOKENS
 from llmx.engine.model import name_single_model_class
 from llmx.experiment import Experiment
 
@@ -160,22 +160,22 @@ def _over_data_replicas(args, tokens: int) -> int:
 class MetricsCallback(TrainerCallback):
     """Appends one metrics.jsonl line per Trainer log: step, loss, lr, tokens/s, elapsed."""
 
-    def __init__(self, exp: Experiment, collator: PadCollator | PackedCollator, elapsed_before: float = 0.0) -> None:
+    def __init__(self, exp: Experiment, trainer: "LlmxTrainer", elapsed_before: float = 0.0) -> None:
         self.exp = exp
-        self.collator = collator
+        self.trainer = trainer
         self.elapsed_before = elapsed_before  # seconds trained before a resume
         self.start = time.time()
         self.last_tokens = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
-        self.last_tokens = self.collator.tokens
+        self.last_tokens = self.trainer.tokens_trained
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or "interval_runtime" not in logs:
             return
-        tokens = _over_data_replicas(args, self.collator.tokens - self.last_tokens)
-        self.last_tokens = self.collator.tokens
+        tokens = _over_data_replicas(args, self.trainer.tokens_trained - self.last_tokens)
+        self.last_tokens = self.trainer.tokens_trained
         record = {
             "step": state.global_step,
             "epoch": round(float(state.epoch or 0), 4),
@@ -190,11 +190,22 @@ class MetricsCallback(TrainerCallback):
 
 
 class LlmxTrainer(Trainer):
-    def __init__(self, *args, experiment: Experiment, keep_checkpoints: int, seed: int, **kwargs):
+    def __init__(self, *args, experiment: Experiment, keep_checkpoints: int, seed: int, elapsed_before: float = 0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.experiment = experiment
         self.keep_checkpoints = keep_checkpoints
         self.data_seed = seed
+        self.tokens_trained = 0  # real tokens of the micro-batches trained on, this process
+        self.add_callback(MetricsCallback(experiment, self, elapsed_before))
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        self.tokens_trained += inputs.pop(NUM_TOKENS, 0)
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def prediction_step(self, model, inputs, *args, **kwargs):
+        inputs.pop(NUM_TOKENS, None)
+        return super().prediction_step(model, inputs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)

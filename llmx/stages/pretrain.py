@@ -49,7 +49,6 @@ def run(cfg: DictConfig, ctx) -> dict:
                "train_samples": len(splits["train"]), "seq_length": cfg.stage.data.seq_length}
     if "eval_loss" in summary:
         summary["eval_perplexity"] = math.exp(min(summary["eval_loss"], 50.0))
-    if ctx.runtime.is_main:
-        summary["model_dir"] = str(models.save_pretrained(model, tokenizer, ctx.experiment.dir / "model",
-                                                         safe_serialization=True))
+    summary["model_dir"] = models.export_full_model(cfg.parallel, trainer, model, tokenizer,
+                                                    ctx.experiment.dir / "model", ctx.runtime.is_main)
     return summary

@@ -42,7 +42,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.data.sft import SftEncoder
     from llmx.engine import model as models
     from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
-    from llmx.engine.trainer import LlmxTrainer, MetricsCallback, elapsed_before, resume_point, training_arguments
+    from llmx.engine.fit import fit
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
     tokenizer = models.build_tokenizer(cfg.model)
@@ -60,7 +60,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     train_set = [encoder.encode(c) for c in ctx.inputs["train"]]
     eval_set = [encoder.encode(c) for c in ctx.inputs["eval"]]
 
-    packing = None
+    packing, collator = None, PadCollator(tokenizer.pad_token_id)
     if stage.zero_padding:  # train on packed sequences; eval stays one example per row, comparable with unpacked runs
         from llmx.data.packing import pack_examples, packing_stats
 
@@ -68,70 +68,28 @@ def run(cfg: DictConfig, ctx) -> dict:
         packing = packing_stats(train_set, stage.data.max_length)
         ctx.log.info("zero padding: %d examples in %d sequences of <= %d tokens, non-pad fraction %.4f",
                      packing["examples"], packing["sequences"], stage.data.max_length, packing["non_pad_fraction"])
-
-    resume = resume_point(exp)
-    if packing:
         collator = PackedCollator(tokenizer.pad_token_id, flashmask=use_flashmask(model, ctx.runtime.device))
-    else:
-        collator = PadCollator(tokenizer.pad_token_id)
-    trainer = LlmxTrainer(
-        model=model,
-        args=training_arguments(cfg, exp, ctx.runtime.device),
-        train_dataset=train_set,
-        eval_dataset=eval_set or None,
-        data_collator=collator,
-        tokenizer=tokenizer,
-        callbacks=[MetricsCallback(exp, collator, elapsed_before(exp) if resume else 0.0)],
-        experiment=exp,
-        keep_checkpoints=stage.train.keep_checkpoints,
-        seed=cfg.seed,
-    )
-
-    evaluate = stage.eval.enabled and bool(eval_set)
-    if evaluate and resume is None:
-        exp.log_metrics({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-
-    summary = {
-        "stage": method if method != "none" else "sft",
-        "steps": trainer.state.global_step,
-        "resumed_from": resume.name if resume else None,
-        "trainable_params": models.count_parameters(model, trainable_only=True),
-        "total_params": models.count_parameters(model),
-    }
+    trainer, summary = fit(cfg, ctx, model, tokenizer, train_set, eval_set, collator, evaluate=stage.eval.enabled)
+    summary = {"stage": method if method != "none" else "sft", **summary}
     if packing:
         summary["packing_efficiency"] = round(packing["non_pad_fraction"], 4)
         summary["packed_sequences"] = packing["sequences"]
-    metrics = exp.read_metrics()
-    train_rows = [r for r in metrics if "loss" in r]
-    if train_rows:
-        # From metrics.jsonl rather than the Trainer's own average, which restarts on resume.
-        summary["train_loss"] = sum(r["loss"] for r in train_rows) / len(train_rows)
-        summary["final_loss"] = train_rows[-1]["loss"]
-        seconds = sum(r["interval_s"] for r in train_rows)
-        summary["tokens_per_s"] = round(sum(r["tokens"] for r in train_rows) / max(seconds, 1e-9), 2)
-    if evaluate:
-        summary["eval_loss_before"] = next((r["eval_loss"] for r in metrics if "eval_loss" in r), None)
-        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-        if cfg.parallel.pp == 1:  # a pipeline-parallel model cannot generate
-            summary["exact_match"], samples = _exact_match(ctx, model, tokenizer, encoder, ctx.inputs["eval"])
-            exp.write_samples(samples[: stage.eval.samples_to_log])
-        exp.log_metrics({"step": trainer.state.global_step, "eval_loss": summary["eval_loss"],
-                         **({"exact_match": summary["exact_match"]} if "exact_match" in summary else {})})
+    if "eval_loss" in summary and cfg.parallel.pp == 1:  # a pipeline-parallel model cannot generate
+        summary["exact_match"], samples = _exact_match(ctx, model, tokenizer, encoder, ctx.inputs["eval"])
+        exp.write_samples(samples[: stage.eval.samples_to_log])
+        exp.log_metrics({"step": trainer.state.global_step, "exact_match": summary["exact_match"]})
 
-    if models.model_parallel(cfg.parallel) and method == "none":  # every rank holds a part: merged by PaddleNLP
-        summary["model_dir"] = str(models.export_merged(trainer, exp.dir / "model", ctx.runtime.is_main))
+    if method == "none":
+        summary["model_dir"] = models.export_full_model(cfg.parallel, trainer, model, tokenizer, exp.dir / "model",
+                                                        ctx.runtime.is_main)
     elif ctx.runtime.is_main:
-        summary.update(_export(cfg, exp, model, tokenizer, base_ref))
+        summary.update(_export_adapter(cfg, exp, model, tokenizer, base_ref))
     return summary
 
 
-def _export(cfg: DictConfig, exp, model, tokenizer, base_ref) -> dict:
+def _export_adapter(cfg: DictConfig, exp, model, tokenizer, base_ref) -> dict:
     from llmx.engine.model import save_pretrained
 
-    method = cfg.stage.peft.method
-    if method == "none":
-        return {"model_dir": str(save_pretrained(model, tokenizer, exp.dir / "model", safe_serialization=True))}
     out = {"adapter_dir": str(save_pretrained(model, tokenizer, exp.dir / "adapter")), "base_model": base_ref}
     if cfg.stage.merge_adapter:
         model.merge()
