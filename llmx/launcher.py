@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from importlib import metadata
@@ -105,6 +106,37 @@ def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
     if rc != 0:
         logs = run_dir / LAUNCH_LOGS
         raise LaunchError(f"{n}-process run failed (launcher exit {rc}); per-rank logs: {logs}/workerlog.*", rc)
+
+
+def adopt_slurm_world() -> bool:
+    """Inside a Slurm job whose tasks are the ranks (hydra-submitit-launcher with
+    tasks_per_node/nodes > 1), give every task the environment paddle.distributed.launch
+    would have given it, so the tasks form one fleet group: rank = SLURM_PROCID, world =
+    SLURM_NTASKS, the master is the job's first node. Ports come from the job id (every task
+    must agree on them without talking first), so concurrent jobs on a node do not collide.
+    Returns whether it did so; a no-op outside Slurm, for one task, or under a launcher."""
+    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if tasks <= 1 or "SLURM_PROCID" not in os.environ or under_launcher():
+        return False
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or socket.gethostname()
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+    hosts = out.stdout.split() if out.returncode == 0 and out.stdout.strip() else [nodelist]
+    per_node = tasks // len(hosts)
+    base = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
+    endpoints = [f"{socket.gethostbyname(h)}:{base + i}" for h in hosts for i in range(per_node)]
+    rank, local = int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_LOCALID", "0"))
+    os.environ.update({
+        "PADDLE_TRAINER_ID": str(rank), "PADDLE_GLOBAL_RANK": str(rank), "PADDLE_TRAINERS_NUM": str(tasks),
+        "PADDLE_GLOBAL_SIZE": str(tasks), "PADDLE_LOCAL_RANK": str(local), "PADDLE_RANK_IN_NODE": str(local),
+        "PADDLE_LOCAL_SIZE": str(per_node), "PADDLE_NNODES": str(len(hosts)),
+        "PADDLE_TRAINER_ENDPOINTS": ",".join(endpoints), "PADDLE_CURRENT_ENDPOINT": endpoints[rank],
+        "PADDLE_MASTER": endpoints[0],
+    })
+    if visible_gpus():
+        os.environ.setdefault("FLAGS_selected_gpus", str(local))
+    else:
+        os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"
+    return True
 
 
 def join_launched_job() -> None:

@@ -50,8 +50,10 @@ def run_job(cfg: DictConfig) -> dict | None:
 
         print_plan(cfg)
         return None
+    from llmx.launcher import adopt_slurm_world
     from llmx.sweep import write_status
 
+    adopt_slurm_world()  # Slurm tasks as ranks: before validation compares the world with the layout
     hydra_cfg = HydraConfig.get()
     run_dir, started = Path(hydra_cfg.runtime.output_dir), time.time()
     main_process = int(os.environ.get("PADDLE_TRAINER_ID", "0")) == 0  # other ranks leave the files to rank 0
