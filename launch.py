@@ -13,4 +13,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    llmx.cli.multirun_for_submitit()
     main()

@@ -96,3 +96,10 @@ def _return_value(self: JobReturn) -> Any:
 
 
 JobReturn.return_value = property(_return_value, _hydra_return_value.fset)
+
+
+def multirun_for_submitit(argv: list[str] = sys.argv) -> None:
+    """`python launch.py hydra/launcher=submitit_slurm ...` without -m: one Slurm job. Hydra uses
+    launchers only in multirun mode, so switch it on (a one-job sweep)."""
+    if any(a.startswith("hydra/launcher=submitit") for a in argv[1:]) and not {"-m", "--multirun"} & set(argv[1:]):
+        argv.insert(1, "--multirun")

@@ -19,7 +19,7 @@ def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("diff")
     a, b = root / "a", root / "b"
     launch(f"hydra.run.dir={a}", *TINY_RUN)
-    launch(f"hydra.run.dir={b}", *TINY_RUN, "stage.train.lr=1e-3", "stage=lora")
+    launch(f"hydra.run.dir={b}", *TINY_RUN, "stage.train.lr=1e-3", "parallel=dp2")
     return a, b
 
 
@@ -32,9 +32,9 @@ def test_diff_names_exactly_the_changed_keys_and_the_loss_delta(two_runs):
     out = _diff(str(a), str(b), "--format", "json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert set(result["config"]) == {"stage.train.lr", "stage.peft.method", "defaults.stage"}
+    assert set(result["config"]) == {"stage.train.lr", "parallel.dp", "defaults.parallel"}
     assert result["config"]["stage.train.lr"] == [0.003, 0.001]
-    assert result["config"]["defaults.stage"] == ["sft", "lora"]
+    assert result["config"]["parallel.dp"] == [1, 2] and result["config"]["defaults.parallel"] == ["single", "dp2"]
     loss_a, loss_b = read_json(a / "summary.json")["final_loss"], read_json(b / "summary.json")["final_loss"]
     assert result["metrics"]["final_loss"]["delta"] == [pytest.approx(loss_b - loss_a)]
 

@@ -44,3 +44,12 @@ def test_layout_sweep_through_submitit_slurm(tmp_path):
         assert summary["steps"] == 4 and float(row["final_loss"]) == summary["final_loss"]
         assert summary["final_loss"] == pytest.approx(reference, rel=1e-5), "a Slurm layout must match one process"
     assert len(list((sweep / ".submitit").glob("*/*_log.out"))) >= 4, "two tasks per job, two jobs"
+
+
+def test_single_job_on_slurm_without_multirun_flag(tmp_path):
+    """Selecting a submitit launcher is enough: the run becomes a one-job sweep on Slurm."""
+    sweep = tmp_path / "one"
+    launch("hydra/launcher=submitit_slurm", f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=10", *RUN)
+    assert read_json(sweep / "0" / "summary.json")["steps"] == 4
+    assert read_json(sweep / "0" / "provenance.json")["slurm_job_id"]
+    assert [r["status"] for r in csv.DictReader((sweep / "sweep.csv").open())] == ["ok"]
