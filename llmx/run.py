@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -50,9 +51,10 @@ def run_job(cfg: DictConfig) -> dict | None:
 
         print_plan(cfg)
         return None
-    from llmx.launcher import adopt_slurm_world
+    from llmx.launcher import adopt_slurm_world, under_launcher
     from llmx.sweep import write_status
 
+    rank_of_paddle_launch = under_launcher()
     adopt_slurm_world()  # Slurm tasks as ranks: before validation compares the world with the layout
     hydra_cfg = HydraConfig.get()
     run_dir, started = Path(hydra_cfg.runtime.output_dir), time.time()
@@ -68,4 +70,23 @@ def run_job(cfg: DictConfig) -> dict | None:
         return None
     if main_process:
         write_status(run_dir, started)
+    if rank_of_paddle_launch:
+        _leave_rank()
     return summary
+
+
+def _leave_rank() -> None:
+    """End a rank started by paddle.distributed.launch once all ranks are done, without
+    Python's interpreter teardown: Paddle's destructors (seen with sharding stage 2 over
+    gloo) sometimes abort there after the run has completed, which would fail the launch.
+    Not for Slurm tasks: submitit must return the job's result from the process."""
+    import paddle.distributed as dist
+
+    from llmx.engine.cpu_parallel import write_counters
+
+    write_counters()
+    dist.barrier()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

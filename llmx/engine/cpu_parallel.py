@@ -367,5 +367,15 @@ def install(run_dir: str | Path, rank: int) -> None:
     _patch_gloo_subgroups()
     _patch_mp_ops()
     _patch_fleet()
-    path = Path(run_dir) / f"cpu_parallel_counters.rank{rank}.json"
-    atexit.register(lambda: path.write_text(json.dumps(dict(sorted(COUNTERS.items())), indent=1) + "\n"))
+    global _COUNTERS_PATH
+    _COUNTERS_PATH = Path(run_dir) / f"cpu_parallel_counters.rank{rank}.json"
+    atexit.register(write_counters)
+
+
+_COUNTERS_PATH: Path | None = None
+
+
+def write_counters() -> None:
+    """This rank's counters into the run dir (at exit, or explicitly by a rank that skips teardown)."""
+    if _COUNTERS_PATH is not None:
+        _COUNTERS_PATH.write_text(json.dumps(dict(sorted(COUNTERS.items())), indent=1) + "\n")
