@@ -10,6 +10,7 @@ Hydra offers no hook for this, hence the wrap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from typing import Any, Callable
@@ -69,7 +70,7 @@ def _run_and_report(func: Callable[[], Any]) -> Any:
     except Exception as ex:  # noqa: BLE001 - classified below, re-raised when not ours
         line = config_error_line(ex)
         if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            return _hydra_run_and_report(lambda: _reraise(ex))
+            return _hydra_run_and_report(functools.partial(_reraise, ex))
         sys.stderr.write(f"llmx: {line}\n")
         sys.exit(getattr(ex, "exit_code", EXIT_CONFIG_ERROR))  # a failed rank's launcher exit code
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import FAST, launch, read_json, read_jsonl
 from helpers import config_error
 from llmx.config import DataError
-from llmx.data.indexed import IndexedDataset, IndexedWriter
+from llmx.data.indexed import IndexedWriter
 from llmx.data.pretrain import load_pretrain_splits, parse_split
 
 
