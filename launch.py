@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-import llmx.cli  # noqa: F401  (registers schemas + one-line config errors before Hydra starts)
+from llmx import cli
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -13,5 +13,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    llmx.cli.multirun_for_submitit()
+    cli.install()  # schemas, one-line config errors, Slurm without -m
     main()

@@ -31,7 +31,8 @@ def direct(args) -> None:
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from llmx.config import SftDataConfig, TrainConfig, asset_path
-    from llmx.data.sft import SftEncoder, pad_batch, read_sft_jsonl
+    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.tokens import pad_batch
     from llmx.engine.trainer import SeededBatchSampler  # llmx's (seed, epoch) data order
 
     paddle.set_device("cpu")

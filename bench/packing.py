@@ -56,7 +56,7 @@ def synthesize(n: int, max_length: int, median: float, sigma: float, seed: int, 
     labels[i] is the token after input_ids[i]; prompt tokens unlearned; the last label is eos)."""
     import numpy as np
 
-    from llmx.data.sft import IGNORE_INDEX
+    from llmx.tokens import IGNORE_INDEX
 
     rng = np.random.RandomState(seed)
     lengths = np.clip(np.round(rng.lognormal(np.log(median), sigma, size=n)), 8, max_length - 1).astype(int)

@@ -1,11 +1,11 @@
-"""`python -m llmx <command>`: tools around runs (diff of run dirs, plan of a layout); no paddle import."""
+"""`python -m llmx <command>`: tools around runs (diff, rerun, plan); no paddle import."""
 from __future__ import annotations
 
 import sys
 
-from llmx.config import UserError
+from llmx.errors import UserError
 
-COMMANDS = {"diff": "llmx.diff", "plan": "llmx.plan"}
+COMMANDS = {"diff": "llmx.diff", "rerun": "llmx.rerun", "plan": "llmx.plan"}
 
 
 def main(argv: list[str] | None = None) -> int:

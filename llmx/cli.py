@@ -1,11 +1,12 @@
-"""One-line config errors for the Hydra launcher.
+"""launch.py's preparation of Hydra: schemas, one-line config errors, Slurm without -m.
 
-Hydra prints composition errors over several lines (plus a hint about
-HYDRA_FULL_ERROR), and a Python traceback for errors raised by the task. Our
-contract is one line naming the key, the value and what is allowed, so we
-wrap Hydra's `run_and_report`: config problems (ours, Hydra's, OmegaConf's)
-become one line on stderr and exit code 2; anything else keeps Hydra's report.
-Hydra offers no hook for this, hence the wrap.
+`install()` (called by launch.py's entry point; importing this module changes nothing):
+- registers llmx's schemas and resolvers (llmx.config.register_configs);
+- wraps Hydra's `run_and_report`: Hydra prints composition errors over several lines
+  (plus a hint about HYDRA_FULL_ERROR), and a Python traceback for errors raised by the
+  task. Our contract is one line naming the key, the value and what is allowed, so config
+  problems (ours, Hydra's, OmegaConf's) become one line on stderr and exit code 2; anything
+  else keeps Hydra's report. Hydra offers no hook for this, hence the wrap.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-import llmx.config  # noqa: F401  (schemas + resolvers must exist before composition)
-from llmx.config import UserError
+from llmx.config import register_configs
+from llmx.errors import UserError
 
 EXIT_CONFIG_ERROR = 2
 
@@ -80,12 +81,6 @@ def _reraise(ex: BaseException) -> None:
 
 
 _hydra_run_and_report = hydra_utils.run_and_report
-hydra_utils.run_and_report = _run_and_report
-
-
-# Hydra writes "Error executing job with overrides: [...]" to stderr before re-raising a
-# failed job's exception; for a UserError that would be a second line. (In a multirun,
-# llmx.run.run_job records failures instead of raising them; llmx.sweep reports them.)
 _hydra_return_value = JobReturn.return_value
 
 
@@ -96,7 +91,15 @@ def _return_value(self: JobReturn) -> Any:
     return _hydra_return_value.fget(self)
 
 
-JobReturn.return_value = property(_return_value, _hydra_return_value.fset)
+def install(argv: list[str] = sys.argv) -> None:
+    """Prepare Hydra for launch.py (see the module docstring); idempotent."""
+    register_configs()
+    hydra_utils.run_and_report = _run_and_report
+    # Hydra writes "Error executing job with overrides: [...]" to stderr before re-raising a
+    # failed job's exception; for a UserError that would be a second line. (In a multirun,
+    # llmx.run.run_job records failures instead of raising them; llmx.sweep reports them.)
+    JobReturn.return_value = property(_return_value, _hydra_return_value.fset)
+    multirun_for_submitit(argv)
 
 
 def multirun_for_submitit(argv: list[str] = sys.argv) -> None:

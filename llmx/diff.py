@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from llmx.config import UserError
+from llmx.errors import UserError
 
 MISSING = "<absent>"
 

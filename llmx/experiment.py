@@ -31,7 +31,11 @@ from typing import Any, Iterable, Optional
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STEP_PREFIX = "step-"
-COMPLETE_MARKER = "trainer_state.json"  # written last by the Trainer into every checkpoint
+# Written by llmx into a checkpoint once everything else is in it, just before the rename into
+# place: a step dir without it is never resumed from.
+COMPLETE_MARKER = "llmx_checkpoint.json"
+# What Hydra writes into a run dir before the job starts; a dir holding only these ran nothing.
+HYDRA_FILES = (".hydra", "llmx.log")
 PACKAGES = ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp", "llmx", "hydra-core", "omegaconf", "numpy")
 
 
@@ -105,8 +109,11 @@ class Experiment:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
         self.summary_path = self.dir / "summary.json"
-        if writer:
+
+    def create(self) -> "Experiment":
+        if self.writer:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
+        return self
 
     # -- provenance -----------------------------------------------------------
     def write_provenance(self, seed: int, world_size: int, devices: list[str], extra: Optional[dict] = None) -> dict:
@@ -147,6 +154,27 @@ class Experiment:
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
+    def elapsed_before(self) -> float:
+        """Training seconds logged so far (a resumed run continues the clock)."""
+        timed = [r for r in self.read_metrics() if "elapsed_s" in r]
+        return float(timed[-1]["elapsed_s"]) if timed else 0.0
+
+    def read_json(self, name: str) -> Optional[dict]:
+        path = self.dir / name
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except json.JSONDecodeError:
+            return None
+
+    def completed_summary(self) -> Optional[dict]:
+        """The summary of a run that finished in this directory (status ok), else None."""
+        status = self.read_json("status.json") or {}
+        return self.read_json("summary.json") if status.get("status") == "ok" else None
+
+    def ran_nothing(self) -> bool:
+        """Does the directory hold only what Hydra wrote before the job started?"""
+        return all(p.name in HYDRA_FILES for p in self.dir.iterdir()) if self.dir.is_dir() else True
+
     def write_summary(self, summary: dict) -> None:
         if self.writer:
             atomic_write_json(self.summary_path, summary)
@@ -163,8 +191,11 @@ class Experiment:
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"{STEP_PREFIX}{step}"
 
-    def commit_checkpoint(self, written: Path, step: int, keep: int) -> Path:
-        """Rename a fully written checkpoint into place, point `latest` at it, prune old ones."""
+    def commit_checkpoint(self, written: Path, step: int, keep: int, **meta: Any) -> Path:
+        """Mark a fully written checkpoint complete, rename it into place, point `latest` at it,
+        prune old ones."""
+        files = {str(p.relative_to(written)): p.stat().st_size for p in sorted(written.rglob("*")) if p.is_file()}
+        atomic_write_json(written / COMPLETE_MARKER, {"step": step, "files": files, **meta})
         final = self.checkpoint_dir(step)
         replace_dir(written, final)  # a re-run of the same step after resume replaces the old copy
         atomic_write_text(self.checkpoints / LATEST, final.name + "\n")

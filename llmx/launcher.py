@@ -23,12 +23,14 @@ from typing import List
 
 from omegaconf import DictConfig
 
-from llmx.config import ConfigError, UserError, launched_processes, world_size
+from llmx.config import launched_processes
+from llmx.errors import ConfigError, UserError
+from llmx.layout import Layout
 
 log = logging.getLogger("llmx")
 LAUNCH_LOGS = "launch_logs"
 # Hydra overrides a single-run child must not inherit: the sweep machinery and the run dir we set.
-_NOT_INHERITED = ("hydra.run.dir", "hydra.sweep.", "hydra/launcher", "hydra.launcher.", "hydra/sweeper",
+NOT_INHERITED = ("hydra.run.dir", "hydra.sweep.", "hydra/launcher", "hydra.launcher.", "hydra/sweeper",
                   "hydra.sweeper.", "hydra.mode", "hydra.job.num", "hydra.job.id")
 
 
@@ -47,7 +49,7 @@ def under_launcher() -> bool:
 
 
 def needs_launch(cfg: DictConfig) -> bool:
-    return world_size(cfg.parallel) > 1 and not under_launcher()
+    return Layout.of(cfg.parallel).world > 1 and not under_launcher()
 
 
 def visible_gpus() -> List[str]:
@@ -69,7 +71,7 @@ def visible_gpus() -> List[str]:
 
 def child_command(hydra_cfg, run_dir: Path) -> List[str]:
     """The job as one single-run command line: its own overrides, our run dir."""
-    hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("+~").startswith(_NOT_INHERITED)]
+    hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("+~").startswith(NOT_INHERITED)]
     args = list(hydra_cfg.overrides.task) + hydra_overrides + [f"hydra.run.dir={run_dir}"]
     if hydra_cfg.job.config_name and hydra_cfg.job.config_name != "config":
         args = ["--config-name", hydra_cfg.job.config_name] + args
@@ -81,13 +83,13 @@ def child_command(hydra_cfg, run_dir: Path) -> List[str]:
 
 def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
     """Start the layout's processes, wait, and raise LaunchError if any rank failed."""
-    n = world_size(cfg.parallel)
+    layout = Layout.of(cfg.parallel)
+    n = layout.world
     gpus = [] if cfg.device == "cpu" else visible_gpus()
     if cfg.device == "gpu" and not gpus:
         raise ConfigError("device='gpu': no CUDA device visible to this paddle build (allowed here: auto, cpu)")
     if gpus and n > len(gpus):
-        raise ConfigError(f"parallel: dp*tp*pp*sharding = {n} but {len(gpus)} GPUs visible "
-                          f"(dp={cfg.parallel.dp} tp={cfg.parallel.tp} pp={cfg.parallel.pp} sharding={cfg.parallel.sharding})")
+        raise ConfigError(f"parallel: dp*tp*pp*sharding = {n} but {len(gpus)} GPUs visible ({layout.describe()})")
     env = dict(os.environ)
     launcher = [sys.executable, "-m", "paddle.distributed.launch", "--log_level", "WARNING",
                 "--log_dir", str(run_dir / LAUNCH_LOGS), "--max_restart", "0"]
@@ -99,7 +101,9 @@ def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
         if cfg.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU build asked to run on CPU must not grab GPUs
     cmd = launcher + child_command(hydra_cfg, run_dir)
-    log.info("starting %d %s processes: %s", n, "GPU" if gpus else "CPU (gloo)", " ".join(cmd))
+    log.info("starting %d %s processes (%s); per-rank logs in %s", n, "GPU" if gpus else "CPU (gloo)",
+             layout.describe(), run_dir / LAUNCH_LOGS)
+    logging.getLogger(__name__).debug("command: %s", " ".join(cmd))
     for handler in logging.getLogger().handlers:  # rank 0 appends to llmx.log from here on
         handler.flush()
     rc = subprocess.run(cmd, env=env).returncode

@@ -20,65 +20,18 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmx.config import CONF_DIR, ConfigError, model_hparams, validate
+from llmx.config import CONF_DIR, ConfigError, model_hparams, register_configs, validate
+from llmx.families import family
+from llmx.layout import Layout, batching
 
 GIB = 2**30
 
 # ------------------------------------------------------------------ parameter count
 
-# PaddleNLP 3.0.0b4's config-class defaults for the keys the formulas read: a size (or config.json)
-# that leaves a key out gets these, as the real config class would (tests/test_plan.py compares them).
-_LLAMA = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-              num_attention_heads=32, num_key_value_heads=None, tie_word_embeddings=False)
-FAMILY_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "llama": _LLAMA,
-    "baichuan": _LLAMA,  # Baichuan loads as LlamaForCausalLM / LlamaConfig
-    "mistral": dict(_LLAMA, intermediate_size=14336, num_key_value_heads=8),
-    "mixtral": dict(_LLAMA, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8),
-    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
-    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, tie_word_embeddings=True),
-    "yuan": dict(vocab_size=135040, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                 num_attention_heads=32, num_key_value_heads=None),
-    "qwen": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                 kv_channels=128, intermediate_size=22016, no_bias=True),
-    "chatglm": dict(vocab_size=130528, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
-                    inner_hidden_size=16384),
-    "chatglm2": dict(vocab_size=65024, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
-                     ffn_hidden_size=13696, multi_query_group_num=1, add_bias_linear=False, add_qkv_bias=False,
-                     rmsnorm=True, post_layer_norm=True),
-    "bloom": dict(vocab_size=250880, hidden_size=64, n_layer=2, n_head=8),
-    "gpt3": dict(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=512),
-    "opt": dict(vocab_size=50272, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
-                intermediate_size=8192, max_position_embeddings=2048, word_embed_proj_dim=2048,
-                normalize_before=True),
-}
-# Other spellings each config class accepts for those keys (its `attribute_map`), e.g. in a config.json.
-_GPT_NAMES = {"n_positions": "max_position_embeddings", "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
-              "n_head": "num_attention_heads", "n_inner": "intermediate_size"}
-ALIASES: Dict[str, Dict[str, str]] = {
-    "llama": _GPT_NAMES, "baichuan": _GPT_NAMES, "gpt3": _GPT_NAMES,
-    "bloom": {"num_attention_heads": "n_head", "n_embed": "hidden_size"},
-    "chatglm": {"num_layers": "num_hidden_layers"},
-    "chatglm2": {"num_layers": "num_hidden_layers", "padded_vocab_size": "vocab_size"},
-    "opt": {"ffn_dim": "intermediate_size"},
-}
-
-
-def hyperparameters(family: str, given: Dict[str, Any]) -> Dict[str, Any]:
-    """`given` (a size, or a config.json) over the family's PaddleNLP defaults, derived values resolved."""
-    if family not in FAMILY_DEFAULTS:
-        raise ConfigError(f"model.family={family!r}: llmx.plan has no parameter formula for it "
-                          f"(known: {', '.join(FAMILY_DEFAULTS)})")
-    aliases = ALIASES.get(family, {})
-    hp = dict(FAMILY_DEFAULTS[family])
-    hp.update({aliases[k]: v for k, v in given.items() if k in aliases and aliases[k] not in given})
-    hp.update({k: v for k, v in given.items() if k not in aliases})
-    if hp.get("num_key_value_heads", 0) is None:  # LlamaConfig/YuanConfig: None means one KV head per query head
-        hp["num_key_value_heads"] = hp["num_attention_heads"]
-    if family == "opt" and hp.get("word_embed_proj_dim") is None:
+def hyperparameters(family_name: str, given: Dict[str, Any]) -> Dict[str, Any]:
+    """`given` (a size, or a config.json) over the family's PaddleNLP defaults (llmx.families)."""
+    hp = family(family_name).hyperparameters(given)
+    if family_name == "opt" and hp.get("word_embed_proj_dim") is None:
         hp["word_embed_proj_dim"] = hp["hidden_size"]
     return hp
 
@@ -206,15 +159,6 @@ def count_params(family: str, given: Dict[str, Any]) -> Params:
 # ------------------------------------------------------------------ memory per device
 
 
-def micro_batches(train: DictConfig, p: DictConfig) -> tuple[int, int]:
-    """(per-device micro-batch, micro-batches per step): llmx.engine.trainer.batch_split, restated
-    here because the engine imports paddle. dp*sharding replicas share the global batch."""
-    replicas = p.dp * p.sharding
-    if train.grad_accum % replicas == 0:
-        return train.batch_size, train.grad_accum // replicas
-    return train.batch_size // replicas, train.grad_accum
-
-
 def estimate(cfg: DictConfig) -> Dict[str, Any]:
     m, p, stage = cfg.model, cfg.parallel, cfg.stage
     hp = hyperparameters(m.family, model_hparams(m))
@@ -223,7 +167,8 @@ def estimate(cfg: DictConfig) -> Dict[str, Any]:
     if seq is None or OmegaConf.select(stage, "train") is None:
         raise ConfigError(f"stage.runner={stage.runner!r}: plan needs a training stage (stage.data.max_length "
                           "or stage.data.seq_length, and stage.train)")
-    batch, accum = micro_batches(stage.train, p)
+    b = batching(stage.train.batch_size, stage.train.grad_accum, Layout.of(p))
+    batch, accum = b.micro_batch, b.accum
     half = m.dtype in ("bfloat16", "float16")
     width = 2 if half else 4  # bytes per parameter, gradient and activation element
 
@@ -257,7 +202,7 @@ def estimate(cfg: DictConfig) -> Dict[str, Any]:
     # MLP, dropout on); for llama-style blocks (gated MLP, no dropout) it is an approximation, and flash
     # attention (GPU) keeps no attention scores, so "no recompute" is an upper bound there.
     s, b, h, t = seq, batch, hp["hidden_size"], p.tp
-    a = hp["n_head"] if m.family == "bloom" else hp["num_attention_heads"]
+    a = hp[family(m.family).heads]
     sbh = s * b * h
     scores = 5 * a * s / h
     if p.sequence_parallel and t > 1:
@@ -346,6 +291,7 @@ def compose_config(overrides: List[str]) -> DictConfig:
 
     overrides = [o[1:] if o.startswith("+") and not o.startswith("++") and o[1:].split("=", 1)[0] in PLAN_KEYS
                  else o for o in overrides]
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 

@@ -4,42 +4,64 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from llmx.config import validate
-from llmx.stages import get_runner, load_stage
+from llmx.console import quiet_libraries, say, summary_lines
+from llmx.errors import UserError
+from llmx.experiment import Experiment
+from llmx.stages import stage_module
 
 log = logging.getLogger("llmx")
 
 
-def run(cfg: DictConfig) -> dict:
+def wants_more(cfg: DictConfig, done: dict) -> bool:
+    """Does this config ask a finished run for more training than it did?"""
+    train = OmegaConf.select(cfg, "stage.train")
+    if train is None or "steps" not in done:
+        return False
+    if train.max_steps > 0:
+        return train.max_steps > done["steps"]
+    return train.epochs > done.get("epoch", 0) + 1e-9
+
+
+def run(cfg: DictConfig, run_dir: Path, announce: bool = True) -> dict | None:
+    """The job; None when `run_dir` holds a finished run that this config asks nothing more of."""
     validate(cfg)
-    stage = load_stage(cfg.stage.runner)
+    done = Experiment(run_dir, writer=False).completed_summary()
+    if done is not None and not wants_more(cfg, done):
+        say("%s is complete (%s steps): nothing to do (raise stage.train.max_steps to continue it, "
+            "or choose another hydra.run.dir)", run_dir, done.get("steps", "all"))
+        return None
+    stage = stage_module(cfg.stage.runner)
     # Data problems surface here, as one line, before paddle is imported.
     inputs = stage.prepare(cfg) if hasattr(stage, "prepare") else None
+    if announce:
+        choices = HydraConfig.get().runtime.choices
+        say("llmx %s: model=%s parallel=%s -> %s", choices.get("stage"), choices.get("model"), choices.get("parallel"),
+            run_dir)
 
     from llmx import launcher
 
     if launcher.needs_launch(cfg):  # a multi-process layout from a plain shell: start the ranks, wait
-        hydra_cfg = HydraConfig.get()
-        run_dir = Path(hydra_cfg.runtime.output_dir)
-        launcher.launch(cfg, hydra_cfg, run_dir)
+        launcher.launch(cfg, HydraConfig.get(), run_dir)
         summary_path = run_dir / "summary.json"
         return json.loads(summary_path.read_text()) if summary_path.exists() else {}
     launcher.join_launched_job()
 
     from llmx.engine.context import create_context  # the first heavy import
 
-    ctx = create_context(cfg, HydraConfig.get().runtime.output_dir, inputs)
-    summary = get_runner(cfg.stage.runner)(cfg, ctx)
+    ctx = create_context(cfg, str(run_dir), inputs)
+    summary = stage.run(cfg, ctx)
     ctx.experiment.write_summary(summary)
-    log.info("summary: %s", summary)
+    log.debug("summary: %s", summary)
     return summary
 
 
@@ -49,30 +71,67 @@ def run_job(cfg: DictConfig) -> dict | None:
     if cfg.plan:  # `plan=true`: print the memory estimate of this layout instead (no paddle, no run files)
         from llmx.plan import print_plan
 
+        _discard_unused_run_dir(Path(HydraConfig.get().runtime.output_dir))
         print_plan(cfg)
         return None
     from llmx.launcher import adopt_slurm_world, under_launcher
     from llmx.sweep import write_status
 
+    quiet_libraries(cfg.verbose)
     rank_of_paddle_launch = under_launcher()
     adopt_slurm_world()  # Slurm tasks as ranks: before validation compares the world with the layout
     hydra_cfg = HydraConfig.get()
     run_dir, started = Path(hydra_cfg.runtime.output_dir), time.time()
     main_process = int(os.environ.get("PADDLE_TRAINER_ID", "0")) == 0  # other ranks leave the files to rank 0
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    fresh = Experiment(run_dir, writer=False).ran_nothing()
     try:
-        summary = run(cfg)
+        summary = run(cfg, run_dir, announce=main_process and not rank_of_paddle_launch)
     except Exception as error:  # noqa: BLE001 - recorded, then re-raised or (multirun) absorbed
-        if main_process:
+        # A config or data error found before anything ran: nothing to record in a single run,
+        # and a directory this job created is removed (a typo leaves nothing behind).
+        early = isinstance(error, UserError) and Experiment(run_dir, writer=False).ran_nothing()
+        if early and fresh and not multirun:
+            _discard_unused_run_dir(run_dir)
+        elif main_process and (multirun or not early):
             write_status(run_dir, started, error)
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not multirun:
             raise
         log.exception("job failed: %s", error)
         return None
+    if summary is None:  # a finished run, nothing more asked of it
+        return None
     if main_process:
         write_status(run_dir, started)
+        if not rank_of_paddle_launch:
+            for line in summary_lines(summary, run_dir, time.time() - started):
+                say(line)
     if rank_of_paddle_launch:
         _leave_rank()
     return summary
+
+
+def _discard_unused_run_dir(run_dir: Path) -> None:
+    """Remove a run dir that holds only what Hydra wrote before the job (and its empty parents
+    up to the working directory): a run that never started leaves no directory behind."""
+    if not Experiment(run_dir, writer=False).ran_nothing():
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # Hydra's file handler holds llmx.log open
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir:
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    (run_dir / "llmx.log").unlink(missing_ok=True)
+    cwd, path = Path.cwd().resolve(), run_dir.resolve()
+    while path != cwd:
+        try:
+            path.rmdir()
+        except OSError:  # not empty: someone else's files
+            break
+        path = path.parent
+        if cwd not in path.parents:  # parents only up to the working directory (outputs/<stage>/<model>/)
+            break
 
 
 def _leave_rank() -> None:

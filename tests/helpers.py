@@ -1,17 +1,21 @@
-"""Run `python launch.py` as a user would and read its one-line config errors.
+"""Test helpers, in one place: run `python launch.py` (and `python -m llmx ...`) as a user would,
+read run directories, compose configs in-process.
 
-Every run gets a `sitecustomize` (through PYTHONPATH) that, at exit, writes
-HEAVY_IMPORT_MARK to stderr if paddle or paddlenlp was imported: config errors,
-`--help` and `--cfg job` must answer without them. The run itself is unchanged.
+Subprocess runs can get a `sitecustomize` (through PYTHONPATH) that, at exit, writes
+HEAVY_IMPORT_MARK to stderr if paddle or paddlenlp was imported: config errors, `--help`
+and `--cfg job` must answer without them. The run itself is unchanged.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Short, quiet runs: tests override only what they are about.
+FAST = ["stage.train.progress_bar=false"]
 HEAVY_IMPORT_MARK = "TEST-WATCH: heavy modules imported:"
 
 _WATCH = f'''import atexit, sys
@@ -25,12 +29,72 @@ atexit.register(_report_heavy_imports)
 '''
 
 
+def launch(*overrides: str, timeout: float = 600, check: bool = True, cwd: Path = REPO,
+           env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python launch.py <overrides>`, as a user would (from the repo root by default)."""
+    proc = subprocess.run([sys.executable, str(REPO / "launch.py"), *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch.py {' '.join(overrides)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def llmx_command(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m llmx <args>` from the repo root."""
+    return subprocess.run([sys.executable, "-m", "llmx", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def train_losses(run: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every training record in a run's metrics.jsonl."""
+    return [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+
+
+def compose(*overrides: str):
+    """The config launch.py would compose (Hydra's compose API, in this process; no validation)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from llmx.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def input_error(*overrides: str) -> str:
+    """The one line launch.py prints for a bad config or bad data, found in this process: compose,
+    validate, then the stage's paddle-free prepare (the same code launch.py runs before paddle)."""
+    from llmx.cli import config_error_line
+    from llmx.config import validate
+    from llmx.stages import stage_module
+
+    try:
+        cfg = compose(*overrides)
+        validate(cfg)
+        stage_module(cfg.stage.runner).prepare(cfg)
+    except Exception as ex:  # noqa: BLE001 - Hydra's, OmegaConf's and our errors
+        line = config_error_line(ex)
+        if line is None:
+            raise
+        return "llmx: " + line
+    raise AssertionError(f"{overrides}: no error")
+
+
 def run_python(*argv: str, tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python <argv>` from the repo root, watched for heavy imports."""
     watch = tmp_path / "_import_watch"
     watch.mkdir(exist_ok=True)
     (watch / "sitecustomize.py").write_text(_WATCH)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(watch), os.environ.get("PYTHONPATH")])))
+    path = [str(watch), str(REPO / "tests"), os.environ.get("PYTHONPATH")]  # tests/ for scripts importing helpers
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))
     env.pop("HYDRA_FULL_ERROR", None)  # it turns our one-line errors back into tracebacks
     return subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 

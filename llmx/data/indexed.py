@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmx.config import DataError
+from llmx.errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1

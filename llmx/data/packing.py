@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from llmx.config import DataError
+from llmx.errors import DataError
 
 
 def pack_examples(examples: Sequence[dict], max_length: int) -> list[dict]:

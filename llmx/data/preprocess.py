@@ -35,7 +35,8 @@ from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from llmx.config import DataError, UserError, asset_path
+from llmx.config import asset_path
+from llmx.errors import DataError, UserError
 from llmx.data.indexed import IndexedWriter, _paths, dtype_for_vocab
 
 CHUNK_DOCS = 128  # documents per task sent to a worker

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from llmx.config import DataError
+from llmx.errors import DataError
 from llmx.data.indexed import IndexedDataset
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from llmx.config import DataError
+from llmx.errors import DataError
+from llmx.tokens import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # the ignore index of PaddleNLP's causal-LM criterions
 PROMPT_TEMPLATE = "Q: {src}\nA:"
 
 
@@ -126,23 +126,3 @@ class SftEncoder:
         for prompt, answer in turns[:-1]:
             ids += prompt + answer
         return ids + turns[-1][0]
-
-
-def pad_batch(features: Sequence[dict], pad_id: int, left: bool = False) -> dict:
-    """Pad to the longest example; returns numpy int64 arrays (paddle-free)."""
-    import numpy as np
-
-    width = max(len(f["input_ids"]) for f in features)
-    out = {"input_ids": np.full((len(features), width), pad_id, dtype="int64"),
-           "attention_mask": np.zeros((len(features), width), dtype="int64")}
-    has_labels = "labels" in features[0]
-    if has_labels:
-        out["labels"] = np.full((len(features), width), IGNORE_INDEX, dtype="int64")
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        span = slice(width - n, width) if left else slice(0, n)
-        out["input_ids"][i, span] = f["input_ids"]
-        out["attention_mask"][i, span] = 1
-        if has_labels:
-            out["labels"][i, span] = f["labels"]
-    return out

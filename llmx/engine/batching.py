@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 import paddle
 
-from llmx.data.sft import IGNORE_INDEX, pad_batch
+from llmx.tokens import IGNORE_INDEX, pad_batch
 
 NUM_TOKENS = "num_tokens"
 

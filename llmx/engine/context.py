@@ -5,11 +5,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from llmx.console import quiet_libraries
 from llmx.engine.distributed import init_distributed
 from llmx.engine.runtime import Runtime, init_runtime, seed_everything
 from llmx.experiment import Experiment
+from llmx.layout import Layout, train_batching
 
 
 @dataclass
@@ -17,24 +19,21 @@ class Context:
     cfg: DictConfig
     experiment: Experiment
     runtime: Runtime
+    layout: Layout
     inputs: Any  # what the stage's prepare(cfg) returned (parsed, checked data)
     log: logging.Logger
 
 
-def _share_log_file_with_paddlenlp() -> None:
-    """PaddleNLP's logger does not propagate; give it Hydra's file handler so
-    Trainer messages land in llmx.log too."""
-    paddlenlp_logger = logging.getLogger("PaddleNLP")
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and handler not in paddlenlp_logger.handlers:
-            paddlenlp_logger.addHandler(handler)
-
-
 def create_context(cfg: DictConfig, run_dir: str, inputs: Any) -> Context:
+    import paddlenlp  # noqa: F401  (its logger exists from here on: hand it to llmx.log)
+
+    quiet_libraries(cfg.verbose)
     runtime = init_runtime(cfg.device, cfg.model.dtype)
     seed_everything(cfg.seed)
-    experiment = Experiment(run_dir, writer=runtime.is_main)
+    experiment = Experiment(run_dir, writer=runtime.is_main).create()
     experiment.write_provenance(cfg.seed, runtime.world_size, runtime.device_names())
-    init_distributed(cfg, experiment, runtime)
-    _share_log_file_with_paddlenlp()
-    return Context(cfg=cfg, experiment=experiment, runtime=runtime, inputs=inputs, log=logging.getLogger("llmx"))
+    layout = Layout.of(cfg.parallel)
+    batching = train_batching(cfg) if OmegaConf.select(cfg, "stage.train") is not None else None
+    init_distributed(layout, runtime, experiment.dir, batching, cfg.seed)
+    return Context(cfg=cfg, experiment=experiment, runtime=runtime, layout=layout, inputs=inputs,
+                   log=logging.getLogger("llmx"))

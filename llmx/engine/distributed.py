@@ -1,45 +1,84 @@
-"""The distributed world of a multi-process run (paddle.distributed.launch started it).
+"""The distributed world of a multi-process run, set up from the layout alone (no Trainer).
 
-PaddleNLP's TrainingArguments initialises fleet (the hybrid dp/sharding/pp/tp groups and
-the pipeline/sharding strategy) when it is created. We create them once here, from the
-same single mapping the stages use (engine.trainer.training_arguments), so the groups
-exist before a tensor- or pipeline-parallel model is built; the stage's own
-TrainingArguments later find fleet initialised and keep it. On CPU the gloo
+paddle.distributed.launch (or Slurm, see llmx.launcher) started the processes; here
+they form fleet's hybrid groups (dp, pp, sharding, tp) with the strategy PaddleNLP's
+TrainingArguments would have built, so a tensor- or pipeline-parallel model can be
+built by any stage, training or not. A stage that trains later creates
+TrainingArguments, which find fleet initialised and keep it. On CPU the gloo
 compatibility layer (engine.cpu_parallel) goes in first.
 """
 from __future__ import annotations
 
 import logging
 import os
-
-from omegaconf import DictConfig
+from pathlib import Path
+from typing import Optional
 
 from llmx.engine.runtime import Runtime
-from llmx.experiment import Experiment
+from llmx.layout import Batching, Layout
 
 log = logging.getLogger(__name__)
+# The order PaddleNLP uses ("pp_first"): ranks of one tp group are neighbours.
+TOPOLOGY_ORDER = ["dp", "pp", "sharding", "sep", "mp"]
 
 
-def init_distributed(cfg: DictConfig, experiment: Experiment, runtime: Runtime) -> None:
+def strategy(layout: Layout, batching: Optional[Batching], seed: int):
+    """fleet's DistributedStrategy for the layout; `batching` sizes the pipeline's micro-batches."""
+    from paddle.distributed import fleet
+
+    s = fleet.DistributedStrategy()
+    hybrid = {"dp_degree": layout.dp, "mp_degree": layout.tp, "pp_degree": layout.pp,
+              "sharding_degree": layout.sharding, "sep_degree": 1, "order": TOPOLOGY_ORDER}
+    if layout.pp > 1:
+        micro, accum = (batching.micro_batch, batching.accum) if batching else (1, 1)
+        # Padded batches change length from step to step: every send carries its shape
+        # (p2p_cache_shape off), and the 1F1B schedule keeps one shape per micro-batch
+        # (enable_dynamic_shape), which PaddleNLP's TrainingArguments do not expose.
+        s.pipeline_configs = {"accumulate_steps": accum, "micro_batch_size": micro,
+                              "enable_partial_send_recv": not layout.sequence_parallel, "p2p_cache_shape": False}
+        hybrid["pp_configs"] = {"delay_scale_loss": False, "dp_comm_overlap": False, "sharding_comm_overlap": False,
+                                "enable_timer": False, "release_gradients": False, "overlap_p2p_comm": False,
+                                "clear_every_step_cache": False, "use_batch_p2p_comm": True}
+    if layout.tp > 1:
+        s.tensor_parallel_configs = {"tensor_init_seed": seed}
+    s.hybrid_configs = hybrid
+    if layout.pp > 1:
+        s.hybrid_configs["pp_configs"].enable_dynamic_shape = True
+    return s
+
+
+def init_distributed(layout: Layout, runtime: Runtime, run_dir: Path, batching: Optional[Batching] = None,
+                     seed: int = 0) -> None:
+    """Form the hybrid groups of `layout` (a no-op in one process)."""
     if runtime.world_size == 1:
         return
     if runtime.device == "cpu":
         from llmx.engine import cpu_parallel
 
         os.environ.setdefault("PADDLE_DISTRI_BACKEND", "gloo")  # the only CPU backend
-        cpu_parallel.install(experiment.dir, runtime.rank)
-    from llmx.engine.trainer import training_arguments
+        cpu_parallel.install(run_dir, runtime.rank)
+    from paddle.distributed import fleet
 
-    args = training_arguments(cfg, experiment, runtime.device)
-    p = cfg.parallel
-    if p.pp > 1:
-        # SFT batches are padded per batch, so micro-batches differ in length. With
-        # `disable_p2p_cache_shape` (training_arguments) every send carries its shape, but the
-        # 1F1B schedule still receives gradients into the *last* sent shape unless it keeps
-        # one shape per micro-batch: its dynamic-shape mode, which PaddleNLP does not expose.
-        from paddle.distributed import fleet
+    fleet.init(is_collective=True, strategy=strategy(layout, batching, seed))
+    log.info("rank %d of %d: %s (sharding stage %d) on %s", runtime.rank, runtime.world_size, layout.describe(),
+             layout.sharding_stage, "CPU (gloo)" if runtime.device == "cpu" else "GPU")
 
-        fleet.fleet._user_defined_strategy.hybrid_configs["pp_configs"].enable_dynamic_shape = True
-    log.info("rank %d of %d: dp=%d sharding=%d(stage %d) pp=%d tp=%d on %s", runtime.rank, runtime.world_size,
-             args.data_parallel_degree, p.sharding, p.sharding_stage, p.pp, p.tp,
-             "CPU (gloo)" if runtime.device == "cpu" else "GPU")
+
+def hybrid_group():
+    """fleet's HybridCommunicateGroup, or None in one process / plain data parallel."""
+    import paddle.distributed as dist
+    from paddle.distributed import fleet
+
+    if dist.get_world_size() <= 1:
+        return None
+    try:
+        return fleet.get_hybrid_communicate_group()
+    except AttributeError:  # fleet not initialised
+        return None
+
+
+def barrier() -> None:
+    import paddle.distributed as dist
+
+    if dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,16 +1,18 @@
 """The training run every training stage shares: resume, evaluate, train, evaluate, summarise.
 
-A stage builds its model, datasets and collator, then calls `fit`; what is
-particular to the stage (generations, exports) stays in the stage.
+A stage builds its model(s), datasets and collator, picks a Trainer class (PaddleNLP's
+Trainer or a subclass such as trl's DPOTrainer) and calls `fit`; what is particular to
+the stage (generations, exports) stays in the stage.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 from omegaconf import DictConfig
+from paddlenlp.trainer import Trainer
 
 from llmx.engine.model import count_parameters
-from llmx.engine.trainer import LlmxTrainer, elapsed_before, resume_point, training_arguments
+from llmx.engine.trainer import resume_point, trainer_class, training_arguments
 
 
 def summarise_metrics(rows: list[dict]) -> dict:
@@ -29,15 +31,17 @@ def summarise_metrics(rows: list[dict]) -> dict:
     return out
 
 
-def fit(cfg: DictConfig, ctx, model, tokenizer, train_set: Sequence, eval_set: Optional[Sequence], collator,
-        evaluate: bool = True) -> tuple[LlmxTrainer, dict]:
-    """Train `model` under PaddleNLP's Trainer in the run directory; resume if it holds a checkpoint.
-    With `evaluate`, the eval loss is measured before (fresh runs) and after training."""
+def fit(cfg: DictConfig, ctx, model, train_set: Sequence, eval_set: Optional[Sequence], collator, tokenizer=None,
+        evaluate: bool = True, trainer_base: type = Trainer, args=None, **trainer_kwargs):
+    """Train `model` with `trainer_base` + llmx's mixin in the run directory; resume if it holds a
+    checkpoint. With `evaluate`, the eval loss is measured before (fresh runs) and after training.
+    `args` (TrainingArguments or a subclass) defaults to training_arguments(cfg); extra keyword
+    arguments go to the Trainer (e.g. a reference model or criterion). Returns (trainer, summary)."""
     exp = ctx.experiment
     resume = resume_point(exp)
-    trainer = LlmxTrainer(
+    trainer = trainer_class(trainer_base)(
         model=model,
-        args=training_arguments(cfg, exp, ctx.runtime.device),
+        args=args if args is not None else training_arguments(cfg, exp, ctx.runtime.device),
         train_dataset=train_set,
         eval_dataset=eval_set or None,
         data_collator=collator,
@@ -45,7 +49,8 @@ def fit(cfg: DictConfig, ctx, model, tokenizer, train_set: Sequence, eval_set: O
         experiment=exp,
         keep_checkpoints=cfg.stage.train.keep_checkpoints,
         seed=cfg.seed,
-        elapsed_before=elapsed_before(exp) if resume else 0.0,
+        elapsed_before=exp.elapsed_before() if resume else 0.0,
+        **trainer_kwargs,
     )
     evaluate = evaluate and bool(eval_set)
     if evaluate and resume is None:
@@ -54,6 +59,7 @@ def fit(cfg: DictConfig, ctx, model, tokenizer, train_set: Sequence, eval_set: O
 
     summary = {
         "steps": trainer.state.global_step,
+        "epoch": round(float(trainer.state.epoch or 0), 4),
         "resumed_from": resume.name if resume else None,
         "trainable_params": count_parameters(model, trainable_only=True),
         "total_params": count_parameters(model),

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import paddle
 
-from llmx.data.sft import pad_batch
+from llmx.tokens import pad_batch
 
 
 @paddle.no_grad()

@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
-from llmx.config import ConfigError
+from llmx.errors import ConfigError
 
 
 @dataclass(frozen=True)

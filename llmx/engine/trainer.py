@@ -1,16 +1,19 @@
-"""PaddleNLP's Trainer, wired to the experiment directory.
+"""PaddleNLP's Trainer (or any subclass of it, such as trl's DPOTrainer), wired to the run dir.
 
-We keep PaddleNLP's training loop, optimizer, schedulers and (later) 4D
-parallelism untouched. What we add is what the Trainer does not do:
-- checkpoints are written to a staging name and renamed into
-  `checkpoints/step-N` only when complete, with a `latest` pointer
-  (the Trainer writes `checkpoint-N` in place, so a crash can leave a partial one);
-- a data order that depends only on (seed, epoch), so a resumed run sees the
-  same batches as an uninterrupted one;
+We keep PaddleNLP's training loop, optimizer, schedulers and 4D parallelism untouched.
+`LlmxTrainerMixin` adds what the Trainer does not do, to whichever Trainer class a stage
+uses (`trainer_class(base)`):
+- checkpoints are written to a staging name, marked complete by llmx and renamed into
+  `checkpoints/step-N` only then, with a `latest` pointer (the Trainer writes
+  `checkpoint-N` in place, so a crash can leave a partial one); the last step is always saved,
+  so a finished run can be continued to more steps;
+- a data order that depends only on (seed, epoch), so a resumed run sees the same batches
+  as an uninterrupted one, and every layout the same samples per step;
 - metrics.jsonl with tokens/s counted from real (non-pad) tokens.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -23,59 +26,42 @@ from omegaconf import DictConfig, OmegaConf
 from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
+from llmx.console import say
 from llmx.engine.batching import NUM_TOKENS
-from llmx.engine.model import name_single_model_class
+from llmx.engine.checkpoint import name_single_model_class
 from llmx.experiment import Experiment
+from llmx.layout import Layout, train_batching
 
 log = logging.getLogger(__name__)
 
 
-def batch_split(train: DictConfig, parallel: DictConfig) -> tuple[int, int]:
-    """(per-device micro-batch, micro-batches per rank per step). The global batch stays
-    batch_size*grad_accum whatever the layout: dp*sharding replicas share it, taking whole
-    micro-batches when they divide grad_accum (then every layout sums the very same
-    micro-batch losses as one process), else each taking a slice of every micro-batch."""
-    replicas = parallel.dp * parallel.sharding
-    if train.grad_accum % replicas == 0:
-        return train.batch_size, train.grad_accum // replicas
-    return train.batch_size // replicas, train.grad_accum
-
-
-def parallel_arguments(p: DictConfig) -> dict:
-    """Degrees -> PaddleNLP's hybrid-parallel arguments. The data-parallel degree is what is
-    left of the world: PaddleNLP derives it as world / (tp*pp*sharding), which is p.dp because
-    validation checked world = dp*tp*pp*sharding. Pipeline micro-batches come from
-    gradient_accumulation_steps (PaddleNLP's pipeline accumulate_steps); virtual pp is a model
-    config setting (see engine.model)."""
-    args = dict(tensor_parallel_degree=p.tp, pipeline_parallel_degree=p.pp,
-                sharding_parallel_degree=p.sharding if p.sharding > 1 else -1,
-                sharding=f"stage{p.sharding_stage}" if p.sharding > 1 else "",
-                sequence_parallel=bool(p.sequence_parallel and p.tp > 1))
-    if p.pp > 1:
-        # Padded batches change length from step to step; without this the pipeline reuses the
-        # first micro-batch's activation shape for every send.
-        args["pipeline_parallel_config"] = "disable_p2p_cache_shape"
+def parallel_arguments(layout: Layout) -> dict:
+    """Degrees -> PaddleNLP's hybrid-parallel arguments (fleet itself is set up by
+    engine.distributed; these tell the Trainer how to wrap the model and optimizer)."""
+    args = dict(tensor_parallel_degree=layout.tp, pipeline_parallel_degree=layout.pp,
+                sharding_parallel_degree=layout.sharding if layout.sharding > 1 else -1,
+                sharding=f"stage{layout.sharding_stage}" if layout.sharding > 1 else "",
+                sequence_parallel=bool(layout.sequence_parallel and layout.tp > 1))
+    if layout.pp > 1:
+        args["pipeline_parallel_config"] = "disable_p2p_cache_shape"  # padded batches change shape
     return args
 
 
-def eval_batch_size(cfg: DictConfig, micro_batch: int, accum: int) -> int:
-    """A pipeline evaluates a batch as its training micro-batches (Paddle checks the size)."""
-    return micro_batch * accum if cfg.parallel.pp > 1 else cfg.stage.eval.batch_size
-
-
-def training_arguments(cfg: DictConfig, exp: Experiment, device: str, **extra) -> TrainingArguments:
-    """The single mapping from llmx's stage + parallel config to PaddleNLP's TrainingArguments."""
-    t, p = cfg.stage.train, cfg.parallel
-    micro_batch, accum = batch_split(t, p)
+def training_arguments(cfg: DictConfig, exp: Experiment, device: str, args_class=TrainingArguments,
+                       **extra) -> TrainingArguments:
+    """The single mapping from llmx's stage.train + parallel config to PaddleNLP's TrainingArguments."""
+    t, layout = cfg.stage.train, Layout.of(cfg.parallel)
+    b = train_batching(cfg)
     half = cfg.model.dtype if cfg.model.dtype != "float32" else None
+    eval_batch = OmegaConf.select(cfg, "stage.eval.batch_size") or b.micro_batch
     args = dict(
         output_dir=str(exp.staging_dir()),
         seed=cfg.seed,
         max_steps=t.max_steps,
         num_train_epochs=t.epochs,
-        per_device_train_batch_size=micro_batch,
-        per_device_eval_batch_size=eval_batch_size(cfg, micro_batch, accum),
-        gradient_accumulation_steps=accum,
+        per_device_train_batch_size=b.micro_batch,
+        per_device_eval_batch_size=b.pipeline_eval_batch if layout.pp > 1 else eval_batch,
+        gradient_accumulation_steps=b.accum,
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_steps,
@@ -95,14 +81,14 @@ def training_arguments(cfg: DictConfig, exp: Experiment, device: str, **extra) -
         bf16=half == "bfloat16",
         fp16=half == "float16",
         fp16_opt_level="O2" if half else "O1",
-        **parallel_arguments(p),
+        **parallel_arguments(layout),
         # Safetensors weights that from_pretrained loads directly. PaddleNLP's unified
         # checkpoint cannot save PrefixModelForCausalLM (no can_generate), so prefix
         # runs keep the Trainer's classic format.
         unified_checkpoint=OmegaConf.select(cfg, "stage.peft.method") != "prefix",
     )
     args.update(extra)
-    return TrainingArguments(**args)
+    return args_class(**args)
 
 
 class SeededBatchSampler(DistributedBatchSampler):
@@ -158,9 +144,10 @@ def _over_data_replicas(args, tokens: int) -> int:
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends one metrics.jsonl line per Trainer log: step, loss, lr, tokens/s, elapsed."""
+    """Appends one metrics.jsonl line per Trainer log: step, loss, lr, tokens/s, elapsed; and saves
+    the last step, so a finished run can be continued to more steps."""
 
-    def __init__(self, exp: Experiment, trainer: "LlmxTrainer", elapsed_before: float = 0.0) -> None:
+    def __init__(self, exp: Experiment, trainer: "LlmxTrainerMixin", elapsed_before: float = 0.0) -> None:
         self.exp = exp
         self.trainer = trainer
         self.elapsed_before = elapsed_before  # seconds trained before a resume
@@ -170,6 +157,10 @@ class MetricsCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
         self.last_tokens = self.trainer.tokens_trained
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_save = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs or "interval_runtime" not in logs:
@@ -189,7 +180,10 @@ class MetricsCallback(TrainerCallback):
         self.exp.log_metrics(record)
 
 
-class LlmxTrainer(Trainer):
+class LlmxTrainerMixin:
+    """llmx's checkpoints, data order, token counting and metrics for a PaddleNLP Trainer class:
+    list it before the Trainer class among the bases (`trainer_class` does)."""
+
     def __init__(self, *args, experiment: Experiment, keep_checkpoints: int, seed: int, elapsed_before: float = 0.0,
                  **kwargs):
         super().__init__(*args, **kwargs)
@@ -249,17 +243,18 @@ class LlmxTrainer(Trainer):
             paddle.distributed.barrier()
 
 
+@functools.lru_cache(maxsize=None)
+def trainer_class(base: type = Trainer) -> type:
+    """`base` (Trainer or a subclass) with llmx's mixin."""
+    return type(f"Llmx{base.__name__}", (LlmxTrainerMixin, base), {})
+
+
 def resume_point(exp: Experiment) -> Optional[Path]:
     """The checkpoint a re-launched run continues from (None for a fresh run)."""
     if exp.writer:  # whatever a killed run left half-written is never resumed from
         shutil.rmtree(exp.staging_dir(), ignore_errors=True)
     ckpt = exp.latest_checkpoint()
     if ckpt is not None:
-        log.info("resuming from %s", ckpt)
+        say("resuming from %s", ckpt)
         exp.truncate_metrics_after(Experiment.checkpoint_step(ckpt))
     return ckpt
-
-
-def elapsed_before(exp: Experiment) -> float:
-    rows = exp.read_metrics()
-    return float(rows[-1]["elapsed_s"]) if rows else 0.0

@@ -1,35 +1,82 @@
-"""Stage runners, one module per runner, registered by name.
+"""Stage runners: one module per runner, found by name; nothing to register.
 
-A runner module imports paddle only inside its functions, so looking one up
-(and running its optional paddle-free `prepare(cfg)` check of the inputs) stays cheap.
+A stage is a module plus a `conf/stage/<name>.yaml` that names it in `runner:`
+(`sft` means `llmx.stages.sft`; a dotted name such as `mypkg.mystage` is imported as
+it is, so a stage can live outside llmx). The module holds
 
-    @register("sft")
-    def run(cfg, ctx) -> dict:   # returns summary metrics
+    Config            its config dataclass (the schema `/schema/stage/<runner>` for
+                      built-in stages; an outside stage's config is checked against it)
+    validate(cfg)     one-line ConfigErrors for impossible values (optional)
+    prepare(cfg)      paddle-free reading and checking of inputs, before anything
+                      heavy is imported; its result reaches run() as ctx.inputs (optional)
+    run(cfg, ctx)     does the work; returns the summary metrics (a dict)
+
+and imports paddle only inside its functions, so looking one up stays cheap.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+import pkgutil
+from pathlib import Path
+from types import ModuleType
 
-_RUNNERS: dict[str, Callable] = {}
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-
-def register(name: str):
-    def deco(fn: Callable) -> Callable:
-        _RUNNERS[name] = fn
-        return fn
-
-    return deco
+from llmx.errors import ConfigError
 
 
-def load_stage(name: str):
-    """Import the module of runner `name`; it registers itself on import."""
-    module = importlib.import_module(f"llmx.stages.{name}")
-    if name not in _RUNNERS:
-        raise RuntimeError(f"llmx.stages.{name} did not register a runner named {name!r}")
+def module_name(runner: str) -> str:
+    return runner if "." in runner else f"{__name__}.{runner}"
+
+
+def stage_module(runner: str) -> ModuleType:
+    try:
+        module = importlib.import_module(module_name(runner))
+    except ModuleNotFoundError as e:
+        if e.name not in (module_name(runner), runner.split(".")[0]):
+            raise
+        raise ConfigError(f"stage.runner={runner!r}: no module {module_name(runner)} "
+                          f"(built-in: {', '.join(builtin_stages())})") from None
+    if not callable(getattr(module, "run", None)):
+        raise ConfigError(f"stage.runner={runner!r}: {module.__name__} has no run(cfg, ctx)")
     return module
 
 
-def get_runner(name: str) -> Callable:
-    load_stage(name)
-    return _RUNNERS[name]
+def builtin_stages() -> dict[str, ModuleType]:
+    return {m.name: importlib.import_module(f"{__name__}.{m.name}")
+            for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
+def validate(cfg: DictConfig) -> None:
+    """The stage's own rules. A stage from outside llmx has no registered schema: its config is
+    checked against (and completed from) the module's `Config` here, as Hydra does for ours."""
+    module = stage_module(cfg.stage.runner)
+    schema = getattr(module, "Config", None)
+    if schema is not None and OmegaConf.get_type(cfg.stage) is not schema:
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(schema), cfg.stage)
+        except Exception as ex:  # noqa: BLE001 - OmegaConf's key/type errors, as one line
+            key = getattr(ex, "full_key", "") or "?"
+            raise ConfigError(f"stage.{key}: {str(getattr(ex, 'msg', ex)).splitlines()[0]}") from None
+        with open_dict(cfg):
+            cfg.stage = typed
+    if hasattr(module, "validate"):
+        module.validate(cfg)
+
+
+def describe(name: str, conf_dir: Path) -> str:
+    """A stage option's one-line description: the first comment line of its conf file."""
+    path = conf_dir / "stage" / f"{name}.yaml"
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def help_text() -> str:
+    """`--help`'s stage list (an OmegaConf resolver, so Hydra's own help renders it)."""
+    from llmx.config import CONF_DIR
+
+    names = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
+    width = max(map(len, names))
+    return "\n".join(f"  {n:<{width}}  {describe(n, CONF_DIR)}" for n in names)

@@ -3,23 +3,74 @@
 Random init by default, or `stage.continue_training=true` to start from
 `model.name_or_path`. Evaluates the validation split before and after
 (loss and perplexity) and exports the model like every full-weight stage.
+Every layout trains on the same samples in the same order: the sample index holds
+exactly the samples the steps consume (llmx.layout), whatever the layout.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import List, Optional
 
 from omegaconf import DictConfig
 
-from llmx.stages import register
+from llmx.config import TrainConfig, existing, positive, require, validate_train, validate_trainable
+from llmx.layout import train_batching
+
+
+@dataclass
+class DataConfig:
+    paths: List[str] = field(default_factory=lambda: ["${asset:demo/pretrain}"])  # .bin/.idx prefixes
+    weights: Optional[List[float]] = None  # blending weights, one per path (None = equal)
+    split: str = "949,50,1"  # train,valid,test shares of each dataset's documents
+    seq_length: int = 128
+    cache_dir: Optional[str] = None  # None = index-cache/ next to the first dataset
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    samples: int = 128  # validation samples for eval loss before and after training
+    batch_size: int = 16
+
+
+@dataclass
+class Config:
+    runner: str = "pretrain"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    continue_training: bool = False  # start from model.name_or_path's weights instead of random init
+
+
+def validate(cfg: DictConfig) -> None:
+    s = cfg.stage
+    d = s.data
+    validate_trainable(cfg)
+    require(len(d.paths) >= 1, "stage.data.paths", list(d.paths), "needs at least one .bin/.idx prefix")
+    for i, prefix in enumerate(d.paths):
+        base = prefix[:-4] if prefix.endswith((".bin", ".idx")) else prefix
+        for ext in (".bin", ".idx"):
+            existing(f"stage.data.paths[{i}]", base + ext, "file")
+    if d.weights is not None:
+        require(len(d.weights) == len(d.paths), "stage.data.weights", list(d.weights),
+                f"needs one weight per path ({len(d.paths)})")
+        require(all(w >= 0 for w in d.weights) and sum(d.weights) > 0, "stage.data.weights", list(d.weights),
+                "must be non-negative with a positive sum")
+    positive("stage.data.seq_length", d.seq_length, 2)
+    validate_train(s.train)
+    positive("stage.eval.samples", s.eval.samples)
+    positive("stage.eval.batch_size", s.eval.batch_size)
+    require(not s.continue_training or cfg.model.name_or_path is not None, "stage.continue_training", True,
+            "needs model.name_or_path (the checkpoint directory to continue from)")
 
 
 def prepare(cfg: DictConfig) -> dict:
     """Open the data and build (or reuse) the sample index, before paddle is imported."""
     from llmx.data.pretrain import load_pretrain_splits
 
-    d, t, p = cfg.stage.data, cfg.stage.train, cfg.parallel
-    replicas = p.dp * p.sharding  # data-parallel replicas consume the global batch together
-    train_samples = t.max_steps * t.batch_size * t.grad_accum * replicas if t.max_steps > 0 else _epoch_samples(cfg)
+    d, t = cfg.stage.data, cfg.stage.train
+    train_samples = train_batching(cfg).samples(t.max_steps) if t.max_steps > 0 else _epoch_samples(cfg)
     wanted = {"train": train_samples, "valid": cfg.stage.eval.samples if cfg.stage.eval.enabled else 0}
     splits, cache = load_pretrain_splits(d.paths, d.weights, d.split, d.seq_length, cfg.seed, wanted, d.cache_dir)
     return {"splits": splits, "index_cache": cache}
@@ -34,21 +85,21 @@ def _epoch_samples(cfg: DictConfig) -> int:
     return max(1, int(tokens * cfg.stage.train.epochs) // d.seq_length)
 
 
-@register("pretrain")
 def run(cfg: DictConfig, ctx) -> dict:
     from llmx.engine import model as models
     from llmx.engine.batching import PadCollator
+    from llmx.engine.checkpoint import export_model
     from llmx.engine.fit import fit
 
     splits, cache = ctx.inputs["splits"], ctx.inputs["index_cache"]
     tokenizer = models.build_tokenizer(cfg.model)
     model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel, load_weights=cfg.stage.continue_training)
-    trainer, summary = fit(cfg, ctx, model, tokenizer, splits["train"], splits.get("valid"),
-                           PadCollator(tokenizer.pad_token_id), evaluate=cfg.stage.eval.enabled)
+    trainer, summary = fit(cfg, ctx, model, splits["train"], splits.get("valid"), PadCollator(tokenizer.pad_token_id),
+                           tokenizer, evaluate=cfg.stage.eval.enabled)
     summary = {"stage": "pretrain", **summary, "index_cache": "reused" if cache["reused"] else "built",
                "train_samples": len(splits["train"]), "seq_length": cfg.stage.data.seq_length}
     if "eval_loss" in summary:
         summary["eval_perplexity"] = math.exp(min(summary["eval_loss"], 50.0))
-    summary["model_dir"] = models.export_full_model(cfg.parallel, trainer, model, tokenizer,
-                                                    ctx.experiment.dir / "model", ctx.runtime.is_main)
+    summary["model_dir"] = str(export_model(model, tokenizer, ctx.experiment.dir / "model", ctx.layout,
+                                            ctx.runtime.is_main))
     return summary

@@ -7,12 +7,72 @@ base (and, for LoRA with merge_adapter, the merged model too).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import DictConfig
 
+from llmx.config import (PeftConfig, TrainConfig, existing, model_family, positive, require, validate_peft,
+                         validate_train, validate_trainable)
 from llmx.data.sft import Conversation, read_sft_jsonl
-from llmx.stages import register
+from llmx.families import FAMILIES
+
+
+@dataclass
+class DataConfig:
+    train: str = "${asset:demo/sft_train.jsonl}"
+    eval: Optional[str] = "${asset:demo/sft_eval.jsonl}"
+    max_length: int = 128  # tokens per example (prompt + answer)
+    src_length: int = 96  # at most this many prompt tokens are kept (from the right)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    max_new_tokens: int = 16
+    num_samples: int = 64  # held-out examples generated for exact match; -1 = all
+    batch_size: int = 16
+    samples_to_log: int = 8  # generations written to samples.jsonl
+
+
+@dataclass
+class Config:
+    runner: str = "sft"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    merge_adapter: bool = False  # LoRA only: also write the merged full model
+    zero_padding: bool = False  # pack several examples per training sequence (eval stays unpacked)
+
+
+def validate(cfg: DictConfig) -> None:
+    s, m = cfg.stage, cfg.model
+    d, p, e = s.data, s.peft, s.eval
+    fam = model_family(m)
+    validate_trainable(cfg)
+    existing("stage.data.train", d.train, "file")
+    existing("stage.data.eval", d.eval, "file")
+    positive("stage.data.max_length", d.max_length, 2)
+    require(1 <= d.src_length < d.max_length, "stage.data.src_length", d.src_length,
+            f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
+    validate_train(s.train)
+    validate_peft(cfg)
+    require(not s.merge_adapter or p.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    packing = sorted(n for n, f in FAMILIES.items() if f.packing)
+    require(not s.zero_padding or fam.packing, "stage.zero_padding", True,
+            f"model family {m.family} cannot keep packed examples apart; supported: {', '.join(packing)}")
+    require(not (s.zero_padding and p.method == "prefix" and not fam.packing_with_prefix), "stage.zero_padding", True,
+            f"not with prefix tuning for model family {m.family} (positions or biases follow the prefix cache)")
+    # PaddleNLP's sequence-parallel decoders reshape activations to [-1, seq_length, ...]: every
+    # batch must be exactly seq_length tokens long, which padded SFT batches are not.
+    require(not cfg.parallel.sequence_parallel, "parallel.sequence_parallel", True,
+            "needs fixed-length batches of model seq_length tokens; the sft runner pads per batch")
+    positive("stage.eval.max_new_tokens", e.max_new_tokens)
+    positive("stage.eval.batch_size", e.batch_size)
+    require(e.num_samples == -1 or e.num_samples >= 1, "stage.eval.num_samples", e.num_samples, "must be >= 1, or -1 for all")
+    positive("stage.eval.samples_to_log", e.samples_to_log, 0)
 
 
 def prepare(cfg: DictConfig) -> dict:
@@ -37,11 +97,11 @@ def _exact_match(ctx, model, tokenizer, encoder, convs: list[Conversation]) -> t
     return accuracy, samples
 
 
-@register("sft")
 def run(cfg: DictConfig, ctx) -> dict:
     from llmx.data.sft import SftEncoder
     from llmx.engine import model as models
     from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
+    from llmx.engine.checkpoint import export_model, save_pretrained
     from llmx.engine.fit import fit
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
@@ -53,7 +113,7 @@ def run(cfg: DictConfig, ctx) -> dict:
         # An adapter must point at weights that exist: keep the random-init base once.
         base_ref = str(exp.dir / "base_model")
         if ctx.runtime.is_main and not Path(base_ref, "config.json").exists():
-            models.save_pretrained(model, tokenizer, Path(base_ref), safe_serialization=True)
+            save_pretrained(model, tokenizer, Path(base_ref), safe_serialization=True)
     model = models.wrap_peft(model, cfg, base_ref)
 
     encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
@@ -69,7 +129,7 @@ def run(cfg: DictConfig, ctx) -> dict:
         ctx.log.info("zero padding: %d examples in %d sequences of <= %d tokens, non-pad fraction %.4f",
                      packing["examples"], packing["sequences"], stage.data.max_length, packing["non_pad_fraction"])
         collator = PackedCollator(tokenizer.pad_token_id, flashmask=use_flashmask(model, ctx.runtime.device))
-    trainer, summary = fit(cfg, ctx, model, tokenizer, train_set, eval_set, collator, evaluate=stage.eval.enabled)
+    trainer, summary = fit(cfg, ctx, model, train_set, eval_set, collator, tokenizer, evaluate=stage.eval.enabled)
     summary = {"stage": method if method != "none" else "sft", **summary}
     if packing:
         summary["packing_efficiency"] = round(packing["non_pad_fraction"], 4)
@@ -80,18 +140,11 @@ def run(cfg: DictConfig, ctx) -> dict:
         exp.log_metrics({"step": trainer.state.global_step, "exact_match": summary["exact_match"]})
 
     if method == "none":
-        summary["model_dir"] = models.export_full_model(cfg.parallel, trainer, model, tokenizer, exp.dir / "model",
-                                                        ctx.runtime.is_main)
+        summary["model_dir"] = str(export_model(model, tokenizer, exp.dir / "model", ctx.layout, ctx.runtime.is_main))
     elif ctx.runtime.is_main:
-        summary.update(_export_adapter(cfg, exp, model, tokenizer, base_ref))
+        summary["adapter_dir"] = str(save_pretrained(model, tokenizer, exp.dir / "adapter"))
+        summary["base_model"] = base_ref
+        if stage.merge_adapter:
+            model.merge()
+            summary["model_dir"] = str(save_pretrained(model.model, tokenizer, exp.dir / "model", safe_serialization=True))
     return summary
-
-
-def _export_adapter(cfg: DictConfig, exp, model, tokenizer, base_ref) -> dict:
-    from llmx.engine.model import save_pretrained
-
-    out = {"adapter_dir": str(save_pretrained(model, tokenizer, exp.dir / "adapter")), "base_model": base_ref}
-    if cfg.stage.merge_adapter:
-        model.merge()
-        out["model_dir"] = str(save_pretrained(model.model, tokenizer, exp.dir / "model", safe_serialization=True))
-    return out

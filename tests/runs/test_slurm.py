@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import FAST, launch, read_json
+from helpers import FAST, launch, read_json
 
 
 def _slurm_is_up() -> bool:

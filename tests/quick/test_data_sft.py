@@ -6,7 +6,8 @@ import json
 import pytest
 
 from llmx.config import DataError, asset_path
-from llmx.data.sft import IGNORE_INDEX, Conversation, SftEncoder, pad_batch, read_sft_jsonl
+from llmx.data.sft import IGNORE_INDEX, Conversation, SftEncoder, read_sft_jsonl
+from llmx.tokens import pad_batch
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from helpers import HEAVY_IMPORT_MARK, run_launch, run_python
-from llmx.config import ConfigError, validate  # importing llmx.config registers the schemas and resolvers
+from helpers import HEAVY_IMPORT_MARK, REPO, run_launch, run_python
+from llmx.config import ConfigError, register_configs, validate
+from llmx.families import FAMILIES
 
-REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 GROUPS = ("model", "stage", "parallel", "quant")
-NO_PREFIX_TUNING = {"yuan"}  # families whose conf says prefix_tuning: false
+NO_PREFIX_TUNING = {name for name, f in FAMILIES.items() if f.prefix_cache is None}
 SHARDS = 2
 
 
@@ -39,9 +38,10 @@ def cases() -> list[list[str]]:
     return [[]] + one_at_a_time + adapters + sizes
 
 
-def check(overrides: list[str]) -> str | None:
-    """Compose and validate one config; None if it is as expected, else what is wrong."""
-    cfg = compose(config_name="config", overrides=overrides)
+def check(overrides: list[str], cfg=None) -> str | None:
+    """Validate one config (composed from `overrides` unless given); None if it is as expected,
+    else what is wrong."""
+    cfg = compose(config_name="config", overrides=overrides) if cfg is None else cfg
     choice = dict(o.split("=", 1) for o in overrides)
     expected_error = None
     if choice.get("parallel") == "tp4pp2":  # a layout for bigger models: the tiny one has 2 KV heads
@@ -71,22 +71,26 @@ def check(overrides: list[str]) -> str | None:
 def run_shard(shard: int, shards: int) -> dict:
     checked, problems = [], []
 
-    def one(overrides: list[str]) -> None:
-        problem = check(overrides)
+    def one(overrides: list[str], cfg=None) -> None:
+        problem = check(overrides, cfg)
         checked.append(" ".join(overrides))
         if problem:
             problems.append(f"{' '.join(overrides) or '(defaults)'}: {problem}")
 
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for case in cases()[shard::shards]:
             if case[-1:] != ["sizes"]:
                 one(case)
                 continue
-            sizes = list(compose(config_name="config", overrides=case[:-1]).model.sizes)
+            base = compose(config_name="config", overrides=case[:-1])
+            sizes = list(base.model.sizes)
             if "tiny" not in sizes or len(sizes) < 2:
                 problems.append(f"{case[0]}: sizes {sizes} (need tiny plus the published sizes)")
-            for size in sizes:
-                one([*case[:-1], f"model.size={size}"])
+            for size in sizes:  # as `model.size=<size>` would compose it
+                cfg = base.copy()
+                cfg.model.size = size
+                one([*case[:-1], f"model.size={size}"], cfg)
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))
     return {"checked": checked, "problems": problems, "heavy_modules": heavy}
 
@@ -124,7 +128,8 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
     assert "runner: sft" in proc.stdout and "family: llama" in proc.stdout
     cfg = OmegaConf.create(proc.stdout)
-    assert set(cfg.keys()) == {"model", "stage", "parallel", "quant", "seed", "device", "plan", "device_memory_gb"}
+    assert set(cfg.keys()) == {"model", "stage", "parallel", "quant", "seed", "device", "verbose", "plan",
+                               "device_memory_gb"}
     assert (cfg.model.size, cfg.stage.peft.method, cfg.parallel.tp, cfg.quant.algorithm) == ("tiny", "none", 1, "none")
 
 
@@ -136,6 +141,13 @@ def test_help_lists_groups_and_their_options(tmp_path):
         assert listed.get(group) == ", ".join(options(group)), (group, proc.stdout)
     for option in ("qwen2", "lora", "prefix", "single", "none"):
         assert option in proc.stdout
+    # every stage with the first comment line of its conf file as its description
+    stages = proc.stdout.split("== Stages (stage=NAME) ==")[1].split("==")[0]
+    described = dict(line.split(None, 1) for line in stages.strip().splitlines())
+    assert set(described) == set(options("stage"))
+    for name, text in described.items():
+        first_comment = next(ln for ln in (CONF / "stage" / f"{name}.yaml").read_text().splitlines() if ln.startswith("#"))
+        assert text.strip() == first_comment.lstrip("# ").strip()
 
 
 def test_info_defaults_tree(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
-from conftest import FAST, launch
+from helpers import FAST, launch
 
 
 def test_sweep_table_records_every_job(tmp_path):

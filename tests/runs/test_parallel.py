@@ -16,8 +16,7 @@ import sys
 
 import pytest
 
-from conftest import FAST, REPO, launch, read_json, read_jsonl
-from helpers import config_error
+from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl
 
 STEPS = 3
 COMMON = [*FAST, f"stage.train.max_steps={STEPS}", "stage.train.logging_steps=1", "stage.train.batch_size=4",
@@ -77,7 +76,8 @@ def _eval_loss(model_dir) -> float:
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmx.config import asset_path
-    from llmx.data.sft import SftEncoder, pad_batch, read_sft_jsonl
+    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.tokens import pad_batch
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)

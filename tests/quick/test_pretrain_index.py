@@ -1,15 +1,13 @@
-"""Pretraining: the sample index (split, blend, cache) and end-to-end runs on the bundled data."""
+"""Pretraining data: the sample index (split, blend, cache) and one-line errors for bad data."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pytest
 
-from conftest import FAST, launch, read_json, read_jsonl
-from helpers import config_error
-from llmx.config import DataError
+from helpers import config_error, input_error
+from llmx.errors import DataError
 from llmx.data.indexed import IndexedWriter
 from llmx.data.pretrain import load_pretrain_splits, parse_split
 
@@ -78,42 +76,12 @@ def test_bad_split_and_empty_split(two_sets, tmp_path):
         load_pretrain_splits([a], None, "1,0,0", 8, 0, {"train": 5, "valid": 5}, cache_dir=tmp_path)
 
 
-PRETRAIN = ["stage=pretrain", *FAST, "stage.train.max_steps=40", "stage.train.logging_steps=5",
-            "stage.train.save_steps=20", "stage.eval.samples=64"]
-
-
-def test_pretrain_learns_checkpoints_resumes_and_continues(tmp_path):
-    run = tmp_path / "run"
-    launch(f"hydra.run.dir={run}", *PRETRAIN)
-    summary = read_json(run / "summary.json")
-    assert summary["eval_loss"] < summary["eval_loss_before"] - 1.0, summary
-    assert summary["train_samples"] == 40 * 16 and summary["index_cache"] in ("built", "reused")
-    losses = [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
-    assert [s for s, _ in losses] == list(range(5, 41, 5))
-
-    # resume after losing the last checkpoint: the same losses as the uninterrupted run
-    shutil.rmtree(run / "checkpoints/step-40")
-    (run / "checkpoints/latest").write_text("step-20\n")
-    launch(f"hydra.run.dir={run}", *PRETRAIN)
-    resumed = read_json(run / "summary.json")
-    assert resumed["resumed_from"] == "step-20" and resumed["index_cache"] == "reused"
-    again = [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
-    assert [s for s, _ in again] == [s for s, _ in losses]
-    assert np.allclose([x for _, x in again], [x for _, x in losses], atol=1e-6)
-
-    # continue training from the exported weights: it starts where the first run ended
-    cont = tmp_path / "continued"
-    launch(f"hydra.run.dir={cont}", *PRETRAIN, "stage.train.max_steps=5", f"model.name_or_path={run / 'model'}",
-           "stage.continue_training=true")
-    assert read_json(cont / "summary.json")["eval_loss_before"] == pytest.approx(summary["eval_loss"], rel=1e-5)
-
-
 def test_pretrain_bad_data_is_one_line(tmp_path):
-    line = config_error("stage=pretrain", f"stage.data.paths=[{tmp_path}/nope]", tmp_path=tmp_path)
+    line = input_error("stage=pretrain", f"stage.data.paths=[{tmp_path}/nope]")
     assert line == f"llmx: config error: stage.data.paths[0]='{tmp_path}/nope.bin': no such file (local paths only: llmx never downloads)"
     (tmp_path / "bad.bin").write_bytes(b"\0" * 10)
     (tmp_path / "bad.idx").write_bytes(b"NOTMMIDX" + b"\0" * 40)
-    line = config_error("stage=pretrain", f"stage.data.paths=[{tmp_path}/bad]", tmp_path=tmp_path)
+    line = config_error("stage=pretrain", f"stage.data.paths=[{tmp_path}/bad]", tmp_path=tmp_path)  # a real launch
     assert line.startswith(f"llmx: data error: {tmp_path}/bad.idx: not an MMIDIDX index")
-    line = config_error("stage=pretrain", "stage.continue_training=true", tmp_path=tmp_path)
+    line = input_error("stage=pretrain", "stage.continue_training=true")
     assert "stage.continue_training=True: needs model.name_or_path" in line

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import subprocess
 import sys
 
@@ -100,24 +99,6 @@ def test_bad_gzip_and_bad_utf8(tmp_path, tokenizer):
     (tmp_path / "y.txt").write_bytes(b"fine\n\xff\xfe bad\n")
     with pytest.raises(DataError, match=r"y\.txt: not valid UTF-8"):
         preprocess([tmp_path / "y.txt"], tmp_path / "o", tokenizer)
-
-
-def test_cli(tmp_path, tokenizer):
-    src = _jsonl(tmp_path / "c.jsonl", TEXTS)
-    proc = subprocess.run([*CLI, "--input", str(src), "--tokenizer", "tiny", "--output", str(tmp_path / "d" / "c"),
-                           "--workers", "2"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    last = proc.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"documents: 5, tokens: \d+, tokens/s: \d+(\.\d)?", last), last
-    assert int(last.split(", ")[1].split(": ")[1]) == sum(len(_ids(tokenizer, t)) for t in TEXTS)
-    assert _read(tmp_path / "d" / "c") == [_ids(tokenizer, t) for t in TEXTS]
-
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "ok"}\n{"content": "x"}\n')
-    proc = subprocess.run([*CLI, "--input", str(bad), "--tokenizer", "tiny", "--output", str(tmp_path / "b")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"llmx: data error: {bad}:2: no key 'text'"
 
 
 def test_cli_argument_errors_exit_2_before_loading_paddle(tmp_path):

@@ -1,4 +1,5 @@
-"""`python -m llmx diff`: config keys that differ and metric deltas, on real run directories."""
+"""`python -m llmx diff`: config keys that differ and metric deltas, on run directories as Hydra and
+llmx write them (composed configs, Hydra's group choices, a summary.json)."""
 from __future__ import annotations
 
 import json
@@ -6,21 +7,27 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import FAST, REPO, launch, read_json
-from helpers import HEAVY_IMPORT_MARK, run_python
+from helpers import HEAVY_IMPORT_MARK, REPO, compose, read_json, run_python
 
-TINY_RUN = [*FAST, "stage.train.max_steps=4", "stage.train.logging_steps=2", "stage.eval.enabled=false",
-            "stage.train.save_steps=1000"]
+
+def _run_dir(path, final_loss: float, *overrides: str):
+    """A finished run's directory: .hydra/config.yaml, .hydra/hydra.yaml's group choices, summary.json."""
+    cfg = compose(*overrides)
+    (path / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, path / ".hydra" / "config.yaml")
+    choices = {"model": "tiny", "stage": "sft", "parallel": "single", "quant": "none", "hydra/launcher": "basic"}
+    choices.update(o.split("=", 1) for o in overrides if "." not in o.split("=")[0])
+    OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, path / ".hydra" / "hydra.yaml")
+    (path / "summary.json").write_text(json.dumps({"final_loss": final_loss, "steps": 4, "stage": "sft"}))
+    return path
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("diff")
-    a, b = root / "a", root / "b"
-    launch(f"hydra.run.dir={a}", *TINY_RUN)
-    launch(f"hydra.run.dir={b}", *TINY_RUN, "stage.train.lr=1e-3", "parallel=dp2")
-    return a, b
+    return _run_dir(root / "a", 2.5), _run_dir(root / "b", 2.25, "stage.train.lr=1e-3", "parallel=dp2")
 
 
 def _diff(*args: str) -> subprocess.CompletedProcess:

@@ -1,11 +1,15 @@
 """Bad configs and bad data fail before any heavy import, with exit code 2 and one stderr line
-naming the key, the bad value and what is allowed (each case is a real `python launch.py`)."""
+naming the key, the bad value and what is allowed. Every case is checked in this process (Hydra's
+compose API, then validation: the same code launch.py runs), and a case of each kind of error as a
+real `python launch.py` (one stderr line, exit 2, paddle never imported)."""
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import HEAVY_IMPORT_MARK, config_error, run_python
-from llmx.config import CONF_DIR
+from helpers import HEAVY_IMPORT_MARK, compose, config_error, input_error, run_python
+from llmx.config import CONF_DIR, validate
 
 LLAMA_SIZES = "tiny, 7b, 13b, 70b"
 
@@ -82,15 +86,48 @@ BAD_CONFIGS = {
     "chatglm_v1_sft": (["model=chatglm"], ["model.family='chatglm'", "use model=chatglm2"]),
     "negative_seed": (["seed=-1"], ["seed=-1", "must be >= 0"]),
     "device": (["device=tpu"], ["device='tpu'", "allowed: auto, cpu, gpu"]),
+    "unknown_hyperparameter": (["model.overrides.hiden_size=128"],
+                               ["model.overrides.hiden_size: unknown hyperparameter for model family llama",
+                                "(did you mean hidden_size"]),
+    "unknown_hyperparameter_in_dict": (["model=bloom", "model.overrides={n_heads: 8}"],
+                                       ["model.overrides.n_heads: unknown hyperparameter for model family bloom",
+                                        "did you mean ", "n_head?)"]),
+    "unknown_stage_runner": (["stage.runner=nosuchstage"],
+                             ["stage.runner='nosuchstage': no module llmx.stages.nosuchstage", "built-in: "]),
 }
+# One case of each kind, also run as a real `python launch.py` (each costs a Hydra start-up).
+END_TO_END = ["unknown_key", "unknown_key_appended", "wrong_type_int", "bad_override_syntax", "unknown_model",
+              "model_size", "pp_without_pipeline_class", "global_batch_not_splittable", "unknown_hyperparameter"]
 
 
 @pytest.mark.parametrize("overrides,expected", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
-def test_bad_config_is_one_line(overrides, expected, tmp_path):
-    line = config_error(*overrides, tmp_path=tmp_path)
+def test_bad_config_is_one_line(overrides, expected):
+    line = input_error(*overrides)
     assert line.startswith("llmx: config error: "), line
     for text in expected:
         assert text in line, f"{text!r} not in {line!r}"
+
+
+def test_bad_configs_end_to_end(tmp_path):
+    """The same lines from real launches: one stderr line, exit 2, no paddle import."""
+    def launched(name: str) -> str:
+        (tmp_path / name).mkdir()
+        return config_error(*BAD_CONFIGS[name][0], tmp_path=tmp_path / name)
+
+    expected = [input_error(*BAD_CONFIGS[name][0]) for name in END_TO_END]  # Hydra's compose API: one at a time
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(launched, END_TO_END)) == expected
+
+
+def test_model_overrides_take_any_known_hyperparameter():
+    """`model.overrides.X=V` needs no `+`, and a whole dict replaces nothing else."""
+    cfg = compose("model.overrides.hidden_size=128", "model.overrides.num_attention_heads=8")
+    validate(cfg)
+    assert dict(cfg.model.overrides) == {"hidden_size": 128, "num_attention_heads": 8}
+    cfg = compose("model=qwen2", "model.overrides={num_attention_heads: 8, intermediate_size: 96}")
+    validate(cfg)
+    assert dict(cfg.model.overrides) == {"num_attention_heads": 8, "intermediate_size": 96}
+    assert cfg.model.sizes.tiny.num_attention_heads == 4  # the size itself is untouched
 
 
 def test_multirun_config_error_names_the_job(tmp_path):
@@ -113,9 +150,11 @@ BAD_DATA = {
 def test_bad_data_line_is_one_line_with_path_and_line_number(split, bad_line, reason, tmp_path):
     data = tmp_path / f"{split}.jsonl"
     data.write_text(GOOD + bad_line + GOOD)
-    line = config_error(f"stage.data.{split}={data}", tmp_path=tmp_path)
+    line = input_error(f"stage.data.{split}={data}")
     assert line.startswith(f"llmx: data error: {data}:2: "), line
     assert reason in line, line
+    if (split, bad_line) == ("train", BAD_DATA["missing_tgt"][0]):  # and from a real launch, before paddle
+        assert config_error(f"stage.data.{split}={data}", tmp_path=tmp_path) == line
 
 
 def test_import_watch_sees_paddle(tmp_path):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import FAST, REPO, launch, read_json, read_jsonl
+from helpers import FAST, REPO, launch, read_json, read_jsonl, train_losses
 
 RUN_FILES = [".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "provenance.json",
              "metrics.jsonl", "summary.json", "samples.jsonl", "llmx.log", "checkpoints/latest", "model/config.json"]
@@ -19,25 +19,34 @@ RUN_FILES = [".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
 def test_default_job_leaves_a_complete_run_dir_and_learns(tmp_path):
     """`python launch.py` with no overrides but the run dir: the README's main job."""
     run = tmp_path / "default"
-    launch(f"hydra.run.dir={run}")
+    proc = launch(f"hydra.run.dir={run}", "stage.eval.samples_to_log=64")  # every generation in samples.jsonl
+    # The console: the run dir, the progress bars, the summary; libraries' logs and warnings only in llmx.log.
+    console = (proc.stdout + proc.stderr).split("\n")  # a progress bar redraws with \r: one terminal line
+    assert len(console) <= 40, "\n".join(console)
+    assert console[0] == f"llmx sft: model=tiny parallel=single -> {run}"
+    assert any(line.startswith("done in ") for line in console) and f"run dir: {run}  (summary.json" in proc.stdout
+    assert f"curves:  visualdl --logdir {run}" in proc.stdout
+    assert "PaddleNLP" not in proc.stdout + proc.stderr and "Warning" not in proc.stdout + proc.stderr
+    log = (run / "llmx.log").read_text()
+    assert "Training completed" in log and "py.warnings" in log  # ... they went to llmx.log
     for name in RUN_FILES:
         assert (run / name).exists(), f"missing {name}"
     summary = read_json(run / "summary.json")
     assert summary["eval_loss"] < summary["eval_loss_before"] - 1.0, summary
-    assert 0.0 <= summary["exact_match"] <= 1.0
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 64 and all(s["correct"] == (s["generated"] == s["target"].strip()) for s in samples)
+    assert summary["exact_match"] == sum(s["correct"] for s in samples) / 64 > 0
+    assert f"exact_match       {summary['exact_match']:.4g}" in proc.stdout
     prov = read_json(run / "provenance.json")
     assert prov["world_size"] == 1 and prov["seed"] == 42 and prov["devices"] == ["cpu"]
     assert prov["versions"]["paddlenlp"] == "3.0.0b4"
-    assert "git_sha" in prov["code"] and prov["command"][-1] == f"hydra.run.dir={run}"
+    assert "git_sha" in prov["code"] and prov["command"][-1] == "stage.eval.samples_to_log=64"
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == list(range(10, summary["steps"] + 1, 10))
     assert all(r["tokens_per_s"] > 0 and r["lr"] >= 0 for r in rows)
-    samples = read_jsonl(run / "samples.jsonl")
-    assert len(samples) == 8 and {"prompt", "target", "generated", "correct"} <= set(samples[0])
     ckpt = run / "checkpoints" / (run / "checkpoints/latest").read_text().strip()
-    assert ckpt.name == f"step-{summary['steps']}" and (ckpt / "trainer_state.json").exists()
+    assert ckpt.name == f"step-{summary['steps']}" and read_json(ckpt / "llmx_checkpoint.json")["step"] == summary["steps"]
     assert any(p.suffix == ".safetensors" for p in ckpt.iterdir())
-    assert "summary" in (run / "llmx.log").read_text()
 
     # the exported model and the last checkpoint load with plain PaddleNLP and hold the same weights
     import paddle
@@ -54,10 +63,7 @@ def test_default_job_leaves_a_complete_run_dir_and_learns(tmp_path):
 
 SHORT = [*FAST, "stage.train.max_steps=30", "stage.train.save_steps=10", "stage.train.logging_steps=2",
          "stage.eval.enabled=false"]
-
-
-def _losses(run) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+_losses = train_losses
 
 
 def test_same_seed_same_losses_and_sigkill_resume_matches(tmp_path):

@@ -1,0 +1,99 @@
+"""What a run prints: the run dir, progress and a closing summary; libraries go to llmx.log.
+
+Hydra's job logging (conf/config.yaml) sends every record to `<run dir>/llmx.log` and,
+through `ConsoleFilter`, only llmx's own messages to the console. PaddleNLP logs through
+a logger of its own with its own stderr handler, and Paddle and PaddleNLP raise many
+warnings; `quiet_libraries` hands both to the root logger (so to llmx.log). `verbose=true`
+lets everything through to the console as well. Paddle-free.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+PADDLENLP_LOGGER = "PaddleNLP"
+# Summary keys shown at the end of a run, in this order, when the stage reported them.
+_SHOWN = ("steps", "eval_loss", "train_loss", "final_loss", "exact_match", "eval_perplexity", "tokens_per_s",
+          "trainable_params", "total_params")
+_PATHS = ("model_dir", "adapter_dir")
+
+
+class ConsoleFilter(logging.Filter):
+    """llmx's INFO messages (logger `llmx` itself), warnings from anywhere in llmx, Hydra's sweep
+    messages; everything when verbose."""
+
+    verbose = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose:
+            return True
+        name = record.name
+        if name == "llmx" or name == "HYDRA":
+            return record.levelno >= logging.INFO
+        return name.startswith("llmx.") and record.levelno >= logging.WARNING
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and record.name.startswith("llmx"):
+            return f"llmx: {record.levelname.lower()}: {message}"
+        if ConsoleFilter.verbose and not record.name.startswith(("llmx", "HYDRA")):
+            return f"[{record.name}] {message}"
+        return message
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Route Python warnings and PaddleNLP's logger into logging (llmx.log; the console too when
+    verbose). Call again after paddlenlp is imported: its logger gets its stderr handler then."""
+    ConsoleFilter.verbose = verbose
+    logging.captureWarnings(True)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO/WARNING lines (ranks inherit it)
+    paddlenlp = logging.getLogger(PADDLENLP_LOGGER)
+    for handler in list(paddlenlp.handlers):
+        if type(handler) is logging.StreamHandler:
+            paddlenlp.removeHandler(handler)
+    paddlenlp.propagate = True
+
+
+def say(message: str, *args: Any) -> None:
+    """One line of progress on the console (and in llmx.log)."""
+    logging.getLogger("llmx").info(message, *args)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def summary_lines(summary: Mapping[str, Any], run_dir: Path, seconds: float) -> list[str]:
+    """The closing block: the main figures, where the outputs are, what to do next."""
+    lines = [f"done in {seconds:.0f} s: {summary.get('stage', 'run')}"]
+    shown = [k for k in _SHOWN if k in summary]
+    width = max((len(k) for k in shown + list(_PATHS)), default=0)
+    for key in shown:
+        value = _fmt(summary[key])
+        if key == "eval_loss" and "eval_loss_before" in summary:
+            value = f"{_fmt(summary['eval_loss_before'])} -> {value}"
+        lines.append(f"  {key:<{width}}  {value}")
+    for key in _PATHS:
+        if summary.get(key):
+            lines.append(f"  {key:<{width}}  {_relative(summary[key])}")
+    run = _relative(run_dir)
+    lines += [f"run dir: {run}  (summary.json, metrics.jsonl, llmx.log)",
+              f"curves:  visualdl --logdir {run}",
+              f"compare: python -m llmx diff {run} <another run>;  reproduce: python -m llmx rerun {run} --check"]
+    return lines
+
+
+def _relative(path: Any) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

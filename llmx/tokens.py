@@ -1,0 +1,27 @@
+"""Conventions of token batches that data formats and the engine share (paddle-free)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100  # label of positions without loss: the ignore index of PaddleNLP's causal-LM criterions
+
+
+def pad_batch(features: Sequence[dict], pad_id: int, left: bool = False) -> dict:
+    """Pad `input_ids` (and `labels`, when present) to the longest example; numpy int64 arrays
+    plus the 0/1 `attention_mask`."""
+    width = max(len(f["input_ids"]) for f in features)
+    out = {"input_ids": np.full((len(features), width), pad_id, dtype="int64"),
+           "attention_mask": np.zeros((len(features), width), dtype="int64")}
+    has_labels = "labels" in features[0]
+    if has_labels:
+        out["labels"] = np.full((len(features), width), IGNORE_INDEX, dtype="int64")
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        span = slice(width - n, width) if left else slice(0, n)
+        out["input_ids"][i, span] = f["input_ids"]
+        out["attention_mask"][i, span] = 1
+        if has_labels:
+            out["labels"][i, span] = f["labels"]
+    return out

@@ -1,0 +1,57 @@
+"""llmx.families: the one table of what llmx knows per family, checked against PaddleNLP itself."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import REPO, compose
+from llmx.config import ConfigError
+from llmx.families import _HPARAMS_FILE, FAMILIES, family
+
+
+def test_every_model_file_names_a_family_of_the_table_and_back():
+    files = {p.stem for p in (REPO / "conf" / "model").glob("*.yaml")} - {"tiny"}
+    assert files == set(FAMILIES)
+    for name in files:
+        assert compose(f"model={name}").model.family == name
+
+
+def test_hparams_file_is_up_to_date_with_paddlenlp():
+    """hparams.json is generated from PaddleNLP (python -m llmx.families.generate_hparams)."""
+    from llmx.families.generate_hparams import generate
+
+    assert json.loads(_HPARAMS_FILE.read_text()) == generate()
+
+
+def test_table_classes_exist_in_paddlenlp():
+    import paddlenlp.transformers as pnt
+
+    from llmx.engine.prefix_hooks import CACHE_LAYOUTS, MASK_PADDERS
+    from llmx.families import fixes
+
+    for f in FAMILIES.values():
+        for cls in (f.architecture, f.config_class, f.pipeline_class):
+            assert cls is None or hasattr(pnt, cls), (f.name, cls)
+        assert f.prefix_cache is None or f.prefix_cache in CACHE_LAYOUTS, f.name
+        assert f.prefix_mask is None or f.prefix_mask in MASK_PADDERS, f.name
+        assert (f.prefix_cache is None) == bool(f.no_prefix), f.name  # refused with a reason, or supported
+        assert all(callable(getattr(fixes, n)) and n in fixes.BEFORE_BUILD | fixes.AFTER_RANDOM_INIT for n in f.fixes)
+
+
+def test_dims_unify_spellings_and_defaults():
+    assert family("bloom").dims({"num_attention_heads": 8, "n_layer": 4}) == {
+        "heads": 8, "kv_heads": 8, "layers": 4, "vocab": 250880}
+    assert family("chatglm2").dims({"num_attention_heads": 4, "multi_query_group_num": 2, "num_layers": 6,
+                                    "padded_vocab_size": 1024}) == {"heads": 4, "kv_heads": 2, "layers": 6, "vocab": 1024}
+    assert family("llama").dims({"num_attention_heads": 8})["kv_heads"] == 8  # None: one KV head per head
+
+
+def test_unknown_hyperparameter_lists_close_matches():
+    with pytest.raises(ConfigError, match=r"^model.overrides.num_head: unknown hyperparameter for model family qwen2 "
+                                          r"\(did you mean num_attention_heads, num_key_value_heads, "):
+        family("qwen2").check_hyperparameter_names(["hidden_size", "num_head"], "model.overrides")
+    with pytest.raises(ConfigError, match="not a hyperparameter of LlamaConfig"):
+        family("llama").check_hyperparameter_names(["zzz"], "model.overrides")
+    with pytest.raises(ConfigError, match=r"model.family='gpt4': allowed: llama, baichuan"):
+        family("gpt4")

@@ -1,0 +1,136 @@
+"""The stage contract and the run directory's life cycle, through `python launch.py` as a user runs it:
+a stage from outside llmx, relaunching a finished run, continuing it, typos that leave nothing behind,
+and `python -m llmx rerun --check`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from helpers import FAST, REPO, launch, llmx_command, read_json, train_losses
+from llmx.config import asset_path
+
+HELLO_STAGE = '''
+"""A stage from outside llmx: counts letters of a repeated greeting, with paddle, in every rank."""
+from dataclasses import dataclass
+
+from llmx.errors import ConfigError
+
+
+@dataclass
+class Config:
+    runner: str = "extstage.hello"
+    greeting: str = "hello"
+    repeat: int = 1
+
+
+def validate(cfg):
+    if cfg.stage.repeat < 1:
+        raise ConfigError(f"stage.repeat={cfg.stage.repeat}: must be >= 1")
+
+
+def prepare(cfg):
+    return [cfg.stage.greeting] * cfg.stage.repeat
+
+
+def run(cfg, ctx):
+    import paddle
+
+    letters = int(paddle.to_tensor([len(w) for w in ctx.inputs]).sum())
+    ctx.experiment.log_metrics({"step": 0, "letters": letters})
+    return {"stage": "hello", "letters": letters, "world_size": ctx.runtime.world_size}
+'''
+HELLO_CONF = "# Says hello: a stage from outside llmx.\nrunner: extstage.hello\ngreeting: hi\nrepeat: 1\n"
+
+
+def test_a_stage_from_a_module_and_a_conf_file_alone(tmp_path):
+    (tmp_path / "pkg" / "extstage").mkdir(parents=True)
+    (tmp_path / "pkg" / "extstage" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "extstage" / "hello.py").write_text(HELLO_STAGE)
+    (tmp_path / "conf" / "stage").mkdir(parents=True)
+    (tmp_path / "conf" / "stage" / "hello.yaml").write_text(HELLO_CONF)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"))
+    common = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "stage=hello"]
+
+    run = tmp_path / "run"
+    proc = launch(*common, "stage.repeat=3", f"hydra.run.dir={run}", env=env)
+    assert read_json(run / "summary.json") == {"stage": "hello", "letters": 6, "world_size": 1}
+    assert read_json(run / "status.json")["status"] == "ok" and "letters" in proc.stdout
+    two = tmp_path / "two_ranks"  # the engine launches its ranks for any stage
+    launch(*common, "parallel=dp2", f"hydra.run.dir={two}", env=env)
+    assert read_json(two / "summary.json") == {"stage": "hello", "letters": 2, "world_size": 2}
+
+    # its Config types and its validate() check the conf file's keys, as for llmx's own stages
+    for bad, line in ((["stage.repeat=abc"], "llmx: config error: stage.repeat: Value 'abc' could not be converted to Integer"),
+                      (["stage.repeat=0"], "llmx: config error: stage.repeat=0: must be >= 1")):
+        proc = launch(*common, *bad, f"hydra.run.dir={tmp_path / 'bad'}", env=env, check=False)
+        assert proc.returncode == 2 and proc.stderr.strip() == line, proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+SHORT = [*FAST, "stage.train.max_steps=20", "stage.train.save_steps=10", "stage.train.logging_steps=2",
+         "stage.eval.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished short SFT run on a copy of the demo data (so a test can change the data afterwards)."""
+    root = tmp_path_factory.mktemp("finished")
+    data = root / "train.jsonl"
+    shutil.copy(asset_path("demo/sft_train.jsonl"), data)
+    run = root / "run"
+    launch(f"hydra.run.dir={run}", f"stage.data.train={data}", *SHORT)
+    return run, data
+
+
+def test_relaunching_a_finished_run_does_nothing_and_says_so(finished):
+    run, data = finished
+    before = (run / "metrics.jsonl").read_text()
+    proc = launch(f"hydra.run.dir={run}", f"stage.data.train={data}", *SHORT)
+    assert proc.stdout.strip().splitlines() == [
+        f"{run} is complete (20 steps): nothing to do (raise stage.train.max_steps to continue it, "
+        "or choose another hydra.run.dir)"]
+    assert proc.stderr.strip() == "" and (run / "metrics.jsonl").read_text() == before
+
+
+def test_a_finished_run_continues_to_more_steps(finished, tmp_path):
+    """A raised max_steps continues from the last checkpoint (the final step is always saved)."""
+    run = tmp_path / "continued"
+    shutil.copytree(finished[0], run)
+    launch(f"hydra.run.dir={run}", f"stage.data.train={finished[1]}", *SHORT, "stage.train.max_steps=30")
+    summary = read_json(run / "summary.json")
+    assert summary["resumed_from"] == "step-20" and summary["steps"] == 30
+    assert [s for s, _ in train_losses(run)] == list(range(2, 31, 2))
+    assert train_losses(run)[:10] == train_losses(finished[0])  # the first 20 steps kept as they were
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-30"
+
+
+def test_a_typo_leaves_no_run_directory(tmp_path):
+    bad_data = tmp_path / "bad.jsonl"
+    bad_data.write_text('{"src": "1+1="}\n')
+    for overrides in (["stage.train.lr=0"], ["model.overrides.hiden_size=8"], [f"stage.data.train={bad_data}"]):
+        proc = launch(*overrides, cwd=tmp_path, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "outputs").exists(), overrides
+
+
+def test_rerun_check_reproduces_and_names_the_first_differing_step(finished, tmp_path):
+    run, data = finished
+    same = tmp_path / "same"
+    proc = llmx_command("rerun", str(run), "--check", "--into", str(same))
+    assert proc.returncode == 0, proc.stderr
+    assert "rerun: reproduced: all 10 logged losses equal" in proc.stdout
+    assert train_losses(same) == train_losses(run)
+
+    # one line of the training data changed: the rerun differs, and says from which step
+    lines = data.read_text().splitlines(keepends=True)
+    row = json.loads(lines[5])
+    lines[5] = json.dumps({"src": row["src"], "tgt": row["tgt"] + " changed"}) + "\n"
+    data.write_text("".join(lines))
+    changed = tmp_path / "changed"
+    proc = llmx_command("rerun", str(run), "--check", "--into", str(changed))
+    assert proc.returncode == 1
+    first = next(step for (step, a), (_, b) in zip(train_losses(run), train_losses(changed)) if a != b)
+    assert proc.stderr.strip().startswith(f"llmx: rerun differs: first at step {first}: loss "), proc.stderr
