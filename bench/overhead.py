@@ -30,10 +30,11 @@ def direct(args) -> None:
     from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from llmx.config import SftDataConfig, TrainConfig, asset_path
+    from llmx.config import TrainConfig, asset_path
     from llmx.data.sft import SftEncoder, read_sft_jsonl
-    from llmx.tokens import pad_batch
     from llmx.engine.trainer import SeededBatchSampler  # llmx's (seed, epoch) data order
+    from llmx.stages.sft import DataConfig as SftDataConfig
+    from llmx.tokens import pad_batch
 
     paddle.set_device("cpu")
     tok = AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer"))
@@ -108,7 +109,8 @@ def one_round(args, env: dict, tmp: Path, r: int, llmx_first: bool) -> dict:
     llmx_cmd = [sys.executable, "launch.py", f"seed={args.seed}", "device=cpu", f"stage.train.max_steps={args.steps}",
                 f"stage.train.batch_size={args.batch_size}", f"stage.train.lr={args.lr}",
                 f"stage.train.logging_steps={args.logging_steps}", "stage.train.save_steps=100000000",
-                "stage.train.progress_bar=false", "stage.eval.enabled=false", f"hydra.run.dir={run_dir}"]
+                "stage.train.progress_bar=false", "stage.eval.enabled=false", f"hydra.run.dir={run_dir}",
+                "verbose=true"]  # PaddleNLP's log lines on the console: the startup/train split is read from them
     direct_cmd = [sys.executable, "bench/overhead.py", "--direct", "--out", str(out), "--seed", str(args.seed),
                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                   "--logging-steps", str(args.logging_steps)]

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 PADDLENLP_LOGGER = "PaddleNLP"
-# Summary keys shown at the end of a run, in this order, when the stage reported them.
-_SHOWN = ("steps", "eval_loss", "train_loss", "final_loss", "exact_match", "eval_perplexity", "tokens_per_s",
+# Summary keys shown first at the end of a run, in this order, when the stage reported them; then the
+# stage's other numbers; then the paths it wrote.
+_FIRST = ("steps", "eval_loss", "train_loss", "final_loss", "exact_match", "eval_perplexity", "tokens_per_s",
           "trainable_params", "total_params")
+_NOT_SHOWN = ("eval_loss_before", "epoch")  # eval_loss_before is shown with eval_loss
 _PATHS = ("model_dir", "adapter_dir")
 
 
@@ -37,12 +39,17 @@ class ConsoleFilter(logging.Filter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """llmx's lines as they are (warnings as `llmx: warning: ...`); when verbose, every line with its
+    time and logger, as llmx.log has them."""
+
+    detailed = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+
     def format(self, record: logging.LogRecord) -> str:
+        if ConsoleFilter.verbose:
+            return self.detailed.format(record)
         message = record.getMessage()
         if record.levelno >= logging.WARNING and record.name.startswith("llmx"):
             return f"llmx: {record.levelname.lower()}: {message}"
-        if ConsoleFilter.verbose and not record.name.startswith(("llmx", "HYDRA")):
-            return f"[{record.name}] {message}"
         return message
 
 
@@ -75,7 +82,8 @@ def _fmt(value: Any) -> str:
 def summary_lines(summary: Mapping[str, Any], run_dir: Path, seconds: float) -> list[str]:
     """The closing block: the main figures, where the outputs are, what to do next."""
     lines = [f"done in {seconds:.0f} s: {summary.get('stage', 'run')}"]
-    shown = [k for k in _SHOWN if k in summary]
+    numbers = [k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    shown = [k for k in _FIRST if k in summary] + [k for k in numbers if k not in _FIRST + _NOT_SHOWN]
     width = max((len(k) for k in shown + list(_PATHS)), default=0)
     for key in shown:
         value = _fmt(summary[key])

@@ -1,11 +1,28 @@
 """Batched greedy generation for evaluation and samples."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import paddle
 
 from llmx.tokens import pad_batch
+
+
+@contextmanager
+def whole_vocab_logits(model):
+    """A tensor-parallel model keeps its logits split over the vocabulary (the training loss is the
+    vocab-parallel one); generating from a split would pick each rank's best token of its own shard.
+    While generating, the lm_head gathers the whole vocabulary."""
+    configs = [m.config for m in (model, getattr(model, "model", None)) if getattr(m, "config", None) is not None]
+    split = [c for c in configs if getattr(c, "tensor_parallel_degree", 1) > 1 and getattr(c, "tensor_parallel_output", False)]
+    for c in split:
+        c.tensor_parallel_output = False
+    try:
+        yield
+    finally:
+        for c in split:
+            c.tensor_parallel_output = True
 
 
 @paddle.no_grad()
@@ -15,22 +32,23 @@ def greedy_generate(model, tokenizer, prompts: Sequence[list[int]], max_new_toke
     was_training = model.training
     model.eval()
     outputs: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [{"input_ids": p} for p in prompts[start:start + batch_size]]
-        batch = pad_batch(chunk, pad, left=True)
-        mask = batch["attention_mask"]
-        position_ids = (mask.cumsum(-1) - 1).clip(min=0)
-        ids, _ = model.generate(
-            input_ids=paddle.to_tensor(batch["input_ids"]),
-            attention_mask=paddle.to_tensor(mask),
-            position_ids=paddle.to_tensor(position_ids),
-            max_new_tokens=max_new_tokens,
-            decode_strategy="greedy_search",
-            eos_token_id=eos,
-            pad_token_id=pad,
-        )
-        for row in ids.numpy().tolist():
-            outputs.append(row[:row.index(eos)] if eos in row else row)
+    with whole_vocab_logits(model):
+        for start in range(0, len(prompts), batch_size):
+            chunk = [{"input_ids": p} for p in prompts[start:start + batch_size]]
+            batch = pad_batch(chunk, pad, left=True)
+            mask = batch["attention_mask"]
+            position_ids = (mask.cumsum(-1) - 1).clip(min=0)
+            ids, _ = model.generate(
+                input_ids=paddle.to_tensor(batch["input_ids"]),
+                attention_mask=paddle.to_tensor(mask),
+                position_ids=paddle.to_tensor(position_ids),
+                max_new_tokens=max_new_tokens,
+                decode_strategy="greedy_search",
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+            for row in ids.numpy().tolist():
+                outputs.append(row[:row.index(eos)] if eos in row else row)
     if was_training:
         model.train()
     return outputs

@@ -87,8 +87,10 @@ def test_zero_padding_sft_run(tmp_path):
     assert f"zero padding: 2000 examples in {len(packs)} sequences" in (run / "llmx.log").read_text()
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     # tokens counts the real tokens of the packed rows trained on in each interval of 5 steps (16 rows a step)
-    sampler = SeededBatchSampler(packs, batch_size=16, seed=42)
-    sampler.set_epoch(0)
-    per_step = [sum(len(packs[i]["input_ids"]) for i in batch) for batch in list(sampler)[:20]]
+    sampler, batches = SeededBatchSampler(packs, batch_size=16, seed=42), []
+    for epoch in (0, 1):  # ~280 packed rows: 20 steps go into the second epoch
+        sampler.set_epoch(epoch)
+        batches += list(sampler)
+    per_step = [sum(len(packs[i]["input_ids"]) for i in batch) for batch in batches[:20]]
     assert [r["tokens"] for r in rows] == [sum(per_step[k:k + 5]) for k in range(0, 20, 5)]
     assert all(r["tokens_per_s"] > 0 for r in rows)

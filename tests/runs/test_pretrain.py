@@ -23,9 +23,12 @@ def test_pretrain_learns_checkpoints_resumes_and_continues(tmp_path):
     losses = [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
     assert [s for s, _ in losses] == list(range(5, 41, 5))
 
-    # resume after losing the last checkpoint: the same losses as the uninterrupted run
+    # a run killed after its first checkpoint (no final checkpoint, no summary, no status) resumes with
+    # the same losses as the uninterrupted run
     shutil.rmtree(run / "checkpoints/step-40")
     (run / "checkpoints/latest").write_text("step-20\n")
+    (run / "summary.json").unlink()
+    (run / "status.json").unlink()
     launch(f"hydra.run.dir={run}", *PRETRAIN)
     resumed = read_json(run / "summary.json")
     assert resumed["resumed_from"] == "step-20" and resumed["index_cache"] == "reused"
