@@ -1,7 +1,7 @@
 """launch.py's preparation of Hydra: schemas, one-line config errors, Slurm without -m.
 
 `install()` (called by launch.py's entry point; importing this module changes nothing):
-- registers llmx's schemas and resolvers (llmx.config.register_configs);
+- registers llmx's schemas and resolvers (llmx.stages.register_configs);
 - wraps Hydra's `run_and_report`: Hydra prints composition errors over several lines
   (plus a hint about HYDRA_FULL_ERROR), and a Python traceback for errors raised by the
   task. Our contract is one line naming the key, the value and what is allowed, so config
@@ -21,7 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from llmx.config import register_configs
+from llmx.stages import register_configs
 from llmx.errors import UserError
 
 EXIT_CONFIG_ERROR = 2

@@ -6,8 +6,8 @@ then the stage's own `validate`. Errors are one line naming the key, the bad val
 and what is allowed. Each stage module holds its own config dataclass; the pieces
 several stages share (training loop, adapters) are here.
 
-`register_configs()` puts the schemas into Hydra's ConfigStore; entry points call it
-before composing (importing this module registers nothing).
+llmx.stages puts these schemas and the stages' into Hydra's ConfigStore
+(`register_configs`) and validates a whole run (`validate`).
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class PeftConfig:
 
 @dataclass
 class RunConfig:
-    # A default (not MISSING) so that register_configs can mark `model.overrides` open for new keys.
+    # A default (not MISSING) so that llmx.stages.register_configs can mark `model.overrides` open for new keys.
     model: ModelConfig = field(default_factory=ModelConfig)
     stage: Any = MISSING  # each stage file picks its schema (`/schema/stage/<runner>`) in its defaults list
     parallel: ParallelConfig = MISSING
@@ -107,27 +107,6 @@ class RunConfig:
     verbose: bool = False  # also show PaddleNLP's logs and library warnings on the console (llmx.log has them anyway)
     plan: bool = False  # only print the per-device memory estimate of this layout (llmx.plan), run nothing
     device_memory_gb: Optional[float] = None  # memory of one device in GiB, for the plan's fits verdict
-
-
-def register_configs() -> None:
-    """Schemas and resolvers for composition: the run schema and every built-in stage's `Config`."""
-    from hydra.core.config_store import ConfigStore
-
-    from llmx import stages
-
-    if not OmegaConf.has_resolver("asset"):  # `${asset:demo/sft_train.jsonl}`: the bundled assets, wherever installed
-        OmegaConf.register_new_resolver("asset", asset_path)
-    if not OmegaConf.has_resolver("llmx_stages"):  # the stage list of `--help`
-        OmegaConf.register_new_resolver("llmx_stages", stages.help_text)
-    cs = ConfigStore.instance()
-    schema = OmegaConf.structured(RunConfig)
-    # Hydra composes in struct mode, where only `+key=` may add a key; hyperparameter overrides are
-    # free-form by nature, so this one node takes new keys from a plain `model.overrides.X=...`.
-    OmegaConf.set_struct(schema.model.overrides, False)
-    cs.store(name="run_schema", node=schema)
-    for name, module in stages.builtin_stages().items():
-        if hasattr(module, "Config"):
-            cs.store(group="schema/stage", name=name, node=module.Config)
 
 
 # ------------------------------------------------------------------ validation
@@ -161,11 +140,9 @@ def existing(key: str, value: Optional[str], what: str) -> None:
         fail(key, value, f"no such {what} (local paths only: llmx never downloads)")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check values and combinations, then the stage's own rules; raise ConfigError with one line
-    on the first problem."""
-    from llmx import stages
-
+def validate_common(cfg: DictConfig) -> None:
+    """Check the values and combinations of what every run has (llmx.stages.validate adds the
+    stage's own rules); raise ConfigError with one line on the first problem."""
     check_known_keys(cfg, "")
     validate_model(cfg.model)
     validate_parallel(cfg)
@@ -174,7 +151,6 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.device_memory_gb is None or cfg.device_memory_gb > 0, "device_memory_gb", cfg.device_memory_gb,
             "must be > 0 (GiB)")
     require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
-    stages.validate(cfg)
 
 
 def check_known_keys(node: DictConfig, prefix: str) -> None:

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from llmx.config import validate
+from llmx.stages import validate
 from llmx.console import quiet_libraries, say, summary_lines
 from llmx.errors import UserError
 from llmx.experiment import Experiment

@@ -62,7 +62,8 @@ def compose(*overrides: str):
     """The config launch.py would compose (Hydra's compose API, in this process; no validation)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from llmx.config import CONF_DIR, register_configs
+    from llmx.config import CONF_DIR
+    from llmx.stages import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -73,7 +74,7 @@ def input_error(*overrides: str) -> str:
     """The one line launch.py prints for a bad config or bad data, found in this process: compose,
     validate, then the stage's paddle-free prepare (the same code launch.py runs before paddle)."""
     from llmx.cli import config_error_line
-    from llmx.config import validate
+    from llmx.stages import validate
     from llmx.stages import stage_module
 
     try:

@@ -22,6 +22,7 @@ from types import ModuleType
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from llmx.config import CONF_DIR, RunConfig, asset_path, validate_common
 from llmx.errors import ConfigError
 
 
@@ -47,9 +48,31 @@ def builtin_stages() -> dict[str, ModuleType]:
             for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
 
 
+def register_configs() -> None:
+    """Schemas and resolvers for composition: the run schema and every built-in stage's `Config`.
+    Entry points call it before composing (importing llmx registers nothing)."""
+    from hydra.core.config_store import ConfigStore
+
+    if not OmegaConf.has_resolver("asset"):  # `${asset:demo/sft_train.jsonl}`: the bundled assets, wherever installed
+        OmegaConf.register_new_resolver("asset", asset_path)
+    if not OmegaConf.has_resolver("llmx_stages"):  # the stage list of `--help`
+        OmegaConf.register_new_resolver("llmx_stages", help_text)
+    cs = ConfigStore.instance()
+    schema = OmegaConf.structured(RunConfig)
+    # Hydra composes in struct mode, where only `+key=` may add a key; hyperparameter overrides are
+    # free-form by nature, so this one node takes new keys from a plain `model.overrides.X=...`.
+    OmegaConf.set_struct(schema.model.overrides, False)
+    cs.store(name="run_schema", node=schema)
+    for name, module in builtin_stages().items():
+        if hasattr(module, "Config"):
+            cs.store(group="schema/stage", name=name, node=module.Config)
+
+
 def validate(cfg: DictConfig) -> None:
-    """The stage's own rules. A stage from outside llmx has no registered schema: its config is
-    checked against (and completed from) the module's `Config` here, as Hydra does for ours."""
+    """A whole run: what every run has (llmx.config), then the stage's own rules. A stage from
+    outside llmx has no registered schema: its config is checked against (and completed from) the
+    module's `Config` here, as Hydra does for ours."""
+    validate_common(cfg)
     module = stage_module(cfg.stage.runner)
     schema = getattr(module, "Config", None)
     if schema is not None and OmegaConf.get_type(cfg.stage) is not schema:
@@ -75,8 +98,6 @@ def describe(name: str, conf_dir: Path) -> str:
 
 def help_text() -> str:
     """`--help`'s stage list (an OmegaConf resolver, so Hydra's own help renders it)."""
-    from llmx.config import CONF_DIR
-
     names = sorted(p.stem for p in (CONF_DIR / "stage").glob("*.yaml"))
     width = max(map(len, names))
     return "\n".join(f"  {n:<{width}}  {describe(n, CONF_DIR)}" for n in names)

@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from helpers import HEAVY_IMPORT_MARK, REPO, run_launch, run_python
-from llmx.config import ConfigError, register_configs, validate
+from llmx.config import ConfigError
+from llmx.stages import register_configs, validate
 from llmx.families import FAMILIES
 
 CONF = REPO / "conf"

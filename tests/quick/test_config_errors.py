@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from helpers import HEAVY_IMPORT_MARK, compose, config_error, input_error, run_python
-from llmx.config import CONF_DIR, validate
+from llmx.config import CONF_DIR
+from llmx.stages import validate
 
 LLAMA_SIZES = "tiny, 7b, 13b, 70b"
 

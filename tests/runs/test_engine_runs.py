@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from helpers import FAST, REPO, launch, llmx_command, read_json, train_losses
+from helpers import FAST, launch, llmx_command, read_json, train_losses
 from llmx.config import asset_path
 
 HELLO_STAGE = '''

@@ -8,7 +8,8 @@ import math
 
 import pytest
 from helpers import compose
-from llmx.config import CONF_DIR, asset_path, validate
+from llmx.config import CONF_DIR, asset_path
+from llmx.stages import validate
 from llmx.data.sft import SftEncoder, read_sft_jsonl
 from llmx.families import FAMILIES as TABLE
 
