@@ -1,7 +1,8 @@
 """launch.py's preparation of Hydra: schemas, one-line config errors, Slurm without -m.
 
 `install()` (called by launch.py's entry point; importing this module changes nothing):
-- registers llmx's schemas and resolvers (llmx.stages.register_configs);
+- registers llmx's schemas and resolvers (llmx.stages.register_configs), and the schemas of
+  outside stages whose conf files a `hydra.searchpath=[file://...]` override brings in;
 - wraps Hydra's `run_and_report`: Hydra prints composition errors over several lines
   (plus a hint about HYDRA_FULL_ERROR), and a Python traceback for errors raised by the
   task. Our contract is one line naming the key, the value and what is allowed, so config
@@ -91,9 +92,25 @@ def _return_value(self: JobReturn) -> Any:
     return _hydra_return_value.fget(self)
 
 
+def search_path_dirs(argv: list[str]) -> list[str]:
+    """The folders a `hydra.searchpath=[file://...]` override adds (parsed by Hydra's own parser)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    dirs = []
+    for arg in argv:
+        if arg.lstrip("+").startswith("hydra.searchpath="):
+            try:
+                value = OverridesParser.create().parse_overrides([arg])[0].value()
+            except Exception:  # noqa: BLE001 - a bad override is reported by Hydra itself
+                continue
+            dirs += [v[len("file://"):] for v in (value if isinstance(value, list) else [value])
+                     if isinstance(v, str) and v.startswith("file://")]
+    return dirs
+
+
 def install(argv: list[str] = sys.argv) -> None:
     """Prepare Hydra for launch.py (see the module docstring); idempotent."""
-    register_configs()
+    register_configs(search_path_dirs(argv[1:]))
     hydra_utils.run_and_report = _run_and_report
     # Hydra writes "Error executing job with overrides: [...]" to stderr before re-raising a
     # failed job's exception; for a UserError that would be a second line. (In a multirun,

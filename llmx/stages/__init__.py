@@ -48,9 +48,11 @@ def builtin_stages() -> dict[str, ModuleType]:
             for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
 
 
-def register_configs() -> None:
-    """Schemas and resolvers for composition: the run schema and every built-in stage's `Config`.
-    Entry points call it before composing (importing llmx registers nothing)."""
+def register_configs(search_dirs: list[str] = ()) -> None:
+    """Schemas and resolvers for composition: the run schema and every built-in stage's `Config`,
+    plus the `Config` of each outside stage whose conf file sits in `search_dirs` (Hydra search path
+    folders), as `/schema/stage/<file name>`. Entry points call it before composing (importing llmx
+    registers nothing)."""
     from hydra.core.config_store import ConfigStore
 
     if not OmegaConf.has_resolver("asset"):  # `${asset:demo/sft_train.jsonl}`: the bundled assets, wherever installed
@@ -63,7 +65,16 @@ def register_configs() -> None:
     # free-form by nature, so this one node takes new keys from a plain `model.overrides.X=...`.
     OmegaConf.set_struct(schema.model.overrides, False)
     cs.store(name="run_schema", node=schema)
-    for name, module in builtin_stages().items():
+    stages = dict(builtin_stages())
+    for folder in search_dirs:
+        for conf in sorted(Path(folder, "stage").glob("*.yaml")):
+            runner = OmegaConf.load(conf).get("runner")
+            if isinstance(runner, str) and "." in runner:
+                try:
+                    stages[conf.stem] = importlib.import_module(runner)
+                except ImportError:  # reported by the run as an unknown stage.runner
+                    continue
+    for name, module in stages.items():
         if hasattr(module, "Config"):
             cs.store(group="schema/stage", name=name, node=module.Config)
 

@@ -96,9 +96,26 @@ def run_shard(shard: int, shards: int) -> dict:
     return {"checked": checked, "problems": problems, "heavy_modules": heavy}
 
 
-def test_every_group_has_its_options():
-    assert "tiny" in options("model") and {"sft", "lora", "prefix"} <= set(options("stage"))
-    assert "single" in options("parallel") and "none" in options("quant")
+def test_option_names_say_what_the_files_hold():
+    """model: one file per family of the table (plus tiny); parallel: the name is the layout;
+    stage: each names a runner module that has run()."""
+    import re
+
+    from llmx.stages import stage_module
+
+    assert set(options("model")) == set(FAMILIES) | {"tiny"}
+    for name in options("parallel"):
+        degrees = {"dp": 1, "tp": 1, "pp": 1, "sharding": 1, "sharding_stage": 0}
+        degrees.update({k: int(v) for k, v in re.findall(r"(dp|tp|pp)(\d+)", name)})
+        if (stage := re.search(r"sharding_stage(\d)", name)) is not None:
+            degrees.update(sharding=2, sharding_stage=int(stage.group(1)))
+        held = OmegaConf.load(CONF / "parallel" / f"{name}.yaml")
+        assert {k: held[k] for k in degrees} == degrees, name
+    for name in options("stage"):
+        runner = OmegaConf.load(CONF / "stage" / f"{name}.yaml").get("runner") or \
+            OmegaConf.load(CONF / "stage" / "sft.yaml").runner  # lora/prefix inherit sft's
+        assert callable(stage_module(runner).run), name
+    assert options("quant") == ["none"]
 
 
 def test_every_option_and_size_composes_and_validates_without_paddle(tmp_path):

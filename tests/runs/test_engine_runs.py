@@ -9,8 +9,9 @@ import shutil
 
 import pytest
 
-from helpers import FAST, launch, llmx_command, read_json, train_losses
+from helpers import FAST, launch, llmx_command, read_json, read_jsonl, train_losses
 from llmx.config import asset_path
+from llmx.experiment import Experiment
 
 HELLO_STAGE = '''
 """A stage from outside llmx: counts letters of a repeated greeting, with paddle, in every rank."""
@@ -68,6 +69,77 @@ def test_a_stage_from_a_module_and_a_conf_file_alone(tmp_path):
         proc = launch(*common, *bad, f"hydra.run.dir={tmp_path / 'bad'}", env=env, check=False)
         assert proc.returncode == 2 and proc.stderr.strip() == line, proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+WEIGHTED_STAGE = '''
+"""A training stage from outside llmx with a Trainer subclass of its own (loss scaled by a factor)."""
+from dataclasses import dataclass, field
+
+from llmx.config import TrainConfig
+from llmx.stages.sft import DataConfig
+
+
+@dataclass
+class Config:
+    runner: str = "extstage.weighted"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    factor: float = 2.0
+
+
+def prepare(cfg):
+    from llmx.data.sft import read_sft_jsonl
+
+    return read_sft_jsonl(cfg.stage.data.train)
+
+
+def run(cfg, ctx):
+    from paddlenlp.trainer import Trainer
+
+    from llmx.data.sft import SftEncoder
+    from llmx.engine.batching import PadCollator
+    from llmx.engine.fit import fit
+    from llmx.engine.model import build_model, build_tokenizer
+
+    class WeightedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False):
+            loss = super().compute_loss(model, inputs, return_outputs=return_outputs)
+            return (loss[0] * cfg.stage.factor, loss[1]) if return_outputs else loss * cfg.stage.factor
+
+    tokenizer = build_tokenizer(cfg.model)
+    model = build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
+    encoder = SftEncoder(tokenizer, 128, 96)
+    train = [encoder.encode(c) for c in ctx.inputs]
+    trainer, summary = fit(cfg, ctx, model, train, None, PadCollator(tokenizer.pad_token_id), tokenizer,
+                           trainer_base=WeightedTrainer)
+    return {"stage": "weighted", "trainer": type(trainer).__name__, **summary}
+'''
+
+
+def test_a_stage_with_its_own_trainer_subclass_gets_llmx_checkpoints_and_metrics(tmp_path):
+    """fit(trainer_base=...) puts llmx's mixin on any Trainer subclass: seeded order, token counts,
+    metrics.jsonl, checkpoints marked complete by llmx. Its losses are the factor times plain SFT's."""
+    (tmp_path / "pkg" / "extstage").mkdir(parents=True)
+    (tmp_path / "pkg" / "extstage" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "extstage" / "weighted.py").write_text(WEIGHTED_STAGE)
+    (tmp_path / "conf" / "stage").mkdir(parents=True)
+    # naming its schema (registered from the search path) makes it as typed as llmx's own stages
+    (tmp_path / "conf" / "stage" / "weighted.yaml").write_text(
+        "# SFT loss times a factor.\ndefaults:\n  - /schema/stage/weighted@_here_\n  - _self_\n\n"
+        "runner: extstage.weighted\nfactor: 3.0\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"))
+    steps = ["stage.train.max_steps=4", "stage.train.logging_steps=1", "stage.train.save_steps=2", "stage.train.lr=1e-9"]
+    run = tmp_path / "weighted"
+    launch(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "stage=weighted", *steps, *FAST, f"hydra.run.dir={run}",
+           env=env)
+    plain = tmp_path / "plain"
+    launch(*steps, *FAST, "stage.eval.enabled=false", f"hydra.run.dir={plain}")
+    summary = read_json(run / "summary.json")
+    assert summary["trainer"] == "LlmxWeightedTrainer" and summary["steps"] == 4
+    # lr ~0: the weights barely move, so each step's loss is 3x plain SFT's on the same batch
+    assert [loss for _, loss in train_losses(run)] == pytest.approx([3 * loss for _, loss in train_losses(plain)], rel=1e-5)
+    assert [r["tokens"] for r in read_jsonl(run / "metrics.jsonl")] == [r["tokens"] for r in read_jsonl(plain / "metrics.jsonl") if "loss" in r]
+    assert [p.name for p in Experiment(run).complete_checkpoints()] == ["step-2", "step-4"]
 
 
 SHORT = [*FAST, "stage.train.max_steps=20", "stage.train.save_steps=10", "stage.train.logging_steps=2",
