@@ -19,11 +19,20 @@ from typing import Any, Callable
 
 import hydra._internal.utils as hydra_utils
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from hydra.errors import (
+    ConfigCompositionException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
-from llmx.stages import register_configs
 from llmx.errors import UserError
+from llmx.stages import register_configs
 
 EXIT_CONFIG_ERROR = 2
 

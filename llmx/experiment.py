@@ -191,11 +191,11 @@ class Experiment:
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"{STEP_PREFIX}{step}"
 
-    def commit_checkpoint(self, written: Path, step: int, keep: int, **meta: Any) -> Path:
+    def commit_checkpoint(self, written: Path, step: int, keep: int) -> Path:
         """Mark a fully written checkpoint complete, rename it into place, point `latest` at it,
         prune old ones."""
         files = {str(p.relative_to(written)): p.stat().st_size for p in sorted(written.rglob("*")) if p.is_file()}
-        atomic_write_json(written / COMPLETE_MARKER, {"step": step, "files": files, **meta})
+        atomic_write_json(written / COMPLETE_MARKER, {"step": step, "files": files})
         final = self.checkpoint_dir(step)
         replace_dir(written, final)  # a re-run of the same step after resume replaces the old copy
         atomic_write_text(self.checkpoints / LATEST, final.name + "\n")

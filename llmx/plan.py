@@ -306,12 +306,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from llmx.cli import config_error_line
 
     try:
-        cfg = compose_config(args.overrides)
-    except Exception as ex:  # noqa: BLE001 - Hydra's and OmegaConf's config errors become one line
+        print_plan(compose_config(args.overrides), args.format)
+    except Exception as ex:  # noqa: BLE001 - Hydra's, OmegaConf's and our config errors become one line
         line = config_error_line(ex)
         if line is None:
             raise
         print(f"llmx: {line}", file=sys.stderr)
         return 2
-    print_plan(cfg, args.format)
     return 0

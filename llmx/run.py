@@ -13,11 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from llmx.stages import validate
 from llmx.console import quiet_libraries, say, summary_lines
 from llmx.errors import UserError
 from llmx.experiment import Experiment
-from llmx.stages import stage_module
+from llmx.stages import stage_module, validate
 
 log = logging.getLogger("llmx")
 

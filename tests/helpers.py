@@ -60,7 +60,8 @@ def train_losses(run: Path) -> list[tuple[int, float]]:
 
 def compose(*overrides: str):
     """The config launch.py would compose (Hydra's compose API, in this process; no validation)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from llmx.config import CONF_DIR
     from llmx.stages import register_configs
@@ -74,8 +75,7 @@ def input_error(*overrides: str) -> str:
     """The one line launch.py prints for a bad config or bad data, found in this process: compose,
     validate, then the stage's paddle-free prepare (the same code launch.py runs before paddle)."""
     from llmx.cli import config_error_line
-    from llmx.stages import validate
-    from llmx.stages import stage_module
+    from llmx.stages import stage_module, validate
 
     try:
         cfg = compose(*overrides)
@@ -92,7 +92,7 @@ def input_error(*overrides: str) -> str:
 def run_python(*argv: str, tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python <argv>` from the repo root, watched for heavy imports."""
     watch = tmp_path / "_import_watch"
-    watch.mkdir(exist_ok=True)
+    watch.mkdir(parents=True, exist_ok=True)
     (watch / "sitecustomize.py").write_text(_WATCH)
     path = [str(watch), str(REPO / "tests"), os.environ.get("PYTHONPATH")]  # tests/ for scripts importing helpers
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)))

@@ -12,13 +12,14 @@ import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+from helpers import HEAVY_IMPORT_MARK, REPO, run_launch, run_python
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from helpers import HEAVY_IMPORT_MARK, REPO, run_launch, run_python
 from llmx.config import ConfigError
-from llmx.stages import register_configs, validate
 from llmx.families import FAMILIES
+from llmx.stages import register_configs, validate
 
 CONF = REPO / "conf"
 GROUPS = ("model", "stage", "parallel", "quant")
@@ -141,8 +142,18 @@ def test_every_option_and_size_composes_and_validates_without_paddle(tmp_path):
     assert len(checked) > 80, len(checked)
 
 
-def test_cfg_job_prints_the_composed_config(tmp_path):
-    proc = run_launch("--cfg", "job", tmp_path=tmp_path)
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory):
+    """launch.py's --cfg job, --help and --info defaults-tree, run side by side."""
+    asked = {"cfg": ["--cfg", "job"], "help": ["--help"], "info": ["--info", "defaults-tree"]}
+    root = tmp_path_factory.mktemp("answers")
+    with ThreadPoolExecutor(2) as pool:
+        procs = pool.map(lambda args: run_launch(*args, tmp_path=root / args[0].strip("-")), asked.values())
+        return dict(zip(asked, procs))
+
+
+def test_cfg_job_prints_the_composed_config(answers):
+    proc = answers["cfg"]
     assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
     assert "runner: sft" in proc.stdout and "family: llama" in proc.stdout
     cfg = OmegaConf.create(proc.stdout)
@@ -151,8 +162,8 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     assert (cfg.model.size, cfg.stage.peft.method, cfg.parallel.tp, cfg.quant.algorithm) == ("tiny", "none", 1, "none")
 
 
-def test_help_lists_groups_and_their_options(tmp_path):
-    proc = run_launch("--help", tmp_path=tmp_path)
+def test_help_lists_groups_and_their_options(answers):
+    proc = answers["help"]
     assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
     listed = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.split(":")[0] in GROUPS)
     for group in GROUPS:
@@ -168,8 +179,8 @@ def test_help_lists_groups_and_their_options(tmp_path):
         assert text.strip() == first_comment.lstrip("# ").strip()
 
 
-def test_info_defaults_tree(tmp_path):
-    proc = run_launch("--info", "defaults-tree", tmp_path=tmp_path)
+def test_info_defaults_tree(answers):
+    proc = answers["info"]
     assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
     assert "model: tiny" in proc.stdout and "stage: sft" in proc.stdout
 

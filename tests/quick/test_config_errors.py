@@ -1,14 +1,18 @@
 """Bad configs and bad data fail before any heavy import, with exit code 2 and one stderr line
-naming the key, the bad value and what is allowed. Every case is checked in this process (Hydra's
-compose API, then validation: the same code launch.py runs), and a case of each kind of error as a
-real `python launch.py` (one stderr line, exit 2, paddle never imported)."""
+naming the key, the bad value and what is allowed. Every case is checked through Hydra's compose API
+and validation, the same code launch.py runs (in two interpreters side by side: this file run as a
+script, `python test_config_errors.py SHARD NSHARDS`, prints the lines of its share of the cases),
+and a case of each kind of error as a real `python launch.py` (one stderr line, exit 2, paddle never
+imported)."""
 from __future__ import annotations
 
+import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from helpers import HEAVY_IMPORT_MARK, compose, config_error, input_error, run_python
+
 from llmx.config import CONF_DIR
 from llmx.stages import validate
 
@@ -97,27 +101,43 @@ BAD_CONFIGS = {
                              ["stage.runner='nosuchstage': no module llmx.stages.nosuchstage", "built-in: "]),
 }
 # One case of each kind, also run as a real `python launch.py` (each costs a Hydra start-up).
-END_TO_END = ["unknown_key", "unknown_key_appended", "wrong_type_int", "bad_override_syntax", "unknown_model",
-              "model_size", "pp_without_pipeline_class", "global_batch_not_splittable", "unknown_hyperparameter"]
+END_TO_END = ["unknown_key", "wrong_type_int", "bad_override_syntax", "unknown_model", "pp_without_pipeline_class",
+              "unknown_hyperparameter"]
 
 
-@pytest.mark.parametrize("overrides,expected", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
-def test_bad_config_is_one_line(overrides, expected):
-    line = input_error(*overrides)
+SHARDS = 2
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory) -> dict[str, str]:
+    """Every case's line, computed by SHARDS interpreters side by side (composing is slow)."""
+    root = tmp_path_factory.mktemp("config_errors")
+
+    def shard(i: int) -> dict:
+        proc = run_python(__file__, str(i), str(SHARDS), tmp_path=root / str(i))
+        assert proc.returncode == 0 and HEAVY_IMPORT_MARK not in proc.stderr, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    with ThreadPoolExecutor(SHARDS) as pool:
+        return {k: v for part in pool.map(shard, range(SHARDS)) for k, v in part.items()}
+
+
+@pytest.mark.parametrize("name", BAD_CONFIGS)
+def test_bad_config_is_one_line(name, lines):
+    line, expected = lines[name], BAD_CONFIGS[name][1]
     assert line.startswith("llmx: config error: "), line
     for text in expected:
         assert text in line, f"{text!r} not in {line!r}"
 
 
-def test_bad_configs_end_to_end(tmp_path):
+def test_bad_configs_end_to_end(tmp_path, lines):
     """The same lines from real launches: one stderr line, exit 2, no paddle import."""
     def launched(name: str) -> str:
         (tmp_path / name).mkdir()
         return config_error(*BAD_CONFIGS[name][0], tmp_path=tmp_path / name)
 
-    expected = [input_error(*BAD_CONFIGS[name][0]) for name in END_TO_END]  # Hydra's compose API: one at a time
     with ThreadPoolExecutor(2) as pool:
-        assert list(pool.map(launched, END_TO_END)) == expected
+        assert list(pool.map(launched, END_TO_END)) == [lines[name] for name in END_TO_END]
 
 
 def test_model_overrides_take_any_known_hyperparameter():
@@ -162,3 +182,8 @@ def test_import_watch_sees_paddle(tmp_path):
     """The watch behind every case above is not vacuous: it reports a (faked) paddle import."""
     proc = run_python("-c", "import sys; sys.modules['paddle'] = sys; sys.exit(2)", tmp_path=tmp_path)
     assert proc.returncode == 2 and HEAVY_IMPORT_MARK + " paddle" in proc.stderr, proc.stderr
+
+
+if __name__ == "__main__":
+    shard_index, shard_count = (int(a) for a in sys.argv[1:3])
+    print(json.dumps({name: input_error(*BAD_CONFIGS[name][0]) for name in list(BAD_CONFIGS)[shard_index::shard_count]}))

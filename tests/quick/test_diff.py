@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from omegaconf import OmegaConf
-
 from helpers import HEAVY_IMPORT_MARK, REPO, compose, read_json, run_python
+from omegaconf import OmegaConf
 
 
 def _run_dir(path, final_loss: float, *overrides: str):

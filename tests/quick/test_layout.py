@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import compose
+
 from llmx.layout import Layout, batching, batching_problem, train_batching
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import compose, input_error
+
 from llmx.config import DataError, asset_path
-from llmx.stages import validate
 from llmx.data.packing import pack_examples, packing_stats, segment_bounds
 from llmx.data.sft import SftEncoder, read_sft_jsonl
+from llmx.stages import validate
 from llmx.tokens import IGNORE_INDEX
 
 

@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import config_error, input_error
-from llmx.errors import DataError
+
 from llmx.data.indexed import IndexedWriter
 from llmx.data.pretrain import load_pretrain_splits, parse_split
+from llmx.errors import DataError
 
 
 def _write(prefix, docs, dtype=np.uint16):

@@ -8,8 +8,8 @@ import os
 import shutil
 
 import pytest
-
 from helpers import FAST, launch, llmx_command, read_json, read_jsonl, train_losses
+
 from llmx.config import asset_path
 from llmx.experiment import Experiment
 

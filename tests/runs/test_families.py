@@ -1,4 +1,5 @@
-"""Every model family at its `tiny` size builds through the engine, learns, generates, and takes LoRA/Prefix.
+"""Every model family at its `tiny` size builds through the engine, learns, generates, and takes LoRA/Prefix;
+llmx.plan's parameter formulas count exactly what PaddleNLP builds.
 
 In-process (one paddle import for all families) so the whole matrix stays quick.
 """
@@ -8,10 +9,12 @@ import math
 
 import pytest
 from helpers import compose
-from llmx.config import CONF_DIR, asset_path
-from llmx.stages import validate
+
+from llmx.config import CONF_DIR, asset_path, model_hparams
 from llmx.data.sft import SftEncoder, read_sft_jsonl
 from llmx.families import FAMILIES as TABLE
+from llmx.plan import count_params
+from llmx.stages import validate
 
 FAMILIES = sorted(p.stem for p in CONF_DIR.glob("model/*.yaml") if p.stem not in ("tiny", "chatglm"))
 
@@ -73,7 +76,12 @@ ADAPTER_CASES = [(f, "lora") for f in FAMILIES] + [(f, "prefix") for f in FAMILI
 def test_tiny_family_adapters_train_only_adapter_params(family, method):
     import paddle
 
-    from llmx.engine.model import build_model, build_tokenizer, count_parameters, wrap_peft
+    from llmx.engine.model import (
+        build_model,
+        build_tokenizer,
+        count_parameters,
+        wrap_peft,
+    )
 
     paddle.set_device("cpu")
     cfg = _cfg(family, method)
@@ -86,3 +94,34 @@ def test_tiny_family_adapters_train_only_adapter_params(family, method):
     loss.backward()
     assert math.isfinite(float(loss))
     assert any(float(p.grad.abs().sum()) > 0 for p in trainable if p.grad is not None)
+
+
+# Variants of tiny that switch the formulas' other branches (tied heads, projections, biases, post-LN, MQA).
+VARIANTS = [
+    ("llama", ["model.overrides.tie_word_embeddings=true"]),
+    ("qwen2", ["model.overrides.tie_word_embeddings=true"]),
+    ("gemma", ["model.overrides.num_key_value_heads=1", "model.overrides.head_dim=32"]),
+    ("qwen", ["model.overrides.no_bias=false"]),
+    ("chatglm2", ["model.overrides.add_bias_linear=true", "model.overrides.multi_query_group_num=1"]),
+    ("opt", ["model.overrides.word_embed_proj_dim=32", "model.overrides.normalize_before=false"]),
+]
+
+
+def test_tiny_parameter_counts_are_exact():
+    """Every family at `tiny` (and the variants): formula == the built PaddleNLP model's parameter count."""
+    import paddle
+
+    from llmx.engine.model import build_model, build_tokenizer, count_parameters
+
+    paddle.set_device("cpu")
+    families = sorted(p.stem for p in CONF_DIR.glob("model/*.yaml") if p.stem != "tiny")  # chatglm v1 too
+    cases = [(f, [f"model={f}"]) for f in families] + [(f, [f"model={f}", *o]) for f, o in VARIANTS]
+    tokenizer = build_tokenizer(compose().model)  # every tiny size uses the bundled tokenizer
+    wrong = []
+    for family, overrides in cases:
+        m = compose(*overrides, "model.size=tiny").model
+        built = count_parameters(build_model(m, tokenizer, seed=0))
+        counted = count_params(family, model_hparams(m)).total
+        if counted != built:
+            wrong.append(f"{' '.join(overrides)}: formula {counted} != model {built}")
+    assert not wrong, "\n".join(wrong)

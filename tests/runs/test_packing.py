@@ -3,13 +3,12 @@ counts exactly the tokens of the packed rows it trained on."""
 from __future__ import annotations
 
 import pytest
-
 from helpers import FAST, compose, launch, read_json, read_jsonl
+
 from llmx.config import asset_path
 from llmx.data.packing import pack_examples, packing_stats, segment_bounds
 from llmx.data.sft import SftEncoder, read_sft_jsonl
 from llmx.tokens import IGNORE_INDEX
-
 
 # ------------------------------------------------------------------ exactness on real models
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl
 
 STEPS = 3

@@ -6,9 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import FAST, launch, read_json, read_jsonl, train_losses
-
 
 PRETRAIN = ["stage=pretrain", *FAST, "stage.train.max_steps=40", "stage.train.logging_steps=5",
             "stage.train.save_steps=20", "stage.eval.samples=64"]

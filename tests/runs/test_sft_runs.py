@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import FAST, REPO, launch, read_json, read_jsonl, train_losses
 
 RUN_FILES = [".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "provenance.json",
