@@ -225,6 +225,8 @@ def validate_parallel(cfg: DictConfig) -> None:
     if launched is not None and launched != layout.world:
         raise ConfigError(f"parallel: dp*tp*pp*sharding = {layout.world} but {launched} processes ({layout.describe()})")
     fam = model_family(m)
+    require(p.tp == 1 or not fam.no_tensor_parallel, "parallel.tp", p.tp,
+            f"model family {m.family} cannot be split over tensor-parallel ranks: {fam.no_tensor_parallel}")
     if p.pp > 1:
         require(fam.pipeline_class is not None, "parallel.pp", p.pp,
                 f"model family {m.family} has no pipeline class in PaddleNLP")

@@ -95,6 +95,10 @@ class PretrainSplit:
     def __len__(self) -> int:
         return len(self.index["which"])
 
+    def target_token_counts(self) -> np.ndarray:
+        """Every position of a sample learns the next token."""
+        return np.full(len(self), self.seq_length, dtype=np.int64)
+
     def _doc_tokens(self, ds: IndexedDataset, doc: int) -> np.ndarray:
         first, last = ds.doc_idx[doc], ds.doc_idx[doc + 1]
         return ds[first] if last == first + 1 else np.concatenate([ds[s] for s in range(first, last)])

@@ -2,7 +2,10 @@
 
 Both put the batch's count of real (non-pad) tokens under NUM_TOKENS; the trainer
 takes it out before the forward and adds it up when it trains on the batch (counting
-here would also count batches the DataLoader prefetches, or skips on resume).
+here would also count batches the DataLoader prefetches, or skips on resume). When the
+trainer's sampler tags examples with the target-token count of their whole optimizer
+step (GLOBAL_TARGETS, see engine.trainer), the batch carries it too: the trainer weighs
+the loss by it.
 
 A packed batch carries several examples per row (see llmx.data.packing). Attention
 must stay inside each example, so next to `position_ids` (restarting at 0 per
@@ -29,17 +32,28 @@ import paddle
 from llmx.tokens import IGNORE_INDEX, pad_batch
 
 NUM_TOKENS = "num_tokens"
+GLOBAL_TARGETS = "global_target_tokens"
+
+
+def _bookkeeping(features: Sequence[dict], tokens: int) -> dict:
+    extra = {NUM_TOKENS: tokens}
+    if GLOBAL_TARGETS in features[0]:
+        extra[GLOBAL_TARGETS] = int(features[0][GLOBAL_TARGETS])
+    return extra
 
 
 class PadCollator:
     """Pads a batch of single examples."""
+
+    carries_global_targets = True  # engine.trainer may tag features with GLOBAL_TARGETS
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
     def __call__(self, features: Sequence[dict]) -> dict:
         batch = pad_batch(features, self.pad_id)
-        return {**{k: paddle.to_tensor(v) for k, v in batch.items()}, NUM_TOKENS: int(batch["attention_mask"].sum())}
+        return {**{k: paddle.to_tensor(v) for k, v in batch.items()},
+                **_bookkeeping(features, int(batch["attention_mask"].sum()))}
 
 
 def segment_ids(seq_lens_per_row: Sequence[Sequence[int]], width: int) -> np.ndarray:
@@ -73,6 +87,8 @@ class PackedCollator:
     position ids and the mask that keeps attention inside each example. A feature without
     `seq_lens` is one unpacked example (so eval sets need no packing)."""
 
+    carries_global_targets = True
+
     def __init__(self, pad_id: int, pad_to: Optional[int] = None, flashmask: bool = False) -> None:
         self.pad_id = pad_id
         self.pad_to = pad_to
@@ -103,7 +119,7 @@ class PackedCollator:
 
     def __call__(self, features: Sequence[dict]) -> dict:
         tensors = {k: paddle.to_tensor(v) for k, v in self.arrays(features).items()}
-        return {**tensors, NUM_TOKENS: sum(len(f["input_ids"]) for f in features)}
+        return {**tensors, **_bookkeeping(features, sum(len(f["input_ids"]) for f in features))}
 
 
 def use_flashmask(model, device: str) -> bool:

@@ -75,6 +75,8 @@ def export_model(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool)
         return out_dir
     hcg = hybrid_group()
     state = model.state_dict()  # a pipeline stage's part, under single-model names
+    full_names = getattr(model, "llmx_full_names", {})  # names a pipeline class shortened (engine.model)
+    state = {full_names.get(k, k): v for k, v in state.items()}
     if layout.tp > 1:
         state = type(model).merge_tensor_parallel(state, model.config)  # full tensors on tp rank 0
     parts = out_dir.with_name(f".{out_dir.name}.parts")

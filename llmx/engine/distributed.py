@@ -47,11 +47,19 @@ def strategy(layout: Layout, batching: Optional[Batching], seed: int):
     return s
 
 
+_formed: Optional[tuple] = None  # (layout, batching) of the groups this process formed
+
+
 def init_distributed(layout: Layout, runtime: Runtime, run_dir: Path, batching: Optional[Batching] = None,
                      seed: int = 0) -> None:
-    """Form the hybrid groups of `layout` (a no-op in one process)."""
-    if runtime.world_size == 1:
+    """Form the hybrid groups of `layout` (a no-op in one process, or when this process already
+    formed them for the same layout: several runs may share one process group)."""
+    global _formed
+    if runtime.world_size == 1 or _formed == (layout, batching):
         return
+    if _formed is not None:
+        raise RuntimeError(f"this process already formed the groups of {_formed}; fleet cannot be re-initialised")
+    _formed = (layout, batching)
     if runtime.device == "cpu":
         from llmx.engine import cpu_parallel
 

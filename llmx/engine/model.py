@@ -111,19 +111,36 @@ def _build_parallel_model(m: DictConfig, fam: Family, model_cls, config, tokeniz
         full = _random_init(m, fam, model_cls, config, tokenizer, seed)
         state = {k: v.numpy() for k, v in full.state_dict().items()}
         del full
-        if tp > 1:
-            state = model_cls.convert_tensor_parallel(None, part_config, state_dict=state)
+        if tp > 1:  # (some families' split actions take paddle tensors, the rest numpy arrays or either)
+            state = model_cls.convert_tensor_parallel(None, part_config, state_dict={k: paddle.to_tensor(v) for k, v in state.items()})
         model = part_cls.from_config(part_config, dtype=m.dtype)
-        missing, _ = model.set_state_dict({k: v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v)
-                                           for k, v in state.items()})
-        if missing:
-            raise RuntimeError(f"{part_cls.__name__}: no weights split for {missing}")
+        _load_part(model, state, model_cls.base_model_prefix)
         source = f"the seed-{seed} random init"
     if pp > 1:
         _bool_attention_masks(model)
     log.info("%s part (tp rank %d of %d, pp stage %d of %d): %d parameters, split from %s", part_cls.__name__,
              part_config.tensor_parallel_rank, tp, hcg.get_stage_id(), pp, count_parameters(model), source)
     return model
+
+
+def _load_part(model, state: dict, prefix: str) -> None:
+    """Load a full model's (tensor-parallel split) weights into this rank's part. Some pipeline classes
+    (ChatGLMv2's) name their layers without the single model's base prefix: such names are matched
+    with the prefix dropped, and remembered (`llmx_full_names`) so that an export restores them."""
+    own = set(model.state_dict().keys())  # a pipeline part lists its single-model names
+    renamed = {}
+    for name in list(state):
+        short = name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
+        if name not in own and short in own:
+            state[short] = state.pop(name)
+            renamed[short] = name
+    model.llmx_full_names = renamed
+    missing, _ = model.set_state_dict({k: v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v) for k, v in state.items()})
+    # A tied lm_head is the embedding's own parameter under a second name: loaded with it.
+    loaded = {id(t) for name, t in model.state_dict().items() if name not in missing}
+    missing = [name for name in missing if id(model.state_dict()[name]) not in loaded]
+    if missing:
+        raise RuntimeError(f"{type(model).__name__}: no weights split for {missing}")
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

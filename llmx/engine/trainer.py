@@ -9,6 +9,10 @@ uses (`trainer_class(base)`):
   so a finished run can be continued to more steps;
 - a data order that depends only on (seed, epoch), so a resumed run sees the same batches
   as an uninterrupted one, and every layout the same samples per step;
+- a step's loss that is the mean over every target token of its global batch, however the
+  batch is cut into micro-batches, accumulation steps and data-parallel replicas (PaddleNLP
+  averages per-micro-batch means: a replica or micro-batch with fewer target tokens would
+  weigh more; the normalisation bug Hugging Face transformers fixed in 4.46);
 - metrics.jsonl with tokens/s counted from real (non-pad) tokens.
 """
 from __future__ import annotations
@@ -27,10 +31,11 @@ from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
 from llmx.console import say
-from llmx.engine.batching import NUM_TOKENS
+from llmx.engine.batching import GLOBAL_TARGETS, NUM_TOKENS
 from llmx.engine.checkpoint import name_single_model_class
 from llmx.experiment import Experiment
 from llmx.layout import Layout, train_batching
+from llmx.tokens import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +103,17 @@ class SeededBatchSampler(DistributedBatchSampler):
     in blocks of `accum` (one replica's share of a step): replica r takes blocks r, r+R, ...
     So one step of R replicas covers exactly the examples one process takes in R*accum
     micro-batches. Multi-process runs wrap the epoch around to whole global batches, since
-    every rank must run the same number of steps (and a pipeline takes full micro-batches)."""
+    every rank must run the same number of steps (and a pipeline takes full micro-batches).
+
+    With `targets` (target tokens per example) every index comes as (index, target tokens of
+    its whole optimizer step, all replicas): `StepTargets` hands that to the collator."""
 
     def __init__(self, dataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0,
-                 drop_last: bool = False, accum: int = 1, pad_epoch: bool = False):
+                 drop_last: bool = False, accum: int = 1, pad_epoch: bool = False, targets=None):
         super().__init__(dataset, batch_size=batch_size, num_replicas=num_replicas, rank=rank, shuffle=True, drop_last=drop_last)
-        self.seed, self.accum, self.pad_epoch = seed, accum, pad_epoch
+        self.seed, self.accum, self.pad_epoch, self.targets = seed, accum, pad_epoch, targets
 
-    def _batches(self) -> list[list[int]]:
+    def _batches(self) -> list[list]:
         order = np.random.RandomState(self.seed + 1000003 * self.epoch).permutation(len(self.dataset))
         if self.pad_epoch:
             step = self.batch_size * self.accum * self.nranks
@@ -114,13 +122,64 @@ class SeededBatchSampler(DistributedBatchSampler):
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         blocks = [batches[k:k + self.accum] for k in range(0, len(batches), self.accum)]
-        return [b for block in blocks[self.local_rank::self.nranks] for b in block]
+        mine = []
+        for k in range(self.local_rank, len(blocks), self.nranks):
+            if self.targets is None:
+                mine += blocks[k]
+                continue
+            step = blocks[k - self.local_rank:k - self.local_rank + self.nranks]  # this step's blocks, every replica
+            total = int(sum(self.targets[i] for block in step for batch in block for i in batch))
+            mine += [[(i, total) for i in batch] for batch in blocks[k]]
+        return mine
 
     def __iter__(self):
         yield from self._batches()
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class StepTargets:
+    """A dataset view whose items, asked for as (index, step targets), carry GLOBAL_TARGETS."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, total = key
+            return {**self.base[index], GLOBAL_TARGETS: total}
+        return self.base[key]
+
+
+def target_token_counts(dataset) -> np.ndarray:
+    """Target (loss-bearing) tokens of every example: the dataset's own `target_token_counts()`
+    where it has one (pretraining: all seq_length), else counted from the examples' labels."""
+    own = getattr(dataset, "target_token_counts", None)
+    if own is not None:
+        return np.asarray(own())
+    return np.array([int((np.asarray(item["labels"]) != IGNORE_INDEX).sum()) for item in dataset], dtype=np.int64)
+
+
+class TokenWeightedLoss(paddle.nn.Layer):
+    """A pipeline's loss function, weighed like LlmxTrainerMixin.compute_loss weighs the others:
+    the model's own mean over this micro-batch's target tokens, times those tokens, over the
+    step's target tokens (scaled back for the pipeline's 1/accumulate_steps and the data-parallel
+    average). Outside a training step (`step_targets` None) it is the model's own."""
+
+    def __init__(self, criterion, scale: float) -> None:
+        super().__init__()
+        self.criterion, self.scale, self.step_targets = criterion, scale, None
+
+    def forward(self, logits, labels):
+        loss = self.criterion(logits, labels)
+        if self.step_targets is None:
+            return loss
+        mine = (labels != IGNORE_INDEX).astype(loss.dtype).sum()
+        return loss * mine * (self.scale / self.step_targets)
 
 
 def _over_data_replicas(args, tokens: int) -> int:
@@ -192,13 +251,47 @@ class LlmxTrainerMixin:
         self.data_seed = seed
         self.tokens_trained = 0  # real tokens of the micro-batches trained on, this process
         self.add_callback(MetricsCallback(experiment, self, elapsed_before))
+        # The step's loss as the mean over its target tokens, where the collator carries their count.
+        self.token_weighted = bool(getattr(self.data_collator, "carries_global_targets", False)) and \
+            self.train_dataset is not None
+        # Undo the Trainer's (or the pipeline's) 1/accum and the data-parallel gradient average.
+        self.loss_scale = self.args.gradient_accumulation_steps * self.args.dataset_world_size
+        if self.token_weighted:
+            self.train_dataset = StepTargets(self.train_dataset)
+            losses = getattr(self.model, "_loss_fn", None)  # a pipeline model's loss functions
+            if losses is not None:
+                self.model._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f for f in losses]
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.tokens_trained += inputs.pop(NUM_TOKENS, 0)
-        return super().training_step(model, inputs, *args, **kwargs)
+        step_targets = inputs.pop(GLOBAL_TARGETS, None)
+        if step_targets is not None and self.args.pipeline_parallel_degree > 1:
+            for f in self.model._loss_fn:
+                if isinstance(f, TokenWeightedLoss):
+                    f.step_targets = step_targets
+        elif step_targets is not None:
+            inputs["__step_targets"] = step_targets  # read by compute_loss, below
+        try:
+            return super().training_step(model, inputs, *args, **kwargs)
+        finally:
+            for f in getattr(self.model, "_loss_fn", None) or []:
+                if isinstance(f, TokenWeightedLoss):
+                    f.step_targets = None
+
+    def compute_loss(self, model, inputs, return_outputs=False):
+        step_targets = inputs.pop("__step_targets", None)
+        labels = inputs.get("labels")
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs)
+        if step_targets is None:
+            return result
+        # the model's mean over this micro-batch's target tokens, back to their sum, over the step's
+        mine = int((labels != IGNORE_INDEX).sum())
+        loss = (result[0] if return_outputs else result) * (mine * self.loss_scale / step_targets)
+        return (loss, result[1]) if return_outputs else loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs.pop(NUM_TOKENS, None)
+        inputs.pop(GLOBAL_TARGETS, None)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
@@ -218,8 +311,9 @@ class LlmxTrainerMixin:
         return metrics
 
     def _get_train_sampler(self):
+        base = self.train_dataset.base if isinstance(self.train_dataset, StepTargets) else self.train_dataset
         return SeededBatchSampler(
-            self.train_dataset,
+            base,
             batch_size=self.args.per_device_train_batch_size,
             seed=self.data_seed,
             num_replicas=self.args.dataset_world_size,
@@ -227,6 +321,7 @@ class LlmxTrainerMixin:
             drop_last=self.args.dataloader_drop_last,
             accum=self.args.gradient_accumulation_steps,
             pad_epoch=self.args.world_size > 1,
+            targets=target_token_counts(base) if self.token_weighted else None,
         )
 
     def _save_checkpoint(self, model, metrics=None):

@@ -39,6 +39,7 @@ class Family:
     packing: bool = False
     packing_with_prefix: bool = False  # and still so behind a prefix cache
     not_trainable: str = ""  # why llmx cannot train it yet ("" = it can)
+    no_tensor_parallel: str = ""  # why it cannot be split over tensor-parallel ranks ("" = it can)
     # Canonical names of the hyperparameters layouts depend on (after `aliases`).
     heads: str = "num_attention_heads"
     kv_heads: Optional[str] = "num_key_value_heads"  # None: one KV head per query head
@@ -123,7 +124,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("qwen", "QWenForCausalLM", "QWenConfig",
            (".*attn.c_attn.*", ".*attn.c_proj.*", ".*mlp.w1.*", ".*mlp.w2.*", ".*mlp.c_proj.*"),
            pipeline_class="QWenForCausalLMPipe", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
-           kv_heads=None,
+           kv_heads=None, fixes=("qwen_pipeline_attention_mask",),
            defaults=dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                          kv_channels=128, intermediate_size=22016, no_bias=True)),
     Family("qwen2", "Qwen2ForCausalLM", "Qwen2Config", _LLAMA_LORA, pipeline_class="Qwen2ForCausalLMPipe",
@@ -153,6 +154,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     # PaddleNLP's ChatGLM2 always uses multi_query_group_num KV groups (HF's multi_query_attention is not read).
     Family("chatglm2", "ChatGLMv2ForCausalLM", "ChatGLMv2Config", _GLM_LORA, pipeline_class="ChatGLMv2ForCausalLMPipe",
            prefix_cache="seq_batch_heads", packing=True, packing_with_prefix=True, kv_heads="multi_query_group_num",
+           fixes=("chatglm2_pipeline_position_ids",),
            defaults=dict(vocab_size=65024, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
                          ffn_hidden_size=13696, multi_query_group_num=1, add_bias_linear=False, add_qkv_bias=False,
                          rmsnorm=True, post_layer_norm=True),
@@ -176,7 +178,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("opt", "OPTForCausalLM", "OPTConfig",
            (".*project_in.*", ".*project_out.*", ".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*qkv_proj.*",
             ".*out_proj.*", ".*linear1.*", ".*linear2.*"),
-           prefix_cache="opt_cache", kv_heads=None,
+           prefix_cache="opt_cache", kv_heads=None, fixes=("opt_missing_attributes", "opt_loss_over_target_tokens"),
            defaults=dict(vocab_size=50272, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
                          intermediate_size=8192, max_position_embeddings=2048, word_embed_proj_dim=2048,
                          normalize_before=True),
@@ -184,9 +186,13 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     # Yuan's localized-filtering convolution mixes neighbouring examples (no packing), and in training it
     # builds its own [b, 1, s, s] mask and rejects a prefix cache.
     Family("yuan", "YuanForCausalLM", "YuanConfig", _LLAMA_LORA,
+           no_tensor_parallel="PaddleNLP 3.0.0b4 splits Yuan's fused q/k projections inconsistently (a pretrained "
+                              "checkpoint fails to load split; a split random init computes other attention than one "
+                              "process); use dp or sharding",
            no_prefix="in training Yuan builds its own attention mask and rejects a prefix cache",
            defaults=dict(vocab_size=135040, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
-                         num_attention_heads=32, num_key_value_heads=None)),
+                         num_attention_heads=32, num_key_value_heads=None),
+           fixes=("yuan_loss_over_target_tokens",)),
 )}
 
 

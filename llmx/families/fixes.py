@@ -48,7 +48,115 @@ def bloom_zeroed_linears(model=None) -> None:
             layer.weight.set_value(paddle.normal(0.0, std, layer.weight.shape).astype(layer.weight.dtype))
 
 
-BEFORE_BUILD = {"mixtral_moe_routing"}
+def opt_missing_attributes(model=None) -> None:
+    """Before build. OPTForCausalLM.__getattr__ falls back to `config[name]`, which is None for any
+    name the config lacks, so `hasattr(model, "no_sync")` holds and PaddleNLP's Trainer calls None
+    under gradient accumulation. Fall back to the config only for names it has."""
+    from paddle import nn
+    from paddlenlp.transformers.opt.modeling import OPTForCausalLM
+
+    def __getattr__(self, name):
+        try:
+            return nn.Layer.__getattr__(self, name)
+        except AttributeError:
+            base = nn.Layer.__getattr__(self, self.base_model_prefix)
+            if hasattr(base, name):
+                return getattr(base, name)
+            if hasattr(base.config, name):
+                return getattr(base.config, name)
+            raise
+
+    OPTForCausalLM.__getattr__ = __getattr__
+
+
+def qwen_pipeline_attention_mask(model=None) -> None:
+    """Before build. QWenForCausalLMPipe's embedding stage calls QWenModel._prepare_decoder_attention_mask,
+    which paddlenlp 3.0.0b4's QWenModel lacks (its forward builds the mask inline: get_masks, then 0 or
+    the dtype's minimum): give it one that builds the same additive mask."""
+    import paddle
+    from paddlenlp.transformers.qwen.modeling import QWenModel
+
+    if hasattr(QWenModel, "_prepare_decoder_attention_mask"):
+        return
+
+    def prepare(attention_mask, input_shape, past_length, dtype):
+        allowed = QWenModel.get_masks(None, input_shape[0], input_shape[1], past_length, padding_mask=attention_mask)
+        return paddle.where(allowed, paddle.zeros(allowed.shape, dtype), paddle.full(allowed.shape, paddle.finfo(dtype).min, dtype))
+
+    QWenModel._prepare_decoder_attention_mask = staticmethod(prepare)
+
+
+def chatglm2_pipeline_position_ids(model=None) -> None:
+    """Before build. ChatGLMv2ForCausalLMPipe's stages pass (hidden, mask, position_ids, rotary, ...)
+    and drop the Nones, and the next stage reads them back by count: without position_ids the rotary
+    table lands in position_ids' place and every block runs without rotary embeddings. Give the
+    embedding stage explicit positions (0..s-1, what the single model uses when it has none)."""
+    import paddle
+    from paddlenlp.transformers.chatglm_v2 import modeling_pp
+
+    forward = modeling_pp.EmbeddingPipe.forward
+    if getattr(forward, "llmx_fixed", False):
+        return
+
+    def with_positions(self, args):
+        input_ids, attention_mask, position_ids, *_ = modeling_pp.parse_args(args)
+        if position_ids is None and attention_mask is not None:
+            batch, seq = input_ids.shape
+            position_ids = paddle.arange(seq, dtype="int64").unsqueeze(0).expand([batch, seq])
+            args = (input_ids, attention_mask, position_ids)
+        return forward(self, args)
+
+    with_positions.llmx_fixed = True
+    modeling_pp.EmbeddingPipe.forward = with_positions
+
+
+def _mean_over_target_tokens(model_class) -> None:
+    """Make `model_class(labels=...)`'s loss the mean over target (non-ignored) tokens. The class computes
+    it with paddle's cross_entropy(reduction="mean"), which in paddle 3.3 divides by every position,
+    ignored ones included: the loss then depends on prompt lengths and on how much padding a batch
+    has, so the same examples cut into other batches train differently."""
+    import paddle.nn.functional as F
+
+    forward = model_class.forward
+    if getattr(forward, "llmx_fixed", False):
+        return
+
+    def fixed(self, *args, labels=None, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if labels is None:
+            return out
+        logits = out if not isinstance(out, (tuple, dict)) else (out[0] if isinstance(out, tuple) else out.logits)
+        per_token = F.cross_entropy(logits.astype("float32").reshape([-1, logits.shape[-1]]), labels.reshape([-1, 1]),
+                                    ignore_index=-100, reduction="none")
+        targets = (labels.reshape([-1]) != -100).astype("float32").sum()
+        loss = per_token.sum() / targets.clip(min=1.0)
+        if isinstance(out, tuple):
+            return (loss,) + out
+        if isinstance(out, dict):  # a ModelOutput: item and attribute
+            out["loss"] = loss
+            return out
+        return loss, out
+
+    fixed.llmx_fixed = True
+    model_class.forward = fixed
+
+
+def opt_loss_over_target_tokens(model=None) -> None:
+    """Before build. See _mean_over_target_tokens (OPTForCausalLM's loss)."""
+    from paddlenlp.transformers.opt.modeling import OPTForCausalLM
+
+    _mean_over_target_tokens(OPTForCausalLM)
+
+
+def yuan_loss_over_target_tokens(model=None) -> None:
+    """Before build. See _mean_over_target_tokens (YuanForCausalLM's loss, without use_loss_mask)."""
+    from paddlenlp.transformers.yuan.modeling import YuanForCausalLM
+
+    _mean_over_target_tokens(YuanForCausalLM)
+
+
+BEFORE_BUILD = {"opt_loss_over_target_tokens", "yuan_loss_over_target_tokens", "mixtral_moe_routing", "opt_missing_attributes", "qwen_pipeline_attention_mask",
+                "chatglm2_pipeline_position_ids"}
 AFTER_RANDOM_INIT = {"bloom_zeroed_linears"}
 
 
