@@ -77,8 +77,16 @@ def export_model(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool)
     state = model.state_dict()  # a pipeline stage's part, under single-model names
     full_names = getattr(model, "llmx_full_names", {})  # names a pipeline class shortened (engine.model)
     state = {full_names.get(k, k): v for k, v in state.items()}
+    # A tied lm_head is the embedding's parameter under a second name, which the merge actions do not
+    # name: merge the parameter once and give the alias its merged value.
+    first_name, aliases = {}, {}
+    for name, tensor in state.items():
+        aliases[name] = first_name.setdefault(id(tensor), name)
+    state = {name: t for name, t in state.items() if aliases[name] == name}
     if layout.tp > 1:
         state = type(model).merge_tensor_parallel(state, model.config)  # full tensors on tp rank 0
+    if state and all(v is not None for v in state.values()):
+        state.update({alias: state[name] for alias, name in aliases.items() if alias != name})
     parts = out_dir.with_name(f".{out_dir.name}.parts")
     stage_writer = hcg.get_model_parallel_rank() == 0 and hcg.get_data_parallel_rank() == 0 \
         and hcg.get_sharding_parallel_rank() == 0

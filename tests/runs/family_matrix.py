@@ -54,6 +54,9 @@ def main() -> int:
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         import paddle.distributed as dist
 
+        from llmx.engine.cpu_parallel import write_counters
+
+        write_counters()  # into the first family's run dir: the compatibility layer's calls, per rank
         dist.barrier()
     sys.stdout.flush()
     os._exit(0)  # as llmx's own ranks end (llmx.run._leave_rank): no interpreter teardown

@@ -1,0 +1,107 @@
+"""Every model family under every model-parallel layout: full SFT under tp2, pp2 (where PaddleNLP has a
+pipeline class) and tp2pp2 matches one process step by step, or the layout is refused before launch
+with one line naming the family and why.
+
+Each layout launches its ranks once and trains every family in turn (tests/runs/family_matrix.py runs
+llmx's own sft runner per family): the matrix costs one launch per layout, not one per cell. Every cell
+also exports the model (tensor-parallel shards and pipeline stages merged): it loads into one process
+and computes the single run's loss on a fixed batch.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, input_error, read_json, train_losses
+from llmx.families import FAMILIES
+
+HARNESS = REPO / "tests" / "runs" / "family_matrix.py"
+TRAINABLE = sorted(name for name, f in FAMILIES.items() if not f.not_trainable)
+LAYOUTS = {  # layout -> (processes, the families that support it)
+    "tp2": (2, [f for f in TRAINABLE if not FAMILIES[f].no_tensor_parallel]),
+    "pp2": (2, [f for f in TRAINABLE if FAMILIES[f].pipeline_class]),
+    "tp2pp2": (4, [f for f in TRAINABLE if FAMILIES[f].pipeline_class and not FAMILIES[f].no_tensor_parallel]),
+}
+
+
+def _matrix(layout: str, families: list[str], out, processes: int = 1):
+    cmd = [sys.executable, str(HARNESS), "--parallel", layout, "--families", ",".join(families), "--out", str(out)]
+    if processes > 1:
+        cmd[1:1] = ["-m", "paddle.distributed.launch", "--log_level", "ERROR", "--nproc_per_node", str(processes),
+                    "--log_dir", str(out / "logs")]
+    env = dict(os.environ, PADDLE_DISTRI_BACKEND="gloo")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    errors = sorted(out.glob("*/error.rank*.txt"))
+    assert proc.returncode == 0 and not errors, (errors and errors[0].read_text()[-3000:]) or proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return _matrix("single", TRAINABLE, tmp_path_factory.mktemp("matrix") / "single")
+
+
+def _batch_loss(model_dir, family: str) -> float:
+    """The loss of a saved model, in this process, on 8 fixed demo examples (with llmx's fixes of the
+    family's upstream bugs, as llmx loads it)."""
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmx.config import asset_path
+    from llmx.families import fixes
+
+    fixes.apply(FAMILIES[family].fixes, fixes.BEFORE_BUILD)
+    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.tokens import pad_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    encoder = SftEncoder(tokenizer, 128, 96)
+    examples = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:8]]
+    batch = {k: paddle.to_tensor(v) for k, v in pad_batch(examples, tokenizer.pad_token_id).items()}
+    with paddle.no_grad():
+        out = model(**batch)
+    return float(out[0] if isinstance(out, tuple) else out.loss)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_every_family_matches_one_process(layout, single, tmp_path):
+    processes, families = LAYOUTS[layout]
+    out = _matrix(layout, families, tmp_path / layout, processes)
+    problems = []
+    for family in families:
+        want, got = train_losses(single / family), train_losses(out / family)
+        if [s for s, _ in got] != [1, 2, 3] or [x for _, x in got] != pytest.approx([x for _, x in want], rel=1e-5):
+            problems.append(f"{family}: losses {got} vs one process {want}")
+        # each rank held a part of the model, and the parts merge back into the whole
+        part, whole = read_json(out / family / "summary.json")["total_params"], read_json(single / family / "summary.json")["total_params"]
+        if not part < whole:
+            problems.append(f"{family}: rank 0 holds {part} of {whole} parameters")
+        merged, reference = _batch_loss(out / family / "model", family), _batch_loss(single / family / "model", family)
+        if merged != pytest.approx(reference, rel=1e-5):
+            problems.append(f"{family}: exported model's loss {merged} vs one process's {reference}")
+    assert not problems, "\n".join(problems)
+    counters = read_json(out / families[0] / f"cpu_parallel_counters.rank{processes - 1}.json")
+    if "tp" in layout:  # the compatibility layer's model-parallel ops really ran
+        assert counters["mp.c_identity"] > 0 and counters["mp.c_softmax_with_cross_entropy"] > 0, counters
+    if "pp" in layout:
+        assert counters["collective.send"] + counters.get("collective.send_partial_as_send", 0) > 0, counters
+
+
+REFUSED = [(f, layout) for layout, (_, supported) in LAYOUTS.items() for f in TRAINABLE if f not in supported]
+
+
+@pytest.mark.parametrize("family,layout", REFUSED)
+def test_unsupported_cells_are_refused_before_launch(family, layout):
+    line = input_error(f"model={family}", f"parallel={layout}")
+    fam = FAMILIES[family]
+    if "tp" in layout and fam.no_tensor_parallel:
+        assert line == (f"llmx: config error: parallel.tp=2: model family {family} cannot be split over "
+                        f"tensor-parallel ranks: {fam.no_tensor_parallel}")
+    else:
+        assert line == f"llmx: config error: parallel.pp=2: model family {family} has no pipeline class in PaddleNLP"
