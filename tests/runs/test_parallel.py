@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl
+from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl, train_losses
 
 STEPS = 3
 COMMON = [*FAST, f"stage.train.max_steps={STEPS}", "stage.train.logging_steps=1", "stage.train.batch_size=4",
@@ -163,12 +163,22 @@ def test_pretrained_weights_are_split_by_the_loader(tmp_path, reference):
     assert "split from " + str(reference / "model") in (run / "llmx.log").read_text()
 
 
-@pytest.mark.slow
-def test_tp2pp2_four_processes_match_one_process(tmp_path, reference):
-    counters = _check_common(_run(tmp_path, "tp2pp2"), reference, 4)
-    assert all(c["mp.c_identity"] > 0 for c in counters)
-    assert all(c["collective.send"] + c.get("collective.send_partial_as_send", 0) > 0 for c in counters)
-    assert all(c["gloo.group_store"] >= 2 for c in counters)  # tp and pp subgroups, each with its own store
+DEFAULT_BATCH = [*FAST, "stage.train.max_steps=6", "stage.train.logging_steps=1", "stage.train.save_steps=100",
+                 "stage.eval.enabled=false"]
+
+
+def test_a_step_is_the_mean_over_its_target_tokens_however_the_batch_is_cut(tmp_path):
+    """The default batch (16 x grad_accum 1) one process; the same cut as 4 x 4; and split over dp2, whose
+    replicas each average their own half with other numbers of target tokens: the same losses, as the
+    loss is the mean over the global batch's target tokens (the gradient-accumulation normalisation bug)."""
+    runs = {name: tmp_path / name for name in ("single", "accum", "dp2")}
+    launch(f"hydra.run.dir={runs['single']}", *DEFAULT_BATCH)
+    launch(f"hydra.run.dir={runs['accum']}", *DEFAULT_BATCH, "stage.train.batch_size=4", "stage.train.grad_accum=4")
+    launch(f"hydra.run.dir={runs['dp2']}", *DEFAULT_BATCH, "parallel=dp2")
+    want = [loss for _, loss in train_losses(runs["single"])]
+    assert len(want) == 6
+    for name in ("accum", "dp2"):
+        assert [loss for _, loss in train_losses(runs[name])] == pytest.approx(want, rel=1e-6), name
 
 
 def test_joins_an_outer_launcher(tmp_path, reference):
