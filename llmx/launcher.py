@@ -23,12 +23,13 @@ from typing import List
 
 from omegaconf import DictConfig
 
-from llmx.config import launched_processes
+from llmx.config import CONF_DIR, launched_processes
 from llmx.errors import ConfigError, UserError
 from llmx.layout import Layout
 
 log = logging.getLogger("llmx")
 LAUNCH_LOGS = "launch_logs"
+LAUNCH_PY = CONF_DIR.parent / "launch.py"
 # Hydra overrides a single-run child must not inherit: the sweep machinery and the run dir we set.
 NOT_INHERITED = ("hydra.run.dir", "hydra.sweep.", "hydra/launcher", "hydra.launcher.", "hydra/sweeper",
                   "hydra.sweeper.", "hydra.mode", "hydra.job.num", "hydra.job.id")
@@ -52,12 +53,19 @@ def needs_launch(cfg: DictConfig) -> bool:
     return Layout.of(cfg.parallel).world > 1 and not under_launcher()
 
 
-def visible_gpus() -> List[str]:
-    """Ids of the GPUs this paddle build could use, found without importing paddle (none on the
-    CPU wheel): CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists."""
+def cuda_build() -> bool:
+    """Is the installed paddle the CUDA build (known without importing paddle)?"""
     try:
         metadata.version("paddlepaddle-gpu")
     except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def visible_gpus() -> List[str]:
+    """Ids of the GPUs this paddle build could use, found without importing paddle (none on the
+    CPU wheel): CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists."""
+    if not cuda_build():
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
@@ -78,7 +86,17 @@ def child_command(hydra_cfg, run_dir: Path) -> List[str]:
     for source in hydra_cfg.runtime.config_sources:
         if source.provider == "command-line" and source.schema == "file":
             args = ["--config-dir", source.path] + args
-    return [os.path.abspath(sys.argv[0])] + args
+    return [entry_script()] + args
+
+
+def entry_script() -> str:
+    """The script that composes a job: the one this process was started with, except inside a
+    submitit job, whose script is submitit's `_submit.py` (started as `python -m`): there, llmx's
+    launch.py, which composes every llmx job a submitit launcher runs."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name.startswith("submitit."):
+        return str(LAUNCH_PY)
+    return os.path.abspath(sys.argv[0])
 
 
 def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
@@ -98,7 +116,9 @@ def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
     else:
         launcher += ["--nproc_per_node", str(n)]
         env["PADDLE_DISTRI_BACKEND"] = "gloo"
-        if cfg.device == "cpu":
+        if not cuda_build():  # paddle's launcher takes any CUDA_VISIBLE_DEVICES, even "" (as submitit's
+            env.pop("CUDA_VISIBLE_DEVICES", None)  # local executor sets it), for a list of GPUs
+        elif cfg.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU build asked to run on CPU must not grab GPUs
     cmd = launcher + child_command(hydra_cfg, run_dir)
     log.info("starting %d %s processes (%s); per-rank logs in %s", n, "GPU" if gpus else "CPU (gloo)",
