@@ -283,7 +283,12 @@ def validate_peft(cfg: DictConfig) -> None:
         require(fam.prefix_cache is not None, "stage.peft.method", "prefix",
                 f"prefix tuning is not supported for model family {m.family}: {fam.no_prefix}")
         positive("stage.peft.num_prefix_tokens", p.num_prefix_tokens)
-    if p.method != "none":
-        # An adapter's random init and its export would be per tensor-parallel shard / pipeline stage.
-        require(par.tp == 1 and par.pp == 1, "stage.peft.method", p.method,
-                "adapters train with dp or sharding layouts only (not yet with parallel.tp or parallel.pp > 1)")
+    if p.method == "prefix":
+        require(par.pp == 1, "stage.peft.method", p.method,
+                "prefix tuning does not run under pipeline parallelism (PaddleNLP: not implemented); use lora, or dp/tp")
+        # PaddleNLP's prefix model cuts the prefix cache for tensor-parallel ranks by contiguous width (the
+        # layers-x-k/v axis), not by attention heads, and each rank learns only its cut of a replicated prefix:
+        # another model than one process's.
+        require(par.tp == 1, "stage.peft.method", p.method,
+                "prefix tuning does not split over tensor-parallel ranks in PaddleNLP 3.0.0b4 (its cut of the prefix "
+                "cache is not per attention head); use lora, or dp/sharding")

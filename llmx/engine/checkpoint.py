@@ -16,6 +16,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import paddle
@@ -54,39 +55,29 @@ def _numpy(state: dict) -> dict:
     return {k: (v.numpy() if isinstance(v, paddle.Tensor) else np.asarray(v)) for k, v in state.items()}
 
 
-def _single_model_config(config):
+def _single_model_config(config, part):
+    """The one-process model's config of a part (a tensor-parallel shard or pipeline stage) `part`."""
     single = copy.deepcopy(config)
     single.tensor_parallel_degree, single.tensor_parallel_rank = 1, 0
     single.tensor_parallel_output = False
     single.sequence_parallel = False
     single.pipeline_parallel_degree = 1
     single.virtual_pp_degree = 1
-    single.architectures = [a[: -len("Pipe")] if a.endswith("Pipe") else a for a in (single.architectures or [])]
+    name = type(part).__name__
+    single.architectures = [name[: -len("Pipe")] if name.endswith("Pipe") else name]
     return single
 
 
-def export_model(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool) -> Path:
-    """The whole model as one from_pretrained-able directory (see the module docstring)."""
-    out_dir = Path(out_dir)
-    if not layout.model_parallel:
-        if is_main:
-            save_pretrained(model, tokenizer, out_dir, safe_serialization=True)
-        barrier()
-        return out_dir
+def _full_names(state: dict, part) -> dict:
+    """Single-model names for a part's state (see engine.model._load_part's `llmx_name_prefix`)."""
+    prefix = getattr(part, "llmx_name_prefix", "")
+    return {k if k.startswith(prefix) else prefix + k: v for k, v in state.items()}
+
+
+def _join_stages(state: Optional[dict], out_dir: Path, is_main: bool) -> Optional[dict]:
+    """Every pipeline stage's (tensor-parallel merged) part, joined on rank 0 (None elsewhere). Each
+    stage's first rank writes its part to a temporary file next to `out_dir`; rank 0 reads them all."""
     hcg = hybrid_group()
-    state = model.state_dict()  # a pipeline stage's part, under single-model names
-    full_names = getattr(model, "llmx_full_names", {})  # names a pipeline class shortened (engine.model)
-    state = {full_names.get(k, k): v for k, v in state.items()}
-    # A tied lm_head is the embedding's parameter under a second name, which the merge actions do not
-    # name: merge the parameter once and give the alias its merged value.
-    first_name, aliases = {}, {}
-    for name, tensor in state.items():
-        aliases[name] = first_name.setdefault(id(tensor), name)
-    state = {name: t for name, t in state.items() if aliases[name] == name}
-    if layout.tp > 1:
-        state = type(model).merge_tensor_parallel(state, model.config)  # full tensors on tp rank 0
-    if state and all(v is not None for v in state.values()):
-        state.update({alias: state[name] for alias, name in aliases.items() if alias != name})
     parts = out_dir.with_name(f".{out_dir.name}.parts")
     stage_writer = hcg.get_model_parallel_rank() == 0 and hcg.get_data_parallel_rank() == 0 \
         and hcg.get_sharding_parallel_rank() == 0
@@ -99,21 +90,106 @@ def export_model(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool)
 
         save_file(_numpy(state), str(parts / f"stage-{hcg.get_stage_id()}.safetensors"))
     barrier()
+    merged = None
     if is_main:
-        from safetensors.numpy import load_file, save_file
+        from safetensors.numpy import load_file
 
-        merged: dict = {}
+        merged = {}
         for part in sorted(parts.glob("stage-*.safetensors")):
             merged.update(load_file(str(part)))  # a tied embedding appears in the first and last stage, equal
+        shutil.rmtree(parts, ignore_errors=True)
+    return merged
+
+
+def export_model(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool) -> Path:
+    """The whole model as one from_pretrained-able directory (see the module docstring)."""
+    out_dir = Path(out_dir)
+    if not layout.model_parallel:
+        if is_main:
+            save_pretrained(model, tokenizer, out_dir, safe_serialization=True)
+        barrier()
+        return out_dir
+    state = _full_names(model.state_dict(), model)  # a pipeline stage's part, under single-model names
+    # A tied lm_head is the embedding's parameter under a second name, which the merge actions do not
+    # name: merge the parameter once and give the alias its merged value.
+    first_name, aliases = {}, {}
+    for name, tensor in state.items():
+        aliases[name] = first_name.setdefault(id(tensor), name)
+    state = {name: t for name, t in state.items() if aliases[name] == name}
+    if layout.tp > 1:
+        state = type(model).merge_tensor_parallel(state, model.config)  # full tensors on tp rank 0
+    if state and all(v is not None for v in state.values()):
+        state.update({alias: state[name] for alias, name in aliases.items() if alias != name})
+    merged = _join_stages(state, out_dir, is_main)
+    if is_main:
+        from safetensors.numpy import save_file
+
         with atomic_dir(out_dir) as tmp:
             save_file(merged, str(tmp / WEIGHTS), metadata={"format": "np"})
-            _single_model_config(model.config).save_pretrained(str(tmp))
+            _single_model_config(model.config, model).save_pretrained(str(tmp))
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(parts, ignore_errors=True)
         log.info("exported %d tensors from %d pipeline stage(s) x %d tensor-parallel shards to %s",
                  len(merged), layout.pp, layout.tp, out_dir)
     barrier()
     return out_dir
 
 
+def _merge_adapter_shards(model, state: dict) -> dict:
+    """A LoRA model's tensor-parallel shards, merged on the tp group's first rank (None elsewhere).
+    PaddleNLP merges every split LoRA matrix by plain concatenation; but the B of a fused projection
+    (QWen's c_attn: q, k and v, split per head group) has its base weight's column layout, so it is
+    merged with the base weight's own merge action (paddlenlp 3.0.0b4; remove when its LoRA merge
+    uses the base model's actions)."""
+    import paddle.distributed as dist
+
+    group = hybrid_group().get_model_parallel_group()
+    lora_actions = model._get_tensor_parallel_mappings(model.model.config, is_split=False)
+    base_cls = type(model.model)
+    base_actions = base_cls._get_tensor_parallel_mappings(model.model.config, is_split=False)
+    base_names = {name: name.rsplit(".", 1)[0] + ".weight" for name in lora_actions}
+    resolved = base_cls._resolve_prefix_keys(base_actions.keys(), set(base_names.values()))
+    by_weight = {resolved[k]: action for k, action in base_actions.items() if k in resolved}
+    first = dist.get_rank(group) == 0
+    out = {}
+    for name, tensor in state.items():
+        action = lora_actions.get(name)
+        if action is None:  # replicated over the tp group
+            out[name] = tensor.numpy() if first else None
+            continue
+        if action.keywords["is_column"] and base_names[name] in by_weight:
+            action = by_weight[base_names[name]]
+        shards: list = []
+        dist.all_gather(shards, tensor.contiguous(), group=group)
+        out[name] = action([t.numpy() for t in shards]) if first else None
+    return out
+
+
+def export_adapter(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool) -> Path:
+    """A PEFT model's adapter as one directory that PaddleNLP's peft loaders read into a one-process
+    model, whatever the layout: tensor-parallel shards merged (PaddleNLP's own merge of the trainable
+    state), pipeline stages joined. All ranks must call."""
+    out_dir = Path(out_dir)
+    if not layout.model_parallel:
+        if is_main:
+            save_pretrained(model, tokenizer, out_dir)
+        barrier()
+        return out_dir
+    from paddlenlp.peft import LoRAConfig
+    from paddlenlp.peft.lora.lora_model import LORA_WEIGHTS_NAME
+
+    state = model.get_trainable_state_dict()  # single-model names, this rank's shards
+    if layout.tp > 1:
+        state = _merge_adapter_shards(model, state)  # whole tensors on tp rank 0
+    merged = _join_stages(_full_names(state, model.model), out_dir, is_main)
+    if is_main:
+        config = LoRAConfig(**model.lora_config.to_dict())
+        config.tensor_parallel_degree = -1
+        with atomic_dir(out_dir) as tmp:
+            paddle.save({k: paddle.to_tensor(v) for k, v in merged.items()}, str(tmp / LORA_WEIGHTS_NAME))
+            config.save_pretrained(str(tmp))
+            _single_model_config(model.model.config, model.model).save_pretrained(str(tmp))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp))
+    barrier()
+    return out_dir

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import zlib
 from typing import Optional
+
+import numpy as np
 
 import paddle
 import paddlenlp.transformers as pnt
@@ -126,15 +130,14 @@ def _build_parallel_model(m: DictConfig, fam: Family, model_cls, config, tokeniz
 def _load_part(model, state: dict, prefix: str) -> None:
     """Load a full model's (tensor-parallel split) weights into this rank's part. Some pipeline classes
     (ChatGLMv2's) name their layers without the single model's base prefix: such names are matched
-    with the prefix dropped, and remembered (`llmx_full_names`) so that an export restores them."""
+    with the prefix dropped, and the prefix is remembered (`llmx_name_prefix`) for exports to restore."""
     own = set(model.state_dict().keys())  # a pipeline part lists its single-model names
-    renamed = {}
+    model.llmx_name_prefix = ""
     for name in list(state):
         short = name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
         if name not in own and short in own:
             state[short] = state.pop(name)
-            renamed[short] = name
-    model.llmx_full_names = renamed
+            model.llmx_name_prefix = prefix + "."
     missing, _ = model.set_state_dict({k: v if isinstance(v, paddle.Tensor) else paddle.to_tensor(v) for k, v in state.items()})
     # A tied lm_head is the embedding's own parameter under a second name: loaded with it.
     loaded = {id(t) for name, t in model.state_dict().items() if name not in missing}
@@ -159,6 +162,7 @@ def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
                               lora_dropout=p.lora_dropout, dtype=m.dtype, base_model_name_or_path=base_ref)
         model = LoRAModel(model, lora_cfg)
         model.mark_only_lora_as_trainable()
+        init_lora_independent_of_layout(model, cfg.seed)
     elif p.method == "prefix":
         from paddlenlp.peft import PrefixConfig, PrefixModelForCausalLM
 
@@ -173,6 +177,27 @@ def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
     if p.method != "none":
         log.info("%s: %d of %d parameters trainable", p.method, count_parameters(model, True), count_parameters(model))
     return model
+
+
+def init_lora_independent_of_layout(model, seed: int) -> None:
+    """Give every LoRA A the values it has in one process, whatever the layout: drawn per parameter from
+    (seed, its single-model name) at its full shape, then cut to this rank's tensor-parallel shard.
+    PaddleNLP draws them per rank from the running RNG, so a tensor- or pipeline-parallel run would start
+    from other adapters than one process and could not be compared with it. The distribution is
+    PaddleNLP's (Kaiming uniform with a=sqrt(5): U(+-1/sqrt(fan_in))); B stays zero."""
+    hcg = hybrid_group()
+    tp = hcg.get_model_parallel_world_size() if hcg else 1
+    actions = model._get_tensor_parallel_mappings(model.model.config, is_split=True) if tp > 1 else {}
+    for name, param in model.get_trainable_state_dict().items():
+        if not name.endswith("lora_A"):
+            continue
+        shape, action = list(param.shape), actions.get(name)
+        if action is not None:  # a row-parallel layer's A is split over its input rows
+            shape[-1 if action.keywords["is_column"] else 0] *= tp
+        rng = np.random.RandomState(zlib.crc32(f"{seed}:{name}".encode()))
+        bound = 1.0 / math.sqrt(shape[0])
+        full = rng.uniform(-bound, bound, size=shape).astype("float32")
+        param.set_value(paddle.to_tensor(action(full) if action is not None else full).astype(param.dtype))
 
 
 def _bool_attention_masks(model) -> None:

@@ -164,6 +164,16 @@ def target_token_counts(dataset) -> np.ndarray:
     return np.array([int((np.asarray(item["labels"]) != IGNORE_INDEX).sum()) for item in dataset], dtype=np.int64)
 
 
+def _pipeline_layer(model):
+    """The PipelineLayer inside `model` (a PEFT wrapper holds it as .model), or None."""
+    from paddle.distributed.fleet.meta_parallel import PipelineLayer
+
+    while model is not None and not isinstance(model, PipelineLayer):
+        inner = model.__dict__.get("_sub_layers", {}).get("model")  # a wrapper's own sublayer, not a forwarded attribute
+        model = inner
+    return model
+
+
 class TokenWeightedLoss(paddle.nn.Layer):
     """A pipeline's loss function, weighed like LlmxTrainerMixin.compute_loss weighs the others:
     the model's own mean over this micro-batch's target tokens, times those tokens, over the
@@ -258,15 +268,16 @@ class LlmxTrainerMixin:
         self.loss_scale = self.args.gradient_accumulation_steps * self.args.dataset_world_size
         if self.token_weighted:
             self.train_dataset = StepTargets(self.train_dataset)
-            losses = getattr(self.model, "_loss_fn", None)  # a pipeline model's loss functions
-            if losses is not None:
-                self.model._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f for f in losses]
+            pipeline = _pipeline_layer(self.model)
+            if pipeline is not None:
+                pipeline._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f
+                                     for f in pipeline._loss_fn]
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.tokens_trained += inputs.pop(NUM_TOKENS, 0)
         step_targets = inputs.pop(GLOBAL_TARGETS, None)
         if step_targets is not None and self.args.pipeline_parallel_degree > 1:
-            for f in self.model._loss_fn:
+            for f in _pipeline_layer(self.model)._loss_fn:
                 if isinstance(f, TokenWeightedLoss):
                     f.step_targets = step_targets
         elif step_targets is not None:
@@ -274,7 +285,7 @@ class LlmxTrainerMixin:
         try:
             return super().training_step(model, inputs, *args, **kwargs)
         finally:
-            for f in getattr(self.model, "_loss_fn", None) or []:
+            for f in getattr(_pipeline_layer(self.model), "_loss_fn", None) or []:
                 if isinstance(f, TokenWeightedLoss):
                     f.step_targets = None
 

@@ -101,7 +101,8 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.data.sft import SftEncoder
     from llmx.engine import model as models
     from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
-    from llmx.engine.checkpoint import export_model, save_pretrained
+    from llmx.engine.checkpoint import export_adapter, export_model
+    from llmx.engine.distributed import barrier
     from llmx.engine.fit import fit
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
@@ -112,8 +113,10 @@ def run(cfg: DictConfig, ctx) -> dict:
     if method != "none" and base_ref is None:
         # An adapter must point at weights that exist: keep the random-init base once.
         base_ref = str(exp.dir / "base_model")
-        if ctx.runtime.is_main and not Path(base_ref, "config.json").exists():
-            save_pretrained(model, tokenizer, Path(base_ref), safe_serialization=True)
+        missing = not Path(base_ref, "config.json").exists()
+        barrier()  # every rank has looked before any writes
+        if missing:
+            export_model(model, tokenizer, Path(base_ref), ctx.layout, ctx.runtime.is_main)
     model = models.wrap_peft(model, cfg, base_ref)
 
     encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
@@ -141,10 +144,11 @@ def run(cfg: DictConfig, ctx) -> dict:
 
     if method == "none":
         summary["model_dir"] = str(export_model(model, tokenizer, exp.dir / "model", ctx.layout, ctx.runtime.is_main))
-    elif ctx.runtime.is_main:
-        summary["adapter_dir"] = str(save_pretrained(model, tokenizer, exp.dir / "adapter"))
-        summary["base_model"] = base_ref
-        if stage.merge_adapter:
-            model.merge()
-            summary["model_dir"] = str(save_pretrained(model.model, tokenizer, exp.dir / "model", safe_serialization=True))
+        return summary
+    summary["adapter_dir"] = str(export_adapter(model, tokenizer, exp.dir / "adapter", ctx.layout, ctx.runtime.is_main))
+    summary["base_model"] = base_ref
+    if stage.merge_adapter:  # every rank merges its shard of the adapters into its shard of the weights
+        model.merge()
+        summary["model_dir"] = str(export_model(model.model, tokenizer, exp.dir / "model", ctx.layout,
+                                                ctx.runtime.is_main))
     return summary
