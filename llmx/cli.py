@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 import hydra._internal.utils as hydra_utils
@@ -119,6 +120,10 @@ def search_path_dirs(argv: list[str]) -> list[str]:
 
 def install(argv: list[str] = sys.argv) -> None:
     """Prepare Hydra for launch.py (see the module docstring); idempotent."""
+    # llmx's conf/hydra/launcher/submitit_slurm.yaml replaces the plugin's config on purpose (llmx.slurm);
+    # Hydra 1.3 warns about such a file at every composition, before any llmx code could.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_slurm' is validated against ConfigStore schema",
+                            category=UserWarning)
     register_configs(search_path_dirs(argv[1:]))
     hydra_utils.run_and_report = _run_and_report
     # Hydra writes "Error executing job with overrides: [...]" to stderr before re-raising a

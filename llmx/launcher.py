@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from llmx.layout import Layout
 
 log = logging.getLogger("llmx")
 LAUNCH_LOGS = "launch_logs"
+LAUNCHER_LOG = "launcher.log"  # paddle.distributed.launch's own output
 LAUNCH_PY = CONF_DIR.parent / "launch.py"
 # Hydra overrides a single-run child must not inherit: the sweep machinery and the run dir we set.
 NOT_INHERITED = ("hydra.run.dir", "hydra.sweep.", "hydra/launcher", "hydra.launcher.", "hydra/sweeper",
@@ -121,15 +123,42 @@ def launch(cfg: DictConfig, hydra_cfg, run_dir: Path) -> None:
         elif cfg.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU build asked to run on CPU must not grab GPUs
     cmd = launcher + child_command(hydra_cfg, run_dir)
-    log.info("starting %d %s processes (%s); per-rank logs in %s", n, "GPU" if gpus else "CPU (gloo)",
-             layout.describe(), run_dir / LAUNCH_LOGS)
+    logs = run_dir / LAUNCH_LOGS
+    log.info("starting %d %s processes (%s); progress: tail -f %s", n, "GPU" if gpus else "CPU (gloo)",
+             layout.describe(), logs / "workerlog.0")
     logging.getLogger(__name__).debug("command: %s", " ".join(cmd))
     for handler in logging.getLogger().handlers:  # rank 0 appends to llmx.log from here on
         handler.flush()
-    rc = subprocess.run(cmd, env=env).returncode
+    logs.mkdir(parents=True, exist_ok=True)
+    # Paddle's launcher reports a failure by dumping every rank's log on the console; it goes to its
+    # own file, and the one line below names the rank that failed and why.
+    with open(logs / LAUNCHER_LOG, "w") as out:
+        rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     if rc != 0:
-        logs = run_dir / LAUNCH_LOGS
-        raise LaunchError(f"{n}-process run failed (launcher exit {rc}); per-rank logs: {logs}/workerlog.*", rc)
+        raise LaunchError(failed_rank_line(logs, n), rc)
+
+
+def _last_error(text: str) -> str | None:
+    """The exception (or llmx one-line error) a rank's log ends with, if any."""
+    found = None
+    for line in text.splitlines():
+        if line.startswith("llmx: ") or re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b(: |$)", line):
+            found = line.strip()
+    return found
+
+
+def failed_rank_line(logs: Path, world: int) -> str:
+    """`rank R failed: <its error> (...)`: the rank Paddle's launcher saw fail first, else the first
+    rank whose log ends in an error."""
+    launcher_log = (logs / LAUNCHER_LOG).read_text(errors="replace") if (logs / LAUNCHER_LOG).exists() else ""
+    first = re.search(r"Container rank (\d+) status failed", launcher_log)
+    ranks = ([int(first.group(1))] if first else []) + list(range(world))
+    for rank in ranks:
+        path = logs / f"workerlog.{rank}"
+        error = _last_error(path.read_text(errors="replace")) if path.exists() else None
+        if error:
+            return f"rank {rank} of {world} failed: {error} (its log: {path})"
+    return f"{world}-process run failed; per-rank logs: {logs}/workerlog.* and {logs / LAUNCHER_LOG}"
 
 
 def adopt_slurm_world() -> bool:

@@ -11,8 +11,10 @@ that the parallel path really ran.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl, train_losses
@@ -207,11 +209,42 @@ def test_spawning_parent_imports_no_paddle():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
-def test_failed_rank_fails_the_run(tmp_path):
-    """A rank that dies fails the launch: one line pointing at the per-rank logs, nonzero exit."""
-    run = tmp_path / "bad"
-    # passes validation (paddle-free), fails in every rank when the model is built (64 is not 3 heads' worth)
-    proc = launch(f"hydra.run.dir={run}", "parallel=dp2", *COMMON, "model.overrides.num_attention_heads=3", check=False)
+FAILING_STAGE = '''
+"""Rank 1 fails after the ranks formed their groups; rank 0 waits for it in a collective."""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Config:
+    runner: str = "extfail.boom"
+
+
+def run(cfg, ctx):
+    import paddle.distributed as dist
+
+    if ctx.runtime.rank == 1:
+        Path(ctx.experiment.dir, "failed_at").write_text(repr(time.time()))
+        raise ValueError("rank 1 cannot go on")
+    dist.barrier()  # without the launcher's watch this would wait for gloo's timeout
+    return {}
+'''
+
+
+def test_a_failing_rank_ends_the_run_within_seconds_naming_its_error(tmp_path):
+    (tmp_path / "pkg" / "extfail").mkdir(parents=True)
+    (tmp_path / "pkg" / "extfail" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "extfail" / "boom.py").write_text(FAILING_STAGE)
+    (tmp_path / "conf" / "stage").mkdir(parents=True)
+    (tmp_path / "conf" / "stage" / "boom.yaml").write_text("# Fails in rank 1.\nrunner: extfail.boom\n")
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"))
+    proc = launch(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "stage=boom", "parallel=dp2", f"hydra.run.dir={run}",
+                  env=env, check=False)
+    ended = time.time()
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("llmx: launch error: 2-process run failed")
+    assert ended - float((run / "failed_at").read_text()) < 30, "the other rank should not wait for gloo's timeout"
+    assert proc.stderr.strip().splitlines() == [
+        f"llmx: launch error: rank 1 of 2 failed: ValueError: rank 1 cannot go on (its log: {run}/launch_logs/workerlog.1)"]
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
