@@ -232,7 +232,8 @@ def validate_parallel(cfg: DictConfig) -> None:
                 f"model family {m.family} has no pipeline class in PaddleNLP")
         require(p.sharding_stage not in (2, 3), "parallel.sharding_stage", p.sharding_stage,
                 "pp>1 needs sharding stage1 (Paddle has no pipeline with sharding stage 2/3)")
-    require(p.vpp == 1 or p.pp > 1, "parallel.vpp", p.vpp, "virtual pipeline stages need parallel.pp > 1")
+    require(p.vpp == 1 or p.pp > 2, "parallel.vpp", p.vpp,
+            "virtual pipeline stages need parallel.pp > 2 (Paddle's interleaved schedule asserts it)")
     require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", True, "needs parallel.tp > 1")
     if m.size in m.sizes or m.name_or_path:
         dims = fam.dims(model_hparams(m))
@@ -246,6 +247,20 @@ def validate_parallel(cfg: DictConfig) -> None:
     if train is not None and "batch_size" in train and "grad_accum" in train:
         problem = batching_problem(train.batch_size, train.grad_accum, layout)
         require(problem is None, "parallel", f"dp*sharding={layout.replicas}", problem or "")
+    if layout.world > 1 and (p.vpp > 1 or p.sharding_stage == 3) and not cfg.plan and on_cpu(cfg.device):
+        # Checked on these machines (paddle 3.3.1 CPU over gloo): the interleaved schedule's p2p exchanges
+        # deadlock on gloo's synchronous send/recv; GroupShardedStage3 keeps parameter shards on CUDA places.
+        require(p.vpp == 1, "parallel.vpp", p.vpp, "virtual pipeline stages do not run on CPU: the interleaved "
+                "schedule's exchanges deadlock over gloo (run vpp > 1 on GPUs; on CPU use parallel.vpp=1)")
+        require(p.sharding_stage != 3, "parallel.sharding_stage", 3, "sharding stage 3 does not run on CPU: Paddle's "
+                "GroupShardedStage3 keeps parameter shards on GPUs (on CPU use sharding stage 1 or 2)")
+
+
+def on_cpu(device: str) -> bool:
+    """Will the ranks run on CPU? (device=cpu, or auto without a GPU this paddle build can use.)"""
+    from llmx.launcher import visible_gpus
+
+    return device == "cpu" or (device == "auto" and not visible_gpus())
 
 
 def validate_trainable(cfg: DictConfig) -> None:

@@ -274,7 +274,10 @@ def render(plan: Dict[str, Any]) -> str:
 
 
 def print_plan(cfg: DictConfig, fmt: str = "text") -> Dict[str, Any]:
-    """Validate `cfg`, then print its plan (launch.py's `plan=true` lands here)."""
+    """Validate `cfg`, then print its plan (launch.py's `plan=true` lands here). A plan is for the
+    machines the layout will run on, not this one: what only this machine's devices rule out is not
+    checked."""
+    cfg.plan = True
     validate(cfg)
     plan = estimate(cfg)
     print(json.dumps(plan, indent=2) if fmt == "json" else render(plan), flush=True)

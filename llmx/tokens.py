@@ -1,17 +1,20 @@
 """Conventions of token batches that data formats and the engine share (paddle-free)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 IGNORE_INDEX = -100  # label of positions without loss: the ignore index of PaddleNLP's causal-LM criterions
 
 
-def pad_batch(features: Sequence[dict], pad_id: int, left: bool = False) -> dict:
-    """Pad `input_ids` (and `labels`, when present) to the longest example; numpy int64 arrays
-    plus the 0/1 `attention_mask`."""
-    width = max(len(f["input_ids"]) for f in features)
+def pad_batch(features: Sequence[dict], pad_id: int, left: bool = False, width: Optional[int] = None) -> dict:
+    """Pad `input_ids` (and `labels`, when present) to the longest example (or to `width`); numpy
+    int64 arrays plus the 0/1 `attention_mask`."""
+    longest = max(len(f["input_ids"]) for f in features)
+    if width is not None and longest > width:
+        raise ValueError(f"an example of {longest} tokens does not fit a batch of width {width}")
+    width = longest if width is None else width
     out = {"input_ids": np.full((len(features), width), pad_id, dtype="int64"),
            "attention_mask": np.zeros((len(features), width), dtype="int64")}
     has_labels = "labels" in features[0]

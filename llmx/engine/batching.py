@@ -43,15 +43,16 @@ def _bookkeeping(features: Sequence[dict], tokens: int) -> dict:
 
 
 class PadCollator:
-    """Pads a batch of single examples."""
+    """Pads a batch of single examples (to its longest, or to `pad_to` tokens)."""
 
     carries_global_targets = True  # engine.trainer may tag features with GLOBAL_TARGETS
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, pad_to: Optional[int] = None) -> None:
         self.pad_id = pad_id
+        self.pad_to = pad_to
 
     def __call__(self, features: Sequence[dict]) -> dict:
-        batch = pad_batch(features, self.pad_id)
+        batch = pad_batch(features, self.pad_id, width=self.pad_to)
         return {**{k: paddle.to_tensor(v) for k, v in batch.items()},
                 **_bookkeeping(features, int(batch["attention_mask"].sum()))}
 

@@ -33,16 +33,18 @@ def strategy(layout: Layout, batching: Optional[Batching], seed: int):
         micro, accum = (batching.micro_batch, batching.accum) if batching else (1, 1)
         # Padded batches change length from step to step: every send carries its shape
         # (p2p_cache_shape off), and the 1F1B schedule keeps one shape per micro-batch
-        # (enable_dynamic_shape), which PaddleNLP's TrainingArguments do not expose.
+        # (enable_dynamic_shape), which PaddleNLP's TrainingArguments do not expose. The interleaved
+        # schedule (vpp > 1) needs cached shapes: its batches are padded to one length (fixed_length_batches).
         s.pipeline_configs = {"accumulate_steps": accum, "micro_batch_size": micro,
-                              "enable_partial_send_recv": not layout.sequence_parallel, "p2p_cache_shape": False}
+                              "enable_partial_send_recv": not layout.sequence_parallel,
+                              "p2p_cache_shape": layout.vpp > 1}
         hybrid["pp_configs"] = {"delay_scale_loss": False, "dp_comm_overlap": False, "sharding_comm_overlap": False,
                                 "enable_timer": False, "release_gradients": False, "overlap_p2p_comm": False,
                                 "clear_every_step_cache": False, "use_batch_p2p_comm": True}
     if layout.tp > 1:
         s.tensor_parallel_configs = {"tensor_init_seed": seed}
     s.hybrid_configs = hybrid
-    if layout.pp > 1:
+    if layout.pp > 1 and layout.vpp == 1:
         s.hybrid_configs["pp_configs"].enable_dynamic_shape = True
     return s
 
@@ -70,6 +72,11 @@ def init_distributed(layout: Layout, runtime: Runtime, run_dir: Path, batching: 
     fleet.init(is_collective=True, strategy=strategy(layout, batching, seed))
     log.info("rank %d of %d: %s (sharding stage %d) on %s", runtime.rank, runtime.world_size, layout.describe(),
              layout.sharding_stage, "CPU (gloo)" if runtime.device == "cpu" else "GPU")
+
+
+def fixed_length_batches(layout: Layout) -> bool:
+    """Must every batch have one length? The interleaved pipeline schedule sends cached shapes."""
+    return layout.pp > 1 and layout.vpp > 1
 
 
 def hybrid_group():

@@ -47,7 +47,7 @@ def parallel_arguments(layout: Layout) -> dict:
                 sharding_parallel_degree=layout.sharding if layout.sharding > 1 else -1,
                 sharding=f"stage{layout.sharding_stage}" if layout.sharding > 1 else "",
                 sequence_parallel=bool(layout.sequence_parallel and layout.tp > 1))
-    if layout.pp > 1:
+    if layout.pp > 1 and layout.vpp == 1:
         args["pipeline_parallel_config"] = "disable_p2p_cache_shape"  # padded batches change shape
     return args
 

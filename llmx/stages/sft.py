@@ -102,7 +102,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.engine import model as models
     from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
     from llmx.engine.checkpoint import export_adapter, export_model
-    from llmx.engine.distributed import barrier
+    from llmx.engine.distributed import barrier, fixed_length_batches
     from llmx.engine.fit import fit
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
@@ -123,7 +123,8 @@ def run(cfg: DictConfig, ctx) -> dict:
     train_set = [encoder.encode(c) for c in ctx.inputs["train"]]
     eval_set = [encoder.encode(c) for c in ctx.inputs["eval"]]
 
-    packing, collator = None, PadCollator(tokenizer.pad_token_id)
+    pad_to = stage.data.max_length if fixed_length_batches(ctx.layout) else None
+    packing, collator = None, PadCollator(tokenizer.pad_token_id, pad_to=pad_to)
     if stage.zero_padding:  # train on packed sequences; eval stays one example per row, comparable with unpacked runs
         from llmx.data.packing import pack_examples, packing_stats
 
@@ -131,7 +132,7 @@ def run(cfg: DictConfig, ctx) -> dict:
         packing = packing_stats(train_set, stage.data.max_length)
         ctx.log.info("zero padding: %d examples in %d sequences of <= %d tokens, non-pad fraction %.4f",
                      packing["examples"], packing["sequences"], stage.data.max_length, packing["non_pad_fraction"])
-        collator = PackedCollator(tokenizer.pad_token_id, flashmask=use_flashmask(model, ctx.runtime.device))
+        collator = PackedCollator(tokenizer.pad_token_id, pad_to=pad_to, flashmask=use_flashmask(model, ctx.runtime.device))
     trainer, summary = fit(cfg, ctx, model, train_set, eval_set, collator, tokenizer, evaluate=stage.eval.enabled)
     summary = {"stage": method if method != "none" else "sft", **summary}
     if packing:
