@@ -12,9 +12,13 @@ reads each run's metrics.jsonl and reports, per layout and model size:
   - process wall time, and the part of it outside the timed training intervals (startup,
     rank launch, saving, teardown).
 
-    python bench/parallel.py                          # 1 round x 60 steps, about 6 min on 2 shared cores
-    python bench/parallel.py --layouts single,dp2 --models small --steps 100 --rounds 3
-    python bench/parallel.py --tp2pp2                 # adds the 4-process layout
+Two more sections compare, the same way, every model family at its tiny size under tp2 and pp2
+(where the family supports them: llmx.families) against its own one-process run, and LoRA on
+QWen (the README's headline example) under tp4pp2, 8 ranks, against one process.
+
+    python bench/parallel.py                          # all sections, 1 round: about 15 min on 2 shared cores
+    python bench/parallel.py --sections models --layouts single,dp2 --models small --steps 100 --rounds 3
+    python bench/parallel.py --tp2pp2                 # adds the 4-process layout to the models section
 """
 from __future__ import annotations
 
@@ -26,15 +30,29 @@ LAYOUTS = ["single", "dp2", "tp2", "pp2", "sharding_stage1", "sharding_stage2"]
 # Both sizes are the bundled tiny Llama (model=tiny: tokenizer, vocab 512, 2 layers) with its
 # width overridden; head counts stay divisible by 2 so tp2 (and tp2pp2) can split them.
 MODELS = {
-    "tiny": [],  # hidden 64, 4 heads / 2 kv heads, intermediate 128
-    "small": ["model.sizes.tiny.hidden_size=512", "model.sizes.tiny.intermediate_size=1376",
-              "model.sizes.tiny.num_attention_heads=8", "model.sizes.tiny.num_key_value_heads=8"],
+    "tiny": ["model=tiny"],  # hidden 64, 4 heads / 2 kv heads, intermediate 128
+    "small": ["model=tiny", "model.overrides.hidden_size=512", "model.overrides.intermediate_size=1376",
+              "model.overrides.num_attention_heads=8", "model.overrides.num_key_value_heads=8"],
 }
+SECTIONS = ("models", "families", "lora")
 
 
-def run_one(args, env: dict, run_dir: Path, layout: str, model: str) -> dict:
-    cmd = [sys.executable, "launch.py", "model=tiny", f"parallel={layout}", f"seed={args.seed}",
-           f"device={args.device}", *MODELS[model],
+def family_cases() -> dict:
+    """Every trainable family at tiny, with the model-parallel layouts it supports (llmx.families)."""
+    sys.path.insert(0, str(ROOT))
+    from llmx.families import FAMILIES
+
+    cases = {}
+    for name, f in sorted(FAMILIES.items()):
+        if f.not_trainable:
+            continue
+        layouts = ["single"] + (["tp2"] if not f.no_tensor_parallel else []) + (["pp2"] if f.pipeline_class else [])
+        cases[name] = ([f"model={name}", "model.size=tiny"], layouts)
+    return cases
+
+
+def run_one(args, env: dict, run_dir: Path, layout: str, overrides: list) -> dict:
+    cmd = [sys.executable, "launch.py", f"parallel={layout}", f"seed={args.seed}", f"device={args.device}", *overrides,
            f"stage.train.max_steps={args.steps}", f"stage.train.logging_steps={args.logging_steps}",
            f"stage.train.batch_size={args.batch_size}", f"stage.train.grad_accum={args.grad_accum}",
            "stage.train.save_steps=100000000", "stage.train.progress_bar=false", "stage.eval.enabled=false",
@@ -47,7 +65,7 @@ def run_one(args, env: dict, run_dir: Path, layout: str, model: str) -> dict:
     finished = summary.exists() and json.loads(summary.read_text()).get("steps") == args.steps
     if proc.returncode != 0:
         lines = [l for l in proc.stdout.splitlines()[-60:] if "error" in l.lower() or "failed" in l.lower()]
-        print(f"  {layout} / {model}: exit {proc.returncode}"
+        print(f"  {layout} / {run_dir.name}: exit {proc.returncode}"
               + (" after training finished (summary.json written); its metrics are kept" if finished else "")
               + f"; per-rank logs: {run_dir}/launch_logs\n    " + "\n    ".join(lines[-4:]), flush=True)
         if not finished:
@@ -78,6 +96,7 @@ def main() -> None:
                    "single is always run first per model, as the reference")
     p.add_argument("--tp2pp2", action="store_true", help="also run tp2pp2 (4 processes: slow on 2 cores)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {sorted(MODELS)}")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
     p.add_argument("--device", default="auto", help="auto (GPUs where visible, else CPU/gloo), cpu or gpu")
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per process")
     p.add_argument("--seed", type=int, default=42)
@@ -88,20 +107,30 @@ def main() -> None:
     if args.tp2pp2 and "tp2pp2" not in layouts:
         layouts.append("tp2pp2")
     layouts = ["single", *layouts]
-    models = [m for m in args.models.split(",") if m]
     for name in layouts:
         if not (ROOT / "conf/parallel" / f"{name}.yaml").exists():
             sys.exit(f"unknown layout {name!r} (conf/parallel/*.yaml)")
-    for name in models:
-        if name not in MODELS:
-            sys.exit(f"unknown model {name!r} (allowed: {', '.join(MODELS)})")
+    sections = [x for x in args.sections.split(",") if x]
+    if set(sections) - set(SECTIONS):
+        sys.exit(f"unknown section in {args.sections!r} (allowed: {', '.join(SECTIONS)})")
+    cases: dict = {}  # case -> (overrides, layouts: single first, the reference)
+    if "models" in sections:
+        for name in (m for m in args.models.split(",") if m):
+            if name not in MODELS:
+                sys.exit(f"unknown model {name!r} (allowed: {', '.join(MODELS)})")
+            cases[name] = (MODELS[name], layouts)
+    if "families" in sections:
+        cases.update(family_cases())
+    if "lora" in sections:
+        cases["qwen+lora"] = (["model=qwen", "model.size=tiny", "stage=lora"], ["single", "tp4pp2"])
+    models = list(cases)
 
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
            "PYTHONUNBUFFERED": "1"}
-    print(f"SFT of the bundled tiny Llama at 2 widths, {args.steps} steps, batch {args.batch_size} x grad_accum "
-          f"{args.grad_accum}, log every {args.logging_steps}, device={args.device}, {args.threads} thread(s)/process, "
-          f"{args.rounds} round(s)\nlayouts: {', '.join(layouts)}; models: {', '.join(models)}", flush=True)
+    print(f"SFT, {args.steps} steps, batch {args.batch_size} x grad_accum {args.grad_accum}, log every "
+          f"{args.logging_steps}, device={args.device}, {args.threads} thread(s)/process, {args.rounds} round(s)\n"
+          + "\n".join(f"  {name}: {' '.join(o)}; layouts {', '.join(ls)}" for name, (o, ls) in cases.items()), flush=True)
 
     results: dict[tuple[str, str], list[dict]] = {}
     t_start = time.time()
@@ -110,13 +139,14 @@ def main() -> None:
         base.mkdir(parents=True, exist_ok=True)
         for r in range(args.rounds):
             for model in models:
+                overrides, mine = cases[model]
                 # single first (the reference), then the others; their order flips every round
-                order = ["single", *(layouts[1:] if r % 2 == 0 else layouts[:0:-1])]
+                order = ["single", *(mine[1:] if r % 2 == 0 else mine[:0:-1])]
                 for layout in order:
-                    res = run_one(args, env, base / f"r{r}-{model}-{layout}", layout, model)
+                    res = run_one(args, env, base / f"r{r}-{model}-{layout}", layout, overrides)
                     results.setdefault((model, layout), []).append(res)
                     if not res["failed"]:
-                        print(f"  round {r + 1} {model:>5} {layout:<16} step {res['step'] * 1e3:8.1f} ms  "
+                        print(f"  round {r + 1} {model:>9} {layout:<16} step {res['step'] * 1e3:8.1f} ms  "
                               f"wall {res['wall']:6.1f} s", flush=True)
         if args.keep:
             print(f"run directories kept under {base}")
@@ -124,21 +154,21 @@ def main() -> None:
     def med(model: str, layout: str, key: str) -> float:
         return statistics.median(x[key] for x in results[(model, layout)] if not x["failed"])
 
-    hdr = (f"{'layout':<16} {'model':<6} {'ranks':>5} {'step ms':>9} {'vs single':>9} {'best ms':>8} "
+    hdr = (f"{'layout':<16} {'model':<9} {'ranks':>5} {'step ms':>9} {'vs single':>9} {'best ms':>8} "
            f"{'final loss':>10} {'rel diff':>9} {'max rel':>9} {'wall s':>7} {'other s':>7}")
     print("\n" + hdr + "\n" + "-" * len(hdr))
     failed, late = [], False
     devices = set()
     for model in models:
         ref_ok = [x for x in results[(model, "single")] if not x["failed"]]
-        for layout in layouts:
+        for layout in cases[model][1]:
             runs = results[(model, layout)]
             ok = [x for x in runs if not x["failed"]]
             if len(ok) < len(runs) or any(x["exit"] for x in ok):
                 failed.append(f"{layout}/{model}")
             late |= any(x["exit"] for x in ok)
             if not ok:
-                print(f"{layout:<16} {model:<6} {'FAILED':>5}")
+                print(f"{layout:<16} {model:<9} {'FAILED':>5}")
                 continue
             devices.update(ok[0]["devices"])
             if ref_ok and len(ok) == len(runs) and len(ref_ok) == len(runs):
@@ -153,7 +183,7 @@ def main() -> None:
                 cmp, loss = f"{'-':>9} ", f"{'-':>9} {'-':>9}"
             other = med(model, layout, "wall") - med(model, layout, "train")
             name = layout + ("*" if any(x["exit"] for x in ok) else "")
-            print(f"{name:<16} {model:<6} {ok[0]['world']:>5} {med(model, layout, 'step') * 1e3:>9.1f} {cmp}"
+            print(f"{name:<16} {model:<9} {ok[0]['world']:>5} {med(model, layout, 'step') * 1e3:>9.1f} {cmp}"
                   f"{med(model, layout, 'best') * 1e3:>8.1f} {med(model, layout, 'final'):>10.5f} {loss} "
                   f"{med(model, layout, 'wall'):>7.1f} {other:>7.1f}")
         print()
