@@ -261,6 +261,7 @@ class LlmxTrainerMixin:
         self.data_seed = seed
         self.tokens_trained = 0  # real tokens of the micro-batches trained on, this process
         self.add_callback(MetricsCallback(experiment, self, elapsed_before))
+        self._step_targets, self._weighted_losses = None, []
         # The step's loss as the mean over its target tokens, where the collator carries their count.
         self.token_weighted = bool(getattr(self.data_collator, "carries_global_targets", False)) and \
             self.train_dataset is not None
@@ -272,32 +273,29 @@ class LlmxTrainerMixin:
             if pipeline is not None:
                 pipeline._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f
                                      for f in pipeline._loss_fn]
+                self._weighted_losses = [f for f in pipeline._loss_fn if isinstance(f, TokenWeightedLoss)]
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.tokens_trained += inputs.pop(NUM_TOKENS, 0)
-        step_targets = inputs.pop(GLOBAL_TARGETS, None)
-        if step_targets is not None and self.args.pipeline_parallel_degree > 1:
-            for f in _pipeline_layer(self.model)._loss_fn:
-                if isinstance(f, TokenWeightedLoss):
-                    f.step_targets = step_targets
-        elif step_targets is not None:
-            inputs["__step_targets"] = step_targets  # read by compute_loss, below
+        # the step's target tokens: for compute_loss, or for a pipeline's TokenWeightedLoss
+        self._step_targets = inputs.pop(GLOBAL_TARGETS, None)
+        for f in self._weighted_losses:
+            f.step_targets = self._step_targets
         try:
             return super().training_step(model, inputs, *args, **kwargs)
         finally:
-            for f in getattr(_pipeline_layer(self.model), "_loss_fn", None) or []:
-                if isinstance(f, TokenWeightedLoss):
-                    f.step_targets = None
+            self._step_targets = None
+            for f in self._weighted_losses:
+                f.step_targets = None
 
     def compute_loss(self, model, inputs, return_outputs=False):
-        step_targets = inputs.pop("__step_targets", None)
         labels = inputs.get("labels")
         result = super().compute_loss(model, inputs, return_outputs=return_outputs)
-        if step_targets is None:
+        if self._step_targets is None:
             return result
         # the model's mean over this micro-batch's target tokens, back to their sum, over the step's
         mine = int((labels != IGNORE_INDEX).sum())
-        loss = (result[0] if return_outputs else result) * (mine * self.loss_scale / step_targets)
+        loss = (result[0] if return_outputs else result) * (mine * self.loss_scale / self._step_targets)
         return (loss, result[1]) if return_outputs else loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):

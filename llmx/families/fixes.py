@@ -115,12 +115,15 @@ def _mean_over_target_tokens(model_class) -> None:
     it with paddle's cross_entropy(reduction="mean"), which in paddle 3.3 divides by every position,
     ignored ones included: the loss then depends on prompt lengths and on how much padding a batch
     has, so the same examples cut into other batches train differently."""
+    import functools
+
     import paddle.nn.functional as F
 
     forward = model_class.forward
     if getattr(forward, "llmx_fixed", False):
         return
 
+    @functools.wraps(forward)  # callers read its parameters (PaddleNLP's prefix model looks for `cache`)
     def fixed(self, *args, labels=None, **kwargs):
         out = forward(self, *args, **kwargs)
         if labels is None:

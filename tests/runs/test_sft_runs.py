@@ -68,11 +68,9 @@ SHORT = [*FAST, "stage.train.max_steps=30", "stage.train.save_steps=10", "stage.
 _losses = train_losses
 
 
-def test_same_seed_same_losses_and_sigkill_resume_matches(tmp_path):
-    a, b, killed = tmp_path / "a", tmp_path / "b", tmp_path / "killed"
+def test_token_counts_and_sigkill_resume_matches(tmp_path):
+    a, killed = tmp_path / "a", tmp_path / "killed"  # (same seed, same losses: tests/runs/test_engine_runs.py, rerun --check)
     launch(f"hydra.run.dir={a}", *SHORT)
-    launch(f"hydra.run.dir={b}", *SHORT)
-    assert _losses(a) == _losses(b), "same seed must give identical losses on CPU"
     assert len(_losses(a)) == 15
     # tokens/s counts exactly the real tokens of the batches trained on in each interval
     from paddlenlp.transformers import AutoTokenizer
@@ -127,28 +125,36 @@ def test_lora_trains_only_adapters_and_merge_matches(tmp_path):
     assert summary["base_model"] == str(run / "base_model")
     assert (run / "adapter/lora_config.json").exists()
 
-    # base + adapter and the merged model generate the same tokens
+    # base + adapter and the merged model compute the same logits (and the adapter did change the base's)
     check = f"""
 import json, paddle
 from paddlenlp.peft import LoRAModel
 from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 from llmx.data.sft import SftEncoder, read_sft_jsonl
 from llmx.config import asset_path
-from llmx.engine.generate import greedy_generate
+from llmx.tokens import pad_batch
 tok = AutoTokenizer.from_pretrained("{run}/adapter")
 enc = SftEncoder(tok, 128, 96)
-prompts = [enc.prompt_for_generation(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:16]]
+batch = pad_batch([enc.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:16]], tok.pad_token_id)
+inputs = dict(input_ids=paddle.to_tensor(batch["input_ids"]), attention_mask=paddle.to_tensor(batch["attention_mask"]))
 base = AutoModelForCausalLM.from_pretrained("{run}/base_model")
-with_adapter = LoRAModel.from_pretrained(base, "{run}/adapter")
-merged = AutoModelForCausalLM.from_pretrained("{run}/model")
-a = greedy_generate(with_adapter, tok, prompts, 8, 8)
-b = greedy_generate(merged, tok, prompts, 8, 8)
-print(json.dumps({{"same": a == b, "n": len(a), "nonempty": sum(map(len, a))}}))
+base.eval()
+with paddle.no_grad():
+    plain = base(**inputs)[0] if isinstance(base(**inputs), tuple) else base(**inputs).logits
+    with_adapter = LoRAModel.from_pretrained(base, "{run}/adapter")
+    with_adapter.eval()
+    a = with_adapter(**inputs)
+    merged = AutoModelForCausalLM.from_pretrained("{run}/model")
+    merged.eval()
+    b = merged(**inputs)
+a, b = (x[0] if isinstance(x, tuple) else x.logits for x in (a, b))
+print(json.dumps({{"merged_vs_adapter": float((a - b).abs().max()), "adapter_vs_base": float((a - plain).abs().max()),
+                  "scale": float(a.abs().max())}}))
 """
     out = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = read_json_line(out.stdout)
-    assert result["n"] == 16 and result["nonempty"] > 0 and result["same"], result
+    assert result["merged_vs_adapter"] < 1e-5 * result["scale"] and result["adapter_vs_base"] > 1e-2, result
 
 
 def read_json_line(stdout: str) -> dict:
