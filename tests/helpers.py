@@ -71,6 +71,33 @@ def compose(*overrides: str):
         return hydra_compose("config", overrides=list(overrides))
 
 
+def saved_model_loss(model_dir, adapter=None, family: str | None = None, examples: int = 16) -> float:
+    """The loss of a saved model (plus a LoRA adapter), in this process, on the first demo eval examples.
+    With `family`, llmx's fixes of that family's upstream bugs go in first, as when llmx builds it."""
+    import paddle
+    from paddlenlp.peft import LoRAModel
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmx.config import asset_path
+    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.families import FAMILIES, fixes
+    from llmx.tokens import pad_batch
+
+    if family is not None:
+        fixes.apply(FAMILIES[family].fixes, fixes.BEFORE_BUILD)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    if adapter is not None:
+        model = LoRAModel.from_pretrained(model, str(adapter))
+    model.eval()
+    encoder = SftEncoder(tokenizer, 128, 96)
+    encoded = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:examples]]
+    batch = {k: paddle.to_tensor(v) for k, v in pad_batch(encoded, tokenizer.pad_token_id).items()}
+    with paddle.no_grad():
+        out = model(**batch)
+    return float(out[0] if isinstance(out, tuple) else out.loss)
+
+
 def input_error(*overrides: str) -> str:
     """The one line launch.py prints for a bad config or bad data, found in this process: compose,
     validate, then the stage's paddle-free prepare (the same code launch.py runs before paddle)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import FAST, input_error, launch, read_json, train_losses
+from helpers import FAST, input_error, launch, read_json, saved_model_loss, train_losses
 
 RUN = [*FAST, "model=qwen", "stage.train.max_steps=3", "stage.train.logging_steps=1", "stage.train.save_steps=3",
        "stage.train.batch_size=4", "stage.train.grad_accum=2", "stage.eval.enabled=false"]
@@ -32,29 +32,6 @@ def single_lora(runs):
     return runs("single", "stage=lora", "stage.merge_adapter=true")
 
 
-def _eval_loss(base, adapter=None) -> float:
-    """Loss of a base model (plus a LoRA adapter) in this process on 16 fixed eval examples."""
-    import paddle
-    from paddlenlp.peft import LoRAModel
-    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmx.config import asset_path
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
-    from llmx.tokens import pad_batch
-
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    model = AutoModelForCausalLM.from_pretrained(str(base))
-    if adapter is not None:
-        model = LoRAModel.from_pretrained(model, str(adapter))
-    model.eval()
-    encoder = SftEncoder(tokenizer, 128, 96)
-    examples = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:16]]
-    batch = {k: paddle.to_tensor(v) for k, v in pad_batch(examples, tokenizer.pad_token_id).items()}
-    with paddle.no_grad():
-        out = model(**batch)
-    return float(out[0] if isinstance(out, tuple) else out.loss)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp4pp2", "tp2", "pp2", "sharding_stage1"])
 def test_lora_under_a_layout_matches_one_process_and_saves_one_adapter(layout, runs, single_lora):
@@ -64,9 +41,9 @@ def test_lora_under_a_layout_matches_one_process_and_saves_one_adapter(layout, r
     summary = read_json(run / "summary.json")
     assert summary["adapter_dir"] == str(run / "adapter") and summary["base_model"] == str(run / "base_model")
     # the one adapter, in one process, on the one base
-    reference = _eval_loss(single_lora / "base_model", single_lora / "adapter")
-    assert _eval_loss(run / "base_model", run / "adapter") == pytest.approx(reference, rel=1e-5)
-    assert _eval_loss(run / "model") == pytest.approx(reference, rel=1e-5)  # merged: base + adapter in one model
+    reference = saved_model_loss(single_lora / "base_model", single_lora / "adapter")
+    assert saved_model_loss(run / "base_model", run / "adapter") == pytest.approx(reference, rel=1e-5)
+    assert saved_model_loss(run / "model") == pytest.approx(reference, rel=1e-5)  # merged: base + adapter in one model
     assert read_json(run / "adapter" / "lora_config.json")["tensor_parallel_degree"] <= 1  # not split
 
 

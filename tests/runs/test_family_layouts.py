@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, input_error, read_json, train_losses
+from helpers import REPO, input_error, read_json, saved_model_loss, train_losses
 from llmx.families import FAMILIES
 
 HARNESS = REPO / "tests" / "runs" / "family_matrix.py"
@@ -44,30 +44,6 @@ def single(tmp_path_factory):
     return _matrix("single", TRAINABLE, tmp_path_factory.mktemp("matrix") / "single")
 
 
-def _batch_loss(model_dir, family: str) -> float:
-    """The loss of a saved model, in this process, on 8 fixed demo examples (with llmx's fixes of the
-    family's upstream bugs, as llmx loads it)."""
-    import paddle
-    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmx.config import asset_path
-    from llmx.families import fixes
-
-    fixes.apply(FAMILIES[family].fixes, fixes.BEFORE_BUILD)
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
-    from llmx.tokens import pad_batch
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()
-    encoder = SftEncoder(tokenizer, 128, 96)
-    examples = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:8]]
-    batch = {k: paddle.to_tensor(v) for k, v in pad_batch(examples, tokenizer.pad_token_id).items()}
-    with paddle.no_grad():
-        out = model(**batch)
-    return float(out[0] if isinstance(out, tuple) else out.loss)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_every_family_matches_one_process(layout, single, tmp_path):
@@ -82,7 +58,8 @@ def test_every_family_matches_one_process(layout, single, tmp_path):
         part, whole = read_json(out / family / "summary.json")["total_params"], read_json(single / family / "summary.json")["total_params"]
         if not part < whole:
             problems.append(f"{family}: rank 0 holds {part} of {whole} parameters")
-        merged, reference = _batch_loss(out / family / "model", family), _batch_loss(single / family / "model", family)
+        merged = saved_model_loss(out / family / "model", family=family, examples=8)
+        reference = saved_model_loss(single / family / "model", family=family, examples=8)
         if merged != pytest.approx(reference, rel=1e-5):
             problems.append(f"{family}: exported model's loss {merged} vs one process's {reference}")
     assert not problems, "\n".join(problems)
