@@ -258,7 +258,7 @@ def validate_parallel(cfg: DictConfig) -> None:
 
 def on_cpu(device: str) -> bool:
     """Will the ranks run on CPU? (device=cpu, or auto without a GPU this paddle build can use.)"""
-    from llmx.launcher import visible_gpus
+    from llmx.devices import visible_gpus
 
     return device == "cpu" or (device == "auto" and not visible_gpus())
 

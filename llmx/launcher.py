@@ -14,11 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import List
 
@@ -26,6 +24,7 @@ from omegaconf import DictConfig
 
 from llmx.config import CONF_DIR, launched_processes
 from llmx.errors import ConfigError, UserError
+from llmx.devices import cuda_build, visible_gpus
 from llmx.layout import Layout
 
 log = logging.getLogger("llmx")
@@ -53,30 +52,6 @@ def under_launcher() -> bool:
 
 def needs_launch(cfg: DictConfig) -> bool:
     return Layout.of(cfg.parallel).world > 1 and not under_launcher()
-
-
-def cuda_build() -> bool:
-    """Is the installed paddle the CUDA build (known without importing paddle)?"""
-    try:
-        metadata.version("paddlepaddle-gpu")
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def visible_gpus() -> List[str]:
-    """Ids of the GPUs this paddle build could use, found without importing paddle (none on the
-    CPU wheel): CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists."""
-    if not cuda_build():
-        return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() not in ("", "-1")]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    count = sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
-    return [str(i) for i in range(count)]
 
 
 def child_command(hydra_cfg, run_dir: Path) -> List[str]:

@@ -109,7 +109,7 @@ class SlurmLauncher(plugin.SlurmLauncher):
         return super().__call__(*args, **kwargs)
 
     def _job_resources(self, idx: int, overrides: list[str]) -> dict[str, int | None]:
-        from llmx.launcher import cuda_build
+        from llmx.devices import cuda_build
 
         assert self.hydra_context is not None and self.config is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
