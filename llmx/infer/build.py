@@ -1,0 +1,36 @@
+"""Engines over a built model (dynamic) or an exported program (static)."""
+from __future__ import annotations
+
+from llmx.infer.engine import Engine
+from llmx.infer.runners import DynamicRunner, StaticRunner
+
+
+def eos_ids(config, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def context_length(config, default: int = 2048) -> int:
+    for name in ("max_position_embeddings", "seq_length", "max_sequence_length", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def dynamic_engine(model, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536, seed: int = 0) -> Engine:
+    model.eval()
+    config = model.config
+    return Engine(DynamicRunner(model, tokenizer.pad_token_id), tokenizer, max_batch, max_tokens_in_cache,
+                  context_length(config), seed, eos_ids(config, tokenizer))
+
+
+def static_engine(program_dir, tokenizer, config, device: str = "cpu", max_batch: int = 8,
+                  max_tokens_in_cache: int = 65536, seed: int = 0) -> Engine:
+    from llmx.infer.export import load_predictor
+
+    runner = StaticRunner(load_predictor(program_dir, device), tokenizer.pad_token_id)
+    return Engine(runner, tokenizer, max_batch, max_tokens_in_cache, context_length(config), seed,
+                  eos_ids(config, tokenizer))

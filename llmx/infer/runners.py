@@ -1,0 +1,150 @@
+"""Model runners: a batch of sequences of different lengths, left-aligned in one padded block, and the
+two operations the engine needs: `prefill` (new prompts -> their batch, last logits) and `decode` (one
+token per row -> next logits). Rows are reordered, dropped and joined with `take` and `join`.
+
+DynamicRunner keeps a KV cache: the model's own `past_key_values` (a (key, value) pair per layer,
+[batch, seq, heads, head_dim], as PaddleNLP's decoder layers concatenate them), padded on the left;
+a row's padding is masked out by the 2-D attention mask and its positions are counted from its first
+real token, so each row computes what it would alone. StaticRunner runs an exported program
+(llmx.infer.export) through Paddle Inference; that program has no cache inputs, so each step
+recomputes the whole (padded) sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import paddle
+
+from llmx.tokens import pad_batch
+
+
+@dataclass
+class Batch:
+    mask: np.ndarray  # [rows, width] int64: 1 where a row has a real token in the cache
+    cache: list  # tensors [rows, width, ...] (the KV cache; StaticRunner: the token ids)
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def positions(self) -> np.ndarray:
+        """The position of each row's next token: how many real tokens it has."""
+        return self.mask.sum(-1)
+
+    def cells(self) -> int:
+        return int(self.mask.size)
+
+
+def _pad_left(x, n: int):
+    if n == 0:
+        return x
+    if isinstance(x, np.ndarray):
+        return np.concatenate([np.zeros((x.shape[0], n) + x.shape[2:], x.dtype), x], axis=1)
+    return paddle.concat([paddle.zeros([x.shape[0], n] + list(x.shape[2:]), x.dtype), x], axis=1)
+
+
+def _take(x, rows: np.ndarray, first_col: int):
+    if isinstance(x, np.ndarray):
+        return x[rows, first_col:]
+    return paddle.index_select(x, paddle.to_tensor(rows, dtype="int64"), axis=0)[:, first_col:]
+
+
+def _concat(a, b):
+    return np.concatenate([a, b], axis=0) if isinstance(a, np.ndarray) else paddle.concat([a, b], axis=0)
+
+
+def take(batch: Batch, rows: list[int]) -> Optional[Batch]:
+    """The batch of these rows (in this order, repeats allowed), without columns all of them pad."""
+    if not rows:
+        return None
+    idx = np.asarray(rows, dtype="int64")
+    mask = batch.mask[idx]
+    used = np.nonzero(mask.any(0))[0]
+    first = int(used[0]) if used.size else mask.shape[1]
+    if first == 0 and np.array_equal(idx, np.arange(batch.rows)):
+        return batch
+    return Batch(mask[:, first:], [_take(t, idx, first) for t in batch.cache])
+
+
+def join(a: Optional[Batch], b: Optional[Batch]) -> Optional[Batch]:
+    """Rows of a, then rows of b, right-aligned at a common width."""
+    if a is None or b is None:
+        return a if b is None else b
+    width = max(a.width, b.width)
+    pa, pb = width - a.width, width - b.width
+    return Batch(np.concatenate([_pad_left(a.mask, pa), _pad_left(b.mask, pb)], axis=0),
+                 [_concat(_pad_left(x, pa), _pad_left(y, pb)) for x, y in zip(a.cache, b.cache)])
+
+
+class DynamicRunner:
+    """A PaddleNLP causal LM in dynamic mode, with its KV cache."""
+
+    def __init__(self, model, pad_id: int) -> None:
+        self.model, self.pad_id = model, pad_id
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list]):
+        from llmx.engine.generate import whole_vocab_logits
+
+        pairs = None if past is None else [tuple(past[i:i + 2]) for i in range(0, len(past), 2)]
+        with whole_vocab_logits(self.model):
+            out = self.model(input_ids=paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask),
+                             position_ids=paddle.to_tensor(positions), past_key_values=pairs, use_cache=True,
+                             return_dict=True)
+        logits = out.logits[:, -1].astype("float32").numpy()
+        cache = [t for pair in out.past_key_values for t in pair]
+        return logits, cache
+
+    @paddle.no_grad()
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, Batch]:
+        padded = pad_batch([{"input_ids": p} for p in prompts], self.pad_id, left=True)
+        mask = padded["attention_mask"]
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+        logits, cache = self._forward(padded["input_ids"], mask, positions, None)
+        rows, width = mask.shape
+        for t in cache:
+            if t.shape[0] != rows or t.shape[1] != width:
+                raise NotImplementedError(
+                    f"{type(self.model).__name__}: its KV cache is not [batch, seq, ...] (a tensor of shape "
+                    f"{t.shape} for {rows} prompts of {width} tokens); llmx.infer runs decoders that keep it so")
+        return logits, Batch(mask, cache)
+
+    @paddle.no_grad()
+    def decode(self, batch: Batch, tokens: np.ndarray) -> tuple[np.ndarray, Batch]:
+        positions = batch.positions()[:, None]
+        mask = np.concatenate([batch.mask, np.ones((batch.rows, 1), "int64")], axis=1)
+        logits, cache = self._forward(tokens.reshape(-1, 1).astype("int64"), mask, positions, batch.cache)
+        return logits, Batch(mask, cache)
+
+
+class StaticRunner:
+    """An exported program (input_ids, attention_mask, position_ids) -> last logits, run through
+    Paddle Inference; no cache: every step runs the whole sequence."""
+
+    def __init__(self, predictor, pad_id: int) -> None:
+        self.predictor, self.pad_id = predictor, pad_id
+        self.inputs = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
+        self.output = predictor.get_output_handle(predictor.get_output_names()[0])
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)
+        for handle, array in zip(self.inputs, (ids, mask, positions)):
+            handle.reshape(list(array.shape))
+            handle.copy_from_cpu(np.ascontiguousarray(array, dtype="int64"))
+        self.predictor.run()
+        return self.output.copy_to_cpu().astype("float32")
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, Batch]:
+        padded = pad_batch([{"input_ids": p} for p in prompts], self.pad_id, left=True)
+        mask, ids = padded["attention_mask"], padded["input_ids"]
+        return self._run(ids, mask), Batch(mask, [ids])
+
+    def decode(self, batch: Batch, tokens: np.ndarray) -> tuple[np.ndarray, Batch]:
+        ids = np.concatenate([batch.cache[0], tokens.reshape(-1, 1).astype("int64")], axis=1)
+        mask = np.concatenate([batch.mask, np.ones((batch.rows, 1), "int64")], axis=1)
+        return self._run(ids, mask), Batch(mask, [ids])
