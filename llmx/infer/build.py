@@ -20,6 +20,14 @@ def context_length(config, default: int = 2048) -> int:
     return default
 
 
+def can_run(model, family: str) -> bool:
+    """Whether the engine runs this model: a family it supports, without a prefix-tuning wrapper
+    (whose forward makes its own past_key_values)."""
+    from llmx.infer.support import engine_problem
+
+    return engine_problem(family) is None and not hasattr(model, "prefix_config")
+
+
 def dynamic_engine(model, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536, seed: int = 0) -> Engine:
     model.eval()
     config = model.config

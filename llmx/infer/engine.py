@@ -161,7 +161,7 @@ class Engine:
             keep = [i for i, r in enumerate(self.rows) if not r.cancelled]
             for r in {r for r in self.rows if r.cancelled}:
                 self._finish(r, "cancelled")
-            self.batch, self.pending = take(self.batch, keep), self.pending[keep]
+            self.batch, self.pending = take(self.batch, keep, self.runner.axes), self.pending[keep]
             self.rows = [self.rows[i] for i in keep]
         parts: list[np.ndarray] = []
         if self.batch is not None:
@@ -171,7 +171,7 @@ class Engine:
         if new:
             logits, fresh = self.runner.prefill([r.prompt for r in new])
             parts.append(logits)
-            self.batch = join(self.batch, fresh)
+            self.batch = join(self.batch, fresh, self.runner.axes)
             self.rows = self.rows + new
         if not parts:
             return
@@ -223,7 +223,7 @@ class Engine:
                 keep += [idx[p] for p in parents]
                 pending += tokens
         self.rows = [self.rows[i] for i in keep]
-        self.batch = take(self.batch, keep)
+        self.batch = take(self.batch, keep, self.runner.axes)
         self.pending = np.asarray(pending, "int64")
 
     def _finish(self, r: Request, reason: str, delta: str = "") -> None:

@@ -41,26 +41,30 @@ class Batch:
         return int(self.mask.size)
 
 
-def _pad_left(x, n: int):
+def _pad_left(x, n: int, axis: int = 1):
     if n == 0:
         return x
+    shape = list(x.shape)
+    shape[axis] = n
     if isinstance(x, np.ndarray):
-        return np.concatenate([np.zeros((x.shape[0], n) + x.shape[2:], x.dtype), x], axis=1)
-    return paddle.concat([paddle.zeros([x.shape[0], n] + list(x.shape[2:]), x.dtype), x], axis=1)
+        return np.concatenate([np.zeros(shape, x.dtype), x], axis=axis)
+    return paddle.concat([paddle.zeros(shape, x.dtype), x], axis=axis)
 
 
-def _take(x, rows: np.ndarray, first_col: int):
+def _take(x, rows: np.ndarray, first_col: int, batch_axis: int = 0, seq_axis: int = 1):
     if isinstance(x, np.ndarray):
         return x[rows, first_col:]
-    return paddle.index_select(x, paddle.to_tensor(rows, dtype="int64"), axis=0)[:, first_col:]
+    x = paddle.index_select(x, paddle.to_tensor(rows, dtype="int64"), axis=batch_axis)
+    return x if first_col == 0 else paddle.slice(x, [seq_axis], [first_col], [x.shape[seq_axis]])
 
 
-def _concat(a, b):
-    return np.concatenate([a, b], axis=0) if isinstance(a, np.ndarray) else paddle.concat([a, b], axis=0)
+def _concat(a, b, axis: int = 0):
+    return np.concatenate([a, b], axis=0) if isinstance(a, np.ndarray) else paddle.concat([a, b], axis=axis)
 
 
-def take(batch: Batch, rows: list[int]) -> Optional[Batch]:
-    """The batch of these rows (in this order, repeats allowed), without columns all of them pad."""
+def take(batch: Batch, rows: list[int], axes=None) -> Optional[Batch]:
+    """The batch of these rows (in this order, repeats allowed), without columns all of them pad.
+    `axes`: (batch axis, sequence axis) of each cache tensor; default (0, 1)."""
     if not rows:
         return None
     idx = np.asarray(rows, dtype="int64")
@@ -69,17 +73,19 @@ def take(batch: Batch, rows: list[int]) -> Optional[Batch]:
     first = int(used[0]) if used.size else mask.shape[1]
     if first == 0 and np.array_equal(idx, np.arange(batch.rows)):
         return batch
-    return Batch(mask[:, first:], [_take(t, idx, first) for t in batch.cache])
+    axes = axes or [(0, 1)] * len(batch.cache)
+    return Batch(mask[:, first:], [_take(t, idx, first, *ax) for t, ax in zip(batch.cache, axes)])
 
 
-def join(a: Optional[Batch], b: Optional[Batch]) -> Optional[Batch]:
+def join(a: Optional[Batch], b: Optional[Batch], axes=None) -> Optional[Batch]:
     """Rows of a, then rows of b, right-aligned at a common width."""
     if a is None or b is None:
         return a if b is None else b
     width = max(a.width, b.width)
     pa, pb = width - a.width, width - b.width
+    axes = axes or [(0, 1)] * len(a.cache)
     return Batch(np.concatenate([_pad_left(a.mask, pa), _pad_left(b.mask, pb)], axis=0),
-                 [_concat(_pad_left(x, pa), _pad_left(y, pb)) for x, y in zip(a.cache, b.cache)])
+                 [_concat(_pad_left(x, pa, s), _pad_left(y, pb, s), bx) for x, y, (bx, s) in zip(a.cache, b.cache, axes)])
 
 
 class DynamicRunner:
@@ -87,6 +93,7 @@ class DynamicRunner:
 
     def __init__(self, model, pad_id: int) -> None:
         self.model, self.pad_id = model, pad_id
+        self.axes = None  # (batch axis, sequence axis) of each cache tensor: found by a probe
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list]):
         from llmx.engine.generate import whole_vocab_logits
@@ -96,22 +103,35 @@ class DynamicRunner:
             out = self.model(input_ids=paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask),
                              position_ids=paddle.to_tensor(positions), past_key_values=pairs, use_cache=True,
                              return_dict=True)
-        logits = out.logits[:, -1].astype("float32").numpy()
-        cache = [t for pair in out.past_key_values for t in pair]
-        return logits, cache
+        logits, past = (out[0], out[1]) if isinstance(out, tuple) else (out.logits, out.past_key_values)
+        cache = [t for pair in past for t in pair]
+        return logits[:, -1].astype("float32").numpy(), cache
+
+    def _find_axes(self) -> None:
+        """Where each cache tensor keeps rows and positions (families differ: [batch, seq, heads, dim],
+        [batch, heads, seq, dim], [seq, batch, ...]): a probe of 3 prompts x 7 tokens shows it."""
+        rows, width = 3, 7
+        ids = np.full((rows, width), self.pad_id, "int64")
+        mask = np.ones((rows, width), "int64")
+        _, cache = self._forward(ids, mask, np.tile(np.arange(width), (rows, 1)), None)
+        self.axes = []
+        for t in cache:
+            shape = list(t.shape)
+            b = [i for i in (0, 1) if shape[i] == rows]
+            s = [i for i in range(len(shape)) if shape[i] == width and i not in b[:1]]
+            if len(b) != 1 or len(s) != 1:
+                raise NotImplementedError(f"{type(self.model).__name__}: cannot tell the batch and sequence axes of "
+                                          f"its KV cache (shape {shape} for {rows} prompts of {width} tokens)")
+            self.axes.append((b[0], s[0]))
 
     @paddle.no_grad()
     def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, Batch]:
+        if self.axes is None:
+            self._find_axes()
         padded = pad_batch([{"input_ids": p} for p in prompts], self.pad_id, left=True)
         mask = padded["attention_mask"]
         positions = np.clip(mask.cumsum(-1) - 1, 0, None)
         logits, cache = self._forward(padded["input_ids"], mask, positions, None)
-        rows, width = mask.shape
-        for t in cache:
-            if t.shape[0] != rows or t.shape[1] != width:
-                raise NotImplementedError(
-                    f"{type(self.model).__name__}: its KV cache is not [batch, seq, ...] (a tensor of shape "
-                    f"{t.shape} for {rows} prompts of {width} tokens); llmx.infer runs decoders that keep it so")
         return logits, Batch(mask, cache)
 
     @paddle.no_grad()
@@ -123,6 +143,8 @@ class DynamicRunner:
 
 
 class StaticRunner:
+    axes = None  # its "cache" is the token ids, [batch, seq]
+
     """An exported program (input_ids, attention_mask, position_ids) -> last logits, run through
     Paddle Inference; no cache: every step runs the whole sequence."""
 

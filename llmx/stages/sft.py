@@ -83,11 +83,20 @@ def prepare(cfg: DictConfig) -> dict:
 
 def _exact_match(ctx, model, tokenizer, encoder, convs: list[Conversation]) -> tuple[float, list[dict]]:
     from llmx.engine.generate import greedy_generate
+    from llmx.infer.build import can_run, dynamic_engine
+    from llmx.infer.sampling import SamplingParams
 
     e = ctx.cfg.stage.eval
     convs = convs if e.num_samples == -1 else convs[: e.num_samples]
     prompts = [encoder.prompt_for_generation(c) for c in convs]
-    generated = greedy_generate(model, tokenizer, prompts, e.max_new_tokens, e.batch_size)
+    if can_run(model, ctx.cfg.model.family):  # llmx's engine: KV cache, continuous batching of e.batch_size rows
+        was_training = model.training
+        engine = dynamic_engine(model, tokenizer, max_batch=e.batch_size, seed=ctx.cfg.seed)
+        generated = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=e.max_new_tokens))]
+        if was_training:
+            model.train()
+    else:  # families and wrappers the engine does not run (llmx.infer.support): PaddleNLP's generate
+        generated = greedy_generate(model, tokenizer, prompts, e.max_new_tokens, e.batch_size)
     samples = []
     for conv, ids in zip(convs, generated):
         text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
