@@ -75,6 +75,7 @@ def chat_from_src(obj: dict, where: str) -> Chat:
 class InferenceLine:
     chat: Chat
     record: dict  # the input line as read (written back with the output)
+    lineno: int
 
 
 def read_inference_jsonl(path: str | Path) -> list[InferenceLine]:
@@ -97,7 +98,7 @@ def read_inference_jsonl(path: str | Path) -> list[InferenceLine]:
                 chat = chat_from_src(obj, where)
             else:
                 raise DataError(f"{where}: needs a key src (text) or messages (chat)")
-            lines.append(InferenceLine(chat, obj))
+            lines.append(InferenceLine(chat, obj, lineno))
     if not lines:
         raise DataError(f"{path}: no prompts (the file is empty)")
     return lines
