@@ -1,0 +1,293 @@
+"""The HTTP API (FastAPI; served by uvicorn): OpenAI's `/v1/models`, `/v1/completions` and
+`/v1/chat/completions` (with `stream=true` as server-sent events in OpenAI's chunk format), plus
+`/health`, `/metrics` and the chat page at `/`.
+
+All requests share one engine, stepped by one thread (`EngineThread`); a request's tokens reach its
+handler through an asyncio queue. A client that goes away mid-stream cancels its request (its rows
+leave the batch at the next step); a full waiting queue answers 503 with Retry-After; every error is
+an OpenAI-style body `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import List, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmx.data.infer import chat_from_messages, prompt_ids
+from llmx.errors import DataError
+from llmx.infer.engine import Engine, RequestError
+from llmx.infer.sampling import SamplingParams
+
+log = logging.getLogger("llmx.serve")
+PAGE = Path(__file__).with_name("page.html")
+ALIASES = ("paddlenlp",)  # PaddleNLP's documented client example names its model so
+
+
+class EngineThread:
+    """Steps the engine while it has work; a failing step ends every request instead of hanging them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.stop = engine, threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="llmx-engine", daemon=True)
+        self.started = time.time()
+
+    def _loop(self) -> None:
+        try:
+            self.engine.serve_forever(self.stop)
+        except Exception:  # noqa: BLE001 - logged; the clients get an error chunk / 500
+            log.exception("the engine failed; ending every request")
+            self.engine.abort_all("error")
+
+    def start(self) -> "EngineThread":
+        self.thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.engine.abort_all("shutdown")
+        self.thread.join(timeout=10)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # (not OpenAI's; PaddleNLP's)
+    repetition_penalty: float = Field(1.0, gt=0)  # (not OpenAI's; PaddleNLP's)
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    stop: Optional[Union[str, List[str]]] = None
+    seed: Optional[int] = Field(None, ge=0)
+    stream_options: Optional[dict] = None
+
+
+class CompletionBody(_Body):
+    prompt: Union[str, List[int]]
+
+
+class ChatBody(_Body):
+    messages: list
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None,
+          code: Optional[str] = None, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 headers: Optional[dict] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str] = None, max_queue: int = 256,
+               default_max_tokens: int = 64) -> FastAPI:
+    app = FastAPI(title="llmx", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine_thread = None
+    started = time.time()
+    names = (model_name, *ALIASES)
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key and request.url.path != "/":  # the page itself holds no model access; it sends the key
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return error(401, "Incorrect or missing API key (send Authorization: Bearer <key>)",
+                             code="invalid_api_key")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, ex: ApiError):
+        return error(ex.status, ex.message, param=ex.param, code=ex.code, headers=ex.headers)
+
+    async def parse(request: Request, schema):
+        """The JSON body (whatever its declared content type, as OpenAI's server takes it) as `schema`."""
+        raw = await request.body()
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as ex:
+            raise ApiError(400, f"the body is not valid JSON ({ex})") from None
+        if not isinstance(obj, dict):
+            raise ApiError(400, f"the body must be a JSON object, not {type(obj).__name__}")
+        try:
+            return schema.model_validate(obj)
+        except ValidationError as ex:
+            first = ex.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            raise ApiError(400, f"{where}: {first.get('msg', 'invalid value')}" if where else str(ex),
+                           param=where or None) from None
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, ex: StarletteHTTPException):
+        return error(ex.status_code, str(ex.detail), kind="invalid_request_error" if ex.status_code < 500 else "server_error")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(PAGE.read_text().replace("{{MODEL}}", model_name))
+
+    @app.get("/health")
+    async def health():
+        thread = app.state.engine_thread
+        ok = thread is None or thread.thread.is_alive()
+        return JSONResponse({"status": "ok" if ok else "engine stopped"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        s = engine.stats
+        running = len(set(engine.rows))
+        return {"requests": s["requests"], "finished": s["finished"], "running_requests": running,
+                "queue_length": engine.queue_length, "active_rows": engine.active, "max_batch": engine.max_batch,
+                "batch_occupancy": engine.active / engine.max_batch, "peak_rows": engine.peak_rows,
+                "prompt_tokens": s["prompt_tokens"], "generated_tokens": s["generated_tokens"],
+                "tokens_per_s": s["generated_tokens"] / engine.busy_s if engine.busy_s else 0.0,
+                "busy_s": round(engine.busy_s, 3), "uptime_s": round(time.time() - started, 3)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(started),
+                                            "owned_by": "llmx"}]}
+
+    def check_model(body: _Body) -> None:
+        if body.model not in names:
+            raise ApiError(404, f"The model {body.model!r} does not exist (served: {model_name})", "model",
+                           "model_not_found")
+
+    def params_of(body: _Body) -> SamplingParams:
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        return SamplingParams(max_new_tokens=body.max_tokens or default_max_tokens, temperature=body.temperature,
+                              top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
+                              seed=body.seed, stop=stop)
+
+    def submit(prompt: list, body: _Body, loop, queue):
+        if engine.queue_length + body.n > max_queue:
+            raise ApiError(503, "the server is busy: the request queue is full; retry later", code="queue_full",
+                           headers={"Retry-After": "1"})
+        params = params_of(body)
+        try:
+            engine.check(prompt, params)
+        except RequestError as ex:
+            code = "context_length_exceeded" if "context" in str(ex) or "cache" in str(ex) else None
+            raise ApiError(400, str(ex), code=code) from None
+        reqs = []
+        for i in range(body.n):
+            p = params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+
+            def on_update(req, delta, index=i):
+                loop.call_soon_threadsafe(queue.put_nowait, (index, delta, req.finish_reason))
+
+            reqs.append(engine.submit(prompt, p, on_update))
+        return reqs
+
+    async def respond(prompt: list, body: _Body, chat: bool):
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        reqs = submit(prompt, body, loop, queue)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+
+        def usage():
+            generated = sum(len(r.tokens) for r in reqs)
+            return {"prompt_tokens": len(prompt), "completion_tokens": generated,
+                    "total_tokens": len(prompt) + generated}
+
+        def choice(index, text, finish, delta: bool):
+            if not chat:
+                return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+            if delta:
+                return {"index": index, "delta": {"content": text} if text else {}, "finish_reason": finish}
+            return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+
+        if not body.stream:
+            try:
+                open_ = len(reqs)
+                while open_:
+                    _, _, finish = await queue.get()
+                    open_ -= finish is not None
+            finally:
+                for r in reqs:
+                    if not r.done.is_set():
+                        engine.cancel(r)
+            if any(r.finish_reason in ("shutdown", "error") for r in reqs):
+                raise ApiError(503, "the server is shutting down" if reqs[0].finish_reason == "shutdown"
+                               else "the engine failed", code=reqs[0].finish_reason)
+            return {"id": rid, "object": kind, "created": created, "model": body.model,
+                    "choices": [choice(i, r.text, r.finish_reason, False) for i, r in enumerate(reqs)],
+                    "usage": usage()}
+
+        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+        def sse(obj) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        async def events():
+            try:
+                if chat:
+                    for i in range(len(reqs)):
+                        yield sse({"id": rid, "object": chunk_kind, "created": created, "model": body.model,
+                                   "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                "finish_reason": None}]})
+                open_ = len(reqs)
+                while open_:
+                    index, delta, finish = await queue.get()
+                    if finish in ("shutdown", "error", "cancelled"):
+                        yield sse({"error": {"message": f"generation ended: {finish}", "type": "server_error",
+                                             "param": None, "code": finish}})
+                        open_ -= 1
+                        continue
+                    if delta:
+                        yield sse({"id": rid, "object": chunk_kind, "created": created, "model": body.model,
+                                   "choices": [choice(index, delta, None, True)]})
+                    if finish is not None:
+                        open_ -= 1
+                        yield sse({"id": rid, "object": chunk_kind, "created": created, "model": body.model,
+                                   "choices": [choice(index, "", finish, True)]})
+                if include_usage:
+                    yield sse({"id": rid, "object": chunk_kind, "created": created, "model": body.model,
+                               "choices": [], "usage": usage()})
+                yield "data: [DONE]\n\n"
+            finally:  # a client gone mid-stream: its requests leave the batch
+                for r in reqs:
+                    if not r.done.is_set():
+                        engine.cancel(r)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await parse(request, CompletionBody)
+        check_model(body)
+        if isinstance(body.prompt, str):
+            prompt = tokenizer(body.prompt)["input_ids"]
+        else:
+            prompt = list(body.prompt)
+            vocab = len(tokenizer)
+            if any(t < 0 or t >= vocab for t in prompt):
+                raise ApiError(400, f"prompt: token ids must be in [0, {vocab})", "prompt")
+        return await respond(prompt, body, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await parse(request, ChatBody)
+        check_model(body)
+        try:
+            chat = chat_from_messages(body.messages)
+        except DataError as ex:
+            raise ApiError(400, str(ex), "messages") from None
+        return await respond(prompt_ids(tokenizer, chat), body, chat=True)
+
+    return app

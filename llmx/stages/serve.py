@@ -1,0 +1,107 @@
+"""Serve a model over HTTP: OpenAI's completions and chat completions API (streaming too), /health,
+/metrics, and a web chat page at `/`, all on one continuous-batching engine (llmx.serve, llmx.infer).
+Ctrl-C or SIGTERM stops it: running streams end with an error chunk and the port is released."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from llmx.config import existing, one_of, positive, require
+
+API_KEY_ENV = "LLMX_API_KEY"
+
+
+@dataclass
+class Config:
+    runner: str = "serve"
+    host: str = "127.0.0.1"
+    port: int = 8011  # PaddleNLP's Flask server's port
+    model_name: Optional[str] = None  # the id clients name; default: the model dir's name (or the model config's)
+    api_key: Optional[str] = None  # every endpoint but the page needs `Authorization: Bearer <key>`; or set LLMX_API_KEY
+    mode: str = "dynamic"  # dynamic | static (an exported program: static_dir)
+    static_dir: Optional[str] = None
+    max_batch: int = 16  # rows decoding together
+    max_tokens_in_cache: int = 65536  # the padded KV cache bound: rows x longest (prompt + max_tokens)
+    max_queue: int = 256  # requests waiting for a slot; beyond it: 503 with Retry-After
+    max_tokens: int = 64  # a request's max_tokens when it gives none
+
+
+def validate(cfg: DictConfig) -> None:
+    from llmx.infer.support import engine_problem
+
+    s, p = cfg.stage, cfg.parallel
+    one_of("stage.mode", s.mode, ("dynamic", "static"))
+    require(s.mode == "dynamic" or s.static_dir is not None, "stage.static_dir", None,
+            "static mode serves an exported program: stage.static_dir=<dir> (made by stage=infer stage.mode=static "
+            "stage.export_only=true)")
+    existing("stage.static_dir", s.static_dir, "directory")
+    require(0 <= s.port < 65536, "stage.port", s.port, "must be a TCP port (0-65535; 0 = any free port)")
+    for key in ("max_batch", "max_tokens_in_cache", "max_queue", "max_tokens"):
+        positive(f"stage.{key}", s[key])
+    problem = engine_problem(cfg.model.family)
+    require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
+    require(p.dp * p.tp * p.pp * p.sharding == 1, "parallel",
+            f"dp={p.dp} tp={p.tp} pp={p.pp}", "the server runs in one process (parallel=single)")
+
+
+def _model_name(cfg: DictConfig) -> str:
+    if cfg.stage.model_name:
+        return cfg.stage.model_name
+    source = cfg.stage.static_dir or cfg.model.name_or_path
+    if source:
+        path = Path(source).resolve()
+        return path.parent.name if path.name in ("model", "static") else path.name
+    return cfg.model.family
+
+
+def run(cfg: DictConfig, ctx) -> dict:
+    import uvicorn
+
+    from llmx.console import say
+    from llmx.engine import model as models
+    from llmx.infer.build import dynamic_engine, static_engine
+    from llmx.serve.app import EngineThread, create_app
+
+    s = cfg.stage
+    if s.mode == "static":
+        from paddlenlp.transformers import AutoConfig, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(s.static_dir)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        engine = static_engine(s.static_dir, tokenizer, AutoConfig.from_pretrained(s.static_dir), ctx.runtime.device,
+                               s.max_batch, s.max_tokens_in_cache, cfg.seed)
+    else:
+        tokenizer = models.build_tokenizer(cfg.model)
+        model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
+        engine = dynamic_engine(model, tokenizer, s.max_batch, s.max_tokens_in_cache, cfg.seed)
+    name = _model_name(cfg)
+    app = create_app(engine, tokenizer, name, s.api_key or os.environ.get(API_KEY_ENV) or None, s.max_queue,
+                     s.max_tokens)
+    worker = EngineThread(engine).start()
+    app.state.engine_thread = worker
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # end the running streams first, so the server can close at once
+            worker.shutdown()
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else s.port
+                say("serving %s on http://%s:%d  (OpenAI API at /v1, chat page at /; Ctrl-C stops)", name, s.host,
+                    port)
+
+    server = Server(uvicorn.Config(app, host=s.host, port=s.port, log_level="warning", access_log=False,
+                                   timeout_graceful_shutdown=5, lifespan="off"))
+    server.run()
+    worker.shutdown()
+    stats = engine.stats
+    say("server stopped: %d requests, %d generated tokens", stats["requests"], stats["generated_tokens"])
+    return {"stage": "serve", "requests": stats["requests"], "generated_tokens": stats["generated_tokens"],
+            "prompt_tokens": stats["prompt_tokens"]}
