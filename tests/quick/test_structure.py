@@ -27,6 +27,15 @@ def test_engine_imports_no_stage_and_no_data_format():
         assert not bad, f"{path.name} imports {bad}"
 
 
+def test_infer_and_serve_sit_between_stages_and_engine():
+    """`stages -> serve -> infer -> engine`: the engine imports neither, infer no server, neither a stage."""
+    for path in sorted((LLMX / "engine").glob("*.py")):
+        assert not {m for m in _imports(path) if m.startswith(("llmx.infer", "llmx.serve"))}, path.name
+    for folder, banned in (("infer", ("llmx.serve", "llmx.stages")), ("serve", ("llmx.stages",))):
+        for path in sorted((LLMX / folder).glob("*.py")):
+            assert not {m for m in _imports(path) if m.startswith(banned)}, f"{folder}/{path.name}"
+
+
 def test_stages_do_not_import_each_other():
     stages = {p.stem for p in (LLMX / "stages").glob("*.py") if not p.stem.startswith("_")}
     for name in stages:
@@ -43,6 +52,7 @@ before = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 import llmx.cli, llmx.config, llmx.layout, llmx.families, llmx.experiment, llmx.data.sft, llmx.data.pretrain
 import llmx.data.packing, llmx.diff, llmx.rerun, llmx.plan, llmx.run, llmx.launcher, llmx.console, llmx.stages
 import llmx.stages.sft, llmx.stages.pretrain, llmx.sweep, llmx.devices, llmx.slurm, llmx.tokens
+import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.sampling, llmx.infer.text, llmx.infer.support
 after = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))
 print(before == after, heavy)
