@@ -74,6 +74,7 @@ class Engine:
         self.stats = collections.Counter()
         self.busy_s = 0.0
         self.peak_rows = 0
+        self.peak_cells = 0  # the largest padded cache seen (rows x width)
 
     # ------------------------------------------------------------------ requests
 
@@ -176,6 +177,7 @@ class Engine:
         if not parts:
             return
         self.peak_rows = max(self.peak_rows, len(self.rows))
+        self.peak_cells = max(self.peak_cells, self.batch.cells() + len(self.rows))
         self._choose(np.concatenate(parts, axis=0))
         self.busy_s += time.perf_counter() - started
 

@@ -62,6 +62,13 @@ def validate(cfg: DictConfig) -> None:
     existing("stage.static_dir", s.static_dir, "directory")
     problem = engine_problem(cfg.model.family)
     require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
+    if cfg.model.name_or_path:
+        from llmx.sources import resolve
+
+        source = resolve(cfg.model.name_or_path)
+        require(source.adapter is None or source.mergeable, "model.name_or_path", cfg.model.name_or_path,
+                f"holds a {source.adapter} adapter, which changes attention itself; llmx's engine runs full models "
+                "and adapters merged into their base (lora, vera, lokr)")
     require(p.pp == 1 and p.dp == 1 and p.sharding == 1, "parallel", f"dp={p.dp} pp={p.pp} sharding={p.sharding}",
             "generation runs in one process or under tensor parallelism only (parallel=single or tp2)")
     require(p.tp == 1 or s.mode == "dynamic", "stage.mode", s.mode, "static mode runs in one process "

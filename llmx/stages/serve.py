@@ -44,6 +44,13 @@ def validate(cfg: DictConfig) -> None:
         positive(f"stage.{key}", s[key])
     problem = engine_problem(cfg.model.family)
     require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
+    if cfg.model.name_or_path:
+        from llmx.sources import resolve
+
+        source = resolve(cfg.model.name_or_path)
+        require(source.adapter is None or source.mergeable, "model.name_or_path", cfg.model.name_or_path,
+                f"holds a {source.adapter} adapter, which changes attention itself; llmx's engine runs full models "
+                "and adapters merged into their base (lora, vera, lokr)")
     require(p.dp * p.tp * p.pp * p.sharding == 1, "parallel",
             f"dp={p.dp} tp={p.tp} pp={p.pp}", "the server runs in one process (parallel=single)")
 

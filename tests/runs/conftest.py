@@ -1,0 +1,24 @@
+"""Fixtures the run tests share (session-scoped: made once)."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The bundled tiny Llama with random weights, saved as a model dir (with its tokenizer). Weights are
+    drawn wider than the default init (initializer_range 0.5), so its next-token distributions are peaked
+    like a trained model's: greedy choices are never near-ties that float rounding could flip."""
+    import paddle
+    from helpers import compose
+
+    from llmx.engine.model import build_model, build_tokenizer
+
+    paddle.set_device("cpu")
+    cfg = compose("model=tiny", "+model.overrides.initializer_range=0.5")
+    tokenizer = build_tokenizer(cfg.model)
+    model = build_model(cfg.model, tokenizer, seed=0)
+    out = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out

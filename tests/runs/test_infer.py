@@ -1,0 +1,165 @@
+"""The inference engine (llmx.infer) and `stage=infer`, on the tiny model on CPU.
+
+Continuous batching must not change what a prompt generates: 16 prompts of very different lengths,
+fewer slots than prompts, give the greedy tokens of one-by-one generation (the engine alone, and
+PaddleNLP's own `generate`); so do static mode (Paddle Inference), tensor parallelism and a base +
+LoRA adapter given as model.name_or_path."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import launch, read_json, read_jsonl
+
+WORDS = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing matches".split()
+
+
+def _texts(n: int = 16) -> list[str]:
+    """Prompts from 1 to ~60 words, in no order of length."""
+    lengths = [1, 40, 3, 60, 7, 25, 2, 50, 12, 5, 33, 9, 45, 4, 18, 28][:n]
+    return [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(k)) for i, k in enumerate(lengths)]
+
+
+def _load(model_dir):
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    paddle.set_device("cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.eval()
+    return model, tokenizer
+
+
+def _prompt_ids(tokenizer, texts):
+    from llmx.data.infer import Chat, prompt_ids
+
+    return [prompt_ids(tokenizer, Chat((), t)) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return _load(tiny_model_dir)
+
+
+def test_continuous_batching_gives_the_tokens_of_one_by_one_generation(loaded):
+    import paddle
+
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+
+    model, tokenizer = loaded
+    prompts = _prompt_ids(tokenizer, _texts())
+    assert max(map(len, prompts)) > 10 * min(map(len, prompts))
+    greedy = SamplingParams(max_new_tokens=12)
+    engine = dynamic_engine(model, tokenizer, max_batch=4)
+    batched = [r.tokens for r in engine.generate(prompts, greedy)]
+    assert engine.peak_rows == 4 and engine.active == 0 and engine.batch is None  # slots were shared, then freed
+    alone = [dynamic_engine(model, tokenizer, max_batch=1).generate([p], greedy)[0].tokens for p in prompts]
+    assert batched == alone
+    eos = tokenizer.eos_token_id
+    for prompt, tokens in zip(prompts, batched):  # PaddleNLP's generate, one prompt at a time
+        out = model.generate(input_ids=paddle.to_tensor([prompt]), attention_mask=paddle.ones([1, len(prompt)], "int64"),
+                             max_new_tokens=12, decode_strategy="greedy_search", eos_token_id=eos,
+                             pad_token_id=tokenizer.pad_token_id)[0].numpy()[0].tolist()
+        assert tokens == (out[:out.index(eos)] if eos in out else out)
+    assert sum(map(len, batched)) > 16 * 4  # (not all ending at once)
+    # a cache budget smaller than 4 rows of the longest prompt: fewer rows at a time, the same tokens
+    budget = 2 * (max(map(len, prompts)) + 12)
+    tight = dynamic_engine(model, tokenizer, max_batch=4, max_tokens_in_cache=budget)
+    assert [r.tokens for r in tight.generate(prompts, greedy)] == batched
+    assert tight.peak_rows < 4 and tight.peak_cells <= budget
+
+
+def test_seeded_sampling_repeats_in_any_batch_and_beam_search_matches_paddlenlp(loaded):
+    import paddle
+
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+
+    model, tokenizer = loaded
+    prompts = _prompt_ids(tokenizer, _texts(6))
+    sample = [SamplingParams(max_new_tokens=10, temperature=0.9, top_k=50, top_p=0.95, repetition_penalty=1.3, seed=s)
+              for s in range(6)]
+    a = [r.tokens for r in dynamic_engine(model, tokenizer, max_batch=2).generate(prompts, sample)]
+    b = [r.tokens for r in dynamic_engine(model, tokenizer, max_batch=6).generate(prompts[::-1], sample[::-1])]
+    assert a == b[::-1]
+    other = [SamplingParams(**{**p.__dict__, "seed": p.seed + 100}) for p in sample]
+    assert [r.tokens for r in dynamic_engine(model, tokenizer, max_batch=6).generate(prompts, other)] != a
+
+    beams = dynamic_engine(model, tokenizer, max_batch=8).generate(prompts[:3], SamplingParams(max_new_tokens=8, num_beams=3))
+    for prompt, req in zip(prompts, beams):
+        out = model.generate(input_ids=paddle.to_tensor([prompt]), attention_mask=paddle.ones([1, len(prompt)], "int64"),
+                             max_new_tokens=8, decode_strategy="beam_search", num_beams=3,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)[0].numpy()[0].tolist()
+        eos = tokenizer.eos_token_id
+        assert req.tokens == (out[:out.index(eos)] if eos in out else out)
+
+
+def _lora_adapter(base_dir, out_dir):
+    """A LoRA adapter over the tiny model with non-zero B (so it changes the outputs); and its merged model."""
+    import numpy as np
+    import paddle
+    from paddlenlp.peft import LoRAConfig, LoRAModel
+
+    model, _ = _load(base_dir)
+    lora = LoRAModel(model, LoRAConfig(target_modules=[".*q_proj.*", ".*v_proj.*", ".*down_proj.*"], r=4, lora_alpha=8,
+                                       base_model_name_or_path=str(base_dir)))
+    rng = np.random.RandomState(0)
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:
+            p.set_value(paddle.to_tensor(rng.normal(0, 0.5, p.shape).astype("float32")))
+    lora.save_pretrained(str(out_dir))
+    lora.merge()
+    lora.model.eval()
+    return lora.model
+
+
+def test_stage_infer_dynamic_static_adapter_and_tp2_agree(tiny_model_dir, loaded, tmp_path):
+    from llmx.data.infer import Chat, prompt_ids
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+
+    model, tokenizer = loaded
+    texts = _texts()
+    lines = [{"src": t, "id": i} if i % 2 else {"messages": [{"role": "user", "content": t}], "id": i}
+             for i, t in enumerate(texts)]
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    common = [f"stage.input={prompts_file}", "stage=infer", "stage.max_new_tokens=10", "stage.max_batch=4",
+              "stage.progress_bar=false"]
+
+    def outputs(run):
+        rows = read_jsonl(run / "output.jsonl")
+        assert [r["id"] for r in rows] == list(range(16))  # input order
+        return [(r["output"], r["generated_tokens"], r["finish_reason"]) for r in rows]
+
+    def expected(m):
+        engine = dynamic_engine(m, tokenizer, max_batch=1)
+        reqs = engine.generate([prompt_ids(tokenizer, Chat((), t)) for t in texts], SamplingParams(max_new_tokens=10))
+        return [(r.text, len(r.tokens), r.finish_reason) for r in reqs]
+
+    dynamic = tmp_path / "dynamic"
+    proc = launch(*common, f"model.name_or_path={tiny_model_dir}", f"hydra.run.dir={dynamic}")
+    want = expected(model)
+    assert outputs(dynamic) == want
+    summary = read_json(dynamic / "summary.json")
+    assert summary["requests"] == 16 and summary["generated_tokens"] == sum(n for _, n, _ in want)
+    prompt_tokens = sum(len(prompt_ids(tokenizer, Chat((), t))) for t in texts)
+    assert summary["prompt_tokens"] == prompt_tokens
+    assert re.search(rf"^16 requests: {prompt_tokens} prompt tokens, {summary['generated_tokens']} generated tokens "
+                     r"in [\d.]+ s, [\d.]+ tokens/s \(dynamic, max_batch 4\) -> ", proc.stdout, re.M), proc.stdout
+
+    # base + LoRA adapter, in static mode: exported (merged) into the run dir, run through Paddle Inference
+    adapter = tmp_path / "adapter"
+    merged = _lora_adapter(tiny_model_dir, adapter)
+    static = tmp_path / "static"
+    launch(*common, f"model.name_or_path={adapter}", "stage.mode=static", f"hydra.run.dir={static}")
+    assert (static / "static" / "inference.json").is_file()
+    with_adapter = expected(merged)
+    assert outputs(static) == with_adapter and with_adapter != want
+
+    tp2 = tmp_path / "tp2"
+    launch(*common, f"model.name_or_path={tiny_model_dir}", "parallel=tp2", f"hydra.run.dir={tp2}")
+    assert outputs(tp2) == want
