@@ -229,7 +229,10 @@ class Engine:
         self.pending = np.asarray(pending, "int64")
 
     def _finish(self, r: Request, reason: str, delta: str = "") -> None:
+        if r.done.is_set():
+            return
         r.finish_reason = reason
+        self.stats[reason] += reason in ("cancelled", "shutdown", "error")
         if r.tracker is not None:
             delta += r.tracker.finish()
             r.text = r.tracker.text

@@ -53,9 +53,13 @@ class EngineThread:
         return self
 
     def shutdown(self) -> None:
+        """Stop stepping (the step under way completes), then end every request still open."""
         self.stop.set()
+        with self.engine.lock:
+            self.engine.wakeup.notify_all()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=30)
         self.engine.abort_all("shutdown")
-        self.thread.join(timeout=10)
 
 
 class _Body(BaseModel):
@@ -153,7 +157,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
                 "batch_occupancy": engine.active / engine.max_batch, "peak_rows": engine.peak_rows,
                 "prompt_tokens": s["prompt_tokens"], "generated_tokens": s["generated_tokens"],
                 "tokens_per_s": s["generated_tokens"] / engine.busy_s if engine.busy_s else 0.0,
-                "busy_s": round(engine.busy_s, 3), "uptime_s": round(time.time() - started, 3)}
+                "cancelled": s["cancelled"], "busy_s": round(engine.busy_s, 3), "uptime_s": round(time.time() - started, 3)}
 
     @app.get("/v1/models")
     async def models():

@@ -66,6 +66,9 @@ def _model_name(cfg: DictConfig) -> str:
 
 
 def run(cfg: DictConfig, ctx) -> dict:
+    import contextlib
+    import signal
+
     import uvicorn
 
     from llmx.console import say
@@ -93,6 +96,17 @@ def run(cfg: DictConfig, ctx) -> dict:
     app.state.engine_thread = worker
 
     class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            """Ctrl-C and SIGTERM stop the server; the run then ends normally (exit 0, its summary written).
+            (uvicorn's own version raises the signal again after shutdown, killing the process.)"""
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
         def handle_exit(self, sig, frame):  # end the running streams first, so the server can close at once
             worker.shutdown()
             super().handle_exit(sig, frame)

@@ -1,0 +1,246 @@
+"""`stage=serve`: one real server process on 127.0.0.1 (a free port) for the whole module, driven by the
+official `openai` client, raw HTTP (httpx) and a headless Chromium; stopped by SIGTERM at the end."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from helpers import REPO
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROMPTS = ["the quick brown fox", "seven wizards quietly judge boxing matches over the lazy dog", "hi"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    port = _free_port()
+    run = tmp_path_factory.mktemp("serve") / "run"
+    proc = subprocess.Popen([sys.executable, "launch.py", "stage=serve", f"model.name_or_path={tiny_model_dir}",
+                             f"stage.port={port}", f"stage.api_key={KEY}", "stage.max_batch=8",
+                             "stage.model_name=tiny-chat", f"hydra.run.dir={run}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/health", headers=AUTH, timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited {proc.returncode}: {proc.stdout.read()}")
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError("the server did not answer /health")
+    yield {"base": base, "port": port, "proc": proc, "run": run}
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    """What the model generates for PROMPTS greedily, computed in this process (text, tokens)."""
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmx.data.infer import Chat, prompt_ids
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+
+    paddle.set_device("cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    engine = dynamic_engine(model, tokenizer, max_batch=1)
+    chat = [prompt_ids(tokenizer, Chat((), p)) for p in PROMPTS]
+    plain = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    done = engine.generate(chat + plain, SamplingParams(max_new_tokens=12))
+    return {"chat": [(r.text, len(r.prompt), len(r.tokens)) for r in done[:3]],
+            "plain": [(r.text, len(r.prompt), len(r.tokens)) for r in done[3:]]}
+
+
+def test_openai_client_completes_chats_and_streams(server, reference):
+    import openai
+
+    # PaddleNLP's documented client example, unchanged but for the port and key
+    client = openai.OpenAI(base_url=f"http://localhost:{server['port']}/v1/", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == ["tiny-chat"]
+    for prompt, (text, n_prompt, n_new) in zip(PROMPTS, reference["chat"]):
+        messages = [{"role": "user", "content": prompt}]
+        reply = client.chat.completions.create(model="paddlenlp", messages=messages, max_tokens=12, temperature=0)
+        assert reply.choices[0].message.content == text and reply.choices[0].message.role == "assistant"
+        assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (n_prompt, n_new)
+        assert reply.usage.total_tokens == n_prompt + n_new
+        assert reply.choices[0].finish_reason == ("length" if n_new == 12 else "stop")
+        stream = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=12, temperature=0,
+                                                stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+        assert chunks[-1].usage.completion_tokens == n_new and chunks[-1].usage.prompt_tokens == n_prompt
+    for prompt, (text, n_prompt, n_new) in zip(PROMPTS, reference["plain"]):
+        done = client.completions.create(model="tiny-chat", prompt=prompt, max_tokens=12, temperature=0)
+        assert done.choices[0].text == text and done.usage.completion_tokens == n_new
+        streamed = client.completions.create(model="tiny-chat", prompt=prompt, max_tokens=12, temperature=0, stream=True)
+        assert "".join(c.choices[0].text for c in streamed) == text
+    # n samples with a seed: reproducible, and distinct seeds per choice
+    sampled = [client.completions.create(model="tiny-chat", prompt=PROMPTS[0], max_tokens=8, temperature=1.0, n=3, seed=5)
+               for _ in range(2)]
+    assert [c.text for c in sampled[0].choices] == [c.text for c in sampled[1].choices]
+    assert len(sampled[0].choices) == 3 and len({c.text for c in sampled[0].choices}) > 1
+
+    wrong = openai.OpenAI(base_url=server["base"] + "/v1", api_key="wrong")
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    assert httpx.get(server["base"] + "/metrics").status_code == 401
+
+
+def _stream(base, body, timeout=120):
+    """(status, the SSE data lines) of one streamed request."""
+    with httpx.Client(timeout=timeout) as c, c.stream("POST", base + "/v1/chat/completions", headers=AUTH, json=body) as r:
+        if r.status_code != 200:
+            r.read()
+            return r.status_code, [r.text]
+        return 200, [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+
+
+MALFORMED = [
+    (b'{"model": "tiny-chat", "messages": [', 400, "not valid JSON"),
+    (b'[1, 2]', 400, "must be a JSON object"),
+    (json.dumps({"model": "tiny-chat", "messages": "hi"}).encode(), 400, "messages"),
+    (json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}).encode(),
+     400, "max_tokens"),
+    (json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "temperature": -1}).encode(),
+     400, "temperature"),
+    (json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "does not exist"),
+    (json.dumps({"model": "tiny-chat", "messages": [{"role": "assistant", "content": "x"}]}).encode(), 400, "expected user"),
+    (json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "word " * 600}]}).encode(), 400,
+     "the model's context is 512"),
+    (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
+    (json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "n": 0}).encode(), 400, "n"),
+]
+
+
+def test_load_malformed_requests_and_disconnects(server):
+    base = server["base"]
+    bodies = [{"model": "tiny-chat", "messages": [{"role": "user", "content": PROMPTS[i % 3] * (1 + i % 5)}],
+               "max_tokens": 6 + i % 10, "temperature": 0.7, "seed": i, "stream": True} for i in range(64)]
+
+    def bad(i):
+        raw, status, words = MALFORMED[i % len(MALFORMED)]
+        r = httpx.post(base + "/v1/chat/completions", content=raw, headers={**AUTH, "Content-Type": "application/json"},
+                       timeout=60)
+        return r.status_code, status, words, r.json()
+
+    with ThreadPoolExecutor(84) as pool:
+        streams = [pool.submit(_stream, base, b) for b in bodies]
+        errors = [pool.submit(bad, i) for i in range(20)]
+        for f in streams:
+            status, data = f.result()
+            assert status == 200 and data[-1] == "[DONE]", data
+            chunks = [json.loads(d) for d in data[:-1]]
+            assert not any("error" in c for c in chunks) and chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        for f in errors:
+            got, status, words, body = f.result()
+            assert got == status and words in body["error"]["message"] and body["error"]["type"] == "invalid_request_error", body
+    assert httpx.get(base + "/health", headers=AUTH).json() == {"status": "ok"}
+
+    # 10 clients that go away after their first token: their requests leave the batch
+    before = httpx.get(base + "/metrics", headers=AUTH).json()
+    long = {"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 400,
+            "temperature": 1.0, "stream": True}
+
+    def leave(i):
+        with httpx.Client(timeout=60) as c, c.stream("POST", base + "/v1/chat/completions", headers=AUTH,
+                                                     json={**long, "seed": i}) as r:
+            for line in r.iter_lines():
+                if '"content": "' in line and '"content": ""' not in line:
+                    return True  # closing the connection mid-stream
+        return False
+
+    with ThreadPoolExecutor(10) as pool:
+        assert all(pool.map(leave, range(10)))
+    for _ in range(100):
+        m = httpx.get(base + "/metrics", headers=AUTH).json()
+        if m["active_rows"] == 0 and m["running_requests"] == 0 and m["finished"] == m["requests"]:
+            break
+        time.sleep(0.1)
+    assert m["active_rows"] == 0 and m["running_requests"] == 0 and m["queue_length"] == 0, m
+    assert m["cancelled"] - before["cancelled"] == 10, m
+    assert m["requests"] - before["requests"] == 10 and m["peak_rows"] == 8 and m["tokens_per_s"] > 0
+
+
+def test_chat_page_in_headless_chromium(server, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (Debian's `chromium` package; .ci/run installs it)")
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="pip's playwright is missing").sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(server["base"] + "/")
+        assert "tiny-chat" in page.title()
+        page.fill("#key", KEY)
+        page.fill("#system", "You are terse.")
+        page.fill("#max_tokens", "24")
+        # count the reply bubble's text updates: a streamed reply grows in several steps
+        page.evaluate("""() => { window.updates = 0;
+            new MutationObserver(ms => { for (const m of ms) {
+                const el = m.target.nodeType === 3 ? m.target.parentElement : m.target;
+                if (el && el.classList && el.classList.contains('assistant')) window.updates++; } })
+              .observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); }""")
+        page.fill("#input", "the quick brown fox")
+        page.click("#send")
+        page.wait_for_selector(".assistant[data-done='1']", timeout=60000)
+        reply = page.inner_text(".assistant")
+        assert reply.strip() and page.evaluate("window.updates") >= 2
+        page.screenshot(path=str(tmp_path / "chat.png"))
+        page.click("#clear")
+        assert page.locator(".msg").count() == 0
+        browser.close()
+    assert (tmp_path / "chat.png").stat().st_size > 1000
+
+
+def test_sigterm_ends_running_streams_and_releases_the_port(server):
+    base, proc = server["base"], server["proc"]
+    result = {}
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 480,
+            "temperature": 1.0, "seed": 1, "stream": True}
+
+    def client():
+        result["out"] = _stream(base, body)
+
+    t = threading.Thread(target=client)
+    t.start()
+    for _ in range(200):  # until it generates
+        if httpx.get(base + "/metrics", headers=AUTH).json()["running_requests"]:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert proc.wait(60) == 0, proc.stdout.read()
+    status, data = result["out"]
+    assert status == 200 and data[-1] == "[DONE]"
+    assert json.loads(data[-2])["error"]["code"] == "shutdown", data[-3:]
+    with socket.socket() as s:  # the port is free again: a new server can listen there (as servers bind: SO_REUSEADDR,
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # which Linux refuses while a socket still listens)
+        s.bind(("127.0.0.1", server["port"]))
+        s.listen()
+    assert "server stopped:" in proc.stdout.read()
