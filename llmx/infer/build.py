@@ -28,11 +28,12 @@ def can_run(model, family: str) -> bool:
     return engine_problem(family) is None and not hasattr(model, "prefix_config")
 
 
-def dynamic_engine(model, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536, seed: int = 0) -> Engine:
+def dynamic_engine(model, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536, seed: int = 0,
+                   static_batching: bool = False) -> Engine:
     model.eval()
     config = model.config
     return Engine(DynamicRunner(model, tokenizer.pad_token_id), tokenizer, max_batch, max_tokens_in_cache,
-                  context_length(config), seed, eos_ids(config, tokenizer))
+                  context_length(config), seed, eos_ids(config, tokenizer), static_batching)
 
 
 def static_engine(program_dir, tokenizer, config, device: str = "cpu", max_batch: int = 8,

@@ -58,9 +58,12 @@ class Request:
 
 class Engine:
     def __init__(self, runner, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536,
-                 max_context: int = 2048, seed: int = 0, eos_ids=()) -> None:
+                 max_context: int = 2048, seed: int = 0, eos_ids=(), static_batching: bool = False) -> None:
         self.runner, self.tokenizer = runner, tokenizer
         self.max_batch, self.max_tokens_in_cache, self.max_context = max_batch, max_tokens_in_cache, max_context
+        # static_batching (for comparisons: bench/infer.py): a batch is admitted only when the previous one is
+        # done, and finished rows keep decoding (discarded) until its longest member ends.
+        self.static_batching = static_batching
         self.eos = set(int(e) for e in eos_ids if e is not None)
         self.first_eos = min(self.eos) if self.eos else None
         self.rng = np.random.RandomState(seed)  # seeds of requests that bring none: reproducible in order
@@ -100,6 +103,8 @@ class Engine:
 
     def submit(self, prompt: list, params: SamplingParams, on_update: Optional[Callable] = None) -> Request:
         max_new = self.check(prompt, params)
+        if self.static_batching and params.num_beams > 1:
+            raise RequestError("static batching (a comparison mode) runs one row per request: no beam search")
         with self.lock:
             seed = params.seed if params.seed is not None else int(self.rng.randint(2 ** 31 - 1))
             req = Request(list(prompt), params, self.next_id, on_update, max_new=max_new,
@@ -138,6 +143,8 @@ class Engine:
 
     def _admit(self) -> list[Request]:
         admitted: list[Request] = []
+        if self.static_batching and self.rows:
+            return admitted
         rows = len(self.rows)
         longest = max((r.reserve for r in set(self.rows)), default=0)
         with self.lock:
@@ -189,6 +196,8 @@ class Engine:
             by_request.setdefault(r, []).append(i)
         now = time.perf_counter()
         for r, idx in by_request.items():
+            if r.done.is_set():  # (static batching: a finished row still in its batch)
+                continue
             if r.first_token_at is None:
                 r.first_token_at = now
             if r.beams is None:
@@ -224,6 +233,10 @@ class Engine:
                     continue
                 keep += [idx[p] for p in parents]
                 pending += tokens
+        if self.static_batching and any(not r.done.is_set() for r in self.rows):
+            chosen = dict(zip(keep, pending))
+            keep = list(range(len(self.rows)))
+            pending = [chosen.get(i, self.runner.pad_id) for i in keep]
         self.rows = [self.rows[i] for i in keep]
         self.batch = take(self.batch, keep, self.runner.axes)
         self.pending = np.asarray(pending, "int64")
