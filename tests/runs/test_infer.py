@@ -116,7 +116,7 @@ def _lora_adapter(base_dir, out_dir):
     return lora.model
 
 
-def test_stage_infer_dynamic_static_adapter_and_tp2_agree(tiny_model_dir, loaded, tmp_path):
+def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(tiny_model_dir, loaded, tmp_path):
     from llmx.data.infer import Chat, prompt_ids
     from llmx.infer.build import dynamic_engine
     from llmx.infer.sampling import SamplingParams
@@ -140,26 +140,24 @@ def test_stage_infer_dynamic_static_adapter_and_tp2_agree(tiny_model_dir, loaded
         reqs = engine.generate([prompt_ids(tokenizer, Chat((), t)) for t in texts], SamplingParams(max_new_tokens=10))
         return [(r.text, len(r.tokens), r.finish_reason) for r in reqs]
 
-    dynamic = tmp_path / "dynamic"
-    proc = launch(*common, f"model.name_or_path={tiny_model_dir}", f"hydra.run.dir={dynamic}")
+    # tensor parallelism (2 ranks): the tokens of one process
     want = expected(model)
-    assert outputs(dynamic) == want
-    summary = read_json(dynamic / "summary.json")
+    tp2 = tmp_path / "tp2"
+    launch(*common, f"model.name_or_path={tiny_model_dir}", "parallel=tp2", f"hydra.run.dir={tp2}")
+    assert outputs(tp2) == want
+    summary = read_json(tp2 / "summary.json")
     assert summary["requests"] == 16 and summary["generated_tokens"] == sum(n for _, n, _ in want)
     prompt_tokens = sum(len(prompt_ids(tokenizer, Chat((), t))) for t in texts)
     assert summary["prompt_tokens"] == prompt_tokens
-    assert re.search(rf"^16 requests: {prompt_tokens} prompt tokens, {summary['generated_tokens']} generated tokens "
-                     r"in [\d.]+ s, [\d.]+ tokens/s \(dynamic, max_batch 4\) -> ", proc.stdout, re.M), proc.stdout
 
     # base + LoRA adapter, in static mode: exported (merged) into the run dir, run through Paddle Inference
     adapter = tmp_path / "adapter"
     merged = _lora_adapter(tiny_model_dir, adapter)
     static = tmp_path / "static"
-    launch(*common, f"model.name_or_path={adapter}", "stage.mode=static", f"hydra.run.dir={static}")
+    proc = launch(*common, f"model.name_or_path={adapter}", "stage.mode=static", f"hydra.run.dir={static}")
     assert (static / "static" / "inference.json").is_file()
     with_adapter = expected(merged)
     assert outputs(static) == with_adapter and with_adapter != want
-
-    tp2 = tmp_path / "tp2"
-    launch(*common, f"model.name_or_path={tiny_model_dir}", "parallel=tp2", f"hydra.run.dir={tp2}")
-    assert outputs(tp2) == want
+    generated = sum(n for _, n, _ in with_adapter)
+    assert re.search(rf"^16 requests: {prompt_tokens} prompt tokens, {generated} generated tokens "
+                     r"in [\d.]+ s, [\d.]+ tokens/s \(static, max_batch 4\) -> ", proc.stdout, re.M), proc.stdout

@@ -187,6 +187,27 @@ def test_load_malformed_requests_and_disconnects(server):
     assert m["requests"] - before["requests"] == 10 and m["peak_rows"] == 8 and m["tokens_per_s"] > 0
 
 
+def test_full_queue_answers_503_with_retry_after(tiny_model_dir):
+    """In-process app over an engine nobody steps: two waiting requests fill a queue of 2."""
+    from fastapi.testclient import TestClient
+    from paddlenlp.transformers import AutoTokenizer
+
+    from llmx.infer.engine import Engine
+    from llmx.infer.sampling import SamplingParams
+    from llmx.serve.app import create_app
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    engine = Engine(runner=None, tokenizer=tokenizer, max_batch=1, max_context=512)
+    client = TestClient(create_app(engine, tokenizer, "m", max_queue=2))
+    body = {"model": "m", "prompt": "hi", "max_tokens": 4}
+    engine.submit([1, 5, 6], SamplingParams())
+    assert client.get("/metrics").json()["queue_length"] == 1
+    engine.submit([1, 5, 6], SamplingParams())
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "queue_full"
+    assert engine.queue_length == 2  # the refused request was never queued
+
+
 def test_chat_page_in_headless_chromium(server, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
