@@ -20,12 +20,20 @@ def context_length(config, default: int = 2048) -> int:
     return default
 
 
+# PaddleNLP adapter wrappers whose forward is the base model's own (their layers carry the adapter).
+SAME_FORWARD_WRAPPERS = ("LoRAModel", "VeRAModel", "LoKrModel")
+
+
 def can_run(model, family: str) -> bool:
-    """Whether the engine runs this model: a family it supports, without a prefix-tuning wrapper
-    (whose forward makes its own past_key_values)."""
+    """Whether the engine runs this model: a PaddleNLP causal LM of a family it supports, bare or inside
+    an adapter wrapper that keeps its forward. Not prefix tuning (its forward makes its own
+    past_key_values) nor ReFT (it edits hidden states at positions counted over the whole sequence)."""
+    from paddlenlp.transformers import PretrainedModel
+
     from llmx.infer.support import engine_problem
 
-    return engine_problem(family) is None and not hasattr(model, "prefix_config")
+    return engine_problem(family) is None and (isinstance(model, PretrainedModel)
+                                               or type(model).__name__ in SAME_FORWARD_WRAPPERS)
 
 
 def dynamic_engine(model, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536, seed: int = 0,

@@ -190,7 +190,10 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
             p = params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + i})
 
             def on_update(req, delta, index=i):
-                loop.call_soon_threadsafe(queue.put_nowait, (index, delta, req.finish_reason))
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, (index, delta, req.finish_reason))
+                except RuntimeError:  # the event loop has closed (shutdown): nobody is listening
+                    pass
 
             reqs.append(engine.submit(prompt, p, on_update))
         return reqs

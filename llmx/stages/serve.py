@@ -53,6 +53,22 @@ def validate(cfg: DictConfig) -> None:
                 "and adapters merged into their base (lora, vera, lokr)")
     require(p.dp * p.tp * p.pp * p.sharding == 1, "parallel",
             f"dp={p.dp} tp={p.tp} pp={p.pp}", "the server runs in one process (parallel=single)")
+    if s.port:  # last: the other problems do not depend on what else runs here
+        problem = _port_problem(s.host, s.port)
+        require(problem is None, "stage.port", s.port, f"{problem} (choose another: stage.port=N, or 0 for any free port)")
+
+
+def _port_problem(host: str, port: int):
+    """Why the server could not listen on host:port (checked before the model loads), or None."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind((host, port))
+    except OSError as e:
+        return f"cannot listen on {host}:{port}: {e.strerror or e}"
+    return None
 
 
 def _model_name(cfg: DictConfig) -> str:

@@ -105,3 +105,16 @@ def test_inference_input_errors_name_path_and_line(tmp_path):
 def test_infer_and_serve_config_errors(overrides, expected):
     line = input_error(*overrides)
     assert line.startswith("llmx: config error: ") and expected in line, line
+
+
+def test_serve_refuses_a_port_in_use_before_loading():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = input_error("stage=serve", f"stage.port={port}")
+    assert line == (f"llmx: config error: stage.port={port}: cannot listen on 127.0.0.1:{port}: Address already in use "
+                    "(choose another: stage.port=N, or 0 for any free port)")
+
