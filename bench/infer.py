@@ -66,8 +66,11 @@ def main() -> None:
         tokenizer.pad_token = tokenizer.eos_token
     paddle.seed(args.seed)
     heads = max(args.hidden // 64, 1)
-    config = LlamaConfig(vocab_size=512, initializer_range=0.2,  # wider than default: peaked, tie-free logits hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-                         num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=heads,
+    # initializer_range wider than the default: peaked next-token distributions, no near-ties for float
+    # rounding to flip between batch shapes, so the ways can be compared token for token
+    config = LlamaConfig(vocab_size=512, initializer_range=0.2, hidden_size=args.hidden,
+                         intermediate_size=args.hidden * 8 // 3, num_hidden_layers=args.layers,
+                         num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     model = LlamaForCausalLM(config)
@@ -129,7 +132,8 @@ def main() -> None:
         c, g = results["continuous"], results["paddlenlp"]
         same = c[3] == g[3]
         print(f"infer: continuous/paddlenlp-generate tokens/s ratio {g[0] / c[0]:.2f}x, p99 TTFT {c[2]:.3f} s vs "
-              f"{g[2]:.3f} s; same greedy tokens: {same}")
+              f"{g[2]:.3f} s; same greedy tokens: {same} (where eos is a row's argmax they part: generate's "
+              f"min_new_tokens masks eos, the engine's ignore_eos keeps it)")
 
 
 if __name__ == "__main__":
