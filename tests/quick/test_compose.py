@@ -48,9 +48,11 @@ def check(overrides: list[str], cfg=None) -> str | None:
     expected_error = None
     if choice.get("parallel") == "tp4pp2":  # a layout for bigger models: the tiny one has 2 KV heads
         expected_error = "parallel.tp=4: must divide the model's KV heads (2)"
+    elif choice.get("stage") == "infer":  # its prompts file has no default
+        expected_error = "stage.input=None: needs a JSONL file of prompts"
     elif cfg.model.family == "chatglm":  # composes (e.g. for planning), but the sft runner refuses it
         expected_error = "ChatGLM v1 is not trainable by llmx yet"
-    elif OmegaConf.select(cfg, "stage.peft.method") == "prefix" and cfg.model.family in NO_PREFIX_TUNING:
+    elif "peft" in cfg.stage and cfg.stage.peft.method == "prefix" and cfg.model.family in NO_PREFIX_TUNING:
         expected_error = f"prefix tuning is not supported for model family {cfg.model.family}"
     try:
         validate(cfg)
@@ -61,8 +63,8 @@ def check(overrides: list[str], cfg=None) -> str | None:
     if choice.get("model", "tiny") != "tiny" and cfg.model.family != choice["model"]:
         return f"model.family={cfg.model.family}"
     stage = choice.get("stage", "sft")
-    if stage == "pretrain":
-        return None if cfg.stage.runner == "pretrain" else f"stage.runner={cfg.stage.runner}"
+    if stage in ("pretrain", "serve"):  # stages with a runner of their own name
+        return None if cfg.stage.runner == stage else f"stage.runner={cfg.stage.runner}"
     if cfg.stage.runner != "sft" or cfg.stage.peft.method != ("none" if stage == "sft" else stage):
         return f"stage.runner={cfg.stage.runner} stage.peft.method={cfg.stage.peft.method}"
     if cfg.model.size != choice.get("model.size", "tiny"):
