@@ -129,8 +129,10 @@ def expected_tensors(fam: Family, config) -> Tuple[Dict[str, Tuple[int, ...]], D
 
     from llmx.families import fixes
 
+    from paddlenlp.transformers.model_utils import no_init_weights
+
     fixes.apply(fam.fixes, fixes.BEFORE_BUILD)
-    with paddle.LazyGuard():
+    with no_init_weights(), paddle.LazyGuard():  # (some classes' init writes into parameters)
         model = getattr(pnt, fam.architecture)(config)
     state = model.state_dict()
     by_id: Dict[int, str] = {}

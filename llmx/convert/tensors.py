@@ -23,6 +23,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from llmx.errors import UserError
+
 # safetensors dtype code -> numpy dtype that holds its bytes (BF16: raw 16-bit words)
 ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64,
              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -33,8 +35,10 @@ SAFE_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model: one line."""
+
+    kind = "checkpoint error"
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ class _TorchBinFile:
         numel = int(np.prod(r.shape, dtype=np.int64))
         with self.zip.open(f"{self.prefix}data/{r.storage.key}") as f:
             f.seek(r.offset * dtype.itemsize)  # only the bytes up to this tensor's end are read
-            span = (max((n - 1) * s for n, s in zip(r.shape, r.stride)) + 1) if numel else 0
+            span = (sum((n - 1) * s for n, s in zip(r.shape, r.stride)) + 1) if numel else 0
             flat = np.frombuffer(f.read(span * dtype.itemsize), dtype=dtype)
         return np.lib.stride_tricks.as_strided(flat, r.shape, [s * dtype.itemsize for s in r.stride]) \
             if numel else np.zeros(r.shape, dtype)
