@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +22,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from llmx.convert.tensors import CheckpointError, StreamWriter, TensorIndex, dtype_code
+from llmx.convert.tensors import CheckpointError, StreamWriter, TensorIndex
+from llmx.convert.tokenizer import tokenizer_from_hf, tokenizer_to_hf
 from llmx.families import Family, family
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
-# Files that come along unchanged (tokenizers in both formats, generation defaults, chat templates).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "sentencepiece.bpe.model",
-                   "qwen.tiktoken", "ice_text.model", "chat_template.json", "chat_template.jinja")
-GENERATION_CONFIG = "generation_config.json"
 # PaddleNLP-only config keys: parallel layout, fused kernels, recompute. Never written into an HF config.
 _PADDLE_ONLY_PREFIXES = ("tensor_parallel", "pipeline_parallel", "sep_parallel", "context_parallel", "virtual_pp",
                          "sequence_parallel", "use_fused", "fuse_", "use_flash", "recompute", "refined_recompute",
@@ -178,7 +173,7 @@ def hf_to_llmx(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Opti
         writer.close()
         config.dtype = out_dtype
         config.save_pretrained(str(tmp))
-        _copy_side_files(src, tmp)
+        tokenizer_from_hf(src, tmp, fam.sp_tokenizer)
     index.close()
     seconds = time.time() - started
     log.info("converted %d tensors (%.1f MB) from %s to %s in %.1f s", len(plan), written / 1e6, src, out, seconds)
@@ -346,7 +341,7 @@ def llmx_to_hf(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Opti
         cfg = hf_config(fam, config.to_dict(), hf_dtype)
         cfg["tie_word_embeddings"] = tie
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        _copy_side_files(src, tmp)
+        tokenizer_to_hf(src, tmp)
     index.close()
     seconds = time.time() - started
     return {"direction": "to_hf", "family": fam.name, "tensors": len(plan), "megabytes": round(written / 1e6, 3),
@@ -388,9 +383,3 @@ def _cast(array: np.ndarray, stored: str, dtype: Optional[str]) -> np.ndarray:
         bits = np.ascontiguousarray(as_float, dtype=np.float32).view(np.uint32)
         return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     return as_float.astype(np.float16 if target == "F16" else np.float32)
-
-
-def _copy_side_files(src: Path, dst: Path) -> None:
-    for name in TOKENIZER_FILES + (GENERATION_CONFIG,):
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)

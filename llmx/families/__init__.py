@@ -59,6 +59,7 @@ class Family:
     hf_config_keys: Mapping[str, str] = field(default_factory=dict)
     hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
     hf_tied_head: Optional[Tuple[str, str, str]] = None
+    sp_tokenizer: Optional[str] = None  # PaddleNLP class that reads the family's SentencePiece tokenizer.model
 
     # -------------------------------------------------------------- hyperparameters
     def hyperparameters(self, given: Mapping[str, Any]) -> Dict[str, Any]:
@@ -126,11 +127,13 @@ _GPT_NAMES = {"n_positions": "max_position_embeddings", "n_embd": "hidden_size",
 FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("llama", "LlamaForCausalLM", "LlamaConfig", _LLAMA_FUSED_LORA, pipeline_class="LlamaForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
-           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES, hf_model_type="llama", hf_architecture="LlamaForCausalLM"),
+           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES, hf_model_type="llama", hf_architecture="LlamaForCausalLM",
+           sp_tokenizer="LlamaTokenizer"),
     # PaddleNLP has no Baichuan class: Baichuan checkpoints load as LlamaForCausalLM (13B: alibi=true).
     Family("baichuan", "LlamaForCausalLM", "LlamaConfig", _LLAMA_FUSED_LORA, pipeline_class="LlamaForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
-           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES, hf_model_type="baichuan", hf_architecture="BaichuanForCausalLM"),
+           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES, hf_model_type="baichuan", hf_architecture="BaichuanForCausalLM",
+           sp_tokenizer="LlamaTokenizer"),
     Family("qwen", "QWenForCausalLM", "QWenConfig",
            (".*attn.c_attn.*", ".*attn.c_proj.*", ".*mlp.w1.*", ".*mlp.w2.*", ".*mlp.c_proj.*"),
            pipeline_class="QWenForCausalLMPipe", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
@@ -147,18 +150,20 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("mistral", "MistralForCausalLM", "MistralConfig", _LLAMA_LORA, prefix_cache="batch_heads_seq",
            packing=True,
            defaults=dict(_LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8),
-           hf_model_type="mistral", hf_architecture="MistralForCausalLM"),
+           hf_model_type="mistral", hf_architecture="MistralForCausalLM",
+           sp_tokenizer="LlamaTokenizer"),
     # The router (`gate`) stays frozen under LoRA, as in PaddleNLP's llm tools; w1/w2/w3 are the experts.
     Family("mixtral", "MixtralForCausalLM", "MixtralConfig",
            (".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*w1.*", ".*w2.*", ".*w3.*"),
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
            defaults=dict(_LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8),
-           fixes=("mixtral_moe_routing",), hf_model_type="mixtral", hf_architecture="MixtralForCausalLM"),
+           fixes=("mixtral_moe_routing",), hf_model_type="mixtral", hf_architecture="MixtralForCausalLM",
+           sp_tokenizer="LlamaTokenizer"),
     Family("gemma", "GemmaForCausalLM", "GemmaConfig", _LLAMA_LORA, pipeline_class="GemmaForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
            defaults=dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
                          num_attention_heads=16, num_key_value_heads=16, head_dim=256, tie_word_embeddings=True),
-           fixes=("gemma_tanh_gelu",), hf_model_type="gemma", hf_architecture="GemmaForCausalLM",
+           fixes=("gemma_tanh_gelu",), hf_model_type="gemma", hf_architecture="GemmaForCausalLM", sp_tokenizer="GemmaTokenizer",
            hf_config_extra={"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"}),
     # ChatGLM v1 needs [gMASK]/bos inputs, 4-D masks and 2-D position ids that only its own tokenizer builds.
     Family("chatglm", "ChatGLMForCausalLM", "ChatGLMConfig", _GLM_LORA, prefix_cache="seq_batch_heads",
