@@ -13,7 +13,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import (PeftConfig, TrainConfig, existing, model_family, positive, require, validate_peft,
+from llmx.config import (MERGEABLE_METHODS, PeftConfig, TrainConfig, existing, model_family, positive, require, validate_peft,
                          validate_train, validate_trainable)
 from llmx.data.sft import Conversation, read_sft_jsonl
 from llmx.families import FAMILIES
@@ -59,7 +59,11 @@ def validate(cfg: DictConfig) -> None:
             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
     validate_train(s.train)
     validate_peft(cfg)
-    require(not s.merge_adapter or p.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    require(not s.merge_adapter or p.method in MERGEABLE_METHODS, "stage.merge_adapter", True,
+            f"needs an adapter that folds into the weights ({', '.join(MERGEABLE_METHODS)}); "
+            + {"none": "full fine-tuning already writes the full model",
+               "prefix": "prefix tuning adds key/value tokens, not weights",
+               "reft": "ReFT edits hidden states at chosen positions, not weights"}.get(p.method, ""))
     packing = sorted(n for n, f in FAMILIES.items() if f.packing)
     require(not s.zero_padding or fam.packing, "stage.zero_padding", True,
             f"model family {m.family} cannot keep packed examples apart; supported: {', '.join(packing)}")
@@ -104,20 +108,23 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.engine.checkpoint import export_adapter, export_model
     from llmx.engine.distributed import barrier, fixed_length_batches
     from llmx.engine.fit import fit
+    from llmx.engine.peft import merged_model, wrap_peft
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
     tokenizer = models.build_tokenizer(cfg.model)
     model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
 
-    base_ref = cfg.model.name_or_path
+    source = models.model_source(cfg.model)
+    base_ref = source.model_dir if source and not source.adapter else None
     if method != "none" and base_ref is None:
-        # An adapter must point at weights that exist: keep the random-init base once.
+        # An adapter must point at weights that exist as one directory: keep the random-init base (or the
+        # base with an earlier run's adapter merged into it) once.
         base_ref = str(exp.dir / "base_model")
         missing = not Path(base_ref, "config.json").exists()
         barrier()  # every rank has looked before any writes
         if missing:
             export_model(model, tokenizer, Path(base_ref), ctx.layout, ctx.runtime.is_main)
-    model = models.wrap_peft(model, cfg, base_ref)
+    model = wrap_peft(model, cfg, base_ref)
 
     encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
     train_set = [encoder.encode(c) for c in ctx.inputs["train"]]
@@ -135,6 +142,10 @@ def run(cfg: DictConfig, ctx) -> dict:
         collator = PackedCollator(tokenizer.pad_token_id, pad_to=pad_to, flashmask=use_flashmask(model, ctx.runtime.device))
     trainer, summary = fit(cfg, ctx, model, train_set, eval_set, collator, tokenizer, evaluate=stage.eval.enabled)
     summary = {"stage": method if method != "none" else "sft", **summary}
+    if method != "none":
+        summary["peft_method"] = method if stage.peft.variant == "none" else stage.peft.variant
+        if stage.peft.lora_plus_ratio != 1.0:
+            summary["lora_plus_ratio"] = stage.peft.lora_plus_ratio
     if packing:
         summary["packing_efficiency"] = round(packing["non_pad_fraction"], 4)
         summary["packed_sequences"] = packing["sequences"]
@@ -148,8 +159,8 @@ def run(cfg: DictConfig, ctx) -> dict:
         return summary
     summary["adapter_dir"] = str(export_adapter(model, tokenizer, exp.dir / "adapter", ctx.layout, ctx.runtime.is_main))
     summary["base_model"] = base_ref
+    summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(summary["adapter_dir"]).iterdir() if f.is_file())
     if stage.merge_adapter:  # every rank merges its shard of the adapters into its shard of the weights
-        model.merge()
-        summary["model_dir"] = str(export_model(model.model, tokenizer, exp.dir / "model", ctx.layout,
-                                                ctx.runtime.is_main))
+        summary["model_dir"] = str(export_model(merged_model(model, ctx.layout.tp), tokenizer, exp.dir / "model",
+                                                ctx.layout, ctx.runtime.is_main))
     return summary
