@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,7 @@ _PADDLE_ONLY_PREFIXES = ("tensor_parallel", "pipeline_parallel", "sep_parallel",
                          "sequence_parallel", "use_fused", "fuse_", "use_flash", "recompute", "refined_recompute",
                          "no_recompute", "pp_recompute", "offload_recompute", "immediate_clear", "use_fast_layer_norm",
                          "long_sequence", "use_long_sequence", "dpo_config", "paddlenlp_version", "quantization_config",
-                         "use_last_token_for_generation", "ignore_index", "dtype", "mp_degree", "seq_length",
-                         "alibi")
+                         "use_last_token_for_generation", "ignore_index", "dtype", "mp_degree")
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,10 @@ def moves(fam: Family, config) -> List[Move]:
         if callable(m.action) or m.action not in (None, "transpose", "split"):
             raise CheckpointError(f"{fam.architecture}: name map action {m.action!r} for {m.source_name} "
                                   f"is not supported by llmx.convert")
-        out.append(Move(m.source_name, m.target_name, m.action == "transpose",
-                        m.index if m.action == "split" else None))
+        source, target = m.source_name, m.target_name
+        if fam.hf_map_prefix and not target.startswith(fam.hf_map_prefix[0]):
+            source, target = fam.hf_map_prefix[1] + source, fam.hf_map_prefix[0] + target
+        out.append(Move(source, target, m.action == "transpose", m.index if m.action == "split" else None))
     return out
 
 
@@ -174,6 +176,8 @@ def hf_to_llmx(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Opti
         config.dtype = out_dtype
         config.save_pretrained(str(tmp))
         tokenizer_from_hf(src, tmp, fam.sp_tokenizer)
+        if (src / "generation_config.json").is_file():  # PaddleNLP reads HF's generation defaults as they are
+            shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
     index.close()
     seconds = time.time() - started
     log.info("converted %d tensors (%.1f MB) from %s to %s in %.1f s", len(plan), written / 1e6, src, out, seconds)
@@ -262,9 +266,10 @@ def _assemble_from_hf(index: TensorIndex, srcs: List[Move]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- llmx -> HF
 def llmx_to_hf(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Optional[str] = None,
-               progress: Optional[Callable[[int, int], None]] = None) -> dict:
+               progress: Optional[Callable[[int, int], None]] = None, tokenizer_dir: Optional[Path] = None) -> dict:
     """Convert the llmx/PaddleNLP model directory `src` into an HF directory `out` that
-    transformers' AutoModelForCausalLM loads (safetensors, HF names, HF config.json keys)."""
+    transformers' AutoModelForCausalLM loads (safetensors, HF names, HF config.json keys), with the
+    tokenizer of `tokenizer_dir` (default: `src`)."""
     from llmx.experiment import atomic_dir
     from llmx.families import family_of_paddle_config
 
@@ -341,7 +346,9 @@ def llmx_to_hf(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Opti
         cfg = hf_config(fam, config.to_dict(), hf_dtype)
         cfg["tie_word_embeddings"] = tie
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        tokenizer_to_hf(src, tmp)
+        tokenizer_to_hf(Path(tokenizer_dir or src), tmp)
+        if (src / "generation_config.json").is_file():
+            shutil.copy2(src / "generation_config.json", tmp / "generation_config.json")
     index.close()
     seconds = time.time() - started
     return {"direction": "to_hf", "family": fam.name, "tensors": len(plan), "megabytes": round(written / 1e6, 3),

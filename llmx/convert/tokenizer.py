@@ -21,7 +21,7 @@ CONFIG = "tokenizer_config.json"
 # PaddleNLP SentencePiece tokenizer class -> the file name it reads (its `resource_files_names`)
 PADDLE_SP_FILES = {"LlamaTokenizer": "sentencepiece.bpe.model", "GemmaTokenizer": "tokenizer.model"}
 COPIED = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
-          "qwen.tiktoken", "ice_text.model", "generation_config.json")
+          "qwen.tiktoken", "ice_text.model")
 
 
 def _read_config(d: Path) -> dict:

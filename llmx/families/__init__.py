@@ -59,6 +59,7 @@ class Family:
     hf_config_keys: Mapping[str, str] = field(default_factory=dict)
     hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
     hf_tied_head: Optional[Tuple[str, str, str]] = None
+    hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
     sp_tokenizer: Optional[str] = None  # PaddleNLP class that reads the family's SentencePiece tokenizer.model
 
     # -------------------------------------------------------------- hyperparameters
@@ -180,7 +181,8 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
                          ffn_hidden_size=13696, multi_query_group_num=1, add_bias_linear=False, add_qkv_bias=False,
                          rmsnorm=True, post_layer_norm=True),
            aliases={"num_layers": "num_hidden_layers", "padded_vocab_size": "vocab_size"},
-           hf_model_type="chatglm", hf_architecture="ChatGLMModel", hf_marker="multi_query_group_num"),
+           hf_model_type="chatglm", hf_architecture="ChatGLMModel", hf_marker="multi_query_group_num",
+           hf_map_prefix=("chatglm_v2.", "transformer.")),
     # BLOOM's alibi biases by absolute key position: not reproducible per packed example behind a prefix.
     Family("bloom", "BloomForCausalLM", "BloomConfig",
            (".*query_key_value.*", ".*dense.*", ".*dense_h_to_4h.*", ".*dense_4h_to_h.*"),
