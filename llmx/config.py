@@ -163,6 +163,10 @@ def validate_common(cfg: DictConfig) -> None:
     """Check the values and combinations of what every run has (llmx.stages.validate adds the
     stage's own rules); raise ConfigError with one line on the first problem."""
     check_known_keys(cfg, "")
+    if cfg.model.name_or_path:  # an HF checkpoint of another family: one line, before it is converted
+        from llmx.convert.cache import check_hf_family
+
+        check_hf_family(cfg)
     validate_model(cfg.model)
     validate_parallel(cfg)
     one_of("quant.algorithm", cfg.quant.algorithm, QUANT_ALGORITHMS)

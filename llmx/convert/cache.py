@@ -49,6 +49,30 @@ def is_hf_checkpoint(path: Path) -> bool:
     return (header.get("__metadata__") or {}).get("format") == "pt"
 
 
+def family_given(cfg) -> Optional[str]:
+    """The family the user named with model=<family>; None where the model group is left at its default
+    (`tiny`) in a stage=convert run, which takes the family from config.json."""
+    if cfg.stage.runner != "convert":
+        return cfg.model.family
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        choice = HydraConfig.get().runtime.choices.get("model")
+    except ValueError:  # composed outside a Hydra app (tests): the config's family is the user's
+        return cfg.model.family
+    return None if choice in (None, "tiny") else cfg.model.family
+
+
+def check_hf_family(cfg) -> None:
+    """A Hugging Face checkpoint as model.name_or_path must be of the family asked for (one line naming both)."""
+    path = Path(cfg.model.name_or_path)
+    if not is_hf_checkpoint(path):
+        return
+    from llmx.convert.hf import check_family, read_json
+
+    check_family(read_json(path / "config.json"), family_given(cfg), path)
+
+
 def _file_digest(path: Path, memo: dict) -> str:
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"

@@ -40,11 +40,13 @@ _PADDLE_ONLY_PREFIXES = ("tensor_parallel", "pipeline_parallel", "sep_parallel",
 
 @dataclass(frozen=True)
 class Move:
-    """One Hugging Face tensor <-> one PaddleNLP tensor (`part` set: a third of a fused HF tensor)."""
+    """One Hugging Face tensor <-> one PaddleNLP tensor (`part` set: a third of a fused HF tensor, cut
+    along `axis` of the HF tensor)."""
     hf: str
     paddle: str
     transpose: bool = False
     part: Optional[int] = None
+    axis: int = -1
 
 
 def shape_str(shape) -> str:
@@ -111,6 +113,14 @@ def moves(fam: Family, config) -> List[Move]:
         if fam.hf_map_prefix and not target.startswith(fam.hf_map_prefix[0]):
             source, target = fam.hf_map_prefix[1] + source, fam.hf_map_prefix[0] + target
         out.append(Move(source, target, m.action == "transpose", m.index if m.action == "split" else None))
+    if fam.hf_fused_qkv:  # HF keeps q, k and v in one [3 * out, in] tensor (rows: q, then k, then v)
+        fused = []
+        for mv in out:
+            for i, which in enumerate(("q_proj", "k_proj", "v_proj")):
+                if mv.hf.endswith(f".self_attn.{which}.weight"):
+                    mv = Move(mv.hf.replace(which, fam.hf_fused_qkv), mv.paddle, mv.transpose, i, axis=0)
+            fused.append(mv)
+        out = fused
     return out
 
 
@@ -229,7 +239,8 @@ def _plan_from_hf(fam: Family, config, index: TensorIndex, shapes, aliases, hf: 
                                   f"model's {name} needs {shape_str(_hf_shape(shape, srcs[0]))} (from config.json)")
         plan[name] = srcs
         used.update(mv.hf for mv in srcs)
-    head_names = {mv.hf for name in aliases for mv in by_target.get(name, [])} if tied or aliases else set()
+    # A tied head: HF's torch .bin files keep it under its own name too (the embedding's storage).
+    head_names = {mv.hf for name in aliases for mv in by_target.get(name, [])} | ({"lm_head.weight"} if tied else set())
     if fam.hf_tied_head:
         head_names.add(fam.hf_tied_head[1])
     extra = [n for n in index.names() if n not in used and not _rotary_buffer(n) and n not in head_names]
@@ -245,22 +256,24 @@ def _hf_shape(paddle_shape, mv: Move):
     if mv.transpose:
         shape = shape[::-1]
     if mv.part is not None:
-        shape = shape[:-1] + (shape[-1] * 3,)
+        shape = list(shape)
+        shape[mv.axis] *= 3
+        shape = tuple(shape)
     return shape
 
 
 def _shape_from_hf(index: TensorIndex, srcs: List[Move]):
-    shape = tuple(index.infos[srcs[0].hf].shape)
+    shape = list(index.infos[srcs[0].hf].shape)
     if srcs[0].part is not None:
-        shape = shape[:-1] + (shape[-1] // 3,)
-    return shape[::-1] if srcs[0].transpose else shape
+        shape[srcs[0].axis] //= 3
+    return tuple(shape[::-1] if srcs[0].transpose else shape)
 
 
 def _assemble_from_hf(index: TensorIndex, srcs: List[Move]) -> np.ndarray:
     mv = srcs[0]
     array = index.get(mv.hf)
     if mv.part is not None:
-        array = np.split(array, 3, axis=-1)[mv.part]
+        array = np.split(array, 3, axis=mv.axis)[mv.part]
     return array.T if mv.transpose else array
 
 
@@ -335,7 +348,7 @@ def llmx_to_hf(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Opti
         for i, (hf_name, mvs) in enumerate(plan.items()):
             parts = [index.get(stored[mv.paddle]) for mv in mvs]
             parts = [p.T if mv.transpose else p for p, mv in zip(parts, mvs)]
-            array = np.concatenate(parts, axis=-1) if mvs[0].part is not None else parts[0]
+            array = np.concatenate(parts, axis=mvs[0].axis) if mvs[0].part is not None else parts[0]
             array = _cast(array, index.infos[stored[mvs[0].paddle]].dtype, dtype)
             writer.write(hf_name, array)
             written += array.nbytes

@@ -59,7 +59,8 @@ class Family:
     hf_config_keys: Mapping[str, str] = field(default_factory=dict)
     hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
     hf_tied_head: Optional[Tuple[str, str, str]] = None
-    hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
+    hf_map_prefix: Optional[Tuple[str, str]] = None
+    hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
     sp_tokenizer: Optional[str] = None  # PaddleNLP class that reads the family's SentencePiece tokenizer.model
 
     # -------------------------------------------------------------- hyperparameters
@@ -134,7 +135,7 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("baichuan", "LlamaForCausalLM", "LlamaConfig", _LLAMA_FUSED_LORA, pipeline_class="LlamaForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
            defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES, hf_model_type="baichuan", hf_architecture="BaichuanForCausalLM",
-           sp_tokenizer="LlamaTokenizer"),
+           hf_fused_qkv="W_pack", sp_tokenizer="LlamaTokenizer"),
     Family("qwen", "QWenForCausalLM", "QWenConfig",
            (".*attn.c_attn.*", ".*attn.c_proj.*", ".*mlp.w1.*", ".*mlp.w2.*", ".*mlp.c_proj.*"),
            pipeline_class="QWenForCausalLMPipe", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,

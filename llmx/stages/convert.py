@@ -44,21 +44,9 @@ def validate(cfg: DictConfig) -> None:
                 f"must lie outside model.name_or_path ({m.name_or_path}): the source is never written")
 
 
-def family_given(cfg: DictConfig) -> Optional[str]:
-    """The family the user named with model=<family>, or None where the model group is the default
-    (`tiny`): then config.json decides."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        choice = HydraConfig.get().runtime.choices.get("model")
-    except ValueError:  # composed outside a Hydra app (tests): the config's family is the user's
-        return cfg.model.family
-    return None if choice in (None, "tiny") else cfg.model.family
-
-
 def prepare(cfg: DictConfig) -> dict:
     """Read config.json and settle the family, before paddle: a mismatch is one line."""
-    from llmx.convert.cache import is_hf_checkpoint
+    from llmx.convert.cache import family_given, is_hf_checkpoint
     from llmx.convert.hf import check_family, read_json
     from llmx.families import family_of_paddle_config
     from llmx.sources import resolve
