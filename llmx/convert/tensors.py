@@ -32,6 +32,7 @@ _TORCH_STORAGES = {"DoubleStorage": "F64", "FloatStorage": "F32", "HalfStorage":
                    "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
                    "ByteStorage": "U8", "BoolStorage": "BOOL"}
 SAFE_INDEX = "model.safetensors.index.json"
+_BLOCK = 16 << 20  # bytes copied at a time when a tensor is written out of a transposed view
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 
@@ -278,7 +279,13 @@ class StreamWriter:
         if tuple(array.shape) != tuple(h["shape"]) or array.dtype.itemsize != np.dtype(ST_DTYPES[h["dtype"]]).itemsize:
             raise RuntimeError(f"StreamWriter: {name} is {array.dtype}{list(array.shape)}, planned "
                                f"{h['dtype']}{h['shape']}")
-        self._file.write(np.ascontiguousarray(array).tobytes())  # the only copy: one tensor, C order
+        if array.flags.c_contiguous:
+            self._file.write(memoryview(array.reshape(-1)).cast("B"))  # no copy
+        else:  # (a transposed view): copied to C order in blocks of rows, so never whole a second time
+            rows = max(1, _BLOCK // max(1, array[0].nbytes)) if array.ndim > 1 else len(array)
+            for start in range(0, len(array), rows):
+                block = np.ascontiguousarray(array[start:start + rows])
+                self._file.write(memoryview(block.reshape(-1)).cast("B"))
         self._next += 1
 
     def close(self) -> None:
