@@ -105,7 +105,12 @@ def moves(fam: Family, config) -> List[Move]:
 
     cls = getattr(pnt, fam.architecture)
     out = []
-    for m in cls._get_name_mappings(config):
+    try:
+        mappings = cls._get_name_mappings(config)
+    except NotImplementedError:  # (ChatGLM v1 in paddlenlp 3.0.0b4)
+        raise CheckpointError(f"PaddleNLP's {fam.architecture} has no Hugging Face name map: model family "
+                              f"{fam.name} cannot be converted") from None
+    for m in mappings:
         if callable(m.action) or m.action not in (None, "transpose", "split"):
             raise CheckpointError(f"{fam.architecture}: name map action {m.action!r} for {m.source_name} "
                                   f"is not supported by llmx.convert")
