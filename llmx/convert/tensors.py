@@ -203,15 +203,43 @@ def weight_files(directory: Path) -> List[Path]:
     return []
 
 
+class _PdparamsFile:
+    """PaddleNLP's pickled `model_state.pdparams` (what its convert_from_torch writes): paddle's own loader
+    reads it whole, so this one format is not streamed."""
+
+    def __init__(self, path: Path):
+        import paddle
+
+        self.path = path
+        self.state = {k: np.asarray(v) for k, v in paddle.load(str(path), return_numpy=True).items()}
+
+    def infos(self) -> List[TensorInfo]:
+        out = []
+        for name, v in self.state.items():
+            code = "BF16" if v.dtype == np.uint16 else dtype_code(v)
+            out.append(TensorInfo(name, tuple(v.shape), code, self.path))
+        return out
+
+    def get(self, name: str) -> np.ndarray:
+        return self.state[name]
+
+    def close(self) -> None:
+        self.state = {}
+
+
 class TensorIndex:
     """Every tensor of a checkpoint directory (or of the given files), readable one at a time."""
 
     def __init__(self, directory: Path, files: Optional[Iterable[Path]] = None):
         self.directory = Path(directory)
         files = list(files) if files is not None else weight_files(self.directory)
+        if not files and (self.directory / "model_state.pdparams").is_file():
+            files = [self.directory / "model_state.pdparams"]
         if not files:
-            raise CheckpointError(f"{self.directory}: no model.safetensors, *.safetensors or pytorch_model*.bin")
-        self.files = [(_SafetensorsFile if f.suffix == ".safetensors" else _TorchBinFile)(f) for f in files]
+            raise CheckpointError(f"{self.directory}: no model.safetensors, *.safetensors, pytorch_model*.bin or "
+                                  "model_state.pdparams")
+        kinds = {".safetensors": _SafetensorsFile, ".bin": _TorchBinFile, ".pdparams": _PdparamsFile}
+        self.files = [kinds[f.suffix](f) for f in files]
         self.infos: Dict[str, TensorInfo] = {}
         self._owner = {}
         for file in self.files:

@@ -45,7 +45,8 @@ def test_stream_writer_refuses_what_was_not_planned(tmp_path):
 
 
 def test_a_directory_without_weights_is_one_line(tmp_path):
-    with pytest.raises(CheckpointError, match="no model.safetensors, \\*.safetensors or pytorch_model\\*.bin"):
+    with pytest.raises(CheckpointError, match=r"no model.safetensors, \*.safetensors, pytorch_model\*.bin or "
+                                              r"model_state.pdparams"):
         TensorIndex(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "gone.safetensors"}}))
     with pytest.raises(CheckpointError, match="names shard gone.safetensors"):
