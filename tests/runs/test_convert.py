@@ -309,3 +309,16 @@ def test_safetensors_written_by_stream_are_valid_files(converted):
     assert (8 + size) % 8 == 0 and header["__metadata__"] == {"format": "np"}
     ends = sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__")
     assert ends[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ends, ends[1:])) and ends[-1][1] == len(raw) - 8 - size
+
+
+def test_paddlenlp_pdparams_dir_exports_to_hf(hf_models, converted, tmp_path):
+    """A PaddleNLP directory holding model_state.pdparams (what its convert_from_torch and save_pretrained
+    write by default) goes back to HF too."""
+    from llmx.convert.hf import llmx_to_hf
+
+    model, _ = _paddle_model("qwen2", converted["qwen2"])
+    model.save_pretrained(str(tmp_path / "pd"))
+    assert (tmp_path / "pd" / "model_state.pdparams").is_file()
+    llmx_to_hf(tmp_path / "pd", tmp_path / "hf")
+    a, b = _st(hf_models["qwen2"][0] / "model.safetensors"), _st(tmp_path / "hf" / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
