@@ -322,3 +322,27 @@ def test_paddlenlp_pdparams_dir_exports_to_hf(hf_models, converted, tmp_path):
     llmx_to_hf(tmp_path / "pd", tmp_path / "hf")
     a, b = _st(hf_models["qwen2"][0] / "model.safetensors"), _st(tmp_path / "hf" / "model.safetensors")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_llmx_models_export_to_transformers_with_the_same_logits(tmp_path):
+    """Models made by llmx (random init at `tiny`, PaddleNLP's config defaults, llmx's fixes) load in
+    transformers from their to_hf export and compute the same logits."""
+    from helpers import compose
+
+    from llmx.convert.hf import llmx_to_hf
+    from llmx.engine import model as models
+
+    import paddle
+
+    ids = np.array([[1, 40, 41, 42, 43, 44, 45, 46]])
+    for name in HF_CONFIGS:
+        model = models.build_model(compose(f"model={name}").model, None, 1)
+        model.eval()
+        model.save_pretrained(str(tmp_path / name), safe_serialization=True)
+        llmx_to_hf(tmp_path / name, tmp_path / f"{name}-hf")
+        with paddle.no_grad():
+            ours = _logits(model(paddle.to_tensor(ids))).numpy()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}-hf").eval()
+        with torch.no_grad():
+            diff = np.abs(theirs(torch.tensor(ids)).logits.numpy() - ours).max()
+        assert diff < 1e-4, f"{name}: {diff}"
