@@ -249,6 +249,21 @@ def test_bad_checkpoints_fail_with_one_line_naming_tensor_and_shapes(hf_models, 
 
 
 # ----------------------------------------------------------------------------- stages, cache, LoRA export
+def _run_stage(run_dir: Path, *overrides: str) -> dict:
+    """What launch.py does with a config, in this process: validate, prepare, run."""
+    from helpers import compose
+
+    from llmx.engine.context import create_context
+    from llmx.stages import stage_module, validate
+
+    cfg = compose(*overrides)
+    validate(cfg)
+    stage = stage_module(cfg.stage.runner)
+    summary = stage.run(cfg, create_context(cfg, str(run_dir), stage.prepare(cfg)))
+    assert summary["stage"] == "convert"
+    return summary
+
+
 def test_hf_dir_trains_through_the_cache_and_a_lora_run_exports_to_transformers(tmp_path):
     """An HF dir given to stage=lora is converted once into the cache; stage=convert from_hf reuses it;
     the LoRA run exported with to_hf loads in transformers with llmx's logits (adapter merged)."""
@@ -270,16 +285,22 @@ def test_hf_dir_trains_through_the_cache_and_a_lora_run_exports_to_transformers(
     caches = [p for p in (tmp_path / "cache" / "hf").iterdir() if p.is_dir()]
     assert len(caches) == 1 and (caches[0] / "llmx_converted.json").is_file()
 
-    out = tmp_path / "llmx-model"
-    proc = launch("stage=convert", f"model.name_or_path={hf_dir}", f"stage.output_dir={out}",
-                  f"hydra.run.dir={tmp_path / 'from'}", env=env)
-    assert "converting the Hugging Face checkpoint" not in proc.stdout + proc.stderr  # reused
+    marker = (caches[0] / "llmx_converted.json").stat().st_mtime_ns
+    os.environ["LLMX_CACHE"] = env["LLMX_CACHE"]
+    try:  # both directions of stage=convert, in this process (as launch.py runs a stage)
+        out = tmp_path / "llmx-model"
+        summary = _run_stage(tmp_path / "from", "stage=convert", f"model.name_or_path={hf_dir}",
+                             f"stage.output_dir={out}")
+        exported = tmp_path / "lora-hf"
+        _run_stage(tmp_path / "to", "stage=convert", "stage.direction=to_hf", f"model.name_or_path={run}",
+                   f"stage.output_dir={exported}")
+    finally:
+        del os.environ["LLMX_CACHE"]
+    assert summary["cache_dir"] == str(caches[0]) and (caches[0] / "llmx_converted.json").stat().st_mtime_ns == marker
+    assert len([p for p in (tmp_path / "cache" / "hf").iterdir() if p.is_dir()]) == 1  # reused, not converted again
     assert _st(out / "model.safetensors").keys() == _st(caches[0] / "model.safetensors").keys()
     assert _tree_state(hf_dir) == before, "the source directory changed"
 
-    exported = tmp_path / "lora-hf"
-    launch("stage=convert", "stage.direction=to_hf", f"model.name_or_path={run}", f"stage.output_dir={exported}",
-           f"hydra.run.dir={tmp_path / 'to'}", env=env)
     import paddle
     from paddlenlp.peft import LoRAModel
     from paddlenlp.transformers import AutoModelForCausalLM
