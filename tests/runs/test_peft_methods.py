@@ -4,7 +4,7 @@ One process trains them all in turn (tests/runs/run_matrix.py, through llmx's sf
 each. Each run is checked for what its method promises: only its own parameters train (counted against
 the method's formula for the tiny shapes), the loss falls, the saved adapter reloaded through the run
 directory computes the run's own eval loss, and the merged model computes base + adapter. dp2 runs of
-LoRA+ and LoKr (one launch) match one process step by step.
+LoRA+ and LoKr (one launch), tp2 rsLoRA and pp2 LoRA+ match one process step by step.
 """
 from __future__ import annotations
 
@@ -195,12 +195,15 @@ def test_lora_plus_gives_b_ratio_times_the_learning_rate():
 
 
 @pytest.mark.slow
-def test_dp2_runs_of_lora_plus_and_lokr_match_one_process(runs, tmp_path):
-    dp2 = run_matrix({m: [*METHODS[m], *COMMON, "parallel=dp2", "stage.train.max_steps=3", "stage.train.save_steps=3",
-                          "stage.eval.enabled=false", "stage.merge_adapter=false"] for m in ("loraplus", "lokr")},
+@pytest.mark.parametrize("layout,methods", [("dp2", ["loraplus", "lokr"]), ("tp2", ["rslora"]), ("pp2", ["loraplus"])])
+def test_layouts_match_one_process(layout, methods, runs, tmp_path):
+    """Data parallelism for every method (here LoRA+ and LoKr); tensor and pipeline parallelism for the LoRA
+    variants PaddleNLP's parallel LoRA layers support (rsLoRA, LoRA+; the rest are refused: tests/quick)."""
+    par = run_matrix({m: [*METHODS[m], *COMMON, f"parallel={layout}", "stage.train.max_steps=3", "stage.train.save_steps=3",
+                          "stage.eval.enabled=false", "stage.merge_adapter=false"] for m in methods},
                      tmp_path, processes=2)
-    for method in ("loraplus", "lokr"):
+    for method in methods:
         single = train_losses(runs / method)[:3]
-        assert [s for s, _ in train_losses(dp2 / method)] == [1, 2, 3]
-        for (step, got), (_, want) in zip(train_losses(dp2 / method), single):
+        assert [s for s, _ in train_losses(par / method)] == [1, 2, 3]
+        for (step, got), (_, want) in zip(train_losses(par / method), single):
             assert got == pytest.approx(want, rel=1e-6), (method, step)
