@@ -82,7 +82,7 @@ def resolve(name_or_path: str, key: str = "model.name_or_path") -> ModelSource:
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         raise ConfigError(f"{key}={name_or_path}: no such directory")
-    if (path / ".hydra").is_dir():
+    if (path / ".hydra").is_dir() or (path / "summary.json").is_file():
         return _run_source(path, key)
     if adapter_method(path):
         return _adapter_source(path, key)
