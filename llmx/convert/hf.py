@@ -210,7 +210,7 @@ def check_family(hf: dict, fam_name: Optional[str], where: Path) -> str:
                                   f"{hf.get('architectures')}: no llmx family; name one with model=<family>")
         return found
     family(fam_name)
-    if found is not None and found != fam_name and not {found, fam_name} <= {"llama", "baichuan"}:
+    if found is not None and found != fam_name:
         raise CheckpointError(f"{where}/config.json: a {found} checkpoint (model_type={hf.get('model_type')!r}), "
                               f"but model family {fam_name} was asked for")
     return fam_name
