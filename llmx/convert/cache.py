@@ -10,6 +10,7 @@ mtime) in `hf/digests.json`, so a reuse reads no weights. Only the first use imp
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -110,15 +111,21 @@ def converted(path: Path, family: Optional[str] = None) -> Path:
     path = Path(path)
     digest = content_digest(path)
     out = cache_root() / digest[:24]
-    if not (out / "llmx_converted.json").is_file():
-        import paddlenlp  # noqa: F401  (its logger exists from here on: route it as llmx does)
+    if (out / "llmx_converted.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Jobs starting together (a Slurm sweep over one checkpoint) convert it once: the first holds the lock.
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "llmx_converted.json").is_file():
+            import paddlenlp  # noqa: F401  (its logger exists from here on: route it as llmx does)
 
-        from llmx.console import ConsoleFilter, quiet_libraries, say
-        from llmx.convert.hf import hf_to_llmx
+            from llmx.console import ConsoleFilter, quiet_libraries, say
+            from llmx.convert.hf import hf_to_llmx
 
-        quiet_libraries(ConsoleFilter.verbose)
-        say("converting the Hugging Face checkpoint %s (once; cached in %s)", path, out)
-        summary = hf_to_llmx(path, out, family)
-        (out / "llmx_converted.json").write_text(json.dumps({"source": str(path.resolve()), "digest": digest,
-                                                            **summary}, indent=2) + "\n")
+            quiet_libraries(ConsoleFilter.verbose)
+            say("converting the Hugging Face checkpoint %s (once; cached in %s)", path, out)
+            summary = hf_to_llmx(path, out, family)
+            marker = {"source": str(path.resolve()), "digest": digest, **summary}
+            (out / "llmx_converted.json").write_text(json.dumps(marker, indent=2) + "\n")
     return out
