@@ -163,6 +163,10 @@ def validate_common(cfg: DictConfig) -> None:
     """Check the values and combinations of what every run has (llmx.stages.validate adds the
     stage's own rules); raise ConfigError with one line on the first problem."""
     check_known_keys(cfg, "")
+    if cfg.model.name_or_path:  # an HF checkpoint of another family: one line, before it is converted
+        from llmx.convert.cache import check_hf_family
+
+        check_hf_family(cfg)
     validate_model(cfg.model)
     validate_parallel(cfg)
     one_of("quant.algorithm", cfg.quant.algorithm, QUANT_ALGORITHMS)
@@ -320,14 +324,12 @@ def validate_peft(cfg: DictConfig) -> None:
         require(0 <= p.lora_dropout < 1, "stage.peft.lora_dropout", p.lora_dropout, "must be in [0, 1)")
         one_of("stage.peft.variant", p.variant, LORA_VARIANTS)
         require(p.lora_plus_ratio > 0, "stage.peft.lora_plus_ratio", p.lora_plus_ratio, "must be > 0 (1 = plain LoRA)")
-        # PaddleNLP 3.0.0b4: MoRA and MoSLoRA layers raise NotImplementedError under tensor parallelism;
-        # PiSSA would take the SVD of each rank's shard, not of the whole matrix (another model than one process's).
-        require(par.tp == 1 or p.variant in ("none", "rslora"), "stage.peft.variant", p.variant,
-                "does not split over tensor-parallel ranks (PaddleNLP: not implemented for mora/moslora; pissa's SVD "
-                "would be per shard); use parallel.tp=1, or variant none/rslora")
-        # (llmx rewrites a PiSSA adapter as plain LoRA over the original base when saving it; not for pipeline stages.)
-        require(par.pp == 1 or p.variant != "pissa", "stage.peft.variant", p.variant,
-                "pissa adapters are not exported from pipeline stages; use parallel.pp=1")
+        # PaddleNLP 3.0.0b4's LoRAModel raises NotImplementedError for MoRA and MoSLoRA on tensor- or pipeline-
+        # parallel models. PiSSA under tp would take the SVD of each rank's shard, not of the whole matrix (another
+        # model than one process's), and llmx rewrites a PiSSA adapter as plain LoRA only from whole layers.
+        require((par.tp == 1 and par.pp == 1) or p.variant in ("none", "rslora"), "stage.peft.variant", p.variant,
+                "does not run under tensor or pipeline parallelism (PaddleNLP: not implemented for mora/moslora; "
+                "pissa's SVD would be per shard); use dp/sharding, or variant none/rslora")
         hidden = _model_dim(m, "hidden_size")
         require(p.variant != "pissa" or hidden is None or p.lora_r <= hidden, "stage.peft.lora_r", p.lora_r,
                 f"PiSSA takes the top lora_r singular vectors: must be <= the hidden size ({hidden})")

@@ -199,21 +199,3 @@ def export_adapter(model, tokenizer, out_dir: Path, layout: Layout, is_main: boo
                 tokenizer.save_pretrained(str(tmp))
     barrier()
     return out_dir
-    from paddlenlp.peft import LoRAConfig
-    from paddlenlp.peft.lora.lora_model import LORA_WEIGHTS_NAME
-
-    state = model.get_trainable_state_dict()  # single-model names, this rank's shards
-    if layout.tp > 1:
-        state = _merge_adapter_shards(model, state)  # whole tensors on tp rank 0
-    merged = _join_stages(_full_names(state, model.model), out_dir, is_main)
-    if is_main:
-        config = LoRAConfig(**model.lora_config.to_dict())
-        config.tensor_parallel_degree = -1
-        with atomic_dir(out_dir) as tmp:
-            paddle.save({k: paddle.to_tensor(v) for k, v in merged.items()}, str(tmp / LORA_WEIGHTS_NAME))
-            config.save_pretrained(str(tmp))
-            _single_model_config(model.model.config, model.model).save_pretrained(str(tmp))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
-    barrier()
-    return out_dir

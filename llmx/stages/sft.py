@@ -67,6 +67,8 @@ def validate(cfg: DictConfig) -> None:
     packing = sorted(n for n, f in FAMILIES.items() if f.packing)
     require(not s.zero_padding or fam.packing, "stage.zero_padding", True,
             f"model family {m.family} cannot keep packed examples apart; supported: {', '.join(packing)}")
+    require(not (s.zero_padding and p.method == "reft"), "stage.zero_padding", True,
+            "not with ReFT (its interventions act at each example's prompt positions, one example per row)")
     require(not (s.zero_padding and p.method == "prefix" and not fam.packing_with_prefix), "stage.zero_padding", True,
             f"not with prefix tuning for model family {m.family} (positions or biases follow the prefix cache)")
     # PaddleNLP's sequence-parallel decoders reshape activations to [-1, seq_length, ...]: every
@@ -149,6 +151,10 @@ def run(cfg: DictConfig, ctx) -> dict:
         ctx.log.info("zero padding: %d examples in %d sequences of <= %d tokens, non-pad fraction %.4f",
                      packing["examples"], packing["sequences"], stage.data.max_length, packing["non_pad_fraction"])
         collator = PackedCollator(tokenizer.pad_token_id, pad_to=pad_to, flashmask=use_flashmask(model, ctx.runtime.device))
+    if method == "reft":  # every batch names the prompt positions the interventions act on
+        from llmx.engine.reft import ReftCollator
+
+        collator = ReftCollator(collator, model)
     trainer, summary = fit(cfg, ctx, model, train_set, eval_set, collator, tokenizer, evaluate=stage.eval.enabled)
     summary = {"stage": method if method != "none" else "sft", **summary}
     if method != "none":

@@ -50,6 +50,8 @@ def check(overrides: list[str], cfg=None) -> str | None:
         expected_error = "parallel.tp=4: must divide the model's KV heads (2)"
     elif choice.get("stage") == "infer":  # its prompts file has no default
         expected_error = "stage.input=None: needs a JSONL file of prompts"
+    elif choice.get("stage") == "convert":  # converts model.name_or_path: nothing to convert by default
+        expected_error = "model.name_or_path=None: needs the directory to convert"
     elif cfg.model.family == "chatglm":  # composes (e.g. for planning), but the sft runner refuses it
         expected_error = "ChatGLM v1 is not trainable by llmx yet"
     elif "peft" in cfg.stage and cfg.stage.peft.method == "prefix" and cfg.model.family in NO_PREFIX_TUNING:
