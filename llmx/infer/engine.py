@@ -226,10 +226,10 @@ class Engine:
                 self.stats["generated_tokens"] += len(idx)
                 if steps >= r.max_new or r.beams.done():
                     r.tokens = r.beams.best()
-                    tracker = TextTracker(self.decode, r.params.stop)
+                    tracker = TextTracker(self.decode, r.params.stop)  # the whole text, cut at a stop string
                     tracker.update(r.tokens)
                     self._finish(r, "stop" if tracker.stopped or len(r.tokens) < r.max_new else "length",
-                                 tracker.finish())
+                                 tracker.text)
                     continue
                 keep += [idx[p] for p in parents]
                 pending += tokens

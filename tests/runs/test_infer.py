@@ -95,6 +95,8 @@ def test_seeded_sampling_repeats_in_any_batch_and_beam_search_matches_paddlenlp(
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)[0].numpy()[0].tolist()
         eos = tokenizer.eos_token_id
         assert req.tokens == (out[:out.index(eos)] if eos in out else out)
+        assert req.text == tokenizer.decode(req.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert req.text.strip()
 
 
 def _lora_adapter(base_dir, out_dir):
@@ -150,12 +152,17 @@ def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(
     prompt_tokens = sum(len(prompt_ids(tokenizer, Chat((), t))) for t in texts)
     assert summary["prompt_tokens"] == prompt_tokens
 
-    # base + LoRA adapter, in static mode: exported (merged) into the run dir, run through Paddle Inference
+    # base + LoRA adapter, in static mode: exported (merged) by one run, run through Paddle Inference by another
     adapter = tmp_path / "adapter"
     merged = _lora_adapter(tiny_model_dir, adapter)
+    export = tmp_path / "export"
+    launch("stage=infer", f"model.name_or_path={adapter}", "stage.mode=static", "stage.export_only=true",
+           f"hydra.run.dir={export}")
+    program = export / "static"
+    assert read_json(export / "summary.json")["static_dir"] == str(program)
+    assert sorted(p.name for p in program.glob("inference.*")) == ["inference.json", "inference.pdiparams"]
     static = tmp_path / "static"
-    proc = launch(*common, f"model.name_or_path={adapter}", "stage.mode=static", f"hydra.run.dir={static}")
-    assert (static / "static" / "inference.json").is_file()
+    proc = launch(*common, "stage.mode=static", f"stage.static_dir={program}", f"hydra.run.dir={static}")
     with_adapter = expected(merged)
     assert outputs(static) == with_adapter and with_adapter != want
     generated = sum(n for _, n, _ in with_adapter)
