@@ -55,5 +55,8 @@ def load_predictor(program_dir, device: str = "cpu"):
         config.enable_use_gpu(256, 0)
     else:
         config.disable_gpu()
+        # Paddle 3.3.1's oneDNN passes print `ReduceMeanCheckIfOneDNNSupport` to stdout on every run (console
+        # noise) and were not faster on the tiny and hidden-256 Llamas here; plain CPU kernels it is.
+        config.disable_mkldnn()
     config.disable_glog_info()
     return inference.create_predictor(config)
