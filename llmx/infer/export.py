@@ -56,7 +56,7 @@ def load_predictor(program_dir, device: str = "cpu"):
     else:
         config.disable_gpu()
         # Paddle 3.3.1's oneDNN passes print `ReduceMeanCheckIfOneDNNSupport` to stdout on every run (console
-        # noise) and were not faster on the tiny and hidden-256 Llamas here; plain CPU kernels it is.
+        # noise a run must not show); plain CPU kernels give the same greedy tokens.
         config.disable_mkldnn()
     config.disable_glog_info()
     return inference.create_predictor(config)
