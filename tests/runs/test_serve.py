@@ -3,7 +3,6 @@ official `openai` client, raw HTTP (httpx) and a headless Chromium; stopped by S
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
