@@ -13,7 +13,8 @@ uses (`trainer_class(base)`):
   batch is cut into micro-batches, accumulation steps and data-parallel replicas (PaddleNLP
   averages per-micro-batch means: a replica or micro-batch with fewer target tokens would
   weigh more; the normalisation bug Hugging Face transformers fixed in 4.46);
-- metrics.jsonl with tokens/s counted from real (non-pad) tokens.
+- metrics.jsonl with tokens/s counted from real (non-pad) tokens, plus whichever further keys of
+  the Trainer's logs a stage names (`metric_keys`, e.g. trl's rewards/*).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import paddle
@@ -216,8 +217,10 @@ class MetricsCallback(TrainerCallback):
     """Appends one metrics.jsonl line per Trainer log: step, loss, lr, tokens/s, elapsed; and saves
     the last step, so a finished run can be continued to more steps."""
 
-    def __init__(self, exp: Experiment, trainer: "LlmxTrainerMixin", elapsed_before: float = 0.0) -> None:
+    def __init__(self, exp: Experiment, trainer: "LlmxTrainerMixin", elapsed_before: float = 0.0,
+                 metric_keys: Sequence[str] = ()) -> None:
         self.exp = exp
+        self.metric_keys = tuple(metric_keys)  # further keys of the Trainer's logs to record (e.g. trl's rewards/*)
         self.trainer = trainer
         self.elapsed_before = elapsed_before  # seconds trained before a resume
         self.start = time.time()
@@ -246,6 +249,7 @@ class MetricsCallback(TrainerCallback):
             "tokens_per_s": round(tokens / max(logs["interval_runtime"], 1e-9), 2),
             "elapsed_s": round(self.elapsed_before + time.time() - self.start, 3),
         }
+        record.update({k: logs[k] for k in self.metric_keys if k in logs})
         self.exp.log_metrics(record)
 
 
@@ -254,13 +258,13 @@ class LlmxTrainerMixin:
     list it before the Trainer class among the bases (`trainer_class` does)."""
 
     def __init__(self, *args, experiment: Experiment, keep_checkpoints: int, seed: int, elapsed_before: float = 0.0,
-                 **kwargs):
+                 metric_keys: Sequence[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.experiment = experiment
         self.keep_checkpoints = keep_checkpoints
         self.data_seed = seed
         self.tokens_trained = 0  # real tokens of the micro-batches trained on, this process
-        self.add_callback(MetricsCallback(experiment, self, elapsed_before))
+        self.add_callback(MetricsCallback(experiment, self, elapsed_before, metric_keys))
         self._step_targets, self._weighted_losses = None, []
         # The step's loss as the mean over its target tokens, where the collator carries their count.
         self.token_weighted = bool(getattr(self.data_collator, "carries_global_targets", False)) and \
@@ -290,7 +294,9 @@ class LlmxTrainerMixin:
 
     def compute_loss(self, model, inputs, return_outputs=False):
         labels = inputs.get("labels")
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs)
+        # trl's DPOTrainer/KTOTrainer define compute_loss(model, inputs) without return_outputs
+        result = super().compute_loss(model, inputs, return_outputs=True) if return_outputs else \
+            super().compute_loss(model, inputs)
         if self._step_targets is None:
             return result
         # the model's mean over this micro-batch's target tokens, back to their sum, over the step's
