@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from llmx.errors import ConfigError, DataError, UserError  # noqa: F401  (re-exported: callers raise them)
+from llmx.sources import resolve as resolve_source
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -179,6 +180,8 @@ def validate_model(m: DictConfig) -> None:
     require(m.size in sizes, "model.size", m.size, f"allowed for {m.family}: {', '.join(sizes)}")
     one_of("model.dtype", m.dtype, DTYPES)
     existing("model.name_or_path", m.name_or_path, "directory")
+    if m.name_or_path:
+        resolve_source(m.name_or_path)  # a model, adapter or finished run directory
     existing("model.tokenizer", m.tokenizer, "tokenizer directory")
     fam.check_hyperparameter_names(m.sizes[m.size].keys(), f"model.sizes.{m.size}")
     fam.check_hyperparameter_names(m.overrides.keys(), "model.overrides")
@@ -195,7 +198,9 @@ def model_hparams(m: DictConfig) -> Dict[str, Any]:
     """The model's hyperparameters as given (paddle-free): the pretrained dir's config.json when
     there is one, else `sizes[size]`; `overrides` win. Keys left out take the config class defaults."""
     raw: Dict[str, Any] = {}
-    config_json = Path(m.name_or_path, "config.json") if m.name_or_path else None
+    config_json = None
+    if m.name_or_path:
+        config_json = Path(resolve_source(m.name_or_path).model_dir, "config.json")
     if config_json is not None and config_json.is_file():
         import json
 

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig
 from paddlenlp.trainer import Trainer
 
-from llmx.engine.model import count_parameters
+from llmx.engine.peft import count_parameters
 from llmx.engine.trainer import resume_point, trainer_class, training_arguments
 
 

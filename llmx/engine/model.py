@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import zlib
 from typing import Optional
-
-import numpy as np
 
 import paddle
 import paddlenlp.transformers as pnt
@@ -21,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from llmx.config import ConfigError, asset_path
 from llmx.engine.distributed import hybrid_group
+from llmx.engine.peft import count_parameters, load_adapter
 from llmx.families import Family, family, fixes
+from llmx.sources import ModelSource, resolve
 from llmx.tokens import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -35,8 +33,15 @@ def _paddlenlp_class(name: str):
     return cls
 
 
+def model_source(m: DictConfig) -> Optional[ModelSource]:
+    """What `model.name_or_path` points at (a model, adapter or run directory); None = random init."""
+    return resolve(m.name_or_path) if m.name_or_path else None
+
+
 def tokenizer_path(m: DictConfig) -> str:
-    return m.tokenizer or m.name_or_path or asset_path(TINY_TOKENIZER)
+    if m.tokenizer:
+        return m.tokenizer
+    return model_source(m).tokenizer if m.name_or_path else asset_path(TINY_TOKENIZER)
 
 
 def build_tokenizer(m: DictConfig):
@@ -51,7 +56,7 @@ def family_config(m: DictConfig, tokenizer=None):
     config_cls = _paddlenlp_class(family(m.family).config_class)
     overrides = OmegaConf.to_container(m.overrides)
     if m.name_or_path:
-        config = config_cls.from_pretrained(m.name_or_path)
+        config = config_cls.from_pretrained(model_source(m).model_dir)
         for k, v in overrides.items():
             setattr(config, k, v)
     else:
@@ -67,10 +72,13 @@ def family_config(m: DictConfig, tokenizer=None):
     return config
 
 
-def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConfig] = None, load_weights: bool = True):
+def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConfig] = None, load_weights: bool = True,
+                keep_adapter: bool = False):
     """The model of `m`; under tensor/pipeline parallelism this rank's part of it: TP-split
     layers, and for pp > 1 the family's pipeline class. With load_weights=False a
-    `name_or_path` model is built from its config with fresh random weights (pretraining)."""
+    `name_or_path` model is built from its config with fresh random weights (pretraining).
+    When `name_or_path` is an adapter (or a run that saved one) it is loaded onto its base and
+    merged into it, or with keep_adapter (one process only) returned as the peft model."""
     fam = family(m.family)
     fixes.apply(fam.fixes, fixes.BEFORE_BUILD)
     model_cls = _paddlenlp_class(fam.architecture)
@@ -80,8 +88,14 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
     if tp > 1 or pp > 1:
         return _build_parallel_model(m, fam, model_cls, config, tokenizer, seed, hcg, parallel, load_weights)
     if m.name_or_path and load_weights:
-        return model_cls.from_pretrained(m.name_or_path, config=config, dtype=m.dtype)
+        return _pretrained(m, fam, model_cls, config, merge=not keep_adapter)
     return _random_init(m, fam, model_cls, config, tokenizer, seed)
+
+
+def _pretrained(m: DictConfig, fam: Family, model_cls, config, merge: bool = True):
+    source = model_source(m)
+    model = model_cls.from_pretrained(source.model_dir, config=config, dtype=m.dtype)
+    return load_adapter(model, fam, source, merge) if source.adapter else model
 
 
 def _random_init(m: DictConfig, fam: Family, model_cls, config, tokenizer, seed: int):
@@ -99,6 +113,7 @@ def _build_parallel_model(m: DictConfig, fam: Family, model_cls, config, tokeniz
     """This rank's part of the model. Pretrained weights are split by PaddleNLP's loader; a
     random init is made as the full single-process model (same seed, so the same weights as
     `parallel=single`) and then split: that is what makes layouts comparable number for number.
+    A base with an adapter is merged in one process and split the same way.
     (A huge random-init model is thus built once in host memory per rank.)"""
     tp, pp = hcg.get_model_parallel_world_size(), hcg.get_pipe_parallel_world_size()
     part_config = copy.deepcopy(config)
@@ -108,18 +123,21 @@ def _build_parallel_model(m: DictConfig, fam: Family, model_cls, config, tokeniz
     part_config.sequence_parallel = bool(parallel is not None and parallel.sequence_parallel)
     part_config.virtual_pp_degree = parallel.vpp if parallel is not None else 1
     part_cls = _paddlenlp_class(fam.pipeline_class) if pp > 1 else model_cls
-    if m.name_or_path and load_weights:
-        model = part_cls.from_pretrained(m.name_or_path, config=part_config, dtype=m.dtype)
-        source = m.name_or_path
-    else:
-        full = _random_init(m, fam, model_cls, config, tokenizer, seed)
+    pretrained = model_source(m) if m.name_or_path and load_weights else None
+    if pretrained and not pretrained.adapter:
+        model = part_cls.from_pretrained(pretrained.model_dir, config=part_config, dtype=m.dtype)
+        source = pretrained.model_dir
+    else:  # a random init, or a base with its adapter merged in one process, split like a random init
+        if pretrained:
+            full, source = _pretrained(m, fam, model_cls, config), f"{pretrained.model_dir} + {pretrained.adapter_dir}"
+        else:
+            full, source = _random_init(m, fam, model_cls, config, tokenizer, seed), f"the seed-{seed} random init"
         state = {k: v.numpy() for k, v in full.state_dict().items()}
         del full
         if tp > 1:  # (some families' split actions take paddle tensors, the rest numpy arrays or either)
             state = model_cls.convert_tensor_parallel(None, part_config, state_dict={k: paddle.to_tensor(v) for k, v in state.items()})
         model = part_cls.from_config(part_config, dtype=m.dtype)
         _load_part(model, state, model_cls.base_model_prefix)
-        source = f"the seed-{seed} random init"
     if pp > 1:
         _bool_attention_masks(model)
     log.info("%s part (tp rank %d of %d, pp stage %d of %d): %d parameters, split from %s", part_cls.__name__,
@@ -144,60 +162,6 @@ def _load_part(model, state: dict, prefix: str) -> None:
     missing = [name for name in missing if id(model.state_dict()[name]) not in loaded]
     if missing:
         raise RuntimeError(f"{type(model).__name__}: no weights split for {missing}")
-
-
-def count_parameters(model, trainable_only: bool = False) -> int:
-    return sum(int(p.numel()) for p in model.parameters() if not (trainable_only and p.stop_gradient))
-
-
-def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
-    """Wrap `model` with the adapter named by cfg.stage.peft; freeze everything else."""
-    p, m = cfg.stage.peft, cfg.model
-    fam = family(m.family)
-    if p.method == "lora":
-        from paddlenlp.peft import LoRAConfig, LoRAModel
-
-        targets = list(p.target_modules if p.target_modules is not None else fam.lora_targets)
-        lora_cfg = LoRAConfig(target_modules=targets, r=p.lora_r, lora_alpha=p.lora_alpha,
-                              lora_dropout=p.lora_dropout, dtype=m.dtype, base_model_name_or_path=base_ref)
-        model = LoRAModel(model, lora_cfg)
-        model.mark_only_lora_as_trainable()
-        init_lora_independent_of_layout(model, cfg.seed)
-    elif p.method == "prefix":
-        from paddlenlp.peft import PrefixConfig, PrefixModelForCausalLM
-
-        from llmx.engine.prefix_hooks import prefix_dims, prefix_hooks
-
-        pad_mask, postprocess = prefix_hooks(fam)
-        prefix_cfg = PrefixConfig(num_prefix_tokens=p.num_prefix_tokens, dtype=m.dtype,
-                                  **prefix_dims(fam, model.config))
-        model = PrefixModelForCausalLM(model, prefix_cfg, postprocess_past_key_value=postprocess,
-                                       pad_attention_mask=pad_mask)
-        model.mark_only_prefix_as_trainable()
-    if p.method != "none":
-        log.info("%s: %d of %d parameters trainable", p.method, count_parameters(model, True), count_parameters(model))
-    return model
-
-
-def init_lora_independent_of_layout(model, seed: int) -> None:
-    """Give every LoRA A the values it has in one process, whatever the layout: drawn per parameter from
-    (seed, its single-model name) at its full shape, then cut to this rank's tensor-parallel shard.
-    PaddleNLP draws them per rank from the running RNG, so a tensor- or pipeline-parallel run would start
-    from other adapters than one process and could not be compared with it. The distribution is
-    PaddleNLP's (Kaiming uniform with a=sqrt(5): U(+-1/sqrt(fan_in))); B stays zero."""
-    hcg = hybrid_group()
-    tp = hcg.get_model_parallel_world_size() if hcg else 1
-    actions = model._get_tensor_parallel_mappings(model.model.config, is_split=True) if tp > 1 else {}
-    for name, param in model.get_trainable_state_dict().items():
-        if not name.endswith("lora_A"):
-            continue
-        shape, action = list(param.shape), actions.get(name)
-        if action is not None:  # a row-parallel layer's A is split over its input rows
-            shape[-1 if action.keywords["is_column"] else 0] *= tp
-        rng = np.random.RandomState(zlib.crc32(f"{seed}:{name}".encode()))
-        bound = 1.0 / math.sqrt(shape[0])
-        full = rng.uniform(-bound, bound, size=shape).astype("float32")
-        param.set_value(paddle.to_tensor(action(full) if action is not None else full).astype(param.dtype))
 
 
 def _bool_attention_masks(model) -> None:

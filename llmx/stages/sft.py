@@ -104,20 +104,23 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.engine.checkpoint import export_adapter, export_model
     from llmx.engine.distributed import barrier, fixed_length_batches
     from llmx.engine.fit import fit
+    from llmx.engine.peft import wrap_peft
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
     tokenizer = models.build_tokenizer(cfg.model)
     model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
 
-    base_ref = cfg.model.name_or_path
+    source = models.model_source(cfg.model)
+    base_ref = source.model_dir if source and not source.adapter else None
     if method != "none" and base_ref is None:
-        # An adapter must point at weights that exist: keep the random-init base once.
+        # An adapter must point at weights that exist as one directory: keep the random-init base (or the
+        # base with an earlier run's adapter merged into it) once.
         base_ref = str(exp.dir / "base_model")
         missing = not Path(base_ref, "config.json").exists()
         barrier()  # every rank has looked before any writes
         if missing:
             export_model(model, tokenizer, Path(base_ref), ctx.layout, ctx.runtime.is_main)
-    model = models.wrap_peft(model, cfg, base_ref)
+    model = wrap_peft(model, cfg, base_ref)
 
     encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
     train_set = [encoder.encode(c) for c in ctx.inputs["train"]]

@@ -42,7 +42,7 @@ from hydra.core.config_store import ConfigStore
 before = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 import llmx.cli, llmx.config, llmx.layout, llmx.families, llmx.experiment, llmx.data.sft, llmx.data.pretrain
 import llmx.data.packing, llmx.diff, llmx.rerun, llmx.plan, llmx.run, llmx.launcher, llmx.console, llmx.stages
-import llmx.stages.sft, llmx.stages.pretrain, llmx.sweep, llmx.devices, llmx.slurm, llmx.tokens
+import llmx.stages.sft, llmx.stages.pretrain, llmx.sweep, llmx.devices, llmx.slurm, llmx.tokens, llmx.sources
 import llmx.stages.dpo, llmx.stages.kto, llmx.data.preference, llmx.data.demo_preference
 after = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))

@@ -1,0 +1,92 @@
+"""What `model.name_or_path` points at, resolved without paddle.
+
+Users name what they have: a model directory (config.json + weights), an adapter
+directory (PaddleNLP's peft format, whose config names its base), or an llmx run
+directory (its `summary.json` says what the run exported: a full or merged `model/`,
+else `adapter/` over `base_model`). Every stage resolves through `resolve`, so
+"align the SFT run I just made" never means naming files inside a run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from llmx.errors import ConfigError
+
+# PaddleNLP's peft formats: the config file each adapter directory holds -> llmx's method name.
+ADAPTER_CONFIGS = {"lora_config.json": "lora", "prefix_config.json": "prefix", "vera_config.json": "vera",
+                   "lokr_config.json": "lokr",
+                   # PaddleNLP's ReFT writes a plain config.json without its base: llmx adds this file.
+                   "llmx_reft.json": "reft"}
+# Adapters whose weights fold into the base's (a merged model computes the same).
+MERGEABLE = ("lora", "vera", "lokr")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model_dir: str  # a from_pretrained-able directory: the full model, or the adapter's base
+    adapter_dir: Optional[str] = None  # a peft adapter over model_dir
+    adapter: Optional[str] = None  # its method (lora, prefix, vera, lokr, reft)
+    tokenizer_dir: Optional[str] = None  # where the tokenizer files are (None: model_dir)
+    run_dir: Optional[str] = None  # the llmx run this came from
+
+    @property
+    def tokenizer(self) -> str:
+        return self.tokenizer_dir or self.model_dir
+
+    @property
+    def mergeable(self) -> bool:
+        return self.adapter in MERGEABLE
+
+
+def adapter_method(path: Path) -> Optional[str]:
+    for name, method in ADAPTER_CONFIGS.items():
+        if (path / name).is_file():
+            return method
+    return None
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer_config.json").is_file()
+
+
+def _adapter_source(path: Path, key: str, run_dir: Optional[str] = None, base: Optional[str] = None) -> ModelSource:
+    method = adapter_method(path)
+    if base is None:
+        config = next(path / n for n in ADAPTER_CONFIGS if (path / n).is_file())
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base or not Path(base, "config.json").is_file():
+        raise ConfigError(f"{key}: the {method} adapter in {path} names its base model {base!r}, "
+                          "which is not a model directory here; set model.name_or_path to the base and load the adapter on it")
+    return ModelSource(model_dir=str(Path(base)), adapter_dir=str(path), adapter=method,
+                       tokenizer_dir=str(path) if _has_tokenizer(path) else None, run_dir=run_dir)
+
+
+def _run_source(path: Path, key: str) -> ModelSource:
+    summary_file = path / "summary.json"
+    if not summary_file.is_file():
+        raise ConfigError(f"{key}: {path} is an llmx run that has not finished (no summary.json); "
+                          "finish it (relaunch it) or point at a model directory")
+    summary = json.loads(summary_file.read_text())
+    if summary.get("model_dir") and Path(summary["model_dir"], "config.json").is_file():
+        return ModelSource(model_dir=summary["model_dir"], run_dir=str(path))
+    if summary.get("adapter_dir") and Path(summary["adapter_dir"]).is_dir():
+        return _adapter_source(Path(summary["adapter_dir"]), key, str(path), summary.get("base_model"))
+    raise ConfigError(f"{key}: the llmx run {path} exported no model or adapter (its summary.json names none)")
+
+
+def resolve(name_or_path: str, key: str = "model.name_or_path") -> ModelSource:
+    """The model behind `name_or_path`; a one-line ConfigError naming `key` when there is none."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{key}={name_or_path}: no such directory")
+    if (path / ".hydra").is_dir():
+        return _run_source(path, key)
+    if adapter_method(path):
+        return _adapter_source(path, key)
+    if (path / "config.json").is_file():
+        return ModelSource(model_dir=str(path))
+    raise ConfigError(f"{key}={name_or_path}: not a model directory (no config.json), adapter directory "
+                      f"(no {', '.join(ADAPTER_CONFIGS)}) or llmx run directory (no .hydra/)")
