@@ -243,6 +243,17 @@ def preference_metrics(scores: dict, beta: float, kind: str) -> dict:
 # ---------------------------------------------------------------------------------- the stage run
 
 
+def process_parameters() -> int:
+    """Elements of every parameter alive in this process (the garbage collector's view, so nothing
+    is missed): one copy of the base weights for LoRA or reference-free runs, two for full DPO."""
+    import gc
+
+    from paddle.base.framework import EagerParamBase
+
+    return sum(int(o.numel()) for o in gc.get_objects() if isinstance(o, EagerParamBase))
+
+
+
 def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict], eval_records: Sequence[dict],
                   train_labels: Optional[Sequence[int]] = None, eval_labels: Optional[Sequence[int]] = None) -> dict:
     """The whole DPO (`kind="dpo"`) or KTO (`kind="kto"`) run of a stage: build the policy (and the
@@ -252,7 +263,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
     from llmx.engine.checkpoint import export_adapter, export_model
     from llmx.engine.distributed import barrier
     from llmx.engine.fit import fit
-    from llmx.engine.model import count_parameters
+    from llmx.engine.peft import count_parameters, wrap_peft
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
     lora = method == "lora"
@@ -270,14 +281,17 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
         ref_model.eval()
         for p in ref_model.parameters():
             p.stop_gradient = True
-    base_ref = cfg.model.name_or_path
-    if lora and base_ref is None:  # an adapter must point at weights that exist: keep the random-init base once
+    source = models.model_source(cfg.model)  # a model dir, or an SFT run's exported model (or base + adapter)
+    base_ref = source.model_dir if source and not source.adapter else None
+    if lora and base_ref is None:
+        # An adapter must point at weights that exist as one directory: keep the random-init base (or the
+        # base with an earlier run's adapter merged into it) once.
         base_ref = str(exp.dir / "base_model")
         missing = not Path(base_ref, "config.json").exists()
         barrier()
         if missing:
             export_model(model, tokenizer, Path(base_ref), ctx.layout, ctx.runtime.is_main)
-    model = models.wrap_peft(model, cfg, base_ref)
+    model = wrap_peft(model, cfg, base_ref)
 
     d = stage.data
     train = encode(train_records, tokenizer, d.max_length, d.max_prompt_length, train_labels)
@@ -319,6 +333,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
                "loss_type": stage.loss_type if kind == "dpo" else "kto", **summary}
     summary["reference"] = "none" if not needs_reference else ("adapters disabled" if lora else "model copy")
     summary["reference_params"] = count_parameters(ref_model) if ref_model is not None else 0
+    summary["process_params"] = process_parameters()
     summary["packing_efficiency"] = round(packing["non_pad_fraction"], 4)
     summary["packed_sequences"] = packing["sequences"]
     summary["train_examples"] = packing["examples"]
