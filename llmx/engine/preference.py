@@ -29,7 +29,7 @@ import paddle
 from omegaconf import DictConfig
 from paddlenlp import trl
 
-from llmx.engine.batching import NUM_TOKENS
+from llmx.engine.batching import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +107,23 @@ def encode(records: Sequence[dict], tokenizer, max_length: int, max_prompt_lengt
     return out
 
 
+class Packs(list):
+    """Packed sequences; their loss units are the examples (pairs) they hold: the trainer weighs each
+    micro-batch's mean loss by them, so every layout computes one process's mean over the step's pairs."""
+
+    def target_token_counts(self) -> np.ndarray:
+        return np.array([len(p["response_indexs"]) for p in self], dtype=np.int64)
+
+
 def pack(encoded: Sequence[dict], tokenizer, max_length: int, zero_padding: bool) -> tuple[list[dict], dict]:
     """Sequences of at most max_length tokens: several examples each (trl's ZeroPaddingMapDataset), or
     one each. Returns the packs and their statistics (non-pad fraction of max_length-token rows)."""
     from paddlenlp.datasets import ZeroPaddingMapDataset
 
     if zero_padding:
-        packs = list(ZeroPaddingMapDataset(list(encoded), tokenizer, max_length))
+        packs = Packs(ZeroPaddingMapDataset(list(encoded), tokenizer, max_length))
     else:
-        packs = [ZeroPaddingMapDataset._pad_batch_records([ex]) for ex in encoded]
+        packs = Packs(ZeroPaddingMapDataset._pad_batch_records([ex]) for ex in encoded)
     tokens = sum(len(p["input_ids"]) for p in packs)
     stats = {"examples": len(encoded), "sequences": len(packs),
              "non_pad_fraction": tokens / max(len(packs) * max_length, 1)}
@@ -124,9 +132,9 @@ def pack(encoded: Sequence[dict], tokenizer, max_length: int, zero_padding: bool
 
 class PreferenceCollator:
     """trl's preference_collate_fn (rows padded to max_length) as paddle tensors, plus the batch's real
-    token count for llmx's tokens/s."""
+    token count for llmx's tokens/s and its pairs (examples), by which the trainer weighs its loss."""
 
-    carries_global_targets = False  # the DPO/KTO loss is a mean over pairs, not target tokens
+    carries_global_targets = True  # engine.trainer may tag features with the step's pairs (GLOBAL_TARGETS)
 
     def __init__(self, max_length: int, pointwise: bool = False) -> None:
         self.max_length = max_length
@@ -134,8 +142,11 @@ class PreferenceCollator:
 
     def __call__(self, features: Sequence[dict]) -> dict:
         batch = trl.preference_collate_fn(list(features), max_seq_len=self.max_length, data_type=self.data_type)
-        tokens = sum(len(f["input_ids"]) for f in features)
-        return {**{k: paddle.to_tensor(v) for k, v in batch.items()}, NUM_TOKENS: tokens}
+        extra = {NUM_TOKENS: sum(len(f["input_ids"]) for f in features),
+                 LOCAL_TARGETS: sum(len(f["response_indexs"]) for f in features)}
+        if GLOBAL_TARGETS in features[0]:
+            extra[GLOBAL_TARGETS] = int(features[0][GLOBAL_TARGETS])
+        return {**{k: paddle.to_tensor(v) for k, v in batch.items()}, **extra}
 
 
 # ------------------------------------------------------------------------------------- reference

@@ -32,7 +32,7 @@ from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
 from llmx.console import say
-from llmx.engine.batching import GLOBAL_TARGETS, NUM_TOKENS
+from llmx.engine.batching import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS
 from llmx.engine.checkpoint import name_single_model_class
 from llmx.experiment import Experiment
 from llmx.layout import Layout, train_batching
@@ -158,7 +158,8 @@ class StepTargets:
 
 def target_token_counts(dataset) -> np.ndarray:
     """Target (loss-bearing) tokens of every example: the dataset's own `target_token_counts()`
-    where it has one (pretraining: all seq_length), else counted from the examples' labels."""
+    where it has one (pretraining: all seq_length; preference packs: their pairs, the units their
+    loss averages over), else counted from the examples' labels."""
     own = getattr(dataset, "target_token_counts", None)
     if own is not None:
         return np.asarray(own())
@@ -265,7 +266,7 @@ class LlmxTrainerMixin:
         self.data_seed = seed
         self.tokens_trained = 0  # real tokens of the micro-batches trained on, this process
         self.add_callback(MetricsCallback(experiment, self, elapsed_before, metric_keys))
-        self._step_targets, self._weighted_losses = None, []
+        self._step_targets, self._local_targets, self._weighted_losses = None, None, []
         # The step's loss as the mean over its target tokens, where the collator carries their count.
         self.token_weighted = bool(getattr(self.data_collator, "carries_global_targets", False)) and \
             self.train_dataset is not None
@@ -283,12 +284,13 @@ class LlmxTrainerMixin:
         self.tokens_trained += inputs.pop(NUM_TOKENS, 0)
         # the step's target tokens: for compute_loss, or for a pipeline's TokenWeightedLoss
         self._step_targets = inputs.pop(GLOBAL_TARGETS, None)
+        self._local_targets = inputs.pop(LOCAL_TARGETS, None)
         for f in self._weighted_losses:
             f.step_targets = self._step_targets
         try:
             return super().training_step(model, inputs, *args, **kwargs)
         finally:
-            self._step_targets = None
+            self._step_targets = self._local_targets = None
             for f in self._weighted_losses:
                 f.step_targets = None
 
@@ -300,13 +302,14 @@ class LlmxTrainerMixin:
         if self._step_targets is None:
             return result
         # the model's mean over this micro-batch's target tokens, back to their sum, over the step's
-        mine = int((labels != IGNORE_INDEX).sum())
+        mine = self._local_targets if self._local_targets is not None else int((labels != IGNORE_INDEX).sum())
         loss = (result[0] if return_outputs else result) * (mine * self.loss_scale / self._step_targets)
         return (loss, result[1]) if return_outputs else loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs.pop(NUM_TOKENS, None)
         inputs.pop(GLOBAL_TARGETS, None)
+        inputs.pop(LOCAL_TARGETS, None)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
