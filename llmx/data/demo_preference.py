@@ -12,7 +12,7 @@ Outputs, relative to --out (byte-identical on every run, fixed seeds):
     demo/dpo_train.jsonl  1000 {"src", "tgt", "response": [a, b], "sort": [i, j]} (order shuffled)
     demo/dpo_eval.jsonl   64, one per SFT eval line
     demo/kto_train.jsonl  1000 {"src", "tgt", "response": [a], "sort": [1|0]}, half desirable
-    demo/kto_eval.jsonl   64, alternating desirable / undesirable
+    demo/kto_eval.jsonl   128: the right and a wrong answer to each SFT eval prompt
 """
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def make_preference(rng: random.Random) -> dict[str, list[dict]]:
         "dpo_train": [dpo_line(ex, rng) for ex in train],
         "dpo_eval": [dpo_line(ex, rng) for ex in sft_eval],
         "kto_train": [kto_line(ex, rng, desirable=rng.random() < 0.5) for ex in train],
-        "kto_eval": [kto_line(ex, rng, desirable=i % 2 == 0) for i, ex in enumerate(sft_eval)],
+        # both answers to every held-out prompt: the desirable-vs-undesirable gap compares like with like
+        "kto_eval": [kto_line(ex, rng, desirable=d) for ex in sft_eval for d in (True, False)],
     }
 
 

@@ -79,6 +79,21 @@ class _ReferenceAsIs:
         return model
 
 
+class KTOCriterion(trl.KTOCriterion):
+    """Upstream fix (paddlenlp 3.0.0b4, KTOCriterion.kto_loss): KTO's reference point is
+    z0 = max(0, KL) (Ethayarajh et al. 2024), but trl clips the KL estimate only when
+    world_size > 1, so one process trains another loss than a data-parallel run whenever the
+    estimate is negative. Clipped here in one process as well (a non-positive estimate is
+    passed as exactly 0 by handing the reference's KL log-probs in for the policy's)."""
+
+    def kto_loss(self, policy_chosen_logps, policy_rejected_logps, policy_kl_logps, reference_chosen_logps,
+                 reference_rejected_logps, reference_kl_logps):
+        if paddle.distributed.get_world_size() <= 1 and float((policy_kl_logps - reference_kl_logps).mean()) < 0:
+            policy_kl_logps = reference_kl_logps
+        return super().kto_loss(policy_chosen_logps, policy_rejected_logps, policy_kl_logps, reference_chosen_logps,
+                                reference_rejected_logps, reference_kl_logps)
+
+
 class DPOTrainer(_ReferenceAsIs, trl.DPOTrainer):
     pass
 
@@ -318,7 +333,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
         trainer_base, extra = DPOTrainer, {"dpo_config": config, "dpo_criterion": criterion}
         metric_keys = DPO_METRICS + (f"{config.loss_type}_loss",)
     else:
-        criterion = trl.KTOCriterion(model.config, kto_config=config)
+        criterion = KTOCriterion(model.config, kto_config=config)
         trainer_base, extra = KTOTrainer, {"kto_config": config, "kto_criterion": criterion}
         metric_keys = KTO_METRICS
     # Held-out measurements need the whole model in this process (no pipeline stages).
