@@ -271,11 +271,13 @@ def preference_metrics(scores: dict, beta: float, kind: str) -> dict:
 
 def process_parameters() -> int:
     """Elements of every parameter alive in this process (the garbage collector's view, so nothing
-    is missed): one copy of the base weights for LoRA or reference-free runs, two for full DPO."""
+    is missed, after a collection): a run adds one copy of the base weights for LoRA or
+    reference-free losses, two for full DPO/KTO."""
     import gc
 
     from paddle.base.framework import EagerParamBase
 
+    gc.collect()
     return sum(int(o.numel()) for o in gc.get_objects() if isinstance(o, EagerParamBase))
 
 
@@ -293,6 +295,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
     lora = method == "lora"
+    params_before = process_parameters()
     tokenizer = models.build_tokenizer(cfg.model)
     model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
     if kind == "dpo":
@@ -359,7 +362,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
                "loss_type": stage.loss_type if kind == "dpo" else "kto", **summary}
     summary["reference"] = "none" if not needs_reference else ("adapters disabled" if lora else "model copy")
     summary["reference_params"] = count_parameters(ref_model) if ref_model is not None else 0
-    summary["process_params"] = process_parameters()
+    summary["process_params"] = process_parameters() - params_before  # what this run holds
     summary["packing_efficiency"] = round(packing["non_pad_fraction"], 4)
     summary["packed_sequences"] = packing["sequences"]
     summary["train_examples"] = packing["examples"]
