@@ -190,10 +190,22 @@ def _logits(model, batch: dict):
     return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
 
 
+def _whole_vocab(logits):
+    """Tensor-parallel logits hold this rank's slice of the vocabulary: gather the rest."""
+    from llmx.engine.distributed import hybrid_group
+
+    hcg = hybrid_group()
+    if hcg is None or hcg.get_model_parallel_world_size() == 1:
+        return logits
+    parts = []
+    paddle.distributed.all_gather(parts, logits, group=hcg.get_model_parallel_group())
+    return paddle.concat(parts, axis=-1)
+
+
 def _token_kl(policy_logits, ref_logits, mask) -> tuple[float, int]:
     """Sum over the masked positions of KL(policy || reference) of the next-token distributions."""
-    lp = paddle.nn.functional.log_softmax(policy_logits.astype("float32"), axis=-1)
-    lq = paddle.nn.functional.log_softmax(ref_logits.astype("float32"), axis=-1)
+    lp = paddle.nn.functional.log_softmax(_whole_vocab(policy_logits).astype("float32"), axis=-1)
+    lq = paddle.nn.functional.log_softmax(_whole_vocab(ref_logits).astype("float32"), axis=-1)
     kl = (lp.exp() * (lp - lq)).sum(axis=-1)
     m = mask.astype("float32")
     return float((kl * m).sum()), int(m.sum())

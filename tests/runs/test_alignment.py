@@ -224,7 +224,7 @@ def test_kto_full_widens_the_reward_gap_and_lora_runs(sft_run, tmp_path):
 
 # (a constant learning rate: a run stopped after step 2 then trained the same steps as one made for 3)
 LAYOUT = ["stage=dpo", "stage.train.max_steps=3", "stage.train.batch_size=2", "stage.train.grad_accum=2",
-          "stage.train.save_steps=2", "stage.eval.enabled=false", "stage.train.lr_scheduler=constant"]
+          "stage.train.save_steps=2", "stage.train.lr_scheduler=constant"]
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +239,10 @@ def test_parallel_dpo_matches_one_process(single, tmp_path, layout):
     run = tmp_path / layout
     launch(f"hydra.run.dir={run}", f"parallel={layout}", *LAYOUT, *FAST)
     assert train_losses(run) == [(s, pytest.approx(x, rel=1e-5)) for s, x in train_losses(single)]
+    # the held-out measurements too (tp2: the KL over the whole vocabulary, gathered from both ranks)
+    ours, one = read_json(run / "summary.json"), read_json(single / "summary.json")
+    measured = [k for k in one if k.startswith("eval_")]
+    assert len(measured) == 10 and {k: ours[k] for k in measured} == pytest.approx({k: one[k] for k in measured}, rel=1e-5)
     counters = read_json(run / "cpu_parallel_counters.rank1.json")  # the parallel path really ran
     assert counters["mp.c_softmax_with_cross_entropy"] > 0 if layout == "tp2" else counters["collective.all_reduce"] > 0
 
