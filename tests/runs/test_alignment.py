@@ -7,11 +7,16 @@ every loss type run for two steps in this process, and a handful of `python laun
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import FAST, compose, launch, read_json, read_jsonl, train_losses
+from helpers import FAST, REPO, compose, launch, read_json, read_jsonl, train_losses
 
 LN2 = math.log(2.0)
 STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -247,11 +252,19 @@ def test_parallel_dpo_matches_one_process(single, tmp_path, layout):
     assert counters["mp.c_softmax_with_cross_entropy"] > 0 if layout == "tp2" else counters["collective.all_reduce"] > 0
 
 
-def test_resumed_dpo_ends_with_the_uninterrupted_losses(single, tmp_path):
-    """A run that stopped after its step-2 checkpoint, relaunched: trl's trainer state comes back with
-    the engine's checkpoint (the SIGKILL path itself is the engine's, tested with SFT)."""
-    run = tmp_path / "resumed"
-    run_in_process(run, *LAYOUT[:1], "stage.train.max_steps=2", *LAYOUT[2:])  # stops after its step-2 checkpoint
-    summary = run_in_process(run, *LAYOUT)  # relaunched with the full length: resumes from step 2
-    assert summary["resumed_from"] == "step-2"
+def test_dpo_killed_after_a_checkpoint_resumes_to_the_uninterrupted_losses(single, tmp_path):
+    """SIGKILL after the first checkpoint, relaunch: trl's trainer state comes back with the engine's checkpoint."""
+    run = tmp_path / "killed"
+    every_step = [*LAYOUT, "stage.train.save_steps=1", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "launch.py", *every_step, *FAST], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest, deadline = run / "checkpoints" / "latest", time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists(), "the run finished before it could be killed"
+    first = latest.read_text().strip()
+    summary = run_in_process(run, *every_step[:-1])  # relaunched into the same directory
+    assert summary["resumed_from"] == first
     assert train_losses(run) == [(s, pytest.approx(x, rel=1e-6)) for s, x in train_losses(single)]
