@@ -293,7 +293,6 @@ def process_parameters() -> int:
     return sum(int(o.numel()) for o in gc.get_objects() if isinstance(o, EagerParamBase))
 
 
-
 def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict], eval_records: Sequence[dict],
                   train_labels: Optional[Sequence[int]] = None, eval_labels: Optional[Sequence[int]] = None) -> dict:
     """The whole DPO (`kind="dpo"`) or KTO (`kind="kto"`) run of a stage: build the policy (and the
