@@ -82,11 +82,19 @@ def resolve(name_or_path: str, key: str = "model.name_or_path") -> ModelSource:
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         raise ConfigError(f"{key}={name_or_path}: no such directory")
-    if (path / ".hydra").is_dir():
+    if (path / ".hydra").is_dir() or (path / "summary.json").is_file():
         return _run_source(path, key)
     if adapter_method(path):
         return _adapter_source(path, key)
     if (path / "config.json").is_file():
-        return ModelSource(model_dir=str(path))
+        return ModelSource(model_dir=str(_converted_if_hf(path)))
     raise ConfigError(f"{key}={name_or_path}: not a model directory (no config.json), adapter directory "
                       f"(no {', '.join(ADAPTER_CONFIGS)}) or llmx run directory (no .hydra/)")
+
+
+def _converted_if_hf(path: Path) -> Path:
+    """A Hugging Face checkpoint directory stands for the llmx model directory converted from it, once,
+    into a cache keyed by its content (llmx.convert.cache); any other directory for itself."""
+    from llmx.convert.cache import converted, is_hf_checkpoint
+
+    return converted(path) if is_hf_checkpoint(path) else path

@@ -144,3 +144,19 @@ def config_error(*overrides: str, tmp_path: Path, multirun: bool = False) -> str
     assert "warning" not in lines[0].lower() and "Traceback" not in lines[0], report
     assert lines[0].startswith("llmx: "), report
     return lines[0]
+
+
+def run_matrix(runs: dict, out: Path, processes: int = 1) -> Path:
+    """Several runs ({name: overrides}) one after the other in one process, or in one launch of
+    `processes` ranks (tests/runs/run_matrix.py): out/<name> is each run's directory."""
+    cmd = [sys.executable, str(REPO / "tests" / "runs" / "run_matrix.py"), "--out", str(out)]
+    for name, overrides in runs.items():
+        cmd += ["--run", name, ";".join(overrides)]
+    if processes > 1:
+        cmd[1:1] = ["-m", "paddle.distributed.launch", "--log_level", "ERROR", "--nproc_per_node", str(processes),
+                    "--log_dir", str(out / "logs")]
+    env = dict(os.environ, PADDLE_DISTRI_BACKEND="gloo")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    errors = sorted(Path(out).glob("*/error.rank*.txt"))
+    assert proc.returncode == 0 and not errors, (errors and errors[0].read_text()[-3000:]) or proc.stderr[-3000:]
+    return Path(out)

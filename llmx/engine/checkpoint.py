@@ -168,9 +168,13 @@ def _merge_adapter_shards(model, state: dict) -> dict:
 def export_adapter(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool) -> Path:
     """A PEFT model's adapter as one directory that PaddleNLP's peft loaders read into a one-process
     model, whatever the layout: tensor-parallel shards merged (PaddleNLP's own merge of the trainable
-    state), pipeline stages joined. All ranks must call."""
+    state), pipeline stages joined; a PiSSA adapter rewritten as plain LoRA over the original base.
+    All ranks must call."""
+    from llmx.engine.peft import pissa_as_lora, uses_pissa
+
     out_dir = Path(out_dir)
-    if not layout.model_parallel:
+    pissa = uses_pissa(model)
+    if not layout.model_parallel and not pissa:
         if is_main:
             save_pretrained(model, tokenizer, out_dir)
         barrier()
@@ -181,9 +185,11 @@ def export_adapter(model, tokenizer, out_dir: Path, layout: Layout, is_main: boo
     state = model.get_trainable_state_dict()  # single-model names, this rank's shards
     if layout.tp > 1:
         state = _merge_adapter_shards(model, state)  # whole tensors on tp rank 0
-    merged = _join_stages(_full_names(state, model.model), out_dir, is_main)
+    config = LoRAConfig(**model.lora_config.to_dict())
+    if pissa:
+        state, config = pissa_as_lora(model, state, config)
+    merged = _join_stages(_full_names(state, model.model), out_dir, is_main) if layout.model_parallel else _numpy(state)
     if is_main:
-        config = LoRAConfig(**model.lora_config.to_dict())
         config.tensor_parallel_degree = -1
         with atomic_dir(out_dir) as tmp:
             paddle.save({k: paddle.to_tensor(v) for k, v in merged.items()}, str(tmp / LORA_WEIGHTS_NAME))

@@ -24,22 +24,30 @@ log = logging.getLogger(__name__)
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:
-    return sum(int(p.numel()) for p in model.parameters() if not (trainable_only and p.stop_gradient))
+    # Read from every sublayer's own parameters: PaddleNLP's ReFTModel overrides named_parameters (and so
+    # parameters()) to list only its trainable ones.
+    params = {id(p): p for layer in model.sublayers(include_self=True) for p in layer._parameters.values() if p is not None}
+    return sum(int(p.numel()) for p in params.values() if not (trainable_only and p.stop_gradient))
 
 
 def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
     """Wrap `model` with the adapter named by cfg.stage.peft; freeze everything else."""
     p, m = cfg.stage.peft, cfg.model
     fam = family(m.family)
+    targets = list(p.target_modules if p.target_modules is not None else fam.lora_targets)
     if p.method == "lora":
         from paddlenlp.peft import LoRAConfig, LoRAModel
 
-        targets = list(p.target_modules if p.target_modules is not None else fam.lora_targets)
-        lora_cfg = LoRAConfig(target_modules=targets, r=p.lora_r, lora_alpha=p.lora_alpha,
-                              lora_dropout=p.lora_dropout, dtype=m.dtype, base_model_name_or_path=base_ref)
+        lora_cfg = LoRAConfig(target_modules=targets, r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                              dtype=m.dtype, base_model_name_or_path=base_ref, rslora=p.variant == "rslora",
+                              pissa=p.variant == "pissa", use_mora=p.variant == "mora",
+                              lora_use_mixer=p.variant == "moslora", lora_plus_scale=p.lora_plus_ratio)
         model = LoRAModel(model, lora_cfg)
         model.mark_only_lora_as_trainable()
-        init_lora_independent_of_layout(model, cfg.seed)
+        if p.variant == "pissa":
+            _pissa_init_now(model)
+        elif p.variant != "mora":  # MoRA's square matrix starts at zero
+            init_lora_independent_of_layout(model, cfg.seed)
     elif p.method == "prefix":
         from paddlenlp.peft import PrefixConfig, PrefixModelForCausalLM
 
@@ -51,8 +59,108 @@ def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
         model = PrefixModelForCausalLM(model, prefix_cfg, postprocess_past_key_value=postprocess,
                                        pad_attention_mask=pad_mask)
         model.mark_only_prefix_as_trainable()
+    elif p.method == "lokr":
+        from paddlenlp.peft import LoKrConfig, LoKrModel
+
+        # LoKrModel reads the base's config from base_model_name_or_path: it must be a saved model directory.
+        model = LoKrModel(model, LoKrConfig(target_modules=targets, lokr_dim=p.lokr_dim, lokr_alpha=p.lokr_alpha,
+                                            factor=p.lokr_factor, decompose_both=p.lokr_decompose_both,
+                                            dtype=m.dtype, base_model_name_or_path=base_ref))
+    elif p.method == "vera":
+        from paddlenlp.peft import VeRAConfig, VeRAModel
+
+        # With PaddleNLP's default init VeRA cannot learn (its B starts at zero and stays frozen, so b and d get
+        # no gradient). Its PiSSA init (the top vera_r singular pair of each weight, the residual kept frozen)
+        # starts from the base's outputs and trains b and d; it requires vera_alpha == r.
+        model = VeRAModel(model, VeRAConfig(target_modules=targets, r=p.vera_r, vera_alpha=p.vera_r, pissa_init=True,
+                                            dtype=m.dtype, base_model_name_or_path=base_ref))
+        model.mark_only_vera_as_trainable()
+    elif p.method == "reft":
+        from llmx.engine.reft import wrap_reft
+
+        model = wrap_reft(model, cfg, base_ref)
     if p.method != "none":
         log.info("%s: %d of %d parameters trainable", p.method, count_parameters(model, True), count_parameters(model))
+    return model
+
+
+def _pissa_init_now(model) -> None:
+    """PaddleNLP's PiSSA layers take the SVD of their weight at the first forward and overwrite lora_A/B
+    then, which would also overwrite adapter weights loaded from a checkpoint before it. Do it now, and
+    keep the initial pair (A0, B0): the saved adapter is expressed against the original base weights."""
+    for layer in _adapter_layers(model):
+        layer.pissa_init(layer.r)
+        layer.apply_pissa = True
+        layer.llmx_pissa_start = (layer.lora_A.detach().clone(), layer.lora_B.detach().clone())
+
+
+def _adapter_layers(model):
+    return [layer for layer in model.model.sublayers() if hasattr(layer, "merged")]
+
+
+def uses_pissa(model) -> bool:
+    return hasattr(model, "model") and any(hasattr(layer, "llmx_pissa_start") for layer in _adapter_layers(model))
+
+
+def pissa_as_lora(model, state: dict, config) -> tuple:
+    """A trained PiSSA adapter as a plain LoRA adapter over the ORIGINAL base: the base in memory is
+    W - A0 B0, so the total change is A B - A0 B0 = [A, A0] @ [B; -B0] (rank 2r, scaling 1). PaddleNLP saves
+    A, B with pissa=True, and its loader re-runs the SVD init over them: reloaded, they would be lost."""
+    state = dict(state)
+    for name, layer in model.model.named_sublayers():
+        start = getattr(layer, "llmx_pissa_start", None)
+        if start is None:
+            continue
+        a, b = state[f"{name}.lora_A"], state[f"{name}.lora_B"]
+        state[f"{name}.lora_A"] = paddle.concat([paddle.to_tensor(a), start[0]], axis=1)
+        state[f"{name}.lora_B"] = paddle.concat([paddle.to_tensor(b), -start[1]], axis=0)
+    config.r, config.lora_alpha, config.pissa = 2 * config.r, 2 * config.r, False
+    return state, config
+
+
+def merged_model(model, layout_tp: int = 1):
+    """A PEFT model's adapters folded into its weights; in one process a plain model (adapter layers
+    replaced by the Linear they wrap), under tensor parallelism the wrapped model with merged weights."""
+    for layer in _adapter_layers(model):
+        if type(layer).__name__ == "LoKrLinear":
+            # PaddleNLP 3.0.0b4's LoKrLinear.merge calls a get_weight() that does not exist; its forward adds
+            # x @ get_adapter_weight() (already scaled). Can go when LoKrLinear.merge works upstream.
+            _add_delta(layer, layer.get_adapter_weight())
+        elif getattr(layer, "use_mora", False):
+            # PaddleNLP 3.0.0b4's MoRA get_delta_weight disagrees with its own forward (a merged tiny model's
+            # eval loss was 6.25 where base + adapter's is 5.91). MoRA's update is linear in x, so its matrix
+            # is the update applied to the identity. Can go when MoRA merges correctly upstream.
+            with paddle.no_grad():
+                _add_delta(layer, layer._apply_mora(paddle.eye(layer.weight.shape[0], dtype=layer.weight.dtype)))
+        else:
+            layer.merge()
+    if layout_tp > 1:
+        return model.model
+    return _restore_linears(model.model)
+
+
+def _add_delta(layer, delta) -> None:
+    if not layer.merged:
+        layer.weight.set_value(layer.weight + delta.astype(layer.weight.dtype))
+        layer.merged = True
+
+
+def _restore_linears(model):
+    """Replace every merged adapter layer by a plain Linear sharing its weight and bias. (PaddleNLP's
+    restore_original_model raises for VeRA on any non-VeRA layer, and refuses tensor-parallel layers.)"""
+    import paddle.nn as nn
+
+    for name, layer in list(model.named_sublayers()):
+        if isinstance(layer, nn.Linear) and type(layer) is not nn.Linear and getattr(layer, "merged", False):
+            parent = model
+            *path, leaf = name.split(".")
+            for part in path:
+                parent = getattr(parent, part)
+            plain = nn.Linear(layer.weight.shape[0], layer.weight.shape[1], bias_attr=layer.bias is not None and None)
+            plain.weight = layer.weight
+            if layer.bias is not None:
+                plain.bias = layer.bias
+            setattr(parent, leaf, plain)
     return model
 
 
@@ -66,7 +174,7 @@ def init_lora_independent_of_layout(model, seed: int) -> None:
     tp = hcg.get_model_parallel_world_size() if hcg else 1
     actions = model._get_tensor_parallel_mappings(model.model.config, is_split=True) if tp > 1 else {}
     for name, param in model.get_trainable_state_dict().items():
-        if not name.endswith("lora_A"):
+        if not name.endswith(("lora_A", "lora_AB")):  # (lora_AB: MoSLoRA's r x r mixer)
             continue
         shape, action = list(param.shape), actions.get(name)
         if action is not None:  # a row-parallel layer's A is split over its input rows
@@ -84,11 +192,7 @@ def load_adapter(model, fam, source: ModelSource, merge: bool):
     if merge and not source.mergeable:
         raise ConfigError(f"model.name_or_path: {source.run_dir or path} holds a {method} adapter, which cannot be "
                           "merged into its base; this stage needs a full model")
-    if method == "lora":
-        from paddlenlp.peft import LoRAModel
-
-        wrapped = LoRAModel.from_pretrained(model, path)
-    elif method == "prefix":
+    if method == "prefix":
         from paddlenlp.peft import PrefixModelForCausalLM
 
         from llmx.engine.prefix_hooks import prefix_hooks
@@ -96,12 +200,15 @@ def load_adapter(model, fam, source: ModelSource, merge: bool):
         pad_mask, postprocess = prefix_hooks(fam)
         wrapped = PrefixModelForCausalLM.from_pretrained(model, path, postprocess_past_key_value=postprocess,
                                                          pad_attention_mask=pad_mask)
+    elif method == "reft":
+        from llmx.engine.reft import load_reft
+
+        wrapped = load_reft(model, path)
     else:
-        raise ConfigError(f"model.name_or_path: loading {method} adapters is not supported ({path})")
+        import paddlenlp.peft as peft
+
+        loader = {"lora": peft.LoRAModel, "lokr": peft.LoKrModel, "vera": peft.VeRAModel}[method]
+        wrapped = loader.from_pretrained(model, path)
     wrapped.eval()
     log.info("loaded the %s adapter %s onto %s%s", method, path, source.model_dir, " (merged)" if merge else "")
-    if not merge:
-        return wrapped
-    wrapped.merge()
-    return wrapped.restore_original_model()
-
+    return merged_model(wrapped) if merge else wrapped

@@ -89,9 +89,9 @@ def training_arguments(cfg: DictConfig, exp: Experiment, device: str, args_class
         fp16_opt_level="O2" if half else "O1",
         **parallel_arguments(layout),
         # Safetensors weights that from_pretrained loads directly. PaddleNLP's unified
-        # checkpoint cannot save PrefixModelForCausalLM (no can_generate), so prefix
-        # runs keep the Trainer's classic format.
-        unified_checkpoint=OmegaConf.select(cfg, "stage.peft.method") != "prefix",
+        # checkpoint saves only full models and LoRA (not PrefixModelForCausalLM: no can_generate;
+        # not LoKr, VeRA or ReFT: refused), so the other adapters keep the Trainer's classic format.
+        unified_checkpoint=OmegaConf.select(cfg, "stage.peft.method") in ("none", "lora", None),
     )
     args.update(extra)
     return args_class(**args)

@@ -49,6 +49,19 @@ class Family:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     aliases: Mapping[str, str] = field(default_factory=dict)  # another accepted spelling -> the name used here
     fixes: Tuple[str, ...] = ()  # names of functions in llmx.families.fixes, applied when the family is built
+    # Hugging Face checkpoints (llmx.convert): config.json's model_type and the transformers class (or the
+    # checkpoint's own remote-code class), a config key that tells this family from others sharing its
+    # model_type, config keys spelled otherwise (PaddleNLP key -> HF key), HF keys PaddleNLP's config lacks,
+    # and (PaddleNLP head, HF head, HF embedding) where HF ties a head that PaddleNLP keeps as its own tensor.
+    hf_model_type: Optional[str] = None
+    hf_architecture: Optional[str] = None
+    hf_marker: Optional[str] = None
+    hf_config_keys: Mapping[str, str] = field(default_factory=dict)
+    hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
+    hf_tied_head: Optional[Tuple[str, str, str]] = None
+    hf_map_prefix: Optional[Tuple[str, str]] = None
+    hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
+    sp_tokenizer: Optional[str] = None  # PaddleNLP class that reads the family's SentencePiece tokenizer.model
 
     # -------------------------------------------------------------- hyperparameters
     def hyperparameters(self, given: Mapping[str, Any]) -> Dict[str, Any]:
@@ -116,41 +129,51 @@ _GPT_NAMES = {"n_positions": "max_position_embeddings", "n_embd": "hidden_size",
 FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("llama", "LlamaForCausalLM", "LlamaConfig", _LLAMA_FUSED_LORA, pipeline_class="LlamaForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
-           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES),
+           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES, hf_model_type="llama", hf_architecture="LlamaForCausalLM",
+           sp_tokenizer="LlamaTokenizer"),
     # PaddleNLP has no Baichuan class: Baichuan checkpoints load as LlamaForCausalLM (13B: alibi=true).
     Family("baichuan", "LlamaForCausalLM", "LlamaConfig", _LLAMA_FUSED_LORA, pipeline_class="LlamaForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
-           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES),
+           defaults=_LLAMA_DEFAULTS, aliases=_GPT_NAMES, hf_model_type="baichuan", hf_architecture="BaichuanForCausalLM",
+           hf_fused_qkv="W_pack", sp_tokenizer="LlamaTokenizer"),
     Family("qwen", "QWenForCausalLM", "QWenConfig",
            (".*attn.c_attn.*", ".*attn.c_proj.*", ".*mlp.w1.*", ".*mlp.w2.*", ".*mlp.c_proj.*"),
            pipeline_class="QWenForCausalLMPipe", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
            kv_heads=None, fixes=("qwen_pipeline_attention_mask",),
            defaults=dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                         kv_channels=128, intermediate_size=22016, no_bias=True)),
+                         kv_channels=128, intermediate_size=22016, no_bias=True),
+           hf_model_type="qwen", hf_architecture="QWenLMHeadModel"),
     Family("qwen2", "Qwen2ForCausalLM", "Qwen2Config", _LLAMA_LORA, pipeline_class="Qwen2ForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
            defaults=dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
-                         num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False)),
+                         num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
+           hf_model_type="qwen2", hf_architecture="Qwen2ForCausalLM"),
     # Mistral's rotary places positions after the prefix cache, which per-example position ids cannot reproduce.
     Family("mistral", "MistralForCausalLM", "MistralConfig", _LLAMA_LORA, prefix_cache="batch_heads_seq",
            packing=True,
-           defaults=dict(_LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8)),
+           defaults=dict(_LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8),
+           hf_model_type="mistral", hf_architecture="MistralForCausalLM",
+           sp_tokenizer="LlamaTokenizer"),
     # The router (`gate`) stays frozen under LoRA, as in PaddleNLP's llm tools; w1/w2/w3 are the experts.
     Family("mixtral", "MixtralForCausalLM", "MixtralConfig",
            (".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*w1.*", ".*w2.*", ".*w3.*"),
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
            defaults=dict(_LLAMA_DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8),
-           fixes=("mixtral_moe_routing",)),
+           fixes=("mixtral_moe_routing",), hf_model_type="mixtral", hf_architecture="MixtralForCausalLM",
+           sp_tokenizer="LlamaTokenizer"),
     Family("gemma", "GemmaForCausalLM", "GemmaConfig", _LLAMA_LORA, pipeline_class="GemmaForCausalLMPipe",
            prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
            defaults=dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
-                         num_attention_heads=16, num_key_value_heads=16, head_dim=256, tie_word_embeddings=True)),
+                         num_attention_heads=16, num_key_value_heads=16, head_dim=256, tie_word_embeddings=True),
+           fixes=("gemma_tanh_gelu",), hf_model_type="gemma", hf_architecture="GemmaForCausalLM", sp_tokenizer="GemmaTokenizer",
+           hf_config_extra={"hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"}),
     # ChatGLM v1 needs [gMASK]/bos inputs, 4-D masks and 2-D position ids that only its own tokenizer builds.
     Family("chatglm", "ChatGLMForCausalLM", "ChatGLMConfig", _GLM_LORA, prefix_cache="seq_batch_heads",
            kv_heads=None, not_trainable="ChatGLM v1 is not trainable by llmx yet; use model=chatglm2 (ChatGLM2/ChatGLM3)",
            defaults=dict(vocab_size=130528, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
                          inner_hidden_size=16384),
-           aliases={"num_layers": "num_hidden_layers"}),
+           aliases={"num_layers": "num_hidden_layers"},
+           hf_model_type="chatglm", hf_architecture="ChatGLMForConditionalGeneration", hf_marker="inner_hidden_size"),
     # PaddleNLP's ChatGLM2 always uses multi_query_group_num KV groups (HF's multi_query_attention is not read).
     Family("chatglm2", "ChatGLMv2ForCausalLM", "ChatGLMv2Config", _GLM_LORA, pipeline_class="ChatGLMv2ForCausalLMPipe",
            prefix_cache="seq_batch_heads", packing=True, packing_with_prefix=True, kv_heads="multi_query_group_num",
@@ -158,14 +181,16 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            defaults=dict(vocab_size=65024, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
                          ffn_hidden_size=13696, multi_query_group_num=1, add_bias_linear=False, add_qkv_bias=False,
                          rmsnorm=True, post_layer_norm=True),
-           aliases={"num_layers": "num_hidden_layers", "padded_vocab_size": "vocab_size"}),
+           aliases={"num_layers": "num_hidden_layers", "padded_vocab_size": "vocab_size"},
+           hf_model_type="chatglm", hf_architecture="ChatGLMModel", hf_marker="multi_query_group_num",
+           hf_map_prefix=("chatglm_v2.", "transformer.")),
     # BLOOM's alibi biases by absolute key position: not reproducible per packed example behind a prefix.
     Family("bloom", "BloomForCausalLM", "BloomConfig",
            (".*query_key_value.*", ".*dense.*", ".*dense_h_to_4h.*", ".*dense_4h_to_h.*"),
            prefix_cache="batch_seq_heads", packing=True, heads="n_head", kv_heads=None, layers="n_layer",
            defaults=dict(vocab_size=250880, hidden_size=64, n_layer=2, n_head=8),
            aliases={"num_attention_heads": "n_head", "num_hidden_layers": "n_layer", "n_embed": "hidden_size"},
-           fixes=("bloom_zeroed_linears",)),
+           fixes=("bloom_zeroed_linears",), hf_model_type="bloom", hf_architecture="BloomForCausalLM"),
     # GPT's learned positions follow the prefix; its generate passes attention_mask=None.
     Family("gpt3", "GPTForCausalLM", "GPTConfig",
            (".*qkv_proj.*", ".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*out_proj.*", ".*linear1.*", ".*linear2.*"),
@@ -182,7 +207,14 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            defaults=dict(vocab_size=50272, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
                          intermediate_size=8192, max_position_embeddings=2048, word_embed_proj_dim=2048,
                          normalize_before=True),
-           aliases={"ffn_dim": "intermediate_size"}),
+           aliases={"ffn_dim": "intermediate_size"},
+           # HF's OPTForCausalLM ties lm_head to the embedding and does not save it; PaddleNLP's keeps its own
+           # lm_head.decoder_weight, which PaddleNLP's converter leaves random.
+           hf_model_type="opt", hf_architecture="OPTForCausalLM",
+           hf_config_keys={"intermediate_size": "ffn_dim", "normalize_before": "do_layer_norm_before",
+                           "hidden_act": "activation_function", "hidden_dropout_prob": "dropout",
+                           "attention_probs_dropout_prob": "attention_dropout"},
+           hf_tied_head=("lm_head.decoder_weight", "lm_head.weight", "model.decoder.embed_tokens.weight")),
     # Yuan's localized-filtering convolution mixes neighbouring examples (no packing), and in training it
     # builds its own [b, 1, s, s] mask and rejects a prefix cache.
     Family("yuan", "YuanForCausalLM", "YuanConfig", _LLAMA_LORA,
@@ -192,8 +224,29 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
            no_prefix="in training Yuan builds its own attention mask and rejects a prefix cache",
            defaults=dict(vocab_size=135040, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
                          num_attention_heads=32, num_key_value_heads=None),
-           fixes=("yuan_loss_over_target_tokens",)),
+           fixes=("yuan_loss_over_target_tokens",), hf_model_type="yuan", hf_architecture="YuanForCausalLM"),
 )}
+
+
+def family_of_hf_config(config: Mapping[str, Any]) -> Optional[str]:
+    """The family of a Hugging Face config.json (its model_type, then a marker key among families sharing
+    it), or None."""
+    kind = config.get("model_type")
+    found = [f for f in FAMILIES.values() if f.hf_model_type == kind]
+    if len(found) > 1:
+        found = [f for f in found if f.hf_marker is None or f.hf_marker in config] or found
+        found = [f for f in found if f.name != "baichuan"] if kind == "llama" else found
+    return found[0].name if found else None
+
+
+def family_of_paddle_config(config: Mapping[str, Any]) -> Optional[str]:
+    """The family of a PaddleNLP/llmx config.json, by its architecture (a pipeline class names its single
+    model's class); Llama and Baichuan share a class: Llama. None if no family has it."""
+    names = [n[: -len("Pipe")] if n.endswith("Pipe") else n for n in (config.get("architectures") or [])]
+    for fam in FAMILIES.values():
+        if fam.architecture in names and (fam.name != "chatglm" or "inner_hidden_size" in config):
+            return fam.name
+    return None
 
 
 def family(name: str) -> Family:

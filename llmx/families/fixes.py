@@ -35,6 +35,23 @@ def mixtral_moe_routing(model=None) -> None:
     MixtralSparseMoeBlock.forward = forward
 
 
+def gemma_tanh_gelu(model=None) -> None:
+    """Before build. PaddleNLP's GemmaMLP applies exact gelu (F.gelu) whatever the config says; Gemma was
+    trained with the tanh approximation, which transformers uses (gelu_pytorch_tanh): converted Gemma
+    checkpoints were off by ~4e-3 in the logits. Use the tanh approximation."""
+    import paddle.nn.functional as F
+    from paddlenlp.transformers.gemma.modeling import GemmaMLP
+
+    if getattr(GemmaMLP.forward, "llmx_fixed", False):
+        return
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate=True) * self.up_proj(x))
+
+    forward.llmx_fixed = True
+    GemmaMLP.forward = forward
+
+
 def bloom_zeroed_linears(model=None) -> None:
     """After random init. BLOOM's _init_weights zeroes every Linear weight (it meant the bias),
     leaving a random-init BLOOM with all-zero attention and MLP weights that never train."""
@@ -158,7 +175,7 @@ def yuan_loss_over_target_tokens(model=None) -> None:
     _mean_over_target_tokens(YuanForCausalLM)
 
 
-BEFORE_BUILD = {"opt_loss_over_target_tokens", "yuan_loss_over_target_tokens", "mixtral_moe_routing", "opt_missing_attributes", "qwen_pipeline_attention_mask",
+BEFORE_BUILD = {"gemma_tanh_gelu", "opt_loss_over_target_tokens", "yuan_loss_over_target_tokens", "mixtral_moe_routing", "opt_missing_attributes", "qwen_pipeline_attention_mask",
                 "chatglm2_pipeline_position_ids"}
 AFTER_RANDOM_INIT = {"bloom_zeroed_linears"}
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import (PeftConfig, TrainConfig, existing, model_family, positive, require, validate_peft,
+from llmx.config import (MERGEABLE_METHODS, PeftConfig, TrainConfig, existing, model_family, positive, require, validate_peft,
                          validate_train, validate_trainable)
 from llmx.data.sft import Conversation, read_sft_jsonl
 from llmx.families import FAMILIES
@@ -59,10 +59,16 @@ def validate(cfg: DictConfig) -> None:
             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
     validate_train(s.train)
     validate_peft(cfg)
-    require(not s.merge_adapter or p.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    require(not s.merge_adapter or p.method in MERGEABLE_METHODS, "stage.merge_adapter", True,
+            f"needs an adapter that folds into the weights ({', '.join(MERGEABLE_METHODS)}); "
+            + {"none": "full fine-tuning already writes the full model",
+               "prefix": "prefix tuning adds key/value tokens, not weights",
+               "reft": "ReFT edits hidden states at chosen positions, not weights"}.get(p.method, ""))
     packing = sorted(n for n, f in FAMILIES.items() if f.packing)
     require(not s.zero_padding or fam.packing, "stage.zero_padding", True,
             f"model family {m.family} cannot keep packed examples apart; supported: {', '.join(packing)}")
+    require(not (s.zero_padding and p.method == "reft"), "stage.zero_padding", True,
+            "not with ReFT (its interventions act at each example's prompt positions, one example per row)")
     require(not (s.zero_padding and p.method == "prefix" and not fam.packing_with_prefix), "stage.zero_padding", True,
             f"not with prefix tuning for model family {m.family} (positions or biases follow the prefix cache)")
     # PaddleNLP's sequence-parallel decoders reshape activations to [-1, seq_length, ...]: every
@@ -104,7 +110,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.engine.checkpoint import export_adapter, export_model
     from llmx.engine.distributed import barrier, fixed_length_batches
     from llmx.engine.fit import fit
-    from llmx.engine.peft import wrap_peft
+    from llmx.engine.peft import merged_model, wrap_peft
 
     exp, stage, method = ctx.experiment, cfg.stage, cfg.stage.peft.method
     tokenizer = models.build_tokenizer(cfg.model)
@@ -136,8 +142,16 @@ def run(cfg: DictConfig, ctx) -> dict:
         ctx.log.info("zero padding: %d examples in %d sequences of <= %d tokens, non-pad fraction %.4f",
                      packing["examples"], packing["sequences"], stage.data.max_length, packing["non_pad_fraction"])
         collator = PackedCollator(tokenizer.pad_token_id, pad_to=pad_to, flashmask=use_flashmask(model, ctx.runtime.device))
+    if method == "reft":  # every batch names the prompt positions the interventions act on
+        from llmx.engine.reft import ReftCollator
+
+        collator = ReftCollator(collator, model)
     trainer, summary = fit(cfg, ctx, model, train_set, eval_set, collator, tokenizer, evaluate=stage.eval.enabled)
     summary = {"stage": method if method != "none" else "sft", **summary}
+    if method != "none":
+        summary["peft_method"] = method if stage.peft.variant == "none" else stage.peft.variant
+        if stage.peft.lora_plus_ratio != 1.0:
+            summary["lora_plus_ratio"] = stage.peft.lora_plus_ratio
     if packing:
         summary["packing_efficiency"] = round(packing["non_pad_fraction"], 4)
         summary["packed_sequences"] = packing["sequences"]
@@ -151,8 +165,8 @@ def run(cfg: DictConfig, ctx) -> dict:
         return summary
     summary["adapter_dir"] = str(export_adapter(model, tokenizer, exp.dir / "adapter", ctx.layout, ctx.runtime.is_main))
     summary["base_model"] = base_ref
+    summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(summary["adapter_dir"]).iterdir() if f.is_file())
     if stage.merge_adapter:  # every rank merges its shard of the adapters into its shard of the weights
-        model.merge()
-        summary["model_dir"] = str(export_model(model.model, tokenizer, exp.dir / "model", ctx.layout,
-                                                ctx.runtime.is_main))
+        summary["model_dir"] = str(export_model(merged_model(model, ctx.layout.tp), tokenizer, exp.dir / "model",
+                                                ctx.layout, ctx.runtime.is_main))
     return summary

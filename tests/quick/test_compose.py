@@ -48,6 +48,8 @@ def check(overrides: list[str], cfg=None) -> str | None:
     expected_error = None
     if choice.get("parallel") == "tp4pp2":  # a layout for bigger models: the tiny one has 2 KV heads
         expected_error = "parallel.tp=4: must divide the model's KV heads (2)"
+    elif choice.get("stage") == "convert":  # converts model.name_or_path: nothing to convert by default
+        expected_error = "model.name_or_path=None: needs the directory to convert"
     elif cfg.model.family == "chatglm":  # composes (e.g. for planning), but the sft runner refuses it
         expected_error = "ChatGLM v1 is not trainable by llmx yet"
     elif OmegaConf.select(cfg, "stage.peft.method") == "prefix" and cfg.model.family in NO_PREFIX_TUNING:

@@ -2,23 +2,22 @@
 pipeline class) and tp2pp2 matches one process step by step, or the layout is refused before launch
 with one line naming the family and why.
 
-Each layout launches its ranks once and trains every family in turn (tests/runs/family_matrix.py runs
+Each layout launches its ranks once and trains every family in turn (tests/runs/run_matrix.py runs
 llmx's own sft runner per family): the matrix costs one launch per layout, not one per cell. Every cell
 also exports the model (tensor-parallel shards and pipeline stages merged): it loads into one process
 and computes the single run's loss on a fixed batch.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from helpers import REPO, input_error, read_json, saved_model_loss, train_losses
+from helpers import input_error, read_json, run_matrix, saved_model_loss, train_losses
 from llmx.families import FAMILIES
 
-HARNESS = REPO / "tests" / "runs" / "family_matrix.py"
+# Three logged steps of a small global batch; eval loss only (a pipeline cannot generate).
+COMMON = ["stage.train.max_steps=3", "stage.train.logging_steps=1", "stage.train.save_steps=3",
+          "stage.train.batch_size=4", "stage.train.grad_accum=2", "stage.train.progress_bar=false",
+          "stage.eval.enabled=false", "stage.train.lr=3e-3"]
 TRAINABLE = sorted(name for name, f in FAMILIES.items() if not f.not_trainable)
 LAYOUTS = {  # layout -> (processes, the families that support it)
     "tp2": (2, [f for f in TRAINABLE if not FAMILIES[f].no_tensor_parallel]),
@@ -28,15 +27,8 @@ LAYOUTS = {  # layout -> (processes, the families that support it)
 
 
 def _matrix(layout: str, families: list[str], out, processes: int = 1):
-    cmd = [sys.executable, str(HARNESS), "--parallel", layout, "--families", ",".join(families), "--out", str(out)]
-    if processes > 1:
-        cmd[1:1] = ["-m", "paddle.distributed.launch", "--log_level", "ERROR", "--nproc_per_node", str(processes),
-                    "--log_dir", str(out / "logs")]
-    env = dict(os.environ, PADDLE_DISTRI_BACKEND="gloo")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    errors = sorted(out.glob("*/error.rank*.txt"))
-    assert proc.returncode == 0 and not errors, (errors and errors[0].read_text()[-3000:]) or proc.stderr[-3000:]
-    return out
+    return run_matrix({f: [f"model={f}", "model.size=tiny", f"parallel={layout}", *COMMON] for f in families}, out,
+                      processes)
 
 
 @pytest.fixture(scope="module")

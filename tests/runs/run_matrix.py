@@ -1,11 +1,12 @@
-"""A short full SFT of several model families under one parallel layout, through llmx's own sft runner:
-`python -m paddle.distributed.launch --nproc_per_node N family_matrix.py --parallel tp2 --families a,b --out DIR`
-(or plain `python family_matrix.py --parallel single ...` for the one-process reference).
+"""Several llmx runs, one after the other, in one process (group), through llmx's own stage runners:
+`python run_matrix.py --out DIR --run NAME 'override;override;...' --run ...` (under
+`python -m paddle.distributed.launch --nproc_per_node N` for a parallel layout; every run's overrides
+must then name that layout).
 
-Every family runs in this one process group, one after the other, each into DIR/<family> with the run
-files launch.py writes (metrics.jsonl, summary.json, model/): launching the ranks once per layout instead
-of once per (family, layout) cell is what keeps the whole family x layout matrix affordable. A family that
-fails writes DIR/<family>/error.txt (rank and exception) and ends every rank at once.
+Each run writes DIR/<NAME> with the run files launch.py writes (metrics.jsonl, summary.json, model/ or
+adapter/): paying Python's and Paddle's start-up and the ranks' launch once for a whole matrix (families
+x layout, adapter methods) instead of once per cell is what keeps such matrices affordable. A run that
+fails writes DIR/<NAME>/error.rank<R>.txt (exception and traceback) and ends every rank at once.
 """
 from __future__ import annotations
 
@@ -17,18 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: helpers
 
-# Three logged steps of a small global batch; eval loss only (a pipeline cannot generate).
-COMMON = ["stage.train.max_steps=3", "stage.train.logging_steps=1", "stage.train.save_steps=3",
-          "stage.train.batch_size=4", "stage.train.grad_accum=2", "stage.train.progress_bar=false",
-          "stage.eval.enabled=false", "stage.train.lr=3e-3"]
-
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--parallel", required=True)
-    parser.add_argument("--families", required=True)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--run", nargs=2, action="append", metavar=("NAME", "OVERRIDES"), required=True,
+                        help="a run's directory name and its overrides, separated by ';'")
     args = parser.parse_args()
 
     from helpers import compose
@@ -38,10 +33,10 @@ def main() -> int:
 
     quiet_libraries(verbose=False)
     rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
-    for family in args.families.split(","):
-        run_dir = args.out / family
+    for name, overrides in args.run:
+        run_dir = args.out / name
         try:
-            cfg = compose(f"model={family}", "model.size=tiny", f"parallel={args.parallel}", *COMMON, *args.overrides)
+            cfg = compose(*[o for o in overrides.split(";") if o])
             validate(cfg)
             stage = stage_module(cfg.stage.runner)
             ctx = create_context(cfg, str(run_dir), stage.prepare(cfg))
@@ -56,7 +51,7 @@ def main() -> int:
 
         from llmx.engine.cpu_parallel import write_counters
 
-        write_counters()  # into the first family's run dir: the compatibility layer's calls, per rank
+        write_counters()  # into the first run's dir: the compatibility layer's calls, per rank
         dist.barrier()
     sys.stdout.flush()
     os._exit(0)  # as llmx's own ranks end (llmx.run._leave_rank): no interpreter teardown

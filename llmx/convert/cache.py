@@ -1,0 +1,131 @@
+"""Hugging Face directories as `model.name_or_path`: converted once into a cache keyed by content.
+
+`is_hf_checkpoint(dir)` tells an HF checkpoint from a PaddleNLP/llmx one without paddle (its
+weights are pytorch .bin files or safetensors marked `format: pt`, and its config.json carries no
+`paddlenlp_version`). `converted(dir)` returns the llmx model directory made from it: under
+`$LLMX_CACHE` (default `~/.cache/llmx`) in `hf/<digest>/`, where the digest covers the bytes of
+config.json, the weights and the tokenizer files. A second use finds the same digest and reuses
+the directory; a changed checkpoint gets a new one. File digests are remembered by (path, size,
+mtime) in `hf/digests.json`, so a reuse reads no weights. Only the first use imports paddle.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from llmx.convert.tensors import SAFE_INDEX, BIN_INDEX, _safetensors_header, weight_files
+
+_CONTENT_FILES = ("config.json", "generation_config.json", SAFE_INDEX, BIN_INDEX, "tokenizer.json", "tokenizer.model",
+                  "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                  "merges.txt", "chat_template.jinja", "chat_template.json")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLMX_CACHE") or Path.home() / ".cache" / "llmx") / "hf"
+
+
+def is_hf_checkpoint(path: Path) -> bool:
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        if "paddlenlp_version" in json.loads(config.read_text()):
+            return False
+        files = weight_files(path)
+    except (ValueError, OSError):
+        return False
+    if not files:
+        return False
+    if files[0].suffix == ".bin":
+        return True
+    try:
+        header, _ = _safetensors_header(files[0])
+    except (ValueError, OSError):
+        return False
+    return (header.get("__metadata__") or {}).get("format") == "pt"
+
+
+def family_given(cfg) -> Optional[str]:
+    """The family the user named with model=<family>; None where the model group is left at its default
+    (`tiny`) in a stage=convert run, which takes the family from config.json."""
+    if cfg.stage.runner != "convert":
+        return cfg.model.family
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        choice = HydraConfig.get().runtime.choices.get("model")
+    except ValueError:  # composed outside a Hydra app (tests): the config's family is the user's
+        return cfg.model.family
+    return None if choice in (None, "tiny") else cfg.model.family
+
+
+def check_hf_family(cfg) -> None:
+    """A Hugging Face checkpoint as model.name_or_path must be of the family asked for (one line naming both)."""
+    path = Path(cfg.model.name_or_path)
+    if not is_hf_checkpoint(path):
+        return
+    from llmx.convert.hf import check_family, read_json
+
+    check_family(read_json(path / "config.json"), family_given(cfg), path)
+
+
+def _file_digest(path: Path, memo: dict) -> str:
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if key not in memo:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        memo[key] = h.hexdigest()
+    return memo[key]
+
+
+def content_digest(path: Path) -> str:
+    """sha256 over the names and bytes of the checkpoint's config, weight and tokenizer files."""
+    path = Path(path)
+    memo_file = cache_root() / "digests.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    before = len(memo)
+    h = hashlib.sha256()
+    for f in sorted({*(path / n for n in _CONTENT_FILES if (path / n).is_file()), *weight_files(path)}):
+        h.update(f.name.encode() + b"\0" + _file_digest(f, memo).encode() + b"\0")
+    if len(memo) != before:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".digests.{os.getpid()}.json")
+        tmp.write_text(json.dumps(memo))
+        tmp.replace(memo_file)
+    return h.hexdigest()
+
+
+def converted(path: Path, family: Optional[str] = None) -> Path:
+    """The llmx model directory converted from HF checkpoint `path` (converting it on first use)."""
+    path = Path(path)
+    digest = content_digest(path)
+    out = cache_root() / digest[:24]
+    if (out / "llmx_converted.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Jobs starting together (a Slurm sweep over one checkpoint) convert it once: the first holds the lock.
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "llmx_converted.json").is_file():
+            import paddlenlp  # noqa: F401  (its logger exists from here on: route it as llmx does)
+
+            from llmx.console import ConsoleFilter, quiet_libraries, say
+            from llmx.convert.hf import hf_to_llmx
+
+            quiet_libraries(ConsoleFilter.verbose)
+            say("converting the Hugging Face checkpoint %s (once; cached in %s)", path, out)
+            summary = hf_to_llmx(path, out, family)
+            marker = {"source": str(path.resolve()), "digest": digest, **summary}
+            (out / "llmx_converted.json").write_text(json.dumps(marker, indent=2) + "\n")
+    return out

@@ -1,0 +1,122 @@
+"""Checkpoint conversion runner: Hugging Face <-> llmx/PaddleNLP model directories.
+
+`direction=from_hf` reads `model.name_or_path` (an HF dir: safetensors or pytorch_model.bin,
+sharded or not, config.json, generation_config.json, tokenizer files) and writes a directory that
+llmx and PaddleNLP's `from_pretrained` load. `direction=to_hf` reads an llmx model directory (or a
+run directory: its model, or its adapter merged into its base) and writes one that transformers'
+`AutoModelForCausalLM.from_pretrained` loads. Tensors stream one at a time; the source is only
+read. The family comes from config.json unless `model=<family>` names one (then a checkpoint of
+another family is refused).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from llmx.config import fail, one_of, require
+
+DIRECTIONS = ("from_hf", "to_hf")
+
+
+@dataclass
+class Config:
+    runner: str = "convert"
+    direction: str = "from_hf"  # from_hf: HF dir -> llmx model dir; to_hf: llmx model or run dir -> HF dir
+    output_dir: Optional[str] = None  # None: <run dir>/model (from_hf) or <run dir>/hf (to_hf)
+    dtype: Optional[str] = None  # None: keep the stored dtype; float32 | float16 | bfloat16
+
+
+def validate(cfg: DictConfig) -> None:
+    s, m = cfg.stage, cfg.model
+    one_of("stage.direction", s.direction, DIRECTIONS)
+    require(m.name_or_path is not None, "model.name_or_path", None,
+            "needs the directory to convert (an HF checkpoint dir for from_hf, an llmx model or run dir for to_hf)")
+    if s.dtype is not None:
+        one_of("stage.dtype", s.dtype, ("float32", "float16", "bfloat16"))
+    if s.output_dir is not None:
+        out, src = Path(s.output_dir).resolve(), Path(m.name_or_path).resolve()
+        require(out != src and src not in out.parents, "stage.output_dir", s.output_dir,
+                f"must lie outside model.name_or_path ({m.name_or_path}): the source is never written")
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Read config.json and settle the family, before paddle: a mismatch is one line."""
+    from llmx.convert.cache import family_given, is_hf_checkpoint
+    from llmx.convert.hf import check_family, read_json
+    from llmx.families import family_of_paddle_config
+    from llmx.sources import resolve
+
+    src = Path(cfg.model.name_or_path)
+    given = family_given(cfg)
+    if cfg.stage.direction == "from_hf":
+        if not is_hf_checkpoint(src):
+            fail("model.name_or_path", str(src), "is not a Hugging Face checkpoint (config.json with safetensors "
+                 "saved by transformers or pytorch_model*.bin); for an llmx model use stage.direction=to_hf")
+        return {"family": check_family(read_json(src / "config.json"), given, src)}
+    source = resolve(str(src))
+    config = read_json(Path(source.model_dir) / "config.json")
+    found = family_of_paddle_config(config)
+    if found is None and given is None:
+        fail("model.name_or_path", str(src), f"config.json names architectures={config.get('architectures')}, "
+             "which no llmx family has (name its family with model=<family>)")
+    if given and found and given != found and {given, found} != {"llama", "baichuan"}:
+        fail("model", given, f"{source.model_dir}/config.json holds a {found} model")
+    return {"family": given or found, "source": source}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name != "llmx_converted.json":
+            try:
+                os.link(f, dst / f.name)  # the cache's file itself, where the file system allows
+            except OSError:
+                shutil.copy2(f, dst / f.name)
+
+
+def run(cfg: DictConfig, ctx) -> dict:
+    from llmx.console import say
+    from llmx.convert.cache import converted
+    from llmx.convert.hf import hf_to_llmx, llmx_to_hf
+    from llmx.experiment import atomic_dir
+
+    s, m = cfg.stage, cfg.model
+    fam = ctx.inputs["family"]
+    out = Path(s.output_dir) if s.output_dir else ctx.experiment.dir / ("model" if s.direction == "from_hf" else "hf")
+    say("converting %s (%s, %s) -> %s", m.name_or_path, fam, s.direction, out)
+    if s.direction == "from_hf":
+        if s.dtype is None:  # the content-keyed cache holds it already (validation resolved the source)
+            cache = converted(Path(m.name_or_path), fam)
+            with atomic_dir(out) as tmp:
+                _link_or_copy(cache, tmp)
+            import json
+
+            summary = {k: v for k, v in json.loads((cache / "llmx_converted.json").read_text()).items()
+                       if k not in ("source", "model_dir")}
+            summary.update(model_dir=str(out), cache_dir=str(cache))
+        else:
+            summary = hf_to_llmx(Path(m.name_or_path), out, fam, s.dtype)
+    else:
+        source = ctx.inputs["source"]
+        model_dir = Path(source.model_dir)
+        if source.adapter:  # an adapter run: its adapter merged into its base, saved, then converted
+            model_dir = _merged_model(cfg, ctx, fam)
+        summary = llmx_to_hf(model_dir, out, fam, s.dtype, tokenizer_dir=Path(source.tokenizer))
+    if summary.get("seconds"):
+        summary["mb_per_s"] = round(summary["megabytes"] / summary["seconds"], 1)
+    return {"stage": "convert", **summary}
+
+
+def _merged_model(cfg: DictConfig, ctx, fam: str) -> Path:
+    from llmx.engine import model as models
+    from llmx.engine.checkpoint import save_pretrained
+
+    with_family = cfg.model.copy()
+    with_family.family = fam
+    tokenizer = models.build_tokenizer(with_family)
+    model = models.build_model(with_family, tokenizer, cfg.seed)  # loads the adapter and merges it
+    return save_pretrained(model, tokenizer, ctx.experiment.dir / "merged_model", safe_serialization=True)
