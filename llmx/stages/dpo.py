@@ -65,7 +65,9 @@ def validate(cfg: DictConfig) -> None:
     validate_train(s.train)
     validate_peft(cfg)
     validate_layout(cfg)
-    require(s.peft.method != "prefix", "stage.peft.method", "prefix",
+    # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
+    # have none here)
+    require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
             "preference stages train full weights (none) or LoRA adapters (lora)")
     require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
     require(s.loss_type in LOSS_TYPES, "stage.loss_type", s.loss_type, f"allowed: {', '.join(LOSS_TYPES)}")

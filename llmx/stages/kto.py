@@ -57,7 +57,9 @@ def validate(cfg: DictConfig) -> None:
             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
     validate_train(s.train)
     validate_peft(cfg)
-    require(s.peft.method != "prefix", "stage.peft.method", "prefix",
+    # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
+    # have none here)
+    require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
             "preference stages train full weights (none) or LoRA adapters (lora)")
     require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
     require(s.beta > 0, "stage.beta", s.beta, "must be > 0")
