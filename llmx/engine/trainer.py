@@ -13,7 +13,8 @@ uses (`trainer_class(base)`):
   batch is cut into micro-batches, accumulation steps and data-parallel replicas (PaddleNLP
   averages per-micro-batch means: a replica or micro-batch with fewer target tokens would
   weigh more; the normalisation bug Hugging Face transformers fixed in 4.46);
-- metrics.jsonl with tokens/s counted from real (non-pad) tokens.
+- metrics.jsonl with tokens/s counted from real (non-pad) tokens, plus whichever further keys of
+  the Trainer's logs a stage names (`metric_keys`, e.g. trl's rewards/*).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import paddle
@@ -31,7 +32,7 @@ from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
 from llmx.console import say
-from llmx.engine.batching import GLOBAL_TARGETS, NUM_TOKENS
+from llmx.engine.batching import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS
 from llmx.engine.checkpoint import name_single_model_class
 from llmx.experiment import Experiment
 from llmx.layout import Layout, train_batching
@@ -157,7 +158,8 @@ class StepTargets:
 
 def target_token_counts(dataset) -> np.ndarray:
     """Target (loss-bearing) tokens of every example: the dataset's own `target_token_counts()`
-    where it has one (pretraining: all seq_length), else counted from the examples' labels."""
+    where it has one (pretraining: all seq_length; preference packs: their pairs, the units their
+    loss averages over), else counted from the examples' labels."""
     own = getattr(dataset, "target_token_counts", None)
     if own is not None:
         return np.asarray(own())
@@ -216,8 +218,10 @@ class MetricsCallback(TrainerCallback):
     """Appends one metrics.jsonl line per Trainer log: step, loss, lr, tokens/s, elapsed; and saves
     the last step, so a finished run can be continued to more steps."""
 
-    def __init__(self, exp: Experiment, trainer: "LlmxTrainerMixin", elapsed_before: float = 0.0) -> None:
+    def __init__(self, exp: Experiment, trainer: "LlmxTrainerMixin", elapsed_before: float = 0.0,
+                 metric_keys: Sequence[str] = ()) -> None:
         self.exp = exp
+        self.metric_keys = tuple(metric_keys)  # further keys of the Trainer's logs to record (e.g. trl's rewards/*)
         self.trainer = trainer
         self.elapsed_before = elapsed_before  # seconds trained before a resume
         self.start = time.time()
@@ -246,6 +250,7 @@ class MetricsCallback(TrainerCallback):
             "tokens_per_s": round(tokens / max(logs["interval_runtime"], 1e-9), 2),
             "elapsed_s": round(self.elapsed_before + time.time() - self.start, 3),
         }
+        record.update({k: logs[k] for k in self.metric_keys if k in logs})
         self.exp.log_metrics(record)
 
 
@@ -254,14 +259,14 @@ class LlmxTrainerMixin:
     list it before the Trainer class among the bases (`trainer_class` does)."""
 
     def __init__(self, *args, experiment: Experiment, keep_checkpoints: int, seed: int, elapsed_before: float = 0.0,
-                 **kwargs):
+                 metric_keys: Sequence[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.experiment = experiment
         self.keep_checkpoints = keep_checkpoints
         self.data_seed = seed
         self.tokens_trained = 0  # real tokens of the micro-batches trained on, this process
-        self.add_callback(MetricsCallback(experiment, self, elapsed_before))
-        self._step_targets, self._weighted_losses = None, []
+        self.add_callback(MetricsCallback(experiment, self, elapsed_before, metric_keys))
+        self._step_targets, self._local_targets, self._weighted_losses = None, None, []
         # The step's loss as the mean over its target tokens, where the collator carries their count.
         self.token_weighted = bool(getattr(self.data_collator, "carries_global_targets", False)) and \
             self.train_dataset is not None
@@ -279,28 +284,32 @@ class LlmxTrainerMixin:
         self.tokens_trained += inputs.pop(NUM_TOKENS, 0)
         # the step's target tokens: for compute_loss, or for a pipeline's TokenWeightedLoss
         self._step_targets = inputs.pop(GLOBAL_TARGETS, None)
+        self._local_targets = inputs.pop(LOCAL_TARGETS, None)
         for f in self._weighted_losses:
             f.step_targets = self._step_targets
         try:
             return super().training_step(model, inputs, *args, **kwargs)
         finally:
-            self._step_targets = None
+            self._step_targets = self._local_targets = None
             for f in self._weighted_losses:
                 f.step_targets = None
 
     def compute_loss(self, model, inputs, return_outputs=False):
         labels = inputs.get("labels")
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs)
+        # trl's DPOTrainer/KTOTrainer define compute_loss(model, inputs) without return_outputs
+        result = super().compute_loss(model, inputs, return_outputs=True) if return_outputs else \
+            super().compute_loss(model, inputs)
         if self._step_targets is None:
             return result
         # the model's mean over this micro-batch's target tokens, back to their sum, over the step's
-        mine = int((labels != IGNORE_INDEX).sum())
+        mine = self._local_targets if self._local_targets is not None else int((labels != IGNORE_INDEX).sum())
         loss = (result[0] if return_outputs else result) * (mine * self.loss_scale / self._step_targets)
         return (loss, result[1]) if return_outputs else loss
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs.pop(NUM_TOKENS, None)
         inputs.pop(GLOBAL_TARGETS, None)
+        inputs.pop(LOCAL_TARGETS, None)
         return super().prediction_step(model, inputs, *args, **kwargs)
 
     def train(self, *args, **kwargs):

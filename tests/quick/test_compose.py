@@ -65,8 +65,9 @@ def check(overrides: list[str], cfg=None) -> str | None:
     if choice.get("model", "tiny") != "tiny" and cfg.model.family != choice["model"]:
         return f"model.family={cfg.model.family}"
     stage = choice.get("stage", "sft")
-    if stage in ("pretrain", "serve"):  # stages with a runner of their own name
-        return None if cfg.stage.runner == stage else f"stage.runner={cfg.stage.runner}"
+    own = OmegaConf.load(CONF / "stage" / f"{stage}.yaml").get("runner")
+    if own not in (None, "sft"):  # a runner of its own (pretrain, dpo, kto, ...)
+        return None if cfg.stage.runner == own else f"stage.runner={cfg.stage.runner}"
     if cfg.stage.runner != "sft" or cfg.stage.peft.method != ("none" if stage == "sft" else stage):
         return f"stage.runner={cfg.stage.runner} stage.peft.method={cfg.stage.peft.method}"
     if cfg.model.size != choice.get("model.size", "tiny"):

@@ -1,0 +1,125 @@
+"""DPO runner: preference alignment with PaddleNLP trl's DPOTrainer, any of its losses, full or LoRA.
+
+Trains on {"src", "tgt", "response": [a, b], "sort": [i, j]} JSONL (llmx.data.preference)
+from `model.name_or_path` (a model directory, or an SFT run directory) or, without one, the
+tiny random init. The held-out split is measured before and after (the model's own preference
+accuracy and log-prob margin, the implicit reward, the KL to the reference); the run exports
+the model, or the adapter (plus the merged model with merge_adapter). The work is in
+llmx.engine.preference, shared with the kto runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from llmx.config import PeftConfig, TrainConfig, existing, positive, require, validate_peft, validate_train, \
+    validate_trainable
+from llmx.data.preference import read_preference_jsonl
+
+# trl's loss types (`orpo` is trl's "or"); SimPO and ORPO are reference-free by construction, and
+# trl's DPOTrainer refuses reference_free for the ones below that compare against the reference.
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "kto_pair", "sppo_hard", "nca_pair", "dpop", "orpo", "simpo")
+NO_REFERENCE = ("simpo", "orpo")
+NEED_REFERENCE = ("kto_pair", "sppo_hard", "nca_pair", "dpop")
+
+
+@dataclass
+class DataConfig:
+    train: str = "${asset:demo/dpo_train.jsonl}"
+    eval: Optional[str] = "${asset:demo/dpo_eval.jsonl}"
+    max_length: int = 128  # tokens per sequence: prompt + chosen + rejected (several pairs with zero padding)
+    max_prompt_length: int = 64  # an over-long example keeps this many prompt tokens (from the right)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True  # held-out preference accuracy, margins and KL before and after
+    batch_size: int = 8  # sequences per forward when measuring
+
+
+@dataclass
+class Config:
+    runner: str = "dpo"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    loss_type: str = "sigmoid"  # one of LOSS_TYPES
+    beta: float = 0.1  # strength of the pull towards the reference (the loss's temperature)
+    label_smoothing: float = 0.0  # sigmoid/simpo: probability that a preference label is flipped (cDPO)
+    simpo_gamma: float = 0.5  # simpo: target reward margin
+    dpop_lambda: float = 50.0  # dpop: weight of the penalty on the chosen response's log-prob falling
+    pref_loss_ratio: float = 1.0  # weight of the preference loss
+    sft_loss_ratio: Optional[float] = None  # weight of the chosen responses' NLL; None: 1 for orpo, else 0
+    reference_free: Optional[bool] = None  # None: true for simpo/orpo, false for the rest
+    merge_adapter: bool = False  # LoRA only: also write the merged full model
+    zero_padding: bool = True  # pack several pairs per sequence (trl's layout); false: one pair per row
+
+
+def validate(cfg: DictConfig) -> None:
+    s = cfg.stage
+    validate_trainable(cfg)
+    validate_data(s.data)
+    validate_train(s.train)
+    validate_peft(cfg)
+    validate_layout(cfg)
+    # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
+    # have none here)
+    require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
+            "preference stages train full weights (none) or LoRA adapters (lora)")
+    require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    require(s.loss_type in LOSS_TYPES, "stage.loss_type", s.loss_type, f"allowed: {', '.join(LOSS_TYPES)}")
+    if s.loss_type in NO_REFERENCE:
+        require(s.reference_free is not False, "stage.reference_free", False,
+                f"loss_type={s.loss_type} is reference-free (it builds no reference model); leave it unset or true")
+    if s.loss_type in NEED_REFERENCE:
+        require(not s.reference_free, "stage.reference_free", True,
+                f"loss_type={s.loss_type} compares against a reference model; reference_free works with "
+                f"{', '.join(t for t in LOSS_TYPES if t not in NEED_REFERENCE)}")
+    require(s.beta > 0, "stage.beta", s.beta, "must be > 0")
+    require(0 <= s.label_smoothing < 0.5, "stage.label_smoothing", s.label_smoothing, "must be in [0, 0.5)")
+    require(s.label_smoothing == 0 or s.loss_type in ("sigmoid", "simpo"), "stage.label_smoothing", s.label_smoothing,
+            f"only the sigmoid and simpo losses smooth labels (loss_type={s.loss_type})")
+    for key in ("simpo_gamma", "dpop_lambda", "pref_loss_ratio"):
+        require(s[key] >= 0, f"stage.{key}", s[key], "must be >= 0")
+    require(s.sft_loss_ratio is None or s.sft_loss_ratio >= 0, "stage.sft_loss_ratio", s.sft_loss_ratio, "must be >= 0")
+    positive("stage.eval.batch_size", s.eval.batch_size)
+
+
+def validate_data(d: DictConfig) -> None:
+    existing("stage.data.train", d.train, "file")
+    existing("stage.data.eval", d.eval, "file")
+    positive("stage.data.max_length", d.max_length, 4)
+    require(1 <= d.max_prompt_length < d.max_length, "stage.data.max_prompt_length", d.max_prompt_length,
+            f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
+
+
+def validate_layout(cfg: DictConfig) -> None:
+    """Layouts trl's trainers cannot run here, refused before launch."""
+    p = cfg.parallel
+    # trl's pipeline path needs the family's pipeline class built with trl's criterion as its loss
+    # (config.dpo_config / kto_config) and its own micro-batch schedule; llmx builds pipeline parts with
+    # the language-model loss.
+    require(p.pp == 1, "parallel.pp", p.pp, f"stage={cfg.stage.runner} does not run under pipeline parallelism "
+            "(trl's pipeline path needs pipeline parts built around its criterion); use dp, tp or sharding")
+    require(not p.sequence_parallel, "parallel.sequence_parallel", True,
+            "trl's packed preference batches are not cut along the sequence here")
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Read and check the data files before any heavy import (paddle-free)."""
+    d = cfg.stage.data
+    return {"train": read_preference_jsonl(d.train, "dpo"), "eval": read_preference_jsonl(d.eval, "dpo") if d.eval else []}
+
+
+def run(cfg: DictConfig, ctx) -> dict:
+    from llmx.data.preference import trl_record
+    from llmx.engine.model import build_tokenizer
+    from llmx.engine.preference import run_alignment
+
+    chat = getattr(build_tokenizer(cfg.model), "chat_template", None) is not None
+    train = [trl_record(e, chat) for e in ctx.inputs["train"]]
+    held_out = [trl_record(e, chat) for e in ctx.inputs["eval"]]
+    return run_alignment(cfg, ctx, "dpo", train, held_out)

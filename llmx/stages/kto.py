@@ -1,0 +1,100 @@
+"""KTO runner: alignment on pointwise feedback with PaddleNLP trl's KTOTrainer, full or LoRA.
+
+Trains on {"src", "tgt", "response": [a], "sort": [1|0]} JSONL (1 = desirable), weighting
+desirable and undesirable examples by `desirable_weight` / `undesirable_weight`. KTO's KL
+baseline is estimated from mismatched pairs: example i's prompt with example i+1's response
+(in file order). The held-out split is measured before and after (the log-prob and implicit
+reward gap between desirable and undesirable responses, the KL to the reference). The work is
+in llmx.engine.preference, shared with the dpo runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from llmx.config import PeftConfig, TrainConfig, existing, positive, require, validate_peft, validate_train, \
+    validate_trainable
+from llmx.data.preference import read_preference_jsonl
+
+
+@dataclass
+class DataConfig:
+    train: str = "${asset:demo/kto_train.jsonl}"
+    eval: Optional[str] = "${asset:demo/kto_eval.jsonl}"
+    max_length: int = 128  # tokens per sequence: prompt + response + KL response (several with zero padding)
+    max_prompt_length: int = 64  # an over-long example keeps this many prompt tokens (from the right)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True  # held-out reward gap and KL before and after
+    batch_size: int = 8  # sequences per forward when measuring
+
+
+@dataclass
+class Config:
+    runner: str = "kto"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    beta: float = 0.1
+    desirable_weight: float = 1.0  # weight of desirable examples' losses
+    undesirable_weight: float = 1.0  # weight of undesirable examples' losses
+    merge_adapter: bool = False  # LoRA only: also write the merged full model
+    zero_padding: bool = True  # pack several examples per sequence (trl's layout); false: one per row
+
+
+def validate(cfg: DictConfig) -> None:
+    s, d, p = cfg.stage, cfg.stage.data, cfg.parallel
+    validate_trainable(cfg)
+    existing("stage.data.train", d.train, "file")
+    existing("stage.data.eval", d.eval, "file")
+    positive("stage.data.max_length", d.max_length, 4)
+    require(1 <= d.max_prompt_length < d.max_length, "stage.data.max_prompt_length", d.max_prompt_length,
+            f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
+    validate_train(s.train)
+    validate_peft(cfg)
+    # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
+    # have none here)
+    require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
+            "preference stages train full weights (none) or LoRA adapters (lora)")
+    require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    require(s.beta > 0, "stage.beta", s.beta, "must be > 0")
+    for key in ("desirable_weight", "undesirable_weight"):
+        require(s[key] > 0, f"stage.{key}", s[key], "must be > 0")
+    positive("stage.eval.batch_size", s.eval.batch_size)
+    # Layouts trl's KTOTrainer cannot run here: its pipeline path needs pipeline parts built around
+    # KTOCriterion, and its criterion all-gathers the KL over pipeline groups that only a hybrid
+    # (fleet) layout forms.
+    require(p.pp == 1, "parallel.pp", p.pp, "stage=kto does not run under pipeline parallelism "
+            "(trl's pipeline path needs pipeline parts built around its criterion); use dp, tp or sharding")
+    require(not p.sequence_parallel, "parallel.sequence_parallel", True,
+            "trl's packed preference batches are not cut along the sequence here")
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Read and check the data files before any heavy import (paddle-free)."""
+    d = cfg.stage.data
+    return {"train": read_preference_jsonl(d.train, "kto"), "eval": read_preference_jsonl(d.eval, "kto") if d.eval else []}
+
+
+def _with_kl_responses(examples, chat: bool) -> tuple[list[dict], list[int]]:
+    """trl records (the response, then the next example's response as the KL response) and labels."""
+    from llmx.data.preference import trl_record
+
+    n = len(examples)
+    records = [trl_record(e, chat, second=examples[(i + 1) % n].responses[0]) for i, e in enumerate(examples)]
+    return records, [e.label for e in examples]
+
+
+def run(cfg: DictConfig, ctx) -> dict:
+    from llmx.engine.model import build_tokenizer
+    from llmx.engine.preference import run_alignment
+
+    chat = getattr(build_tokenizer(cfg.model), "chat_template", None) is not None
+    train, train_labels = _with_kl_responses(ctx.inputs["train"], chat)
+    held_out, eval_labels = _with_kl_responses(ctx.inputs["eval"], chat) if ctx.inputs["eval"] else ([], [])
+    return run_alignment(cfg, ctx, "kto", train, held_out, train_labels, eval_labels)
