@@ -191,8 +191,10 @@ def test_merged_tiny_model_loads_and_generates(tmp_path):
     m = compose().model
     tok = build_tokenizer(m)
     dirs = []
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3):  # saved as paddle does by default (model_state.pdparams): merge converts them once
         model = build_model(m, tok, seed)
+        if seed == 1:
+            first_seed = {k: v.numpy() for k, v in model.state_dict().items()}
         out = tmp_path / f"seed{seed}"
         model.save_pretrained(str(out))
         tok.save_pretrained(str(out))
@@ -210,6 +212,24 @@ def test_merged_tiny_model_loads_and_generates(tmp_path):
     saved = Reader(run / "model")
     for k, v in merged_model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), saved.get(k))
+    # a LoRA run as an input means its model (adapter merged onto its base): task arithmetic at weight 1 over
+    # that base gives exactly the model build_model makes of the run
+    lora = tmp_path / "lora"
+    launch("stage=lora", f"model.name_or_path={dirs[0]}", "stage.train.max_steps=3", "stage.eval.enabled=false",
+           "stage.train.progress_bar=false", f"hydra.run.dir={lora}")
+    from llmx.merge.stream import materialize
+
+    recipe = check(Recipe("task_arithmetic", [str(lora)], dirs[0], [{"weight": 1.0}], {}), "t")
+    inputs = inspect(recipe, "t")
+    merge(recipe, inputs, {i.name: materialize(i, m, tmp_path) for i in inputs}, tmp_path / "lora_merged")
+    lora_model = build_model(OmegaConf.merge(m, {"name_or_path": str(lora)}), tok, 0)
+    from_lora = Reader(tmp_path / "lora_merged")
+    changed = 0
+    for k, v in lora_model.state_dict().items():
+        np.testing.assert_allclose(from_lora.get(k), v.numpy(), rtol=1e-6, atol=1e-7)
+        changed += not np.array_equal(v.numpy(), first_seed[k])
+    assert changed > 0  # the adapter did move weights
+
     prompt = tok("copy: dog")["input_ids"]
     out = greedy_generate(merged_model, tok, [prompt], 4, 1)
     logits = merged_model(input_ids=paddle.to_tensor([prompt]))
