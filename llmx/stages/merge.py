@@ -72,6 +72,9 @@ def recipe_of(cfg: DictConfig) -> Recipe:
 
 
 def validate(cfg: DictConfig) -> None:
+    par = cfg.parallel
+    require(par.dp * par.tp * par.pp * par.sharding == 1, "parallel", f"dp{par.dp} tp{par.tp} pp{par.pp} sharding{par.sharding}",
+            "stage=merge runs in one process (parallel=single)")
     recipe_of(cfg)
 
 

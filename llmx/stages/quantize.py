@@ -41,7 +41,10 @@ def _model_dims(m: DictConfig) -> dict:
 
 
 def validate(cfg: DictConfig) -> None:
-    s, q = cfg.stage, cfg.quant
+    s, q, par = cfg.stage, cfg.quant, cfg.parallel
+    # calibration and the per-layer algorithms see whole weight matrices: one process
+    require(par.dp * par.tp * par.pp * par.sharding == 1, "parallel", f"dp{par.dp} tp{par.tp} pp{par.pp} sharding{par.sharding}",
+            "stage=quantize runs in one process (parallel=single)")
     existing("stage.eval", s.eval, "file")
     existing("quant.calib_path", q.calib_path, "file")
     positive("stage.max_length", s.max_length, 2)

@@ -44,3 +44,5 @@ def test_quantize_input_errors(tmp_path):
         "llmx: config error: quant.algorithm='none': stage=quantize needs a method")
     assert input_error("stage=sft", "quant=gptq_w4").startswith(
         "llmx: config error: quant.algorithm='gptq': only stage=quantize applies a quant config")
+    assert input_error("stage=quantize", f"model.name_or_path={model}", "quant=wint8", "parallel=tp2") == (
+        "llmx: config error: parallel='dp1 tp2 pp1 sharding1': stage=quantize runs in one process (parallel=single)")
