@@ -87,13 +87,14 @@ def fake_per_token_int8(x: np.ndarray) -> np.ndarray:
 def smoothquant(w: np.ndarray, x: np.ndarray, alphas: list[float], smooth: bool):
     """SmoothQuant (Xiao et al. 2022): s_j = max|x_j|^a / max|W_j|^(1-a); activations x / s are
     quantized per token at run time, weights s W per output channel (int8). The alpha with the least
-    output error (with both quantized) on the calibration inputs wins; smooth=False is naive W8A8
-    (s = 1). Returns (q, scales, s, alpha)."""
+    output error (with both quantized) on the calibration inputs wins, no smoothing (s = 1) being one
+    candidate, so no layer ends up worse than naive W8A8 on its calibration inputs; smooth=False is
+    naive W8A8. Returns (q, scales, s, alpha) (alpha None: not smoothed)."""
     xa = np.maximum(np.abs(x).max(axis=0), 1e-8).astype(np.float64)
     wa = np.maximum(np.abs(w).max(axis=1), 1e-8).astype(np.float64)
     ref = x @ w
     best = None
-    for a in (alphas if smooth else [None]):
+    for a in ([*alphas, None] if smooth else [None]):
         s = np.ones_like(xa) if a is None else xa ** a / wa ** (1 - a)
         q, sc = F.rtn(w * s[:, None], 8, -1)
         y = fake_per_token_int8(x / s) @ F.dequantize(q, sc)
