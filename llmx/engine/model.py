@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Optional
 
 import paddle
@@ -94,6 +95,10 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
 
 def _pretrained(m: DictConfig, fam: Family, model_cls, config, merge: bool = True):
     source = model_source(m)
+    if (Path(source.model_dir) / "quant_config.json").is_file():  # llmx.quant's checkpoint: dequantized per layer
+        from llmx.quant.checkpoint import load_quantized
+
+        return load_quantized(model_cls, config, source.model_dir, m.dtype)
     model = model_cls.from_pretrained(source.model_dir, config=config, dtype=m.dtype)
     return load_adapter(model, fam, source, merge) if source.adapter else model
 

@@ -54,6 +54,12 @@ def check(overrides: list[str], cfg=None) -> str | None:
         expected_error = "model.name_or_path=None: needs the directory to convert"
     elif cfg.model.family == "chatglm":  # composes (e.g. for planning), but the sft runner refuses it
         expected_error = "ChatGLM v1 is not trainable by llmx yet"
+    elif choice.get("stage") == "merge":  # merges need models to merge
+        expected_error = "linear needs at least 1 model(s), got 0"
+    elif choice.get("stage") == "quantize":  # and quantization a method
+        expected_error = "stage=quantize needs a method"
+    elif choice.get("quant", "none") != "none":  # a quant config is for stage=quantize only
+        expected_error = "only stage=quantize applies a quant config"
     elif "peft" in cfg.stage and cfg.stage.peft.method == "prefix" and cfg.model.family in NO_PREFIX_TUNING:
         expected_error = f"prefix tuning is not supported for model family {cfg.model.family}"
     try:
@@ -121,7 +127,11 @@ def test_option_names_say_what_the_files_hold():
         runner = OmegaConf.load(CONF / "stage" / f"{name}.yaml").get("runner") or \
             OmegaConf.load(CONF / "stage" / "sft.yaml").runner  # lora/prefix inherit sft's
         assert callable(stage_module(runner).run), name
-    assert options("quant") == ["none"]
+    from llmx.config import QUANT_ALGORITHMS
+
+    assert "none" in options("quant")
+    for name in options("quant"):  # gptq_w4 holds gptq, ...: the algorithm is the name's first word
+        assert OmegaConf.load(CONF / "quant" / f"{name}.yaml").algorithm == name.split("_")[0] in QUANT_ALGORITHMS, name
 
 
 def test_every_option_and_size_composes_and_validates_without_paddle(tmp_path):

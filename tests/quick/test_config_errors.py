@@ -40,7 +40,7 @@ BAD_CONFIGS = {
                       ["Could not find 'model/nope'", "available: baichuan, bloom, chatglm", "qwen2, tiny, yuan"]),
     "unknown_stage": (["stage=nope"], ["Could not find 'stage/nope'", f"available: {OPTIONS('stage')}"]),
     "unknown_parallel": (["parallel=nope"], ["Could not find 'parallel/nope'", f"available: {OPTIONS('parallel')}"]),
-    "unknown_quant": (["quant=nope"], ["Could not find 'quant/nope'", "available: none"]),
+    "unknown_quant": (["quant=nope"], ["Could not find 'quant/nope'", f"available: {OPTIONS('quant')}"]),
     "model_size": (["model.size=99b"], ["model.size='99b'", f"allowed for llama: {LLAMA_SIZES}"]),
     "model_size_other_family": (["model=qwen2", "model.size=7b1"],
                                 ["model.size='7b1'", "allowed for qwen2: tiny, 0.5b, 1.5b, 7b, 72b"]),
