@@ -20,6 +20,8 @@ ADAPTER_CONFIGS = {"lora_config.json": "lora", "prefix_config.json": "prefix", "
                    "lokr_config.json": "lokr",
                    # PaddleNLP's ReFT writes a plain config.json without its base: llmx adds this file.
                    "llmx_reft.json": "reft"}
+# Written by llmx beside every adapter it saves: the base it was trained on.
+ADAPTER_BASE = "llmx_adapter.json"
 # Adapters whose weights fold into the base's (a merged model computes the same).
 MERGEABLE = ("lora", "vera", "lokr")
 
@@ -54,9 +56,9 @@ def _has_tokenizer(path: Path) -> bool:
 
 def _adapter_source(path: Path, key: str, run_dir: Optional[str] = None, base: Optional[str] = None) -> ModelSource:
     method = adapter_method(path)
-    if base is None:
-        config = next(path / n for n in ADAPTER_CONFIGS if (path / n).is_file())
-        base = json.loads(config.read_text()).get("base_model_name_or_path")
+    for config in [path / ADAPTER_BASE] + [path / n for n in ADAPTER_CONFIGS]:
+        if base is None and config.is_file():
+            base = json.loads(config.read_text()).get("base_model_name_or_path")
     if not base or not Path(base, "config.json").is_file():
         raise ConfigError(f"{key}: the {method} adapter in {path} names its base model {base!r}, "
                           "which is not a model directory here; set model.name_or_path to the base and load the adapter on it")

@@ -24,6 +24,7 @@ import paddle
 from llmx.engine.distributed import barrier, hybrid_group
 from llmx.experiment import atomic_dir
 from llmx.layout import Layout
+from llmx.sources import ADAPTER_BASE
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -48,7 +49,15 @@ def save_pretrained(model, tokenizer, out_dir: Path, **kwargs) -> Path:
         model.save_pretrained(str(tmp), **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        _name_the_base(model, tmp)
     return Path(out_dir)
+
+
+def _name_the_base(model, adapter_dir: Path) -> None:
+    """An adapter's base, for llmx.sources (PaddleNLP's prefix config has no field for it)."""
+    base = getattr(model, "llmx_base_model", None)
+    if base is not None:
+        (adapter_dir / ADAPTER_BASE).write_text(json.dumps({"base_model_name_or_path": str(base)}, indent=2) + "\n")
 
 
 def _numpy(state: dict) -> dict:
@@ -197,5 +206,6 @@ def export_adapter(model, tokenizer, out_dir: Path, layout: Layout, is_main: boo
             _single_model_config(model.model.config, model.model).save_pretrained(str(tmp))
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
+            _name_the_base(model, tmp)
     barrier()
     return out_dir

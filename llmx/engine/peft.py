@@ -78,8 +78,9 @@ def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
     elif p.method == "reft":
         from llmx.engine.reft import wrap_reft
 
-        model = wrap_reft(model, cfg, base_ref)
+        model = wrap_reft(model, cfg)
     if p.method != "none":
+        model.llmx_base_model = base_ref
         log.info("%s: %d of %d parameters trainable", p.method, count_parameters(model, True), count_parameters(model))
     return model
 

@@ -3,13 +3,14 @@ chosen prompt positions.
 
 PaddleNLP leaves three things to its own scripts that llmx's engine needs here: the interventions are
 held in a plain dict (so `parameters()` misses them: optimizers, counts and dp gradient syncs would),
-every batch must carry `intervention_locations`, and the saved config.json does not name the base model.
+every batch must carry `intervention_locations`, and its saved config.json is not recognisable as an
+adapter's (llmx adds a marker file with the positions).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import paddle
@@ -25,11 +26,10 @@ MARKER = "llmx_reft.json"  # llmx.sources.ADAPTER_CONFIGS recognises an adapter 
 
 
 class LlmxReFTModel(ReFTModel):
-    def __init__(self, config, model, base_ref: Optional[str] = None):
+    def __init__(self, config, model):
         super().__init__(config, model)
         # Registered as sublayers, the interventions are what parameters() and state_dict() see.
         self.intervention_layers = nn.LayerList([self.interventions[k][0] for k in self.sorted_keys])
-        self.llmx_base = base_ref
         self.llmx_positions = reft_positions(config.position)
 
     def from_pretrained(self, load_directory, model=None):
@@ -56,11 +56,10 @@ class LlmxReFTModel(ReFTModel):
 
     def save_pretrained(self, save_directory, **kwargs):
         super().save_pretrained(save_directory)
-        Path(save_directory, MARKER).write_text(json.dumps(
-            {"base_model_name_or_path": self.llmx_base, "positions": self.config.position}, indent=2) + "\n")
+        Path(save_directory, MARKER).write_text(json.dumps({"positions": self.config.position}, indent=2) + "\n")
 
 
-def wrap_reft(model, cfg: DictConfig, base_ref: Optional[str]):
+def wrap_reft(model, cfg: DictConfig):
     p = cfg.stage.peft
     layers = list(p.reft_layers) if p.reft_layers is not None else list(range(model.config.num_hidden_layers))
     params = {"embed_dim": model.config.hidden_size, "low_rank_dimension": p.reft_rank, "dropout": p.reft_dropout,
@@ -68,14 +67,13 @@ def wrap_reft(model, cfg: DictConfig, base_ref: Optional[str]):
     representations = [{"layer": layer, "component": "block_output", "low_rank_dimension": p.reft_rank,
                         "intervention": LoreftIntervention(**params)} for layer in layers]
     config = ReFTConfig(representations=representations, intervention_params=params, position=p.reft_positions)
-    return LlmxReFTModel(config, model, base_ref)
+    return LlmxReFTModel(config, model)
 
 
 def load_reft(model, path: str):
     config = ReFTConfig.from_pretrained(path)
     config.position = json.loads(Path(path, MARKER).read_text())["positions"]
-    wrapped = LlmxReFTModel(config, model, json.loads(Path(path, MARKER).read_text())["base_model_name_or_path"])
-    return _load_interventions(wrapped, path)
+    return _load_interventions(LlmxReFTModel(config, model), path)
 
 
 def _load_interventions(wrapped: LlmxReFTModel, path: str) -> LlmxReFTModel:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from llmx.infer.engine import Engine
-from llmx.infer.runners import DynamicRunner, StaticRunner
+from llmx.infer.runners import DynamicRunner, RecomputeRunner, StaticRunner
 
 
 def eos_ids(config, tokenizer) -> list[int]:
@@ -22,25 +22,28 @@ def context_length(config, default: int = 2048) -> int:
 
 # PaddleNLP adapter wrappers whose forward is the base model's own (their layers carry the adapter).
 SAME_FORWARD_WRAPPERS = ("LoRAModel", "VeRAModel", "LoKrModel")
+# Adapter wrappers whose forward changes attention or hidden states (prefix tuning, ReFT): run without a KV cache.
+RECOMPUTE_WRAPPERS = ("PrefixModelForCausalLM", "LlmxReFTModel")
 
 
 def can_run(model, family: str) -> bool:
     """Whether the engine runs this model: a PaddleNLP causal LM of a family it supports, bare or inside
-    an adapter wrapper that keeps its forward. Not prefix tuning (its forward makes its own
-    past_key_values) nor ReFT (it edits hidden states at positions counted over the whole sequence)."""
+    an adapter wrapper: one that keeps its forward (KV cache), or prefix tuning and ReFT, whose forward makes
+    its own past_key_values or edits hidden states at prompt positions (no cache: RecomputeRunner)."""
     from paddlenlp.transformers import PretrainedModel
 
     from llmx.infer.support import engine_problem
 
     return engine_problem(family) is None and (isinstance(model, PretrainedModel)
-                                               or type(model).__name__ in SAME_FORWARD_WRAPPERS)
+                                               or type(model).__name__ in SAME_FORWARD_WRAPPERS + RECOMPUTE_WRAPPERS)
 
 
 def dynamic_engine(model, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536, seed: int = 0,
                    static_batching: bool = False) -> Engine:
     model.eval()
     config = model.config
-    return Engine(DynamicRunner(model, tokenizer.pad_token_id), tokenizer, max_batch, max_tokens_in_cache,
+    runner_cls = RecomputeRunner if type(model).__name__ in RECOMPUTE_WRAPPERS else DynamicRunner
+    return Engine(runner_cls(model, tokenizer.pad_token_id), tokenizer, max_batch, max_tokens_in_cache,
                   context_length(config), seed, eos_ids(config, tokenizer), static_batching)
 
 

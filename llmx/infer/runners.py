@@ -170,3 +170,42 @@ class StaticRunner:
         ids = np.concatenate([batch.cache[0], tokens.reshape(-1, 1).astype("int64")], axis=1)
         mask = np.concatenate([batch.mask, np.ones((batch.rows, 1), "int64")], axis=1)
         return self._run(ids, mask), Batch(mask, [ids])
+
+
+class RecomputeRunner:
+    """A model whose adapter acts on attention or hidden states, not on weights (prefix tuning prepends its own
+    past_key_values; ReFT edits the hidden states at prompt positions): its cache cannot be the model's KV
+    cache, so every step runs the whole sequence, as StaticRunner does. The "cache" is the token ids and a
+    mask of each row's prompt tokens (ReFT's intervention positions are counted in the prompt)."""
+
+    axes = None
+
+    def __init__(self, model, pad_id: int) -> None:
+        self.model, self.pad_id = model, pad_id
+        self.positions = getattr(model, "llmx_positions", None)  # ReFT: (first, last) prompt tokens
+        self.interventions = len(getattr(model, "sorted_keys", ()))
+
+    @paddle.no_grad()
+    def _run(self, ids: np.ndarray, mask: np.ndarray, prompt: np.ndarray) -> np.ndarray:
+        inputs = {"input_ids": paddle.to_tensor(ids), "attention_mask": paddle.to_tensor(mask),
+                  "position_ids": paddle.to_tensor(np.clip(mask.cumsum(-1) - 1, 0, None))}
+        if self.positions is not None:
+            from llmx.engine.reft import locations
+
+            rows = [[locations(int(p.sum()), *self.positions, offset=int(p.argmax()))] * self.interventions
+                    for p in prompt]
+            inputs["intervention_locations"] = paddle.to_tensor(np.asarray(rows, dtype="int64"))
+        out = self.model(**inputs)
+        logits = out[0] if isinstance(out, tuple) else out.logits
+        return logits[:, -1].astype("float32").numpy()
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, Batch]:
+        padded = pad_batch([{"input_ids": p} for p in prompts], self.pad_id, left=True)
+        mask, ids = padded["attention_mask"], padded["input_ids"]
+        return self._run(ids, mask, mask), Batch(mask, [ids, mask.copy()])
+
+    def decode(self, batch: Batch, tokens: np.ndarray) -> tuple[np.ndarray, Batch]:
+        ids = np.concatenate([batch.cache[0], tokens.reshape(-1, 1).astype("int64")], axis=1)
+        mask = np.concatenate([batch.mask, np.ones((batch.rows, 1), "int64")], axis=1)
+        prompt = np.concatenate([batch.cache[1], np.zeros((batch.rows, 1), "int64")], axis=1)
+        return self._run(ids, mask, prompt), Batch(mask, [ids, prompt])

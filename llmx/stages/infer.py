@@ -50,7 +50,7 @@ def sampling_params(s, seed: Optional[int] = None):
 
 
 def validate(cfg: DictConfig) -> None:
-    from llmx.infer.support import engine_problem
+    from llmx.infer.support import engine_problem, kept_adapter_problem
 
     s, p = cfg.stage, cfg.parallel
     one_of("stage.mode", s.mode, MODES)
@@ -62,13 +62,8 @@ def validate(cfg: DictConfig) -> None:
     existing("stage.static_dir", s.static_dir, "directory")
     problem = engine_problem(cfg.model.family)
     require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
-    if cfg.model.name_or_path:
-        from llmx.sources import resolve
-
-        source = resolve(cfg.model.name_or_path)
-        require(source.adapter is None or source.mergeable, "model.name_or_path", cfg.model.name_or_path,
-                f"holds a {source.adapter} adapter, which changes attention itself; llmx's engine runs full models "
-                "and adapters merged into their base (lora, vera, lokr)")
+    problem = kept_adapter_problem(cfg)
+    require(problem is None, "model.name_or_path", cfg.model.name_or_path, problem or "")
     require(p.pp == 1 and p.dp == 1 and p.sharding == 1, "parallel", f"dp={p.dp} pp={p.pp} sharding={p.sharding}",
             "generation runs in one process or under tensor parallelism only (parallel=single or tp2)")
     require(p.tp == 1 or s.mode == "dynamic", "stage.mode", s.mode, "static mode runs in one process "
@@ -96,12 +91,14 @@ def prepare(cfg: DictConfig):
 def _engine(cfg: DictConfig, ctx):
     from llmx.engine import model as models
     from llmx.infer.build import dynamic_engine, static_engine
+    from llmx.infer.support import kept_adapter
     from llmx.infer.export import export_program, is_program_dir
 
     s, exp = cfg.stage, ctx.experiment
     if s.mode == "dynamic":
         tokenizer = models.build_tokenizer(cfg.model)
-        model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
+        model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel,
+                                   keep_adapter=kept_adapter(cfg.model))
         return dynamic_engine(model, tokenizer, s.max_batch, s.max_tokens_in_cache, cfg.seed), tokenizer, None
     program = Path(s.static_dir) if s.static_dir else exp.dir / "static"
     if not is_program_dir(program):

@@ -31,7 +31,7 @@ class Config:
 
 
 def validate(cfg: DictConfig) -> None:
-    from llmx.infer.support import engine_problem
+    from llmx.infer.support import engine_problem, kept_adapter_problem
 
     s, p = cfg.stage, cfg.parallel
     one_of("stage.mode", s.mode, ("dynamic", "static"))
@@ -44,13 +44,8 @@ def validate(cfg: DictConfig) -> None:
         positive(f"stage.{key}", s[key])
     problem = engine_problem(cfg.model.family)
     require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
-    if cfg.model.name_or_path:
-        from llmx.sources import resolve
-
-        source = resolve(cfg.model.name_or_path)
-        require(source.adapter is None or source.mergeable, "model.name_or_path", cfg.model.name_or_path,
-                f"holds a {source.adapter} adapter, which changes attention itself; llmx's engine runs full models "
-                "and adapters merged into their base (lora, vera, lokr)")
+    problem = kept_adapter_problem(cfg)
+    require(problem is None, "model.name_or_path", cfg.model.name_or_path, problem or "")
     require(p.dp * p.tp * p.pp * p.sharding == 1, "parallel",
             f"dp={p.dp} tp={p.tp} pp={p.pp}", "the server runs in one process (parallel=single)")
     if s.port:  # last: the other problems do not depend on what else runs here
@@ -90,6 +85,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.console import say
     from llmx.engine import model as models
     from llmx.infer.build import dynamic_engine, static_engine
+    from llmx.infer.support import kept_adapter
     from llmx.serve.app import EngineThread, create_app
 
     s = cfg.stage
@@ -103,7 +99,7 @@ def run(cfg: DictConfig, ctx) -> dict:
                                s.max_batch, s.max_tokens_in_cache, cfg.seed)
     else:
         tokenizer = models.build_tokenizer(cfg.model)
-        model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
+        model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel, keep_adapter=kept_adapter(cfg.model))
         engine = dynamic_engine(model, tokenizer, s.max_batch, s.max_tokens_in_cache, cfg.seed)
     name = _model_name(cfg)
     app = create_app(engine, tokenizer, name, s.api_key or os.environ.get(API_KEY_ENV) or None, s.max_queue,

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, read_json, run_matrix, train_losses
+from helpers import REPO, launch, read_json, run_matrix, train_losses
 
 COMMON = ["stage.train.max_steps=20", "stage.train.logging_steps=1", "stage.train.save_steps=20",
           "stage.train.batch_size=8", "stage.train.progress_bar=false", "stage.eval.num_samples=8"]
@@ -27,11 +27,13 @@ METHODS = {  # name -> overrides
     "lokr": ["stage=lokr", "stage.merge_adapter=true"],
     "vera": ["stage=vera", "stage.merge_adapter=true"],
     "reft": ["stage=reft"],
+    "prefix": ["stage=prefix"],
 }
 MERGEABLE = [m for m, o in METHODS.items() if "stage.merge_adapter=true" in o]
 
 # The tiny llama: hidden 64, 4 heads / 2 KV heads of 16 (k, v: 32 wide), intermediate 128, 2 layers.
 H, LAYERS = 64, 2
+BASE = 139584  # its parameters (vocab 512 x 64 embeddings and head, 2 decoder layers, final norm)
 TARGETS = [(H, H), (H, 32), (H, 32), (H, H), (H, 128), (H, 128), (128, H)]  # (in, out): q k v o gate up down
 
 
@@ -62,6 +64,7 @@ FORMULAS = {
     "lokr": _lokr(),
     "vera": sum(8 + o for _, o in TARGETS),  # d (r) and b (out) per target
     "reft": 2 * H * 4 + 4,  # LoReFT per intervened layer: R (h x r), W (h x r) and its bias (r)
+    "prefix": 16 * 2 * 2 * 16,  # per layer: 16 prefix tokens x (key, value) x 2 KV heads x head dim 16
 }
 
 
@@ -76,6 +79,8 @@ def test_only_the_methods_parameters_train_and_the_loss_falls(runs, method):
     summary = read_json(runs / method / "summary.json")
     assert summary["trainable_params"] == LAYERS * FORMULAS[method]
     assert summary["peft_method"] == {"loraplus": "lora"}.get(method, method)
+    frozen = LAYERS * _lora() if method == "vera" else 0  # VeRA's frozen rank-8 pair per target
+    assert summary["total_params"] == BASE + frozen + summary["trainable_params"]
     assert summary["eval_loss"] < summary["eval_loss_before"] - 1e-3
     losses = [loss for _, loss in train_losses(runs / method)]
     assert len(losses) == 20 and sum(losses[-5:]) < sum(losses[:5])
@@ -125,6 +130,16 @@ for method, mergeable in json.loads(sys.argv[2]).items():
                 logits = result[1].numpy()
                 first = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         row = {"eval_loss": float(np.mean(losses))}
+        if not mergeable:  # llmx's engine without a KV cache (RecomputeRunner) vs PaddleNLP's generate
+            from llmx.engine.generate import greedy_generate
+            from llmx.infer.build import dynamic_engine
+            from llmx.infer.sampling import SamplingParams
+
+            prompts = [enc.prompt_for_generation(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:12]]
+            engine = dynamic_engine(model, tok, max_batch=4)
+            ours = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=8, ignore_eos=True))]
+            theirs = greedy_generate(model, tok, prompts, 8, 12)
+            row["engine_equals_generate"] = all(a[:len(b)] == b for a, b in zip(ours, theirs))
         if mergeable:
             merged = build_model(compose(f"model.name_or_path={runs}/{method}/model").model, tok, seed=0)
             merged.eval()
@@ -139,7 +154,8 @@ print(json.dumps(out))
 def test_saved_adapters_reload_and_merge(runs):
     """Each adapter directory, given as model.name_or_path, loads onto the base it names (llmx.sources): the
     run's own eval loss comes back, and where the method folds into the weights the merged model computes
-    the same."""
+    the same; where it does not (prefix, ReFT), llmx's inference engine generates what PaddleNLP's
+    generate does (the first 8 greedy tokens, up to an eos)."""
     import json
 
     methods = {m: m in MERGEABLE for m in METHODS}
@@ -152,6 +168,8 @@ def test_saved_adapters_reload_and_merge(runs):
         assert result[method]["eval_loss"] == pytest.approx(want, rel=1e-5), method
         if method in MERGEABLE:
             assert result[method]["merged_vs_adapter"] < 1e-5, method
+        else:
+            assert result[method]["engine_equals_generate"], method
 
 
 def test_vera_trains_its_scaling_vectors(runs):
@@ -207,3 +225,18 @@ def test_layouts_match_one_process(layout, methods, runs, tmp_path):
         assert [s for s, _ in train_losses(par / method)] == [1, 2, 3]
         for (step, got), (_, want) in zip(train_losses(par / method), single):
             assert got == pytest.approx(want, rel=1e-6), (method, step)
+
+
+def test_stage_infer_runs_an_adapter_that_does_not_merge(runs, tmp_path):
+    """ReFT acts on hidden states at prompt positions: `stage=infer` on its run directory keeps the adapter
+    on the base (no KV cache) and answers every prompt, in input order."""
+    import json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"src": q}) + "\n" for q in ("2+3=", "7+1=", "4+4=")))
+    out = tmp_path / "out.jsonl"
+    launch(f"hydra.run.dir={tmp_path / 'infer'}", "stage=infer", f"model.name_or_path={runs / 'reft'}",
+           f"stage.input={prompts}", f"stage.output={out}", "stage.max_new_tokens=4", "stage.progress_bar=false")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["src"] for r in rows] == ["2+3=", "7+1=", "4+4="]
+    assert all(1 <= r["generated_tokens"] <= 4 and r["finish_reason"] in ("stop", "length") for r in rows)
