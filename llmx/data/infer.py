@@ -9,11 +9,11 @@ template, else the plain `Q: ...\\nA:` template), so a fine-tuned model sees wha
 a system message goes before the first user message."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from llmx.data.jsonl import read_jsonl_records
 from llmx.data.sft import Conversation, SftEncoder
 from llmx.errors import DataError
 
@@ -79,29 +79,19 @@ class InferenceLine:
 
 
 def read_inference_jsonl(path: str | Path) -> list[InferenceLine]:
-    path = Path(path)
-    lines = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object with src or messages, got {type(obj).__name__}")
-            if "messages" in obj:
-                chat = chat_from_messages(obj["messages"], f"{where}: messages")
-            elif "src" in obj:
-                chat = chat_from_src(obj, where)
-            else:
-                raise DataError(f"{where}: needs a key src (text) or messages (chat)")
-            lines.append(InferenceLine(chat, obj, lineno))
-    if not lines:
-        raise DataError(f"{path}: no prompts (the file is empty)")
-    return lines
+    return read_jsonl_records(path, _inference_line, "prompts")
+
+
+def _inference_line(obj, where: str, lineno: int) -> InferenceLine:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object with src or messages, got {type(obj).__name__}")
+    if "messages" in obj:
+        chat = chat_from_messages(obj["messages"], f"{where}: messages")
+    elif "src" in obj:
+        chat = chat_from_src(obj, where)
+    else:
+        raise DataError(f"{where}: needs a key src (text) or messages (chat)")
+    return InferenceLine(chat, obj, lineno)
 
 
 def prompt_ids(tokenizer, chat: Chat) -> list[int]:

@@ -16,11 +16,11 @@ so a preference run sees prompts exactly as the SFT run it starts from did.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmx.data.jsonl import read_jsonl_records
 from llmx.data.sft import PROMPT_TEMPLATE
 from llmx.errors import DataError
 
@@ -88,20 +88,7 @@ def _example(obj: Any, where: str, kind: str) -> PreferenceExample:
 
 def read_preference_jsonl(path: str | Path, kind: str = "dpo") -> list[PreferenceExample]:
     """Parse and check every line of a DPO (`kind="dpo"`) or KTO (`kind="kto"`) file."""
-    path = Path(path)
-    examples = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            examples.append(_example(obj, where, kind))
-    if not examples:
-        raise DataError(f"{path}: no examples (the file is empty)")
+    examples = read_jsonl_records(path, lambda obj, where, _: _example(obj, where, kind))
     if kind == "kto" and len({e.label for e in examples}) == 1 and len(examples) > 1:
         which = "desirable" if examples[0].label else "undesirable"
         raise DataError(f"{path}: every line is {which} (KTO needs both sort [1] and sort [0] lines)")

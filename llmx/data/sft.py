@@ -14,11 +14,11 @@ paddle, so a malformed line is reported before any heavy import.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmx.data.jsonl import read_jsonl_records
 from llmx.errors import DataError
 from llmx.tokens import IGNORE_INDEX
 
@@ -58,21 +58,7 @@ def _as_turns(obj: Any, where: str) -> tuple[tuple[str, str], ...]:
 
 def read_sft_jsonl(path: str | Path) -> list[Conversation]:
     """Parse and check every line; the first bad line raises DataError('path:line: reason')."""
-    path = Path(path)
-    conversations = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            conversations.append(Conversation(_as_turns(obj, where)))
-    if not conversations:
-        raise DataError(f"{path}: no examples (the file is empty)")
-    return conversations
+    return read_jsonl_records(path, lambda obj, where, _: Conversation(_as_turns(obj, where)))
 
 
 class SftEncoder:

@@ -8,7 +8,6 @@ quantized (or float) model.name_or_path instead.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
