@@ -61,7 +61,7 @@ class Engine:
                  max_context: int = 2048, seed: int = 0, eos_ids=(), static_batching: bool = False) -> None:
         self.runner, self.tokenizer = runner, tokenizer
         self.max_batch, self.max_tokens_in_cache, self.max_context = max_batch, max_tokens_in_cache, max_context
-        # static_batching (for comparisons: bench/infer.py): a batch is admitted only when the previous one is
+        # static_batching (for comparisons: bench/serving.py): a batch is admitted only when the previous one is
         # done, and finished rows keep decoding (discarded) until its longest member ends.
         self.static_batching = static_batching
         self.eos = set(int(e) for e in eos_ids if e is not None)

@@ -15,8 +15,8 @@ Printed per way: output tokens/s (requested tokens only), p50/p99 time to first 
 `paddlenlp`, whose generate returns whole batches, the time its batch came back), and wall time;
 then `infer: continuous/static tokens/s ratio ...x (target >= 2x), p99 TTFT ...`.
 
-    python bench/infer.py                     # ~4 min on 2 shared cores
-    python bench/infer.py --hidden 512 --layers 4 --requests 128 --max-batch 32 --device gpu
+    python bench/serving.py                     # ~4 min on 2 shared cores
+    python bench/serving.py --hidden 512 --layers 4 --requests 128 --max-batch 32 --device gpu
 """
 from __future__ import annotations
 
@@ -126,12 +126,12 @@ def main() -> None:
     if "continuous" in results and "static" in results:
         same = results["continuous"][3] == results["static"][3]
         c, s = results["continuous"], results["static"]
-        print(f"infer: continuous/static tokens/s ratio {s[0] / c[0]:.2f}x (target >= 2x), p99 TTFT "
+        print(f"serving: continuous/static tokens/s ratio {s[0] / c[0]:.2f}x (target >= 2x), p99 TTFT "
               f"{c[2]:.3f} s vs {s[2]:.3f} s (target: lower); same greedy tokens: {same}")
     if "continuous" in results and "paddlenlp" in results:
         c, g = results["continuous"], results["paddlenlp"]
         same = c[3] == g[3]
-        print(f"infer: continuous/paddlenlp-generate tokens/s ratio {g[0] / c[0]:.2f}x, p99 TTFT {c[2]:.3f} s vs "
+        print(f"serving: continuous/paddlenlp-generate tokens/s ratio {g[0] / c[0]:.2f}x, p99 TTFT {c[2]:.3f} s vs "
               f"{g[2]:.3f} s; same greedy tokens: {same} (where eos is a row's argmax they part: generate's "
               f"min_new_tokens masks eos, the engine's ignore_eos keeps it)")
 
