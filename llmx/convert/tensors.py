@@ -316,6 +316,10 @@ class StreamWriter:
                 self._file.write(memoryview(block.reshape(-1)).cast("B"))
         self._next += 1
 
+    def abandon(self) -> None:
+        """Close the file after a failure, without checking that every planned tensor was written."""
+        self._file.close()
+
     def close(self) -> None:
         self._file.close()
         if self._next != len(self.order):

@@ -92,7 +92,7 @@ def inspect(recipe: Recipe, key: str) -> list[Input]:
 def check_tensors(recipe: Recipe, a_name: str, a: Reader, b_name: str, b: Reader, key: str) -> None:
     if recipe.method == "passthrough":
         return
-    missing = [n for n in a.names() if n not in b.entries]
+    missing = [n for n in a.names() if n not in b]
     if missing:
         raise ConfigError(f"{key}: tensor {missing[0]} of {a_name} is missing from {b_name}")
     for n in a.names():
@@ -187,7 +187,7 @@ def merge(recipe: Recipe, inputs: list[Input], dirs: dict[str, Path], out_dir: P
         for n, _, _, make in progress(len(plan), plan):
             writer.write(n, make())
     except BaseException:
-        writer.f.close()
+        writer.abandon()
         raise
     writer.close()
     config["dtype"] = dtype
