@@ -276,6 +276,9 @@ def validate_parallel(cfg: DictConfig) -> None:
     require(p.vpp == 1 or p.pp > 2, "parallel.vpp", p.vpp,
             "virtual pipeline stages need parallel.pp > 2 (Paddle's interleaved schedule asserts it)")
     require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", True, "needs parallel.tp > 1")
+    require(p.tp == 1 and p.pp == 1 or not quantized(m), "model.name_or_path", m.name_or_path,
+            "is a quantized checkpoint: it is dequantized per layer in one process; splitting it over tensor or "
+            "pipeline ranks is not implemented (use parallel=single)")
     if m.size in m.sizes or m.name_or_path:
         dims = fam.dims(model_hparams(m))
         for key, what in (("heads", "attention heads"), ("kv_heads", "KV heads"), ("vocab", "vocab size")):
@@ -305,9 +308,15 @@ def on_cpu(device: str) -> bool:
 
 
 def validate_trainable(cfg: DictConfig) -> None:
-    """For stages that train the model: the family must be trainable by llmx."""
+    """For stages that train the model: the family must be trainable by llmx, the weights floating point."""
     fam = model_family(cfg.model)
     require(not fam.not_trainable, "model.family", cfg.model.family, fam.not_trainable)
+    require(not quantized(cfg.model), "model.name_or_path", cfg.model.name_or_path,
+            "is a quantized checkpoint (integer weights): train the float model, and quantize after training")
+
+
+def quantized(m: DictConfig) -> bool:
+    return bool(m.name_or_path) and resolve_source(m.name_or_path).quantized
 
 
 def validate_train(t: DictConfig) -> None:

@@ -42,6 +42,11 @@ class ModelSource:
     def mergeable(self) -> bool:
         return self.adapter in MERGEABLE
 
+    @property
+    def quantized(self) -> bool:
+        """An llmx.quant checkpoint (integer weights + scales), dequantized per layer when loaded."""
+        return Path(self.model_dir, "quant_config.json").is_file()
+
 
 def adapter_method(path: Path) -> Optional[str]:
     for name, method in ADAPTER_CONFIGS.items():

@@ -66,3 +66,18 @@ def test_one_line_errors(tmp_path, make, message):
     with pytest.raises(ConfigError) as error:
         resolve(str(path))
     assert str(error.value).startswith(message.format(path)) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage=lora"], "is a quantized checkpoint (integer weights): train the float model"),
+    (["stage=infer", "stage.input={prompts}", "parallel=tp2"], "is a quantized checkpoint: it is dequantized per layer"),
+])
+def test_quantized_checkpoints_are_refused_where_they_cannot_run(tmp_path, overrides, message):
+    from helpers import input_error
+
+    model = _model(tmp_path / "q")
+    (model / "quant_config.json").write_text("{}")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"src": "hi"}\n')
+    line = input_error(f"model.name_or_path={model}", *[o.format(prompts=prompts) for o in overrides])
+    assert line.startswith(f"llmx: config error: model.name_or_path='{model}': {message}")
