@@ -100,13 +100,16 @@ def test_explicit_tasks_that_fit_no_job_stop_the_sweep_before_queueing(tmp_path)
     assert not (sweep / ".submitit").exists(), "nothing may be queued"
 
 
-LONG = [*FAST, "stage.train.max_steps=1800", "stage.train.save_steps=100", "stage.train.logging_steps=50",
+# Long enough that Slurm's signal (25-55 s into the job) always comes before the end: 1800 steps took 33 s
+# on an idle 2-core machine and then finished unsignalled; 5400 (about 100 s there) leaves a wide margin.
+STEPS = 5400
+LONG = [*FAST, f"stage.train.max_steps={STEPS}", "stage.train.save_steps=100", "stage.train.logging_steps=50",
         "stage.train.batch_size=4", "stage.train.grad_accum=1", "stage.eval.enabled=false"]
 
 
 @needs_slurm
 def test_job_past_its_time_limit_is_requeued_and_resumes(tmp_path):
-    """A 1-minute limit, signalled 5 s before it, for a run of ~1 min of training: Slurm signals the job
+    """A 1-minute limit, signalled 5 s before it, for a run of over 1 min of training: Slurm signals the job
     (at its 30 s ticks: 25-55 s in), submitit requeues it, and each new start resumes in the same run dir
     from the latest checkpoint, until the run ends as the uninterrupted one does."""
     uninterrupted = tmp_path / "uninterrupted"
@@ -127,10 +130,10 @@ def test_job_past_its_time_limit_is_requeued_and_resumes(tmp_path):
     shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert f"Restarts={requeues}" in shown, shown  # Slurm's own count of the requeues
     summary = read_json(job / "summary.json")
-    assert summary["steps"] == 1800 and summary["resumed_from"].startswith("step-")
+    assert summary["steps"] == STEPS and summary["resumed_from"].startswith("step-")
     assert [r["status"] for r in csv.DictReader((sweep / "sweep.csv").open())] == ["ok"]
     got, want = train_losses(job), train_losses(uninterrupted)
-    assert [s for s, _ in got] == list(range(50, 1801, 50)), "metrics.jsonl continues without gaps or repeats"
+    assert [s for s, _ in got] == list(range(50, STEPS + 1, 50)), "metrics.jsonl continues without gaps or repeats"
     assert [s for s, _ in got] == [s for s, _ in want]
     for (step, a), (_, b) in zip(got, want):
         assert a == pytest.approx(b, abs=1e-6), f"step {step}"
