@@ -13,8 +13,8 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import (MERGEABLE_METHODS, PeftConfig, TrainConfig, existing, model_family, positive, require, validate_peft,
-                         validate_train, validate_trainable)
+from llmx.config import (MERGEABLE_METHODS, PeftConfig, TrainConfig, existing, model_family, positive, require,
+                         validate_peft, validate_train, validate_trainable)
 from llmx.data.sft import Conversation, read_sft_jsonl
 from llmx.families import FAMILIES
 
@@ -43,7 +43,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    merge_adapter: bool = False  # LoRA only: also write the merged full model
+    merge_adapter: bool = False  # LoRA (any variant), LoKr, VeRA: also write the merged full model
     zero_padding: bool = False  # pack several examples per training sequence (eval stays unpacked)
 
 
