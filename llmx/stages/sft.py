@@ -1,9 +1,10 @@
-"""SFT runner for full fine-tuning, LoRA and Prefix tuning (cfg.stage.peft decides).
+"""SFT runner for full fine-tuning and every adapter: LoRA (and its variants), prefix tuning, LoKr, VeRA,
+ReFT (cfg.stage.peft decides).
 
 Train on {"src", "tgt"} JSONL with loss on answers only, evaluate the held-out
 split before and after (loss + exact match of greedy generations), write
 samples, and export: the full model, or the adapter plus a reference to its
-base (and, for LoRA with merge_adapter, the merged model too).
+base (and, with merge_adapter for the adapters that fold into weights, the merged model too).
 """
 from __future__ import annotations
 
