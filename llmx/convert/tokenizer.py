@@ -64,14 +64,7 @@ def tokenizer_from_hf(src: Path, dst: Path, sp_class: Optional[str]) -> Optional
     _copy(src, dst, COPIED)
     if (src / HF_SP_MODEL).is_file() and not (dst / HF_SP_MODEL).is_file():
         shutil.copy2(src / HF_SP_MODEL, dst / HF_SP_MODEL)  # kept for the way back
-    template = _chat_template(src, config)
-    config = {k: v for k, v in config.items() if k not in ("auto_map",)}
-    if cls:
-        config["tokenizer_class"] = cls
-    if template is not None:
-        config["chat_template"] = template
-    (dst / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return cls
+    return _write_config(src, dst, {k: v for k, v in config.items() if k not in ("auto_map",)}, cls)
 
 
 def tokenizer_to_hf(src: Path, dst: Path) -> Optional[str]:
@@ -91,6 +84,12 @@ def tokenizer_to_hf(src: Path, dst: Path) -> Optional[str]:
     if not config and not (dst / FAST).is_file() and not (dst / HF_SP_MODEL).is_file():
         return None
     _copy(src, dst, COPIED)
+    return _write_config(src, dst, config, cls)
+
+
+def _write_config(src: Path, dst: Path, config: dict, cls: Optional[str]) -> Optional[str]:
+    """dst's tokenizer_config.json: `config` with the class and src's chat template (which both libraries
+    read from there); the class is returned."""
     template = _chat_template(src, config)
     if cls:
         config["tokenizer_class"] = cls

@@ -14,8 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import PeftConfig, TrainConfig, existing, positive, require, validate_peft, validate_train, \
-    validate_trainable
+from llmx.config import PeftConfig, TrainConfig, require, validate_preference
 from llmx.data.preference import read_preference_jsonl
 
 # trl's loss types (`orpo` is trl's "or"); SimPO and ORPO are reference-free by construction, and
@@ -60,16 +59,7 @@ class Config:
 
 def validate(cfg: DictConfig) -> None:
     s = cfg.stage
-    validate_trainable(cfg)
-    validate_data(s.data)
-    validate_train(s.train)
-    validate_peft(cfg)
-    validate_layout(cfg)
-    # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
-    # have none here)
-    require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
-            "preference stages train full weights (none) or LoRA adapters (lora)")
-    require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    validate_preference(cfg)
     require(s.loss_type in LOSS_TYPES, "stage.loss_type", s.loss_type, f"allowed: {', '.join(LOSS_TYPES)}")
     if s.loss_type in NO_REFERENCE:
         require(s.reference_free is not False, "stage.reference_free", False,
@@ -78,34 +68,12 @@ def validate(cfg: DictConfig) -> None:
         require(not s.reference_free, "stage.reference_free", True,
                 f"loss_type={s.loss_type} compares against a reference model; reference_free works with "
                 f"{', '.join(t for t in LOSS_TYPES if t not in NEED_REFERENCE)}")
-    require(s.beta > 0, "stage.beta", s.beta, "must be > 0")
     require(0 <= s.label_smoothing < 0.5, "stage.label_smoothing", s.label_smoothing, "must be in [0, 0.5)")
     require(s.label_smoothing == 0 or s.loss_type in ("sigmoid", "simpo"), "stage.label_smoothing", s.label_smoothing,
             f"only the sigmoid and simpo losses smooth labels (loss_type={s.loss_type})")
     for key in ("simpo_gamma", "dpop_lambda", "pref_loss_ratio"):
         require(s[key] >= 0, f"stage.{key}", s[key], "must be >= 0")
     require(s.sft_loss_ratio is None or s.sft_loss_ratio >= 0, "stage.sft_loss_ratio", s.sft_loss_ratio, "must be >= 0")
-    positive("stage.eval.batch_size", s.eval.batch_size)
-
-
-def validate_data(d: DictConfig) -> None:
-    existing("stage.data.train", d.train, "file")
-    existing("stage.data.eval", d.eval, "file")
-    positive("stage.data.max_length", d.max_length, 4)
-    require(1 <= d.max_prompt_length < d.max_length, "stage.data.max_prompt_length", d.max_prompt_length,
-            f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
-
-
-def validate_layout(cfg: DictConfig) -> None:
-    """Layouts trl's trainers cannot run here, refused before launch."""
-    p = cfg.parallel
-    # trl's pipeline path needs the family's pipeline class built with trl's criterion as its loss
-    # (config.dpo_config / kto_config) and its own micro-batch schedule; llmx builds pipeline parts with
-    # the language-model loss.
-    require(p.pp == 1, "parallel.pp", p.pp, f"stage={cfg.stage.runner} does not run under pipeline parallelism "
-            "(trl's pipeline path needs pipeline parts built around its criterion); use dp, tp or sharding")
-    require(not p.sequence_parallel, "parallel.sequence_parallel", True,
-            "trl's packed preference batches are not cut along the sequence here")
 
 
 def prepare(cfg: DictConfig) -> dict:

@@ -14,8 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import PeftConfig, TrainConfig, existing, positive, require, validate_peft, validate_train, \
-    validate_trainable
+from llmx.config import PeftConfig, TrainConfig, require, validate_preference
 from llmx.data.preference import read_preference_jsonl
 
 
@@ -48,31 +47,10 @@ class Config:
 
 
 def validate(cfg: DictConfig) -> None:
-    s, d, p = cfg.stage, cfg.stage.data, cfg.parallel
-    validate_trainable(cfg)
-    existing("stage.data.train", d.train, "file")
-    existing("stage.data.eval", d.eval, "file")
-    positive("stage.data.max_length", d.max_length, 4)
-    require(1 <= d.max_prompt_length < d.max_length, "stage.data.max_prompt_length", d.max_prompt_length,
-            f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
-    validate_train(s.train)
-    validate_peft(cfg)
-    # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
-    # have none here)
-    require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
-            "preference stages train full weights (none) or LoRA adapters (lora)")
-    require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
-    require(s.beta > 0, "stage.beta", s.beta, "must be > 0")
+    s = cfg.stage
+    validate_preference(cfg)
     for key in ("desirable_weight", "undesirable_weight"):
         require(s[key] > 0, f"stage.{key}", s[key], "must be > 0")
-    positive("stage.eval.batch_size", s.eval.batch_size)
-    # Layouts trl's KTOTrainer cannot run here: its pipeline path needs pipeline parts built around
-    # KTOCriterion, and its criterion all-gathers the KL over pipeline groups that only a hybrid
-    # (fleet) layout forms.
-    require(p.pp == 1, "parallel.pp", p.pp, "stage=kto does not run under pipeline parallelism "
-            "(trl's pipeline path needs pipeline parts built around its criterion); use dp, tp or sharding")
-    require(not p.sequence_parallel, "parallel.sequence_parallel", True,
-            "trl's packed preference batches are not cut along the sequence here")
 
 
 def prepare(cfg: DictConfig) -> dict:
