@@ -13,15 +13,20 @@ def masked_sum(x, mask, axis=None):
     return (x * mask).sum(axis=axis)
 
 
-def masked_mean(x, mask, axis=None):
+def masked_mean(x, mask, axis=None, count=None):
+    """Mean over the masked entries; with `count`, the masked sum divided by it (a global token count)."""
+    if count is not None:
+        return masked_sum(x, mask, axis) / count
     return masked_sum(x, mask, axis) / paddle.clip(mask.sum(axis=axis), min=1.0)
 
 
-def whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
+def whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8, reduce=None):
     """(x - mean) / std over the masked entries (biased variance); with shift_mean=False the mean is
-    added back, so only the scale changes (used for rewards: their sign keeps its meaning)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    added back, so only the scale changes. `reduce` sums a tensor over data-parallel ranks (global moments)."""
+    reduce = reduce or (lambda v: v)
+    n = paddle.clip(reduce(mask.sum()), min=1.0)
+    mean = reduce(masked_sum(x, mask)) / n
+    var = reduce(masked_sum((x - mean) ** 2, mask)) / n
     out = (x - mean) * paddle.rsqrt(var + eps)
     return (out if shift_mean else out + mean) * mask
 
@@ -45,23 +50,34 @@ def gae(rewards, values, mask, gamma: float, lam: float):
     return advantages, (advantages + values) * mask
 
 
-def policy_loss(logp, old_logp, advantages, mask, clip: float):
-    """PPO's clipped surrogate, averaged over the masked tokens; also the fraction of tokens clipped."""
+def clipped_surrogate(logp, old_logp, advantages, clip: float):
+    """Per token: max(-A r, -A clip(r, 1-c, 1+c)) with r = p / p_old; and where the clipped term won."""
     ratio = paddle.exp(logp - old_logp)
     unclipped = -advantages * ratio
     clipped = -advantages * paddle.clip(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(paddle.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).astype("float32"), mask)
-    return loss, clipfrac
+    return paddle.maximum(unclipped, clipped), (clipped > unclipped).astype("float32")
 
 
-def value_loss(values, old_values, returns, mask, clip: float):
+def policy_loss(logp, old_logp, advantages, mask, clip: float, count=None):
+    """PPO's clipped surrogate averaged over the masked tokens (or summed and divided by `count`, the
+    tokens of the whole data-parallel mini-batch); also the fraction of tokens clipped."""
+    loss, was_clipped = clipped_surrogate(logp, old_logp, advantages, clip)
+    return masked_mean(loss, mask, count=count), masked_mean(was_clipped, mask, count=count)
+
+
+def value_loss(values, old_values, returns, mask, clip: float, count=None):
     """The critic's clipped squared error (new values kept within `clip` of the rollout's), halved."""
     clipped_values = old_values + paddle.clip(values - old_values, -clip, clip)
     a, b = (values - returns) ** 2, (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(paddle.maximum(a, b), mask)
-    clipfrac = masked_mean((b > a).astype("float32"), mask)
-    return loss, clipfrac
+    loss = 0.5 * masked_mean(paddle.maximum(a, b), mask, count=count)
+    return loss, masked_mean((b > a).astype("float32"), mask, count=count)
+
+
+def sequence_mean(x, mask, rows=None):
+    """GRPO's aggregation: each row's mean over its masked tokens, then the mean over rows (or the sum
+    over rows divided by `rows`, those of the whole data-parallel mini-batch)."""
+    per_row = (x * mask).sum(axis=1) / paddle.clip(mask.sum(axis=1), min=1.0)
+    return per_row.sum() / (rows if rows is not None else per_row.shape[0])
 
 
 def kl_estimate(logp, ref_logp, kind: str):
