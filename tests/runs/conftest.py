@@ -22,3 +22,14 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory):
+    """A short SFT of the tiny model (the start of the alignment and RL runs): weak, but it prefers right
+    answers a little more than chance."""
+    run = tmp_path_factory.mktemp("align") / "sft"
+    from helpers import FAST, launch
+
+    launch(f"hydra.run.dir={run}", *FAST, "stage.train.max_steps=150", "stage.eval.num_samples=8")  # a real run dir
+    return run
