@@ -277,6 +277,28 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
+def optimizer_state(opt, named: dict) -> dict:
+    """The optimizer's state with its keys under the parameters' structured names: Paddle keys them by
+    `param.name` (embedding_13.w_0_moment1_0), a counter that differs in a process that builds the models
+    in another order (or builds more of them)."""
+    to_structured = {p.name + "_": n + "/" for n, p in named.items()}
+    out = {}
+    for key, value in opt.state_dict().items():
+        prefix = next((pre for pre in to_structured if isinstance(key, str) and key.startswith(pre)), None)
+        out[to_structured[prefix] + key[len(prefix):] if prefix else key] = value
+    return out
+
+
+def load_optimizer_state(opt, named: dict, state: dict) -> None:
+    to_current = {n + "/": p.name + "_" for n, p in named.items()}
+    renamed = {}
+    for key, value in state.items():
+        prefix = next((pre for pre in to_current if isinstance(key, str) and key.startswith(pre)), None)
+        renamed[to_current[prefix] + key[len(prefix):] if prefix else key] = value
+    opt.set_state_dict(renamed)
+
+
+
 def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int, rank: int) -> None:
     """Actor (trainable weights), optimizer and scheduler, the algorithm's state (critic, KL coefficient,
     reward statistics) and each rank's RNG, written to a staging dir and committed by rank 0."""
@@ -289,7 +311,7 @@ def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int, rank: int) 
     barrier()
     if rank == 0:
         paddle.save(policy.trainable_state(), str(staging / "actor.pdparams"))
-        paddle.save(policy.optimizer.state_dict(), str(staging / "actor.pdopt"))
+        paddle.save(optimizer_state(policy.optimizer, policy.trainable_state()), str(staging / "actor.pdopt"))
         paddle.save(policy.scheduler.state_dict(), str(staging / "scheduler.pdparams"))
         algo.save(staging)
     with open(staging / f"rng.rank{rank}.pkl", "wb") as f:
@@ -307,7 +329,7 @@ def load_checkpoint(path: Path, policy: Policy, algo, rank: int) -> int:
     state = paddle.load(str(path / "actor.pdparams"))
     for name, param in policy.trainable_state().items():
         param.set_value(state[name])
-    policy.optimizer.set_state_dict(paddle.load(str(path / "actor.pdopt")))
+    load_optimizer_state(policy.optimizer, policy.trainable_state(), paddle.load(str(path / "actor.pdopt")))
     policy.scheduler.set_state_dict(paddle.load(str(path / "scheduler.pdparams")))
     algo.load(path)
     rng_file = path / f"rng.rank{rank}.pkl"

@@ -13,7 +13,7 @@ import paddle
 
 from llmx.rl import losses as L
 from llmx.rl.algorithm import Experience, Rewards, global_mean, response_stats, rollout_logps, step
-from llmx.rl.loop import all_sum, optimizer, total_updates
+from llmx.rl.loop import all_sum, load_optimizer_state, optimizer, optimizer_state, total_updates
 from llmx.rl.rollout import logits_of
 
 
@@ -126,9 +126,12 @@ class PPO:
         return dict(zip(names, (float(v) for v in parts.numpy())))
 
     # -- checkpoints and export ---------------------------------------------------------------
+    def _critic_state(self) -> dict:
+        return {n: p for n, p in self.critic.named_parameters() if not p.stop_gradient}
+
     def save(self, folder) -> None:
-        paddle.save({n: p for n, p in self.critic.named_parameters() if not p.stop_gradient}, str(folder / "critic.pdparams"))
-        paddle.save(self.critic_opt.state_dict(), str(folder / "critic.pdopt"))
+        paddle.save(self._critic_state(), str(folder / "critic.pdparams"))
+        paddle.save(optimizer_state(self.critic_opt, self._critic_state()), str(folder / "critic.pdopt"))
         paddle.save(self.critic_sched.state_dict(), str(folder / "critic_scheduler.pdparams"))
         (folder / "ppo_state.json").write_text(json.dumps({
             "kl_coeff": self.kl.value, "moments": [self.moments.count, self.moments.mean, self.moments.var],
@@ -136,10 +139,9 @@ class PPO:
 
     def load(self, folder) -> None:
         state = paddle.load(str(folder / "critic.pdparams"))
-        for n, p in self.critic.named_parameters():
-            if n in state:
-                p.set_value(state[n])
-        self.critic_opt.set_state_dict(paddle.load(str(folder / "critic.pdopt")))
+        for n, p in self._critic_state().items():
+            p.set_value(state[n])
+        load_optimizer_state(self.critic_opt, self._critic_state(), paddle.load(str(folder / "critic.pdopt")))
         self.critic_sched.set_state_dict(paddle.load(str(folder / "critic_scheduler.pdparams")))
         saved = json.loads((folder / "ppo_state.json").read_text())
         self.kl.value = saved["kl_coeff"]
