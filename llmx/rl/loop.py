@@ -208,8 +208,6 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
             first = next((r for r in exp.read_metrics() if r.get("step") == 0), {})
             before = {k: v for k, v in first.items() if k.endswith("_before")}
 
-    rollout_s = train_s = 0.0
-    generated = 0
     for step in range(start, t.max_steps):
         global_idx = step_prompts(len(train_prompts), s.rollout.prompts_per_step, step, cfg.seed)
         chosen = [global_idx[i] for i in mine]
@@ -229,9 +227,6 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
             for k in range(0, len(ids), rows_per_mini):
                 stats.append(algo.update(experience, list(range(k, k + rows_per_mini)), policy))
         t2 = time.perf_counter()
-        rollout_s += t1 - t0
-        train_s += t2 - t1
-        generated += int(all_sum(float(out.generated)))
         record = {"step": step + 1, **experience.stats, "lr": policy.scheduler.get_lr(),
                   "rollout_s": round(t1 - t0, 4), "train_s": round(t2 - t1, 4),
                   "generated_tokens": int(all_sum(float(out.generated)))}
