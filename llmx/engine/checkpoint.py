@@ -24,7 +24,7 @@ import paddle
 from llmx.engine.distributed import barrier, hybrid_group
 from llmx.experiment import atomic_dir
 from llmx.layout import Layout
-from llmx.sources import ADAPTER_BASE
+from llmx.sources import ADAPTER_BASE, resolve
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -209,3 +209,28 @@ def export_adapter(model, tokenizer, out_dir: Path, layout: Layout, is_main: boo
             _name_the_base(model, tmp)
     barrier()
     return out_dir
+
+
+def adapter_base(name_or_path: Optional[str], model, tokenizer, ctx) -> str:
+    """The directory an adapter trained on `model` names as its base: `name_or_path`'s model directory when
+    it is a plain model; else (a random init, or a base with an earlier run's adapter merged into it) `model`
+    itself, exported once to <run dir>/base_model, since an adapter must point at weights that exist."""
+    source = resolve(name_or_path) if name_or_path else None
+    if source and not source.adapter:
+        return source.model_dir
+    base = ctx.experiment.dir / "base_model"
+    missing = not (base / "config.json").exists()
+    barrier()  # every rank has looked before any writes
+    if missing:
+        export_model(model, tokenizer, base, ctx.layout, ctx.runtime.is_main)
+    return str(base)
+
+
+def export_result(model, tokenizer, ctx, base_ref: Optional[str]) -> dict:
+    """The trained weights into the run dir, as summary entries: `model/` for full training, or `adapter/`
+    with the base it names (`base_ref`)."""
+    out = ctx.experiment.dir
+    if base_ref is None:
+        return {"model_dir": str(export_model(model, tokenizer, out / "model", ctx.layout, ctx.runtime.is_main))}
+    return {"adapter_dir": str(export_adapter(model, tokenizer, out / "adapter", ctx.layout, ctx.runtime.is_main)),
+            "base_model": base_ref}

@@ -19,7 +19,6 @@ written here:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional, Sequence
 
@@ -272,8 +271,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
     reference where the loss has one), encode and pack the data, measure the held-out set, train
     with trl's trainer through engine.fit, measure again, export. Returns the summary."""
     from llmx.engine import model as models
-    from llmx.engine.checkpoint import export_adapter, export_model
-    from llmx.engine.distributed import barrier
+    from llmx.engine.checkpoint import adapter_base, export_model, export_result
     from llmx.engine.fit import fit
     from llmx.engine.peft import count_parameters, wrap_peft
 
@@ -294,16 +292,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
         ref_model.eval()
         for p in ref_model.parameters():
             p.stop_gradient = True
-    source = models.model_source(cfg.model)  # a model dir, or an SFT run's exported model (or base + adapter)
-    base_ref = source.model_dir if source and not source.adapter else None
-    if lora and base_ref is None:
-        # An adapter must point at weights that exist as one directory: keep the random-init base (or the
-        # base with an earlier run's adapter merged into it) once.
-        base_ref = str(exp.dir / "base_model")
-        missing = not Path(base_ref, "config.json").exists()
-        barrier()
-        if missing:
-            export_model(model, tokenizer, Path(base_ref), ctx.layout, ctx.runtime.is_main)
+    base_ref = adapter_base(cfg.model.name_or_path, model, tokenizer, ctx) if lora else None
     model = wrap_peft(model, cfg, base_ref)
 
     d = stage.data
@@ -356,12 +345,8 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
         summary.update(before)
         summary.update(after)
 
-    if method == "none":
-        summary["model_dir"] = str(export_model(model, tokenizer, exp.dir / "model", ctx.layout, ctx.runtime.is_main))
-        return summary
-    summary["adapter_dir"] = str(export_adapter(model, tokenizer, exp.dir / "adapter", ctx.layout, ctx.runtime.is_main))
-    summary["base_model"] = base_ref
-    if stage.merge_adapter:
+    summary.update(export_result(model, tokenizer, ctx, base_ref))
+    if lora and stage.merge_adapter:
         model.merge()
         summary["model_dir"] = str(export_model(model.model, tokenizer, exp.dir / "model", ctx.layout,
                                                 ctx.runtime.is_main))

@@ -72,21 +72,14 @@ class Policy:
 
     def __init__(self, cfg: DictConfig, ctx) -> None:
         from llmx.engine import model as models
-        from llmx.engine.checkpoint import export_model
+        from llmx.engine.checkpoint import adapter_base
         from llmx.engine.peft import wrap_peft
 
-        exp, s = ctx.experiment, cfg.stage
+        s = cfg.stage
         self.lora = s.peft.method == "lora"
         self.tokenizer = models.build_tokenizer(cfg.model)
         model = models.build_model(cfg.model, self.tokenizer, cfg.seed)
-        source = models.model_source(cfg.model)
-        self.base_ref = source.model_dir if source and not source.adapter else None
-        if self.lora and self.base_ref is None:  # the adapter's base must exist as one directory
-            self.base_ref = str(exp.dir / "base_model")
-            missing = not Path(self.base_ref, "config.json").exists()
-            barrier()
-            if missing:
-                export_model(model, self.tokenizer, Path(self.base_ref), ctx.layout, ctx.runtime.is_main)
+        self.base_ref = adapter_base(cfg.model.name_or_path, model, self.tokenizer, ctx) if self.lora else None
         self.reference = None
         if not self.lora:
             from llmx.engine.reward import frozen
@@ -180,7 +173,7 @@ def measure(policy: Policy, algo, prompts: Prompts, cfg: DictConfig) -> dict:
 
 
 def train(cfg: DictConfig, ctx, algo) -> dict:
-    from llmx.engine.checkpoint import export_adapter, export_model
+    from llmx.engine.checkpoint import export_result
     from llmx.engine.peft import count_parameters, process_parameters
     from llmx.engine.trainer import resume_point
 
@@ -258,13 +251,7 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
         exp.log_metrics({"step": t.max_steps, **after})
         summary.update(after)
         summary["kl_to_reference"] = after["eval_kl_after"]
-    if policy.lora:
-        summary["adapter_dir"] = str(export_adapter(policy.model, policy.tokenizer, exp.dir / "adapter", ctx.layout,
-                                                    ctx.runtime.is_main))
-        summary["base_model"] = policy.base_ref
-    else:
-        summary["model_dir"] = str(export_model(policy.model, policy.tokenizer, exp.dir / "model", ctx.layout,
-                                                ctx.runtime.is_main))
+    summary.update(export_result(policy.model, policy.tokenizer, ctx, policy.base_ref))
     summary.update(algo.export(ctx, policy))
     return summary
 

@@ -54,7 +54,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     from pathlib import Path
 
     from llmx.engine import model as models
-    from llmx.engine.checkpoint import export_adapter, export_model
+    from llmx.engine.checkpoint import adapter_base, export_result
     from llmx.engine.distributed import barrier
     from llmx.engine.fit import fit
     from llmx.engine.reward import PairCollator, RewardTrainer, ScoreModel, encode_pairs, pairwise_metrics, save_head
@@ -64,15 +64,8 @@ def run(cfg: DictConfig, ctx) -> dict:
     exp, s = ctx.experiment, cfg.stage
     tokenizer = models.build_tokenizer(cfg.model)
     lm = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
-    source = models.model_source(cfg.model)
-    base_ref = source.model_dir if source and not source.adapter else None
     lora = s.peft.method == "lora"
-    if lora and base_ref is None:  # the adapter's base must exist as one directory
-        base_ref = str(exp.dir / "base_model")
-        missing = not Path(base_ref, "config.json").exists()
-        barrier()
-        if missing:
-            export_model(lm, tokenizer, Path(base_ref), ctx.layout, ctx.runtime.is_main)
+    base_ref = adapter_base(cfg.model.name_or_path, lm, tokenizer, ctx) if lora else None
     import paddle
 
     paddle.seed(cfg.seed)  # the head's init
@@ -100,13 +93,9 @@ def run(cfg: DictConfig, ctx) -> dict:
         after = {f"{k}_after": v for k, v in pairwise_metrics(model, held_out, collator, s.eval.batch_size).items()}
         exp.log_metrics({"step": trainer.state.global_step, **after})
         summary.update(after)
-    if lora:
-        out = export_adapter(model.lm, tokenizer, exp.dir / "adapter", ctx.layout, ctx.runtime.is_main)
-        summary.update(adapter_dir=str(out), base_model=base_ref)
-    else:
-        out = export_model(model.lm, tokenizer, exp.dir / "model", ctx.layout, ctx.runtime.is_main)
-        summary["model_dir"] = str(out)
+    exported = export_result(model.lm, tokenizer, ctx, base_ref)
+    summary.update(exported)
     if ctx.runtime.is_main:
-        save_head(model, out)
+        save_head(model, Path(exported.get("adapter_dir") or exported["model_dir"]))
     barrier()
     return summary

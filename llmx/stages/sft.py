@@ -117,8 +117,8 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.data.sft import SftEncoder
     from llmx.engine import model as models
     from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
-    from llmx.engine.checkpoint import export_adapter, export_model
-    from llmx.engine.distributed import barrier, fixed_length_batches
+    from llmx.engine.checkpoint import adapter_base, export_model, export_result
+    from llmx.engine.distributed import fixed_length_batches
     from llmx.engine.fit import fit
     from llmx.engine.peft import merged_model, wrap_peft
 
@@ -126,16 +126,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     tokenizer = models.build_tokenizer(cfg.model)
     model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
 
-    source = models.model_source(cfg.model)
-    base_ref = source.model_dir if source and not source.adapter else None
-    if method != "none" and base_ref is None:
-        # An adapter must point at weights that exist as one directory: keep the random-init base (or the
-        # base with an earlier run's adapter merged into it) once.
-        base_ref = str(exp.dir / "base_model")
-        missing = not Path(base_ref, "config.json").exists()
-        barrier()  # every rank has looked before any writes
-        if missing:
-            export_model(model, tokenizer, Path(base_ref), ctx.layout, ctx.runtime.is_main)
+    base_ref = adapter_base(cfg.model.name_or_path, model, tokenizer, ctx) if method != "none" else None
     model = wrap_peft(model, cfg, base_ref)
 
     encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
@@ -170,11 +161,9 @@ def run(cfg: DictConfig, ctx) -> dict:
         exp.write_samples(samples[: stage.eval.samples_to_log])
         exp.log_metrics({"step": trainer.state.global_step, "exact_match": summary["exact_match"]})
 
+    summary.update(export_result(model, tokenizer, ctx, base_ref))
     if method == "none":
-        summary["model_dir"] = str(export_model(model, tokenizer, exp.dir / "model", ctx.layout, ctx.runtime.is_main))
         return summary
-    summary["adapter_dir"] = str(export_adapter(model, tokenizer, exp.dir / "adapter", ctx.layout, ctx.runtime.is_main))
-    summary["base_model"] = base_ref
     summary["adapter_bytes"] = sum(f.stat().st_size for f in Path(summary["adapter_dir"]).iterdir() if f.is_file())
     if stage.merge_adapter:  # every rank merges its shard of the adapters into its shard of the weights
         summary["model_dir"] = str(export_model(merged_model(model, ctx.layout.tp), tokenizer, exp.dir / "model",
