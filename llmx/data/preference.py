@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmx.data.jsonl import read_jsonl_records
-from llmx.data.sft import PROMPT_TEMPLATE
+from llmx.data.sft import PROMPT_TEMPLATE, Conversation, SftEncoder
 from llmx.errors import DataError
 
 
@@ -105,3 +105,17 @@ def trl_record(example: PreferenceExample, chat_template: bool, second: str | No
     srcs = [render(s) for s, _ in example.history] + [render(example.prompt)]
     responses = list(example.responses) if second is None else [example.responses[0], second]
     return {"src": srcs, "tgt": [t for _, t in example.history], "response": responses, "sort": [1, 0]}
+
+
+def encode_pairs(examples, tokenizer, max_length: int, max_prompt_length: int) -> list[dict]:
+    """Preference examples -> {"chosen": ids, "rejected": ids}: the prompt (earlier turns included) as SFT
+    renders it, then the response and eos, cut to max_length."""
+    encoder = SftEncoder(tokenizer, max_length, max_prompt_length)
+    out = []
+    for e in examples:
+        pair = {}
+        for name, response in (("chosen", e.chosen), ("rejected", e.rejected)):
+            prompt, answer = encoder.prompt_and_answer(Conversation(e.history + ((e.prompt, response),)))
+            pair[name] = prompt + answer
+        out.append(pair)
+    return out

@@ -94,22 +94,6 @@ def frozen(layer):
 # ------------------------------------------------------------------------------- reward-model training
 
 
-def encode_pairs(examples, tokenizer, max_length: int, max_prompt_length: int) -> list[dict]:
-    """Preference examples -> {"chosen": ids, "rejected": ids}: the prompt (earlier turns included) as SFT
-    renders it, then the response and eos, cut to max_length."""
-    from llmx.data.sft import Conversation, SftEncoder
-
-    encoder = SftEncoder(tokenizer, max_length, max_prompt_length)
-    out = []
-    for e in examples:
-        pair = {}
-        for name, response in (("chosen", e.chosen), ("rejected", e.rejected)):
-            prompt, answer = encoder.prompt_and_answer(Conversation(e.history + ((e.prompt, response),)))
-            pair[name] = prompt + answer
-        out.append(pair)
-    return out
-
-
 class PairCollator:
     """A batch of pairs as one padded block: the chosen sequences, then the rejected ones."""
 

@@ -57,7 +57,8 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.engine.checkpoint import adapter_base, export_result
     from llmx.engine.distributed import barrier
     from llmx.engine.fit import fit
-    from llmx.engine.reward import PairCollator, RewardTrainer, ScoreModel, encode_pairs, pairwise_metrics, save_head
+    from llmx.data.preference import encode_pairs
+    from llmx.engine.reward import PairCollator, RewardTrainer, ScoreModel, pairwise_metrics, save_head
     from llmx.engine.trainer import training_arguments
     from llmx.engine.peft import wrap_peft
 

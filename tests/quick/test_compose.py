@@ -56,6 +56,8 @@ def check(overrides: list[str], cfg=None) -> str | None:
         expected_error = "ChatGLM v1 is not trainable by llmx yet"
     elif choice.get("stage") == "merge":  # merges need models to merge
         expected_error = "linear needs at least 1 model(s), got 0"
+    elif choice.get("stage") == "ppo":  # PPO's reward is a reward model, trained first (stage=rm)
+        expected_error = "stage.reward_model=None: stage.reward=model needs a reward model"
     elif choice.get("stage") == "quantize":  # and quantization a method
         expected_error = "stage=quantize needs a method"
     elif choice.get("quant", "none") != "none":  # a quant config is for stage=quantize only
