@@ -1,0 +1,177 @@
+"""llmx.ops: every kernel of csrc/ against Paddle's composed ops (forward and gradients,
+float32 to 1e-5) on odd shapes; the packed attention against the dense block-diagonal causal
+mask; the fused cross-entropy's peak memory; the build cache and the fallback without a compiler.
+
+The kernels are built once per session into a session cache (LLMX_OPS_CACHE, inherited by the
+subprocesses, which then only load them)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="session")
+def ops(tmp_path_factory):
+    os.environ["LLMX_OPS_CACHE"] = str(tmp_path_factory.mktemp("ops_cache"))
+    import paddle
+
+    import llmx.ops
+
+    paddle.set_device("cpu")
+    assert llmx.ops.configure("on")
+    return llmx.ops
+
+
+def _inputs(*shapes, seed=0):
+    import paddle
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape in shapes:
+        t = paddle.to_tensor(rng.standard_normal(shape).astype("float32"))
+        t.stop_gradient = False
+        out.append(t)
+    return out
+
+
+def _grads(fn, inputs, seed=1):
+    """Outputs of fn(*inputs) and the gradients of sum(out * random) w.r.t. the inputs."""
+    import paddle
+
+    for t in inputs:
+        t.clear_gradient()
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+    rng = np.random.default_rng(seed)
+    total = sum((o * paddle.to_tensor(rng.standard_normal(o.shape).astype("float32"))).sum() for o in outs)
+    grads = paddle.grad(total, inputs)
+    return [o.numpy() for o in outs], [g.numpy() for g in grads]
+
+
+def _assert_same(fused, composed, inputs):
+    (fo, fg), (co, cg) = _grads(fused, inputs), _grads(composed, inputs)
+    for a, b in zip(fo + fg, co + cg):
+        np.testing.assert_allclose(a, b, rtol=TOL, atol=TOL)
+
+
+# hidden sizes off the vector width (1, 13, 37), one row, a long row
+NORM_SHAPES = [(1, 13), (5, 37), (2, 3, 1), (3, 4099)]
+
+
+@pytest.mark.parametrize("shape", NORM_SHAPES)
+def test_rms_norm_matches_composed(ops, shape):
+    x, w = _inputs(shape, shape[-1:])
+    _assert_same(lambda x, w: ops.rms_norm(x, w, 1e-6), lambda x, w: ops.composed.rms_norm(x, w, 1e-6), [x, w])
+    x, r, w = _inputs(shape, shape, shape[-1:], seed=2)
+    _assert_same(lambda x, r, w: ops.add_rms_norm(x, r, w, 1e-5),
+                 lambda x, r, w: ops.composed.add_rms_norm(x, r, w, 1e-5), [x, r, w])
+
+
+@pytest.mark.parametrize("b,s,heads,kv_heads,d,cos_b", [(1, 1, 1, 1, 2, 1), (2, 7, 3, 1, 10, 2), (3, 33, 4, 2, 66, 1)])
+def test_rope_matches_composed(ops, b, s, heads, kv_heads, d, cos_b):
+    import paddle
+
+    q, k = _inputs((b, s, heads, d), (b, s, kv_heads, d))
+    rng = np.random.default_rng(3)
+    angle = rng.uniform(0, 6.3, (cos_b, s, d)).astype("float32")
+    cos, sin = paddle.to_tensor(np.cos(angle)), paddle.to_tensor(np.sin(angle))
+    _assert_same(lambda q, k: ops.rope(q, k, cos, sin), lambda q, k: ops.composed.rope(q, k, cos, sin), [q, k])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 37), (2, 5, 1031)])
+def test_swiglu_matches_composed(ops, shape):
+    g, u = _inputs(shape, shape)
+    _assert_same(ops.swiglu, ops.composed.swiglu, [g, u])
+    both, = _inputs(shape[:-1] + (2 * shape[-1],))
+    _assert_same(lambda x: ops.swiglu(x), lambda x: ops.composed.swiglu(*x.chunk(2, axis=-1)), [both])
+
+
+@pytest.mark.parametrize("n,h,v,tied,chunk", [(1, 3, 5, False, None), (37, 13, 101, False, 8), (50, 16, 257, True, 7)])
+def test_fused_linear_cross_entropy_matches_composed(ops, n, h, v, tied, chunk):
+    import paddle
+
+    hidden, weight = _inputs((n, h), (v, h) if tied else (h, v))
+    labels = np.random.default_rng(4).integers(0, v, n)
+    labels[::3] = -100  # ignored positions (all of them when n == 1)
+    if n > 1:
+        labels[1] = 0
+    labels = paddle.to_tensor(labels)
+    for reduction in ("mean", "sum"):
+        _assert_same(lambda x, w: ops.fused_linear_cross_entropy(x, w, labels, -100, tied, reduction, chunk=chunk),
+                     lambda x, w: ops.composed.fused_linear_cross_entropy(x, w, labels, -100, tied, reduction),
+                     [hidden, weight])
+
+
+def _segments(b, s, examples, seed):
+    """[b, s] segment ids: `examples` uneven examples per row, the rest of the row padding (own segment)."""
+    rng = np.random.default_rng(seed)
+    seg = np.empty((b, s), dtype="int64")
+    for r in range(b):
+        cuts = np.sort(rng.choice(np.arange(1, s - 2), examples - 1, replace=False)) if examples > 1 else []
+        bounds = [0, *cuts, s - 2]  # two padding positions form the last segment
+        for i in range(len(bounds) - 1):
+            seg[r, bounds[i]:bounds[i + 1]] = i
+        seg[r, s - 2:] = len(bounds) - 1
+    return seg
+
+
+@pytest.mark.parametrize("examples,heads,kv_heads", [(1, 2, 2), (3, 4, 2), (17, 3, 1)])
+def test_packed_attention_matches_block_diagonal_mask(ops, examples, heads, kv_heads):
+    import paddle
+
+    b, s, d = 2, 61, 10
+    seg = paddle.to_tensor(_segments(b, s, examples, seed=examples))
+    q, k, v = _inputs((b, s, heads, d), (b, s, kv_heads, d), (b, s, kv_heads, d), seed=examples)
+    mask = paddle.to_tensor(
+        (np.equal.outer(seg.numpy(), seg.numpy()).diagonal(axis1=0, axis2=2).transpose(2, 0, 1) & np.tri(s, dtype=bool)))
+    assert mask.numpy().sum(-1).min() >= 1 and ops.composed.block_causal_mask(seg).numpy()[:, 0].tolist() == mask.numpy().tolist()
+
+    def dense(q, k, v):  # attention with the dense block-diagonal causal mask, written out
+        rep = heads // kv_heads
+        k, v = paddle.repeat_interleave(k, rep, axis=2), paddle.repeat_interleave(v, rep, axis=2)
+        scores = paddle.einsum("bihd,bjhd->bhij", q, k) * d ** -0.5 + paddle.where(
+            mask.unsqueeze(1), paddle.zeros([1]), paddle.full([1], -1e30))
+        return paddle.einsum("bhij,bjhd->bihd", paddle.nn.functional.softmax(scores, -1), v)
+
+    _assert_same(lambda q, k, v: ops.packed_attention(q, k, v, seg), dense, [q, k, v])
+    assert "packed_attention" in ops.used()
+
+
+PEAK_SCRIPT = """
+import os, sys, numpy as np, paddle, llmx.ops as ops
+fused = sys.argv[1] == "fused"
+ops.configure("on" if fused else "off")
+rng = np.random.default_rng(0)
+h = paddle.to_tensor(rng.standard_normal((1024, 1024)).astype("float32") * 0.05, stop_gradient=False)
+w = paddle.to_tensor(rng.standard_normal((1024, 32000)).astype("float32") * 0.05, stop_gradient=False)
+y = paddle.to_tensor(rng.integers(0, 32000, 1024))
+base = [l for l in open("/proc/self/status") if l.startswith("VmRSS")][0]
+loss = (ops.fused_linear_cross_entropy if fused else ops.composed.fused_linear_cross_entropy)(h, w, y)
+loss.backward()
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(int(base.split()[1]), int(hwm.split()[1]), float(loss), float(h.grad.abs().sum()), float(w.grad.abs().sum()), ops.used())
+"""
+
+
+def test_fused_cross_entropy_peak_memory_below_composed(ops):
+    """Vocabulary 32k, 1k tokens, hidden 1024: each variant in its own process, peak resident
+    memory (VmHWM) above the inputs' resident memory; same loss and gradients."""
+    res = {}
+    for variant in ("fused", "composed"):
+        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, variant], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "2"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        base, hwm, loss, gh, gw, used = out.stdout.strip().splitlines()[-1].split(" ", 5)
+        res[variant] = (int(hwm) - int(base), float(loss), float(gh), float(gw), used)
+    fused, comp = res["fused"], res["composed"]
+    print(f"peak above inputs: fused {fused[0] / 1024:.0f} MiB, composed {comp[0] / 1024:.0f} MiB")
+    assert "fused_linear_cross_entropy" in fused[4] and comp[4] == "[]"
+    np.testing.assert_allclose(fused[1:4], comp[1:4], rtol=1e-4)
+    assert fused[0] < comp[0] / 2, res
