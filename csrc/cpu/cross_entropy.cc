@@ -63,3 +63,42 @@ PD_BUILD_OP(llmx_softmax_ce)
     .SetKernelFn(PD_KERNEL(SoftmaxCeForward))
     .SetInferShapeFn(PD_INFER_SHAPE(SoftmaxCeShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(SoftmaxCeDtype));
+
+// C += A^T B for A [n, m], B [n, k], C [m, k], written into C (an in-place op): the fused
+// cross-entropy accumulates its weight gradient chunk by chunk this way, where `C += matmul(...)`
+// would allocate a second [hidden, vocab] tensor per chunk. The product is BLAS's (the MKL
+// library Paddle's CPU wheel ships, libmklml_intel): a hand-written GEMM would be far slower.
+extern "C" {
+void cblas_sgemm(int layout, int transa, int transb, int m, int n, int k, float alpha, const float* a, int lda,
+                 const float* b, int ldb, float beta, float* c, int ldc);
+void cblas_dgemm(int layout, int transa, int transb, int m, int n, int k, double alpha, const double* a, int lda,
+                 const double* b, int ldb, double beta, double* c, int ldc);
+}
+
+namespace {
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+void gemm_tn(const float* a, const float* b, float* c, int n, int m, int k) {
+  cblas_sgemm(kRowMajor, kTrans, kNoTrans, m, k, n, 1.f, a, m, b, k, 1.f, c, k);
+}
+void gemm_tn(const double* a, const double* b, double* c, int n, int m, int k) {
+  cblas_dgemm(kRowMajor, kTrans, kNoTrans, m, k, n, 1.0, a, m, b, k, 1.0, c, k);
+}
+}  // namespace
+
+void GemmTnAcc(paddle::Tensor& c, const paddle::Tensor& a, const paddle::Tensor& b) {
+  llmx::check_cpu_float(a, "a");
+  PD_CHECK(a.shape().size() == 2 && b.shape().size() == 2 && c.shape().size() == 2, "gemm_tn_acc: 2-D tensors");
+  PD_CHECK(a.shape()[0] == b.shape()[0] && c.shape()[0] == a.shape()[1] && c.shape()[1] == b.shape()[1],
+           "gemm_tn_acc: shapes do not chain");
+  PD_CHECK(b.dtype() == a.dtype() && c.dtype() == a.dtype(), "gemm_tn_acc: one dtype");
+  PD_DISPATCH_FLOATING_TYPES(a.type(), "llmx_gemm_tn_acc", ([&] {
+    gemm_tn(a.data<data_t>(), b.data<data_t>(), c.data<data_t>(), int(a.shape()[0]), int(a.shape()[1]),
+            int(b.shape()[1]));
+  }));
+}
+
+PD_BUILD_OP(llmx_gemm_tn_acc)
+    .Inputs({"C", "A", "B"})
+    .Outputs({"COut"})
+    .SetInplaceMap({{"C", "COut"}})
+    .SetKernelFn(PD_KERNEL(GemmTnAcc));

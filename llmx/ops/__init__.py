@@ -125,15 +125,16 @@ class _FusedLinearCE(paddle.autograd.PyLayer):
             del logits
             total = total + loss.sum()
             dh.append(paddle.matmul(g, weight, transpose_y=not transpose_weight))
-            if want_w:  # d loss / d weight: h^T g for [hidden, vocab], g^T h for a tied [vocab, hidden]
-                dw += paddle.matmul(g, h, transpose_x=True) if transpose_weight else paddle.matmul(h, g, transpose_x=True)
+            if want_w:  # d loss / d weight (+= in place): h^T g for [hidden, vocab], g^T h for a tied [vocab, hidden]
+                kern.llmx_gemm_tn_acc(dw, g, h) if transpose_weight else kern.llmx_gemm_tn_acc(dw, h, g)
         ctx.save_for_backward(paddle.concat(dh) if dh else paddle.zeros_like(hidden), dw)
         return total
 
     @staticmethod
     def backward(ctx, dloss):
         dh, dw = ctx.saved_tensor()
-        return dh * dloss, (dw * dloss if dw is not None else None), None
+        # in place: a second [hidden, vocab] tensor would double the weight gradient's memory
+        return dh.multiply_(dloss), (dw.multiply_(dloss) if dw is not None else None), None
 
 
 def fused_linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100, transpose_weight: bool = False,

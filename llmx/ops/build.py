@@ -122,6 +122,10 @@ def _compile(tmp: Path, gpu: bool):
     unity = tmp / f"{MODULE}.cc"
     unity.write_text("".join(f'#include "{s}"\n' for s in srcs if s.suffix == ".cc"))
     srcs = [str(unity)] + [str(s) for s in srcs if s.suffix == ".cu"]
+    import paddle
+
+    libs = str(Path(paddle.__file__).parent / "libs")  # libmklml_intel (BLAS) for the CE's weight gradient
+    ld_flags = LD_FLAGS + [f"-L{libs}", "-l:libmklml_intel.so", f"-Wl,-rpath,{libs}"]
     log = tmp / "build.log"
     compiler = os.environ.get("CXX") or "c++"
     if shutil.which(compiler) is None:
@@ -129,7 +133,7 @@ def _compile(tmp: Path, gpu: bool):
     try:
         with _quiet(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return load(name=MODULE, sources=srcs, extra_cxx_cflags=CXX_FLAGS, extra_ldflags=LD_FLAGS,
+            return load(name=MODULE, sources=srcs, extra_cxx_cflags=CXX_FLAGS, extra_ldflags=ld_flags,
                  extra_cuda_cflags=["-O3"] if gpu else None, build_directory=str(tmp))
     except BaseException as e:  # cpp_extension raises bare RuntimeErrors/SystemExit on compiler errors
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "error" in ln.lower()]
