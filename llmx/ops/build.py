@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from llmx.errors import UserError
+
 MODULE = "llmx_ops"
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -31,8 +33,10 @@ LD_FLAGS = ["-fopenmp"]
 OPS = ("rms_norm", "add_rms_norm", "rope", "swiglu", "fused_linear_cross_entropy", "packed_attention")
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError):
     """The kernels could not be built or loaded; the message says why in one line."""
+
+    kind = "fused ops"
 
 
 def cache_root() -> Path:
