@@ -9,12 +9,16 @@ BuildError with the reason); `auto` tries, and on failure logs once and falls ba
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Optional
 
-import paddle
+with warnings.catch_warnings():  # paddle's first import warns "No ccache found" (a hint for Paddle's own developers)
+    warnings.simplefilter("ignore")
+    import paddle
 
 from llmx.ops import composed
-from llmx.ops.build import OPS, BuildError, build
+from llmx.ops import build as _build
+from llmx.ops.build import OPS, BuildError
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "on", "off")
@@ -31,7 +35,7 @@ def configure(mode: str = "auto") -> bool:
         return False
     if _state["module"] is None and (_state["error"] is None or mode == "on"):
         try:
-            _state["module"] = build()
+            _state["module"] = _build.build()
             _state["error"] = None
         except BuildError as e:
             _state["error"] = str(e)
