@@ -137,6 +137,6 @@ def enable(model, mode: str) -> list:
     for name in sorted(modules):
         if name.startswith("paddlenlp.transformers.") and _switch_rope(sys.modules[name]):
             switched.add("rope")
-    # rope is switched for the module; that this model's attention calls it shows in ops.used() after a step
+    ops.reset_used()  # the probes above ran the kernels: count only what the model runs from here on
     log.info("fused ops switched on: %s", ", ".join(sorted(switched)) or "none (no layer of this family matches)")
     return sorted(switched)

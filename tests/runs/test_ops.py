@@ -179,3 +179,60 @@ def test_fused_cross_entropy_peak_memory_below_composed(ops):
     np.testing.assert_allclose(fused[1:4], comp[1:4], rtol=1e-4)
     assert fused[0] < comp[0], res
     assert fused[0] - grad_w < (comp[0] - grad_w) / 2, res
+
+
+# --- models: model.fused_ops ----------------------------------------------------------------------------
+
+# What llmx.ops.patch switches per family (tiny configs): the layers that behave like the kernels.
+SWITCHED = {"llama": ["rms_norm", "rope", "swiglu"], "baichuan": ["rms_norm", "rope", "swiglu"],
+            "qwen2": ["rms_norm", "rope", "swiglu"], "qwen": ["rms_norm", "rope"], "mixtral": ["rms_norm", "rope"],
+            "mistral": ["rms_norm", "swiglu"], "gemma": ["rope"], "chatglm2": ["rms_norm"], "yuan": ["rms_norm"],
+            "bloom": [], "gpt3": [], "opt": []}  # LayerNorm/GELU families: nothing matches
+STEPS = ["stage.train.logging_steps=1", "stage.train.save_steps=1000", "stage.eval.enabled=false", "stage.train.lr=3e-3"]
+
+
+def test_fused_on_and_off_train_the_same(ops, tmp_path):
+    """One process: the tiny model 20 steps with fused_ops=on and off (same losses to 1e-5), and every
+    trainable family 2 steps both ways (same losses; summary.json names the ops that ran)."""
+    from helpers import read_json, run_matrix, train_losses
+
+    runs = {f"tiny-{mode}": ["model=tiny", f"model.fused_ops={mode}", "stage.train.max_steps=20", *STEPS]
+            for mode in ("on", "off")}
+    for fam in SWITCHED:
+        runs.update({f"{fam}-{mode}": [f"model={fam}", "model.size=tiny", f"model.fused_ops={mode}",
+                                       "stage.train.max_steps=2", *STEPS] for mode in ("on", "off")})
+    out = run_matrix(runs, tmp_path)
+    for name, n, ran in [("tiny", 20, SWITCHED["llama"])] + [(f, 2, SWITCHED[f]) for f in SWITCHED]:
+        on, off = train_losses(out / f"{name}-on"), train_losses(out / f"{name}-off")
+        assert len(on) == n and [s for s, _ in on] == [s for s, _ in off]
+        np.testing.assert_allclose([l for _, l in on], [l for _, l in off], rtol=TOL, atol=TOL, err_msg=name)
+        assert read_json(out / f"{name}-on" / "summary.json")["fused_ops"] == ran, name
+        assert read_json(out / f"{name}-off" / "summary.json")["fused_ops"] == [], name
+
+
+def test_without_a_compiler_auto_falls_back_once_and_on_fails_in_one_line(ops, tmp_path):
+    from helpers import launch, read_json, train_losses
+
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "LLMX_OPS_CACHE": str(tmp_path / "empty_cache")}
+    common = ["stage.train.max_steps=2", *STEPS]
+    auto = launch(f"hydra.run.dir={tmp_path / 'auto'}", "model.fused_ops=auto", *common, env=env)
+    said = [ln for ln in (auto.stdout + auto.stderr).splitlines() if "fused ops" in ln]
+    assert said == [f"llmx: warning: fused ops: kernels unavailable, using Paddle's composed ops: no C++ compiler: "
+                    f"'{tmp_path / 'no-such-g++'}' is not on PATH (set CXX or install g++)"], said
+    assert len(train_losses(tmp_path / "auto")) == 2 and read_json(tmp_path / "auto" / "summary.json")["fused_ops"] == []
+    on = launch(f"hydra.run.dir={tmp_path / 'on'}", "model.fused_ops=on", *common, env=env, check=False)
+    assert on.returncode == 2 and on.stderr.strip().splitlines() == [
+        f"llmx: fused ops: no C++ compiler: '{tmp_path / 'no-such-g++'}' is not on PATH (set CXX or install g++)"], on.stderr
+
+
+def test_check_command_and_cache_reuse(ops):
+    """`python -m llmx.ops check` in a second process loads the session's build (no rebuild) and
+    self-tests every op."""
+    out = subprocess.run([sys.executable, "-m", "llmx.ops", "check"], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert os.environ["LLMX_OPS_CACHE"] in lines[0]
+    for name in ops.OPS:
+        assert any(ln.split()[:4] == [name, "built", "self-test", "ok"] for ln in lines), out.stdout
+    assert out.stderr == "" and len(list(__import__("pathlib").Path(os.environ["LLMX_OPS_CACHE"]).glob("*/llmx_ops/llmx_ops.so"))) == 1
