@@ -10,12 +10,17 @@ Each candidate is first run both ways on a random input and switched only when t
 (1e-5): a family whose layer differs (Gemma's RMSNorm scales by 1 + weight, its MLP uses GELU;
 ChatGLM2's rotary embedding is interleaved; LayerNorm/GELU families have nothing to match) keeps
 PaddleNLP's layer, and enable() reports only the ops it switched.
-The fused cross-entropy and the packed attention are llmx.ops entries but not (yet) switched into
-the models: both need the model's forward restructured (hidden states instead of logits; segment
-ids down to the attention).
+- an attention layer's `attn_func` (PaddleNLP's eager `scaled_dot_product_attention`: Llama,
+  Baichuan, Qwen2) is wrapped: when its additive mask is block-diagonal causal (packed rows, or plain
+  causal rows without padding) the segments are read off the mask and llmx.ops.packed_attention
+  computes only the blocks inside each example; any other mask (padding, prefixes, a cache) goes to
+  PaddleNLP's function as before.
+The fused cross-entropy is an llmx.ops entry but not switched into the models: it needs the
+causal-LM forward restructured (the loss from hidden states, the logits never formed).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 
@@ -120,6 +125,65 @@ def _switch_rope(module) -> bool:
     return True
 
 
+def _segments(mask):
+    """Segment ids [b, s] when the mask ([b, 1, s, s], bool or additive) is block-diagonal causal, else None."""
+    if mask is None or len(mask.shape) != 4 or mask.shape[1] != 1 or mask.shape[2] != mask.shape[3]:
+        return None
+    allowed = mask[:, 0] if mask.dtype == paddle.bool else mask[:, 0] > -1.0  # additive: 0 or a large negative
+    s = allowed.shape[-1]
+    if s < 2:
+        return paddle.zeros([allowed.shape[0], s], dtype="int64")
+    # a new segment starts at i where i may not see i - 1
+    sees_prev = paddle.diagonal(allowed, offset=-1, axis1=1, axis2=2)  # [b, s - 1]
+    start = paddle.concat([paddle.ones([allowed.shape[0], 1], dtype="int64"), (~sees_prev).astype("int64")], axis=1)
+    seg = paddle.cumsum(start, axis=1)
+    expected = (seg.unsqueeze(2) == seg.unsqueeze(1)) & paddle.tril(paddle.ones([s, s], dtype="bool"))
+    return seg if bool((expected == allowed).all()) else None
+
+
+def _attention_wrapper(original):
+    sig = inspect.signature(original)  # the families' versions differ in their later parameters
+
+    def attn_func(*args, **kwargs):
+        p = sig.bind(*args, **kwargs).arguments
+        q, k, config = p["query_states"], p["key_states"], p["config"]
+        plain = (ops.kernels() is not None and not p.get("output_attentions") and p.get("alibi") is None
+                 and p.get("attn_mask_startend_row_indices") is None and not p.get("sequence_parallel")
+                 and p.get("reshard_layer") is None and not getattr(config, "use_flash_attention", False)
+                 and not (p.get("training") and getattr(config, "attention_dropout", 0.0))
+                 and q.dtype == paddle.float32 and q.shape[1] == k.shape[1])
+        seg = _segments(p.get("attention_mask")) if plain else None
+        if seg is None:
+            return original(*args, **kwargs)
+        b, s, h, d = q.shape
+        return ops.packed_attention(q, k, p["value_states"], seg).reshape([b, s, h * d])
+
+    attn_func.llmx_original = original
+    return attn_func
+
+
+def _switch_attention(layer) -> bool:
+    original = getattr(layer, "attn_func", None)
+    base = getattr(original, "func", original)  # functools.partial(..., skip_recompute=True)
+    if getattr(base, "__name__", "") != "scaled_dot_product_attention" or getattr(original, "llmx_original", None):
+        return False
+    wrapped = _attention_wrapper(original)
+    b, s, h, d = 2, 7, 2, 4
+    q, k, v = _probe([b, s, h, d], "float32"), _probe([b, s, h, d], "float32") * 0.7, _probe([b, s, h, d], "float32") * 1.3
+    seg = paddle.to_tensor(np.array([[0, 0, 0, 1, 1, 2, 2], [0] * 7], dtype="int64"))
+    allowed = (seg.unsqueeze(2) == seg.unsqueeze(1)) & paddle.tril(paddle.ones([s, s], dtype="bool"))
+    mask = paddle.where(allowed, paddle.zeros([1]), paddle.full([1], -1e30)).unsqueeze(1)
+    config = getattr(layer, "config", None)
+    with paddle.no_grad():
+        try:
+            if config is None or not _agree(original(q, config, k, v, mask, False), wrapped(q, config, k, v, mask, False)):
+                return False
+        except Exception:  # noqa: BLE001
+            return False
+    layer.attn_func = wrapped
+    return True
+
+
 def enable(model, mode: str) -> list:
     """Switch `model`'s matching layers to the fused ops under `mode` (auto | on | off); the names
     of the ops switched (empty when off, when the kernels did not load, or nothing matched)."""
@@ -134,6 +198,8 @@ def enable(model, mode: str) -> list:
             switched.add("rms_norm")
         elif _switch_mlp(layer):
             switched.add("swiglu")
+        elif _switch_attention(layer):
+            switched.add("packed_attention")
     for name in sorted(modules):
         if name.startswith("paddlenlp.transformers.") and _switch_rope(sys.modules[name]):
             switched.add("rope")
