@@ -38,7 +38,7 @@ _Pragma("omp simd reduction(max : m)")
       data_t s = 0;
 _Pragma("omp simd reduction(+ : s)")
       for (int64_t i = 0; i < v; ++i) {
-        gr[i] = std::exp(xr[i] - m);
+        gr[i] = llmx::vexp(xr[i] - m);
         s += gr[i];
       }
       const data_t inv = data_t(1) / s;

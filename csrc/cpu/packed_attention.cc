@@ -56,7 +56,7 @@ void forward(const T* q, const T* k, const T* v, const int64_t* seg, T* out, flo
             T sum = 0;
             std::fill(acc.begin(), acc.end(), T(0));
             for (int64_t j = start[i]; j <= i; ++j) {
-              const T e = std::exp(p[j] - mx);
+              const T e = llmx::vexp(p[j] - mx);
               sum += e;
               const T* vj = vb.data() + j * m.d;
 #pragma omp simd
@@ -103,7 +103,7 @@ void backward(const T* q, const T* k, const T* v, const int64_t* seg, const T* o
             std::fill(dqi, dqi + m.d, T(0));
             for (int64_t j = start[i]; j <= i; ++j) {
               const T* kj = kb.data() + j * m.d;
-              const T pij = std::exp(llmx::dot(qi, kj, m.d) * scale - l);
+              const T pij = llmx::vexp(llmx::dot(qi, kj, m.d) * scale - l);
               const T ds = pij * (llmx::dot(gi, vb.data() + j * m.d, m.d) - di) * scale;
               T* dvj = dvb.data() + j * m.d;
               T* dkj = dkb.data() + j * m.d;

@@ -11,7 +11,7 @@ std::vector<paddle::Tensor> SwigluForward(const paddle::Tensor& gate, const padd
     data_t* o = out.data<data_t>();
     const int64_t n = gate.numel();
 _Pragma("omp parallel for simd schedule(static)")
-    for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (data_t(1) + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (data_t(1) + llmx::vexp(-g[i])) * u[i];
   }));
   return {out};
 }
@@ -30,7 +30,7 @@ std::vector<paddle::Tensor> SwigluBackward(const paddle::Tensor& gate, const pad
     const int64_t n = gate.numel();
 _Pragma("omp parallel for simd schedule(static)")
     for (int64_t i = 0; i < n; ++i) {
-      const data_t s = data_t(1) / (data_t(1) + std::exp(-g[i]));
+      const data_t s = data_t(1) / (data_t(1) + llmx::vexp(-g[i]));
       pg[i] = d[i] * u[i] * s * (data_t(1) + g[i] * (data_t(1) - s));
       pu[i] = d[i] * g[i] * s;
     }
