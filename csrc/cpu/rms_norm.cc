@@ -2,6 +2,9 @@
 // residual add (h = x + residual, y = norm(h); both returned). One pass per row forward;
 // the backward recomputes the row's 1/rms instead of storing it.
 #include "common.h"
+#ifdef LLMX_WITH_CUDA
+#include "../gpu/kernels.h"
+#endif
 
 namespace {
 
@@ -63,6 +66,14 @@ void check(const paddle::Tensor& x, const paddle::Tensor& w) {
 }  // namespace
 
 std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle::Tensor& w, float eps) {
+#ifdef LLMX_WITH_CUDA
+  if (x.is_gpu()) {  // float32 only (llmx.ops sends other dtypes to the composed ops)
+    auto y = paddle::empty(x.shape(), x.dtype(), x.place());
+    llmx_cuda::rms_norm_forward(x.data<float>(), w.data<float>(), y.data<float>(), llmx::rows_of(x), x.shape().back(),
+                                eps, x.stream());
+    return {y};
+  }
+#endif
   check(x, w);
   auto y = paddle::empty(x.shape(), x.dtype(), x.place());
   PD_DISPATCH_FLOATING_TYPES(x.type(), "llmx_rms_norm", ([&] {
@@ -75,6 +86,13 @@ std::vector<paddle::Tensor> RmsNormBackward(const paddle::Tensor& x, const paddl
                                             float eps) {
   auto dx = paddle::empty(x.shape(), x.dtype(), x.place());
   auto dw = paddle::full(w.shape(), 0, w.dtype(), w.place());
+#ifdef LLMX_WITH_CUDA
+  if (x.is_gpu()) {
+    llmx_cuda::rms_norm_backward(x.data<float>(), w.data<float>(), dy.data<float>(), dx.data<float>(), dw.data<float>(),
+                                 llmx::rows_of(x), x.shape().back(), eps, x.stream());
+    return {dx, dw};
+  }
+#endif
   PD_DISPATCH_FLOATING_TYPES(x.type(), "llmx_rms_norm_grad", ([&] {
     norm_rows_grad<data_t>(x.data<data_t>(), w.data<data_t>(), dy.data<data_t>(), nullptr, dx.data<data_t>(),
                            dw.data<data_t>(), llmx::rows_of(x), x.shape().back(), eps);

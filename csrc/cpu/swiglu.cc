@@ -1,7 +1,17 @@
 // SwiGLU: out = silu(gate) * up, silu(g) = g * sigmoid(g), elementwise.
 #include "common.h"
+#ifdef LLMX_WITH_CUDA
+#include "../gpu/kernels.h"
+#endif
 
 std::vector<paddle::Tensor> SwigluForward(const paddle::Tensor& gate, const paddle::Tensor& up) {
+#ifdef LLMX_WITH_CUDA
+  if (gate.is_gpu()) {  // float32 only (llmx.ops sends other dtypes to the composed ops)
+    auto out = paddle::empty(gate.shape(), gate.dtype(), gate.place());
+    llmx_cuda::swiglu_forward(gate.data<float>(), up.data<float>(), out.data<float>(), gate.numel(), gate.stream());
+    return {out};
+  }
+#endif
   llmx::check_cpu_float(gate, "gate");
   PD_CHECK(up.shape() == gate.shape() && up.dtype() == gate.dtype(), "up must match gate");
   auto out = paddle::empty(gate.shape(), gate.dtype(), gate.place());
@@ -21,6 +31,13 @@ std::vector<paddle::Tensor> SwigluBackward(const paddle::Tensor& gate, const pad
                                            const paddle::Tensor& dout) {
   auto dg = paddle::empty(gate.shape(), gate.dtype(), gate.place());
   auto du = paddle::empty(gate.shape(), gate.dtype(), gate.place());
+#ifdef LLMX_WITH_CUDA
+  if (gate.is_gpu()) {
+    llmx_cuda::swiglu_backward(gate.data<float>(), up.data<float>(), dout.data<float>(), dg.data<float>(),
+                               du.data<float>(), gate.numel(), gate.stream());
+    return {dg, du};
+  }
+#endif
   PD_DISPATCH_FLOATING_TYPES(gate.type(), "llmx_swiglu_grad", ([&] {
     const data_t* g = gate.data<data_t>();
     const data_t* u = up.data<data_t>();

@@ -71,9 +71,15 @@ def _c(x):
 
 
 def _kernel(name: str, *tensors):
-    """The kernel module when `name`'s kernel can take these tensors (CPU float), else None."""
+    """The kernel module when `name`'s kernel can take these tensors (CPU float32/64; GPU float32
+    for the ops with CUDA kernels, when they were built), else None."""
     k = kernels()
-    if k is None or any(t.place.is_gpu_place() or t.dtype not in (paddle.float32, paddle.float64) for t in tensors):
+    if k is None:
+        return None
+    if any(t.place.is_gpu_place() for t in tensors):
+        if name not in _build.GPU_OPS or not _build.gpu_build() or any(t.dtype != paddle.float32 for t in tensors):
+            return None
+    elif any(t.dtype not in (paddle.float32, paddle.float64) for t in tensors):
         return None
     _used.add(name)
     return k

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import platform
@@ -30,6 +31,7 @@ MODULE = "llmx_ops"
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]  # lets llmx::vexp vectorise
 LD_FLAGS = ["-fopenmp"]
+GPU_OPS = ("rms_norm", "swiglu")  # the ops with CUDA kernels (csrc/gpu); the others run composed on a GPU
 OPS = ("rms_norm", "add_rms_norm", "rope", "swiglu", "fused_linear_cross_entropy", "packed_attention")
 
 
@@ -53,6 +55,7 @@ def cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_build() -> bool:
     """CUDA kernels only where both nvcc and a CUDA build of Paddle exist."""
     import paddle
@@ -137,8 +140,9 @@ def _compile(tmp: Path, gpu: bool):
     try:
         with _quiet(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return load(name=MODULE, sources=srcs, extra_cxx_cflags=CXX_FLAGS, extra_ldflags=ld_flags,
-                 extra_cuda_cflags=["-O3"] if gpu else None, build_directory=str(tmp))
+            return load(name=MODULE, sources=srcs, extra_cxx_cflags=CXX_FLAGS + (["-DLLMX_WITH_CUDA"] if gpu else []),
+                        extra_ldflags=ld_flags,
+                        extra_cuda_cflags=["-O3"] if gpu else None, build_directory=str(tmp))
     except BaseException as e:  # cpp_extension raises bare RuntimeErrors/SystemExit on compiler errors
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "error" in ln.lower()]
         why = lines[0].strip() if lines else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
