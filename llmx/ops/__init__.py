@@ -54,6 +54,11 @@ def kernels():
     return _state["module"] if _state["mode"] != "off" else None
 
 
+def mode() -> Optional[str]:
+    """The mode configure() last set (None: never configured)."""
+    return _state["mode"]
+
+
 def error() -> Optional[str]:
     return _state["error"]
 

@@ -211,7 +211,7 @@ def test_fused_on_and_off_train_the_same(ops, tmp_path):
         if name != "tiny":  # padded batches: the attention kernel runs only on a batch without padding
             fused = [op for op in fused if op != "packed_attention" or name not in ATTENTION]
         assert fused == ran, name
-        assert read_json(out / f"{name}-off" / "summary.json")["fused_ops"] == [], name
+        assert "fused_ops" not in read_json(out / f"{name}-off" / "summary.json"), name
 
 
 def test_without_a_compiler_auto_falls_back_once_and_on_fails_in_one_line(ops, tmp_path):
