@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,6 +20,8 @@ TOL = 1e-5
 
 @pytest.fixture(scope="session")
 def ops(tmp_path_factory):
+    if shutil.which(os.environ.get("CXX") or "c++") is None:  # (a failure under LLMX_STRICT_SKIPS=1)
+        pytest.skip("no C++ compiler to build csrc/ (install g++)")
     os.environ["LLMX_OPS_CACHE"] = str(tmp_path_factory.mktemp("ops_cache"))
     import paddle
 
