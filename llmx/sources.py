@@ -24,6 +24,8 @@ ADAPTER_CONFIGS = {"lora_config.json": "lora", "prefix_config.json": "prefix", "
 ADAPTER_BASE = "llmx_adapter.json"
 # Adapters whose weights fold into the base's (a merged model computes the same).
 MERGEABLE = ("lora", "vera", "lokr")
+# The scalar head of a score model (llmx.engine.reward), beside its model or adapter weights.
+SCORE_HEAD = "score_head.safetensors"
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,14 @@ def _converted_if_hf(path: Path) -> Path:
     from llmx.convert.cache import converted, is_hf_checkpoint
 
     return converted(path) if is_hf_checkpoint(path) else path
+
+
+def score_head_file(name_or_path: str, key: str = "model.name_or_path") -> Path:
+    """The score head of a reward model (`name_or_path`: a stage=rm run, or its model/adapter dir); a one-line
+    ConfigError naming `key` when it is not one."""
+    source = resolve(name_or_path, key)
+    for folder in (source.adapter_dir, source.model_dir):
+        if folder and Path(folder, SCORE_HEAD).is_file():
+            return Path(folder, SCORE_HEAD)
+    raise ConfigError(f"{key}={name_or_path}: not a reward model (no {SCORE_HEAD} in its model or adapter "
+                      "directory); train one with stage=rm")

@@ -105,10 +105,14 @@ class SftEncoder:
             labels += [IGNORE_INDEX] * len(prompt) + answer
         return {"input_ids": input_ids[:-1], "labels": labels[1:]}
 
-    def prompt_for_generation(self, conv: Conversation) -> list[int]:
-        """Every earlier turn with its gold answer, then the last prompt."""
+    def prompt_and_answer(self, conv: Conversation) -> tuple[list[int], list[int]]:
+        """(every earlier turn with its answer, then the last prompt; the last answer, with eos)."""
         turns = self._fit(self.turn_ids(conv))
         ids: list[int] = []
         for prompt, answer in turns[:-1]:
             ids += prompt + answer
-        return ids + turns[-1][0]
+        return ids + turns[-1][0], turns[-1][1]
+
+    def prompt_for_generation(self, conv: Conversation) -> list[int]:
+        """Every earlier turn with its gold answer, then the last prompt."""
+        return self.prompt_and_answer(conv)[0]

@@ -6,6 +6,7 @@ PaddleNLP's peft does the work; llmx adds what makes runs comparable across layo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import zlib
@@ -213,3 +214,31 @@ def load_adapter(model, fam, source: ModelSource, merge: bool):
     wrapped.eval()
     log.info("loaded the %s adapter %s onto %s%s", method, path, source.model_dir, " (merged)" if merge else "")
     return merged_model(wrapped) if merge else wrapped
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+    """The base model under LoRA adapters (the reference of LoRA-DPO/KTO and of a LoRA PPO/GRPO actor):
+    the flag trl's trainers flip, so the reference costs no second copy of the weights."""
+    from paddlenlp.peft.lora.lora_model import AVAILABLE_LAYERS
+
+    layers = [m for _, m in model.named_sublayers() if isinstance(m, tuple(AVAILABLE_LAYERS))]
+    for m in layers:
+        m.disable_lora = True
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.disable_lora = False
+
+
+def process_parameters() -> int:
+    """Elements of every parameter alive in this process (the garbage collector's view, so nothing
+    is missed, after a collection): a run adds one copy of the base weights for LoRA or
+    reference-free losses, two for full DPO/KTO."""
+    import gc
+
+    from paddle.base.framework import EagerParamBase
+
+    gc.collect()
+    return sum(int(o.numel()) for o in gc.get_objects() if isinstance(o, EagerParamBase))

@@ -18,7 +18,6 @@ written here:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +29,7 @@ from omegaconf import DictConfig
 from paddlenlp import trl
 
 from llmx.engine.batching import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS
+from llmx.engine.peft import adapters_disabled, process_parameters
 
 log = logging.getLogger(__name__)
 
@@ -167,21 +167,6 @@ class PreferenceCollator:
 # ------------------------------------------------------------------------------------- reference
 
 
-@contextlib.contextmanager
-def adapters_disabled(model):
-    """The base model under LoRA adapters (the reference of LoRA-DPO/KTO): the flag trl's trainers flip."""
-    from paddlenlp.peft.lora.lora_model import AVAILABLE_LAYERS
-
-    layers = [m for _, m in model.named_sublayers() if isinstance(m, tuple(AVAILABLE_LAYERS))]
-    for m in layers:
-        m.disable_lora = True
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.disable_lora = False
-
-
 # --------------------------------------------------------------------------------- evaluation
 
 
@@ -279,18 +264,6 @@ def preference_metrics(scores: dict, beta: float, kind: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------- the stage run
-
-
-def process_parameters() -> int:
-    """Elements of every parameter alive in this process (the garbage collector's view, so nothing
-    is missed, after a collection): a run adds one copy of the base weights for LoRA or
-    reference-free losses, two for full DPO/KTO."""
-    import gc
-
-    from paddle.base.framework import EagerParamBase
-
-    gc.collect()
-    return sum(int(o.numel()) for o in gc.get_objects() if isinstance(o, EagerParamBase))
 
 
 def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict], eval_records: Sequence[dict],

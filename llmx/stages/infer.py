@@ -18,11 +18,13 @@ from llmx.config import existing, one_of, positive, require
 from llmx.errors import ConfigError, DataError
 
 MODES = ("dynamic", "static")
+TASKS = ("generate", "score")
 
 
 @dataclass
 class Config:
     runner: str = "infer"
+    task: str = "generate"  # generate | score (a reward model's score of each line's "response")
     input: Optional[str] = None  # JSONL of prompts (needed unless export_only)
     output: Optional[str] = None  # JSONL written (atomically); default <run dir>/output.jsonl
     mode: str = "dynamic"  # dynamic (paddle, KV cache) | static (exported program, Paddle Inference)
@@ -53,6 +55,20 @@ def validate(cfg: DictConfig) -> None:
     from llmx.infer.support import engine_problem, kept_adapter_problem
 
     s, p = cfg.stage, cfg.parallel
+    one_of("stage.task", s.task, TASKS)
+    if s.task == "score":
+        from llmx.sources import score_head_file
+
+        require(s.input is not None, "stage.input", None, "stage.task=score needs a JSONL file of "
+                '{"src", "response"} lines (stage.input=...)')
+        existing("stage.input", s.input, "file")
+        require(bool(cfg.model.name_or_path), "model.name_or_path", None, "stage.task=score needs a reward model "
+                "(a stage=rm run)")
+        score_head_file(cfg.model.name_or_path)
+        require(p.dp == 1 and p.tp == 1 and p.pp == 1 and p.sharding == 1, "parallel", p.dp * p.tp * p.pp,
+                "scoring runs in one process (parallel=single)")
+        positive("stage.max_batch", s.max_batch)
+        return
     one_of("stage.mode", s.mode, MODES)
     require(s.export_only or s.input is not None, "stage.input", None, "needs a JSONL file of prompts "
             "(stage.input=prompts.jsonl), unless stage.export_only=true")
@@ -81,6 +97,11 @@ def prepare(cfg: DictConfig):
 
     s = cfg.stage
     lines = read_inference_jsonl(s.input) if s.input else []
+    if s.task == "score":
+        for line in lines:
+            if not isinstance(line.record.get("response"), str) or not line.record["response"].strip():
+                raise DataError(f"{s.input}:{line.lineno}: stage.task=score needs a non-empty string \"response\" "
+                                "(the answer to score) on every line")
     for i, line in enumerate(lines):
         seed = line.record.get("seed")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
@@ -119,7 +140,40 @@ def _engine(cfg: DictConfig, ctx):
     return engine, tokenizer, program
 
 
+def score(cfg: DictConfig, ctx) -> dict:
+    """Each line's "response" to its prompt, scored by the reward model `model.name_or_path`."""
+    import paddle
+
+    from llmx.console import say
+    from llmx.data.infer import prompt_ids
+    from llmx.engine import model as models
+    from llmx.engine.reward import frozen, load_score_model
+    from llmx.experiment import atomic_write_text
+    from llmx.tokens import pad_batch
+
+    s, exp = cfg.stage, ctx.experiment
+    tokenizer = models.build_tokenizer(cfg.model)
+    model = frozen(load_score_model(cfg.model, cfg.model.name_or_path, tokenizer, cfg.seed))
+    rows = [{"input_ids": prompt_ids(tokenizer, line.chat) + tokenizer.encode(line.record["response"],
+             add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]} for line in ctx.inputs]
+    scores = []
+    with paddle.no_grad():
+        for i in range(0, len(rows), s.max_batch):
+            b = pad_batch(rows[i:i + s.max_batch], tokenizer.pad_token_id)
+            scores += model.score(paddle.to_tensor(b["input_ids"]), paddle.to_tensor(b["attention_mask"])).numpy().tolist()
+    out_path = Path(s.output) if s.output else exp.dir / "output.jsonl"
+    if ctx.runtime.is_main:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_path, "".join(json.dumps({**line.record, "score": round(v, 6)}, ensure_ascii=False) + "\n"
+                                            for line, v in zip(ctx.inputs, scores)))
+    say("%d responses scored (mean %.4f) -> %s", len(scores), sum(scores) / max(len(scores), 1), out_path)
+    return {"stage": "score", "requests": len(scores), "mean_score": round(sum(scores) / max(len(scores), 1), 6),
+            "output": str(out_path)}
+
+
 def run(cfg: DictConfig, ctx) -> dict:
+    if cfg.stage.task == "score":
+        return score(cfg, ctx)
     from llmx.console import say
     from llmx.data.infer import prompt_ids
     from llmx.experiment import atomic_write_text

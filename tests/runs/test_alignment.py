@@ -16,34 +16,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import FAST, REPO, compose, launch, read_json, read_jsonl, train_losses
+from helpers import FAST, REPO, compose, launch, read_json, read_jsonl, run_in_process, train_losses
 
 LN2 = math.log(2.0)
 STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected")
-
-
-def run_in_process(run_dir, *overrides: str) -> dict:
-    """What `python launch.py <overrides> hydra.run.dir=<run_dir>` runs after validation, in this process
-    (no second interpreter start-up: ~10 s saved per run)."""
-    from llmx.engine.context import create_context
-    from llmx.stages import stage_module, validate
-
-    cfg = compose(*overrides, *FAST)
-    validate(cfg)
-    module = stage_module(cfg.stage.runner)
-    ctx = create_context(cfg, str(run_dir), module.prepare(cfg))
-    summary = module.run(cfg, ctx)
-    ctx.experiment.write_summary(summary)
-    return summary
-
-
-@pytest.fixture(scope="session")
-def sft_run(tmp_path_factory):
-    """A short SFT of the tiny model: weak, but it prefers right answers a little more than chance."""
-    run = tmp_path_factory.mktemp("align") / "sft"
-    launch(f"hydra.run.dir={run}", *FAST, "stage.train.max_steps=150", "stage.eval.num_samples=8")  # a real run dir
-    return run
 
 
 # ----------------------------------------------------------------------- the losses, by formula

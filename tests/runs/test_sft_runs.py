@@ -15,13 +15,10 @@ RUN_FILES = [".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
              "metrics.jsonl", "summary.json", "samples.jsonl", "llmx.log", "checkpoints/latest", "model/config.json"]
 
 
-def test_default_job_leaves_a_complete_run_dir_and_learns(tmp_path):
-    """`python launch.py` with no overrides but the run dir: the README's main job."""
-    run = tmp_path / "default"
-    raw = subprocess.run([sys.executable, "launch.py", f"hydra.run.dir={run}", "stage.eval.samples_to_log=64"],
-                         cwd=REPO, capture_output=True, timeout=600)  # (bytes: text mode would turn \r into \n)
-    assert raw.returncode == 0, raw.stderr[-3000:]
-    proc = subprocess.CompletedProcess(raw.args, 0, raw.stdout.decode(), raw.stderr.decode())
+def test_default_job_leaves_a_complete_run_dir_and_learns(default_job):
+    """`python launch.py` with no overrides but the run dir: the README's main job (run once per session:
+    the alignment and RL tests start from it)."""
+    run, proc = default_job
     # The console: the run dir, the progress bars, the summary; libraries' logs and warnings only in llmx.log.
     console = (proc.stdout + proc.stderr).split("\n")  # a progress bar redraws its line with \r
     assert len(console) <= 40, "\n".join(console)

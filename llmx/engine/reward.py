@@ -1,0 +1,174 @@
+"""Score models: a causal LM's backbone with a scalar head, for reward models (stage=rm), PPO's critic
+and `stage=infer stage.task=score`.
+
+PaddleNLP's pip package has no score model for its causal-LM families (its RLHF example keeps one out of
+the package), so this one is llmx's: it reads the backbone's last hidden states (after the final norm)
+through `base_model`, which every PaddleNLP family has, and adds one Linear(hidden, 1) in float32. The
+value of a sequence is the head's output at its last real token; a critic reads it at every position.
+
+On disk a score model is an ordinary model (or adapter) directory, loadable by every stage, plus
+`score_head.safetensors` (written last, atomically), which marks the directory as a score model.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import paddle
+from omegaconf import DictConfig, OmegaConf
+
+from llmx.sources import SCORE_HEAD, score_head_file
+
+
+def backbone(model):
+    """The transformer under the LM head, through any adapter wrapper."""
+    inner = getattr(model, "model", model) if type(model).__name__ in ("LoRAModel", "VeRAModel", "LoKrModel") else model
+    return inner.base_model
+
+
+class ScoreModel(paddle.nn.Layer):
+    def __init__(self, lm, head_state: dict | None = None) -> None:
+        super().__init__()
+        self.lm = lm
+        self.config = lm.config  # PaddleNLP's Trainer reads the model's config
+        hidden = lm.config.hidden_size
+        self.head = paddle.nn.Linear(hidden, 1)
+        with paddle.no_grad():
+            if head_state is None:  # small outputs at the start: the pairwise loss starts near ln 2
+                self.head.weight.set_value(paddle.normal(0.0, 1.0 / (hidden + 1) ** 0.5, [hidden, 1]))
+                self.head.bias.set_value(paddle.zeros([1]))
+            else:
+                self.head.weight.set_value(paddle.to_tensor(head_state["weight"]))
+                self.head.bias.set_value(paddle.to_tensor(head_state["bias"]))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        """Per-position values [rows, T] (float32)."""
+        out = backbone(self.lm)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                return_dict=False)
+        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        return self.head(hidden.astype("float32")).squeeze(-1)
+
+    def score(self, input_ids, attention_mask):
+        """One value per row: at its last real token (rows padded on the right)."""
+        values = self(input_ids, attention_mask=attention_mask)
+        last = attention_mask.astype("int64").sum(axis=-1) - 1
+        return paddle.take_along_axis(values, last.unsqueeze(-1), axis=-1).squeeze(-1)
+
+
+def save_head(model: ScoreModel, out_dir: Path) -> Path:
+    """score_head.safetensors into `out_dir` (an exported model or adapter dir), written to a temp name first."""
+    from safetensors.numpy import save_file
+
+    path = Path(out_dir) / SCORE_HEAD
+    tmp = path.with_name(f".{SCORE_HEAD}.tmp")
+    save_file({"weight": model.head.weight.numpy(), "bias": model.head.bias.numpy()}, str(tmp),
+              metadata={"format": "np", "hidden_size": str(model.head.weight.shape[0])})
+    os.replace(tmp, path)
+    return path
+
+
+def load_head(path) -> dict:
+    from safetensors.numpy import load_file
+
+    return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
+
+
+def load_score_model(m: DictConfig, name_or_path: str, tokenizer, seed: int) -> ScoreModel:
+    """The score model saved at `name_or_path` (a reward-model run, or its model/adapter dir), built with the
+    family settings of `m` (adapters merged into the backbone)."""
+    from llmx.engine.model import build_model
+
+    sub = OmegaConf.merge(m, {"name_or_path": name_or_path})
+    head = load_head(score_head_file(name_or_path))
+    return ScoreModel(build_model(sub, tokenizer, seed), head)
+
+
+def frozen(layer):
+    layer.eval()
+    for p in layer.parameters():
+        p.stop_gradient = True
+    return layer
+
+
+# ------------------------------------------------------------------------------- reward-model training
+
+
+def encode_pairs(examples, tokenizer, max_length: int, max_prompt_length: int) -> list[dict]:
+    """Preference examples -> {"chosen": ids, "rejected": ids}: the prompt (earlier turns included) as SFT
+    renders it, then the response and eos, cut to max_length."""
+    from llmx.data.sft import Conversation, SftEncoder
+
+    encoder = SftEncoder(tokenizer, max_length, max_prompt_length)
+    out = []
+    for e in examples:
+        pair = {}
+        for name, response in (("chosen", e.chosen), ("rejected", e.rejected)):
+            prompt, answer = encoder.prompt_and_answer(Conversation(e.history + ((e.prompt, response),)))
+            pair[name] = prompt + answer
+        out.append(pair)
+    return out
+
+
+class PairCollator:
+    """A batch of pairs as one padded block: the chosen sequences, then the rejected ones."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features) -> dict:
+        from llmx.engine.batching import NUM_TOKENS
+        from llmx.tokens import pad_batch
+
+        rows = [{"input_ids": f["chosen"]} for f in features] + [{"input_ids": f["rejected"]} for f in features]
+        batch = pad_batch(rows, self.pad_id)
+        return {"input_ids": paddle.to_tensor(batch["input_ids"]),
+                "attention_mask": paddle.to_tensor(batch["attention_mask"]),
+                NUM_TOKENS: int(batch["attention_mask"].sum())}
+
+
+def pair_margins(model: ScoreModel, batch: dict):
+    scores = model.score(batch["input_ids"], batch["attention_mask"])
+    n = scores.shape[0] // 2
+    return scores[:n] - scores[n:]
+
+
+def pairwise_metrics(model: ScoreModel, pairs, collator: PairCollator, batch_size: int) -> dict:
+    """Held-out pairwise accuracy (chosen scored higher) and mean margin."""
+    was_training = model.training
+    model.eval()
+    margins = []
+    with paddle.no_grad():
+        for i in range(0, len(pairs), batch_size):
+            margins.append(pair_margins(model, collator(pairs[i:i + batch_size])).numpy())
+    model.train(was_training)
+    m = np.concatenate(margins)
+    return {"eval_accuracy": round(float((m > 0).mean()), 6), "eval_margin": round(float(m.mean()), 6)}
+
+
+def _trainer_base():
+    from paddlenlp.trainer import Trainer
+
+    class RewardTrainer(Trainer):
+        """The pairwise loss -log sigmoid(r_chosen - r_rejected), with each logged step's pair accuracy and margin."""
+
+        def compute_loss(self, model, inputs, return_outputs=False):
+            margins = pair_margins(model, inputs)
+            loss = -paddle.nn.functional.log_sigmoid(margins).mean()
+            stats = getattr(self, "_pair_stats", [])
+            stats.append((float((margins > 0).astype("float32").mean()), float(margins.mean())))
+            self._pair_stats = stats
+            return (loss, margins) if return_outputs else loss
+
+        def log(self, logs, **kwargs):
+            stats = getattr(self, "_pair_stats", [])
+            if "loss" in logs and stats:
+                logs["accuracy"] = round(float(np.mean([a for a, _ in stats])), 6)
+                logs["margin"] = round(float(np.mean([m for _, m in stats])), 6)
+                self._pair_stats = []
+            return super().log(logs, **kwargs)
+
+    return RewardTrainer
+
+
+RewardTrainer = _trainer_base()

@@ -1,0 +1,163 @@
+"""Reward models, PPO and GRPO (stage=rm, ppo, grpo) on the tiny model, from the session's short SFT run.
+
+Cheap by design: the reward model is trained once (module fixture) and is the PPO critic's start and the
+scorer of `stage=infer stage.task=score`; most runs go in this process (helpers.run_in_process); only the
+data-parallel run and the SIGKILL-resume test start `launch.py`."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import FAST, REPO, launch, read_json, read_jsonl, run_in_process
+
+HERE = Path(__file__).parent
+# a rule the tiny model learns within a few steps (tests/runs/rl_rewards.py)
+UPPERCASE = "stage.reward=rl_rewards:uppercase"
+SMALL = ("stage.data.eval_prompts=16", "stage.rollout.prompts_per_step=8", "stage.rollout.max_new_tokens=8")
+
+
+@pytest.fixture(scope="module")
+def rm_run(sft_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("rl") / "rm"
+    run_in_process(run, "stage=rm", f"model.name_or_path={sft_run}", "stage.train.max_steps=60")
+    return run
+
+
+def test_reward_model_learns_the_preferences_and_scores_as_a_stage(rm_run, tmp_path):
+    s = read_json(rm_run / "summary.json")
+    assert s["eval_accuracy_after"] >= 0.65 and s["eval_accuracy_after"] > s["eval_accuracy_before"] + 0.1
+    assert s["eval_margin_after"] > s["eval_margin_before"]
+    assert (Path(s["model_dir"]) / "score_head.safetensors").is_file()
+    logged = [r for r in read_jsonl(rm_run / "metrics.jsonl") if "loss" in r]
+    assert logged and all("accuracy" in r and "margin" in r for r in logged)
+    assert logged[0]["loss"] == pytest.approx(np.log(2), abs=0.1)  # small head: scores start near equal
+
+    # stage=infer stage.task=score: the chosen answers of the held-out pairs score higher on average
+    import json
+
+    lines = []
+    for line in read_jsonl(REPO / "llmx/assets/demo/dpo_eval.jsonl")[:24]:
+        chosen, rejected = (line["response"] if line["sort"][0] > line["sort"][1] else line["response"][::-1])
+        history = {"src": line["src"], "tgt": line["tgt"]}
+        lines += [{**history, "response": chosen, "kind": "chosen"}, {**history, "response": rejected, "kind": "rejected"}]
+    prompts = tmp_path / "pairs.jsonl"
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    summary = run_in_process(tmp_path / "score", "stage=infer", "stage.task=score", f"model.name_or_path={rm_run}",
+                             f"stage.input={prompts}")
+    out = read_jsonl(Path(summary["output"]))
+    assert [o["kind"] for o in out] == [x["kind"] for x in lines]  # input order, input keys kept
+    chosen = np.mean([o["score"] for o in out if o["kind"] == "chosen"])
+    rejected = np.mean([o["score"] for o in out if o["kind"] == "rejected"])
+    assert chosen > rejected
+
+
+def test_ppo_raises_the_reward_models_held_out_reward(sft_run, rm_run, tmp_path):
+    run = tmp_path / "ppo"
+    s = run_in_process(run, "stage=ppo", f"model.name_or_path={sft_run}", f"stage.reward_model={rm_run}",
+                       "stage.train.max_steps=15", "stage.data.eval_prompts=32")
+    assert s["eval_reward_after"] > s["eval_reward_before"] + 0.3
+    assert 0 < s["kl_to_reference"] < 1.0
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "reward_mean" in r]
+    assert len(rows) == 15
+    for key in ("reward_mean", "reward_std", "kl", "kl_coeff", "policy_loss", "value_loss", "clipfrac",
+                "value_clipfrac", "entropy", "response_length", "rollout_s", "train_s"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    critic = Path(s["critic_dir"])  # the trained critic is a score model too
+    assert (critic / "score_head.safetensors").is_file()
+    assert s["reference"] == "model copy"
+
+
+def test_grpo_rule_reward_rises_with_bounded_kl(sft_run, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    s = run_in_process(tmp_path / "grpo", "stage=grpo", f"model.name_or_path={sft_run}", UPPERCASE,
+                       "stage.train.max_steps=12", *SMALL)
+    assert s["eval_reward_after"] > s["eval_reward_before"] + 0.2
+    assert s["kl_to_reference"] < 3.0
+
+
+def test_lora_actor_holds_one_copy_of_the_base(sft_run, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    s = run_in_process(tmp_path / "grpo_lora", "stage=grpo", "stage.peft.method=lora", f"model.name_or_path={sft_run}",
+                       UPPERCASE, "stage.train.max_steps=1", *SMALL)
+    base = read_json(sft_run / "summary.json")["total_params"]
+    assert s["reference"] == "adapters disabled"
+    assert s["process_params"] == base + s["trainable_params"]  # no second copy of the base for the reference
+    full = run_in_process(tmp_path / "grpo_full", "stage=grpo", f"model.name_or_path={sft_run}", UPPERCASE,
+                          "stage.train.max_steps=1", *SMALL, "stage.data.eval=null")
+    assert full["process_params"] == 2 * base
+    assert (Path(s["adapter_dir"]) / "lora_config.json").is_file()
+
+
+def test_grpo_dp2_equals_one_process(sft_run, tmp_path, monkeypatch):
+    """Two ranks roll out half the prompts each (same per-response seeds) and sum gradients: the first step's
+    losses and the updated weights equal one process's."""
+    monkeypatch.syspath_prepend(str(HERE))
+    common = ("stage=grpo", f"model.name_or_path={sft_run}", UPPERCASE, "stage.train.max_steps=1",
+              "stage.rollout.prompts_per_step=4", "stage.train.batch_size=16", "stage.data.eval=null")
+    one = tmp_path / "one"
+    run_in_process(one, *common)
+    two = tmp_path / "dp2"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    launch(*common, "parallel=dp2", f"hydra.run.dir={two}", *FAST, env=env)
+    a, b = (next(r for r in read_jsonl(d / "metrics.jsonl") if "policy_loss" in r) for d in (one, two))
+    for key in ("reward_mean", "reward_std", "policy_loss", "surrogate", "kl_loss", "entropy", "response_length"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    from safetensors.numpy import load_file
+
+    wa, wb = (load_file(str(d / "model" / "model.safetensors")) for d in (one, two))
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-5
+
+
+def test_sigkill_after_a_checkpoint_resumes_with_the_same_rollouts(sft_run, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    common = ("stage=grpo", f"model.name_or_path={sft_run}", UPPERCASE, "stage.train.max_steps=6",
+              "stage.train.save_steps=2", "stage.data.eval=null", *SMALL)
+    whole = tmp_path / "whole"
+    run_in_process(whole, *common)
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *common, f"hydra.run.dir={run}", *FAST],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step-2").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    launch(*common, f"hydra.run.dir={run}", *FAST, env=env)
+    s = read_json(run / "summary.json")
+    assert s["resumed_from"] == "step-2"
+    ref = {r["step"]: r for r in read_jsonl(whole / "metrics.jsonl") if "reward_mean" in r}
+    got = {r["step"]: r for r in read_jsonl(run / "metrics.jsonl") if "reward_mean" in r}
+    assert sorted(got) == list(range(1, 7))
+    for step in range(1, 7):
+        for key in ("reward_mean", "policy_loss", "response_length"):
+            assert got[step][key] == pytest.approx(ref[step][key], rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_ppo_resumes_critic_optimizers_and_kl_state(sft_run, rm_run, tmp_path):
+    """A PPO run continued from its step-2 checkpoint to step 3 logs what an uninterrupted 3-step run logs:
+    actor, critic, both optimizers, the adaptive KL coefficient and the reward statistics all came back."""
+    common = ("stage=ppo", f"model.name_or_path={sft_run}", f"stage.reward_model={rm_run}", "stage.data.eval=null",
+              "stage.kl_target=0.05", "stage.kl_horizon=100", "stage.train.save_steps=2",
+              "stage.rollout.prompts_per_step=16")
+    whole = tmp_path / "whole"
+    run_in_process(whole, *common, "stage.train.max_steps=3")
+    run = tmp_path / "continued"
+    run_in_process(run, *common, "stage.train.max_steps=2")
+    s = run_in_process(run, *common, "stage.train.max_steps=3")
+    assert s["resumed_from"] == "step-2"
+    want = [r for r in read_jsonl(whole / "metrics.jsonl") if "reward_mean" in r]
+    got = [r for r in read_jsonl(run / "metrics.jsonl") if "reward_mean" in r]
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for a, b in zip(got, want):
+        for key in ("reward_mean", "kl", "kl_coeff", "policy_loss", "value_loss", "value_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert want[2]["kl_coeff"] != want[0]["kl_coeff"]  # the adaptive coefficient moved (and was restored)
