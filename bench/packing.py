@@ -48,6 +48,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=4, help="steps per way before switching")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=1, help="OMP/MKL threads")
+    p.add_argument("--fused-ops", action="store_true",
+                   help="every way's model with llmx.ops' kernels switched in (the packed rows use the packed attention)")
     return p.parse_args()
 
 
@@ -154,6 +156,10 @@ def main() -> None:
                              pad_token_id=3, bos_token_id=1, eos_token_id=2)
         config.dtype = "float32"
         model = LlamaForCausalLM.from_config(config, dtype="float32")
+        if args.fused_ops:
+            from llmx.ops.patch import enable
+
+            enable(model, "on")
         model.train()
         return model, paddle.optimizer.AdamW(learning_rate=1e-3, parameters=model.parameters())
 
@@ -168,7 +174,7 @@ def main() -> None:
     print(f"{args.examples} synthetic SFT examples, lognormal lengths (median {args.median_length:g}, sigma {args.sigma:g}) "
           f"clipped to [8, {args.max_length - 1}]: mean {lengths.mean():.1f}, p50 {np.median(lengths):.0f}, "
           f"p90 {np.percentile(lengths, 90):.0f}, max {lengths.max()}")
-    print(f"Llama hidden {args.hidden}, {args.layers} layers, vocab {vocab}; CPU, {args.threads} thread(s); "
+    print(f"Llama hidden {args.hidden}, {args.layers} layers, vocab {vocab}, fused ops {'on' if args.fused_ops else 'off'}; CPU, {args.threads} thread(s); "
           f"padded: {args.batch_size} examples/batch; packed: {rows} rows/batch of <= {args.max_length} tokens "
           f"({'padded to max_length' if args.pad_to_max else 'padded to the batch max'}); "
           f"packing {stats['examples']} examples into {stats['sequences']} sequences took {pack_seconds * 1e3:.0f} ms")

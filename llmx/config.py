@@ -44,6 +44,9 @@ class ModelConfig:
     sizes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # Hyperparameters over the size or the pretrained config.json: `model.overrides.hidden_size=128`.
     overrides: Dict[str, Any] = field(default_factory=dict)
+    # llmx.ops' fused CPU kernels (csrc/) in place of matching layers: auto (when they build),
+    # on (fail when they do not), off. Off by default until the whole suite has run with auto.
+    fused_ops: str = "off"
 
 
 @dataclass
@@ -210,11 +213,15 @@ def model_family(m: DictConfig):
     return family(m.family)
 
 
+FUSED_OPS = ("auto", "on", "off")  # llmx.ops' modes
+
+
 def validate_model(m: DictConfig) -> None:
     fam = model_family(m)
     sizes = list(m.sizes.keys())
     require(m.size in sizes, "model.size", m.size, f"allowed for {m.family}: {', '.join(sizes)}")
     one_of("model.dtype", m.dtype, DTYPES)
+    one_of("model.fused_ops", m.fused_ops, FUSED_OPS)
     existing("model.name_or_path", m.name_or_path, "directory")
     if m.name_or_path:
         resolve_source(m.name_or_path)  # a model, adapter or finished run directory

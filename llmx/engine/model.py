@@ -20,6 +20,7 @@ from llmx.config import ConfigError, asset_path
 from llmx.engine.distributed import hybrid_group
 from llmx.engine.peft import count_parameters, load_adapter
 from llmx.families import Family, family, fixes
+from llmx.ops import patch as ops_patch
 from llmx.sources import ModelSource, resolve
 from llmx.tokens import IGNORE_INDEX
 
@@ -87,10 +88,17 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
     hcg = hybrid_group()
     tp, pp = (hcg.get_model_parallel_world_size(), hcg.get_pipe_parallel_world_size()) if hcg else (1, 1)
     if tp > 1 or pp > 1:
-        return _build_parallel_model(m, fam, model_cls, config, tokenizer, seed, hcg, parallel, load_weights)
+        model = _build_parallel_model(m, fam, model_cls, config, tokenizer, seed, hcg, parallel, load_weights)
+        if m.fused_ops != "off":  # the split and pipeline layers are other classes: not matched
+            log.info("model.fused_ops=%s: not applied under tensor/pipeline parallelism", m.fused_ops)
+        ops_patch.enable(model, "off")
+        return model
     if m.name_or_path and load_weights:
-        return _pretrained(m, fam, model_cls, config, merge=not keep_adapter)
-    return _random_init(m, fam, model_cls, config, tokenizer, seed)
+        model = _pretrained(m, fam, model_cls, config, merge=not keep_adapter)
+    else:
+        model = _random_init(m, fam, model_cls, config, tokenizer, seed)
+    ops_patch.enable(model, m.fused_ops)  # llmx.ops' kernels into the layers that match (model.fused_ops)
+    return model
 
 
 def _pretrained(m: DictConfig, fam: Family, model_cls, config, merge: bool = True):

@@ -45,6 +45,7 @@ BAD_CONFIGS = {
     "model_size_other_family": (["model=qwen2", "model.size=7b1"],
                                 ["model.size='7b1'", "allowed for qwen2: tiny, 0.5b, 1.5b, 7b, 72b"]),
     "model_dtype": (["model.dtype=int8"], ["model.dtype='int8'", "allowed: float32, bfloat16, float16"]),
+    "model_fused_ops": (["model.fused_ops=yes"], ["model.fused_ops='yes'", "allowed: auto, on, off"]),
     "lr_zero": (["stage.train.lr=0"], ["stage.train.lr=0.0", "must be > 0"]),
     "lr_scheduler": (["stage.train.lr_scheduler=foo"],
                      ["stage.train.lr_scheduler='foo'", "allowed: cosine, linear, constant"]),

@@ -1,0 +1,207 @@
+"""llmx.ops' kernels against Paddle's composed ops: forward + backward time per op on realistic
+shapes, the fused cross-entropy's peak memory, and the step time of a small model's SFT training
+with and without the fused ops, side by side in one process (each pair alternates, median of --reps).
+
+Shapes: batch 4 x sequence 512 tokens, hidden 1024, 16 heads of 64, SwiGLU width 2816, vocabulary
+32k; the packed attention on rows of lognormal-length examples (median 100 tokens) against the
+dense block-diagonal mask PaddleNLP's eager attention uses. The end-to-end step: Llama hidden
+--e2e-hidden, 2 layers, vocab 32k, packed rows, AdamW.
+
+    python bench/ops.py                 # ~3-5 min on 2 shared cores (builds the kernels first if needed)
+    python bench/ops.py --reps 3 --skip-e2e
+Then `python bench/packing.py --bucketed --fused-ops` reruns the packing comparison with the kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--e2e-hidden", type=int, default=256)
+    p.add_argument("--e2e-steps", type=int, default=6)
+    p.add_argument("--skip-e2e", action="store_true")
+    return p.parse_args()
+
+
+def time_pair(fused, composed, inputs, reps):
+    """Median seconds of forward + backward (sum of outputs), fused and composed alternating."""
+    import paddle
+
+    def once(fn):
+        for t in inputs:
+            t.clear_gradient()
+        t0 = time.perf_counter()
+        out = fn(*inputs)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        paddle.add_n([o.sum() for o in out]).backward()
+        float(inputs[0].grad.sum())  # wait for it
+        return time.perf_counter() - t0
+
+    once(fused), once(composed)  # warm-up
+    f, c = [], []
+    for _ in range(reps):
+        f.append(once(fused))
+        c.append(once(composed))
+    return statistics.median(f), statistics.median(c)
+
+
+PEAK = """
+import sys, paddle, llmx.ops as ops
+fused, n, h, v = sys.argv[1] == "fused", *map(int, sys.argv[2:5])
+ops.configure("on" if fused else "off")
+x, w = paddle.randn([n, h]) * 0.05, paddle.randn([h, v]) * 0.05
+x.stop_gradient = w.stop_gradient = False
+y = paddle.randint(0, v, [n])
+kb = lambda key: [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)][0]
+open("/proc/self/clear_refs", "w").write("5")
+base = kb("VmRSS")
+(ops.fused_linear_cross_entropy if fused else ops.composed.fused_linear_cross_entropy)(x, w, y).backward()
+print((kb("VmHWM") - base) / 1024)
+"""
+
+
+def cross_entropy_peak(variant, n, h, v) -> float:
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", PEAK, variant, str(n), str(h), str(v)], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def segments(b, s, rng):
+    import numpy as np
+
+    seg = np.empty((b, s), dtype="int64")
+    for r in range(b):
+        pos, i = 0, 0
+        while pos < s:
+            n = int(min(s - pos, max(8, round(rng.lognormal(np.log(100), 0.75)))))
+            seg[r, pos:pos + n] = i
+            pos, i = pos + n, i + 1
+    return seg
+
+
+def main():
+    args = parse()
+    import numpy as np
+    import paddle
+
+    import llmx.ops as ops
+    from llmx.ops import composed
+
+    paddle.set_device("cpu")
+    print("building / loading the kernels ...", flush=True)
+    ops.configure("on")
+    rng = np.random.default_rng(0)
+    b, s, h, heads, d = args.batch, args.seq, args.hidden, args.hidden // 64, 64
+
+    def t(*shape, scale=1.0):
+        x = paddle.to_tensor((rng.standard_normal(shape) * scale).astype("float32"))
+        x.stop_gradient = False
+        return x
+
+    angle = paddle.to_tensor(rng.uniform(0, 6, (1, s, d)).astype("float32"))
+    cos, sin = angle.cos(), angle.sin()
+    seg = paddle.to_tensor(segments(b, s, rng))
+    dense = composed.block_causal_mask(seg)
+    additive = paddle.where(dense, paddle.zeros([1]), paddle.full([1], -1e30))
+
+    def eager_attention(q, k, v):  # PaddleNLP's eager path: [b, h, s, s] scores + additive mask
+        qt, kt, vt = (x.transpose([0, 2, 1, 3]) for x in (q, k, v))
+        w = paddle.matmul(qt * d ** -0.5, kt, transpose_y=True) + additive
+        return paddle.matmul(paddle.nn.functional.softmax(w, -1), vt).transpose([0, 2, 1, 3])
+
+    n_tok = b * s
+    labels = paddle.to_tensor(rng.integers(0, args.vocab, n_tok))
+    cases = [
+        ("rms_norm", lambda x, w: ops.rms_norm(x, w), lambda x, w: composed.rms_norm(x, w, 1e-6), [t(b, s, h), t(h)], 2.0),
+        ("rope", lambda q, k: ops.rope(q, k, cos, sin), lambda q, k: composed.rope(q, k, cos, sin),
+         [t(b, s, heads, d), t(b, s, heads, d)], 2.0),
+        ("swiglu", ops.swiglu, composed.swiglu, [t(b, s, 2816), t(b, s, 2816)], 2.0),
+        ("fused_linear_cross_entropy", lambda x, w: ops.fused_linear_cross_entropy(x, w, labels),
+         lambda x, w: composed.fused_linear_cross_entropy(x, w, labels), [t(n_tok, h, scale=0.05), t(h, args.vocab, scale=0.05)], 1.0),
+        ("packed_attention", lambda q, k, v: ops.packed_attention(q, k, v, seg), eager_attention,
+         [t(b, s, heads, d), t(b, s, heads, d), t(b, s, heads, d)], 1.0),
+    ]
+    lens = np.bincount(seg.numpy().ravel() + np.repeat(np.arange(b) * 10000, s))
+    print(f"shapes: batch {b} x seq {s}, hidden {h}, {heads} heads x {d}, swiglu 2816, vocab {args.vocab}; "
+          f"packed rows: {len(lens[lens > 0]) / b:.1f} examples per row; median of {args.reps}, forward + backward")
+    print(f"{'op':<28} {'fused ms':>9} {'composed ms':>12} {'speed-up':>9} {'target':>7}")
+    for name, fused, comp, inputs, target in cases:
+        tf, tc = time_pair(fused, comp, inputs, args.reps)
+        print(f"{name:<28} {tf * 1e3:>9.1f} {tc * 1e3:>12.1f} {tc / tf:>8.2f}x {'>=' + format(target, 'g') + 'x':>7}", flush=True)
+
+    # peak memory of the cross-entropy: each variant in a fresh process (an allocator's cache would hide it here)
+    peaks = {v: cross_entropy_peak(v, n_tok, h, args.vocab) for v in ("fused", "composed")}
+    grad_w = h * args.vocab * 4 / 2 ** 20
+    print(f"cross-entropy peak memory above its inputs ({n_tok} tokens): fused {peaks['fused']:.0f} MiB, composed "
+          f"{peaks['composed']:.0f} MiB = {peaks['fused'] / peaks['composed']:.2f}; beyond the weight gradient both hold "
+          f"({grad_w:.0f} MiB): {peaks['fused'] - grad_w:.0f} vs {peaks['composed'] - grad_w:.0f} MiB = "
+          f"{(peaks['fused'] - grad_w) / (peaks['composed'] - grad_w):.2f} (target < 0.5)")
+    if not args.skip_e2e:
+        e2e(args, rng)
+
+
+def e2e(args, rng):
+    """SFT steps of a small Llama on packed rows, fused ops on vs off, alternating."""
+    import numpy as np
+    import paddle
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmx.engine.batching import PackedCollator
+    from llmx.ops.patch import enable
+
+    def model(mode):
+        paddle.seed(0)
+        config = LlamaConfig(hidden_size=args.e2e_hidden, num_hidden_layers=2, num_attention_heads=args.e2e_hidden // 64,
+                             num_key_value_heads=args.e2e_hidden // 64, intermediate_size=int(args.e2e_hidden * 2.75),
+                             vocab_size=args.vocab, max_position_embeddings=args.seq, pad_token_id=0)
+        config.dtype = "float32"
+        m = LlamaForCausalLM.from_config(config, dtype="float32")
+        switched = enable(m, mode)
+        m.train()
+        return m, paddle.optimizer.AdamW(1e-4, parameters=m.parameters()), switched
+
+    seg = segments(args.batch, args.seq, rng)
+    feats = []
+    for r in range(args.batch):
+        lens = np.bincount(seg[r]).tolist()
+        ids = rng.integers(5, args.vocab, args.seq).tolist()
+        feats.append({"input_ids": ids, "labels": ids[1:] + [2], "seq_lens": lens,
+                      "position_ids": [p for n in lens for p in range(n)]})
+    batch = PackedCollator(0).__call__(feats)
+    batch.pop("num_tokens")
+    runs = {mode: model(mode) for mode in ("on", "off")}
+    times = {mode: [] for mode in runs}
+    losses = {mode: [] for mode in runs}
+    for step in range(args.e2e_steps + 1):
+        for mode, (m, opt, _) in runs.items():
+            t0 = time.perf_counter()
+            loss = m(**batch)[0]
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+            losses[mode].append(float(loss))
+            if step:  # the first step is warm-up
+                times[mode].append(time.perf_counter() - t0)
+    on, off = statistics.median(times["on"]), statistics.median(times["off"])
+    print(f"end to end: Llama hidden {args.e2e_hidden}, 2 layers, vocab {args.vocab}, {args.batch} packed rows x {args.seq}: "
+          f"step {on * 1e3:.0f} ms fused ({', '.join(runs['on'][2])}) vs {off * 1e3:.0f} ms composed = {off / on:.2f}x "
+          f"(target >= 1.2x); max loss difference {max(abs(a - b) for a, b in zip(losses['on'], losses['off'])):.1e}")
+
+
+if __name__ == "__main__":
+    main()

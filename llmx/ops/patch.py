@@ -1,0 +1,208 @@
+"""Switching PaddleNLP's model families to llmx's fused ops: the one place that does it.
+
+PaddleNLP 3.0.0b4's own fused flags (use_fused_rms_norm, use_fused_rope, fuse_attention_ffn's
+swiglu) call GPU kernels, so on CPU llmx replaces layers itself, by behaviour rather than by name:
+- every `*RMSNorm` layer with a 1-D weight and an epsilon gets a forward through llmx.ops.rms_norm;
+- every MLP with gate_proj / up_proj / down_proj gets down_proj(llmx.ops.swiglu(gate, up));
+- a family module's `apply_rotary_pos_emb(q, k, cos, sin, position_ids)` (Llama's form) is wrapped
+  to gather cos/sin by position and call llmx.ops.rope.
+Each candidate is first run both ways on a random input and switched only when the results agree
+(1e-5): a family whose layer differs (Gemma's RMSNorm scales by 1 + weight, its MLP uses GELU;
+ChatGLM2's rotary embedding is interleaved; LayerNorm/GELU families have nothing to match) keeps
+PaddleNLP's layer, and enable() reports only the ops it switched.
+- an attention layer's `attn_func` (PaddleNLP's eager `scaled_dot_product_attention`: Llama,
+  Baichuan, Qwen2) is wrapped: when its additive mask is block-diagonal causal (packed rows, or plain
+  causal rows without padding) the segments are read off the mask and llmx.ops.packed_attention
+  computes only the blocks inside each example; any other mask (padding, prefixes, a cache) goes to
+  PaddleNLP's function as before.
+The fused cross-entropy is an llmx.ops entry but not switched into the models: it needs the
+causal-LM forward restructured (the loss from hidden states, the logits never formed).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+
+import numpy as np
+import paddle
+
+import llmx.ops as ops
+
+log = logging.getLogger(__name__)
+_EPS_NAMES = ("variance_epsilon", "epsilon", "eps")
+_rope_wrapped: dict = {}  # module name -> original apply_rotary_pos_emb
+
+
+def _agree(a, b) -> bool:
+    a, b = (a if isinstance(a, (tuple, list)) else (a,)), (b if isinstance(b, (tuple, list)) else (b,))
+    return len(a) == len(b) and all(np.allclose(x.numpy(), y.numpy(), rtol=1e-5, atol=1e-5) for x, y in zip(a, b))
+
+
+def _probe(shape, dtype):
+    return paddle.to_tensor(np.random.default_rng(0).standard_normal(shape).astype(dtype))
+
+
+def _eps(layer):
+    for name in _EPS_NAMES:
+        if isinstance(getattr(layer, name, None), float):
+            return getattr(layer, name)
+    return None
+
+
+def _switch_rms_norm(layer) -> bool:
+    weight, eps = getattr(layer, "weight", None), _eps(layer)
+    if weight is None or eps is None or len(weight.shape) != 1 or weight.dtype not in (paddle.float32, paddle.float64):
+        return False
+    original = layer.forward
+    fused = lambda x: ops.rms_norm(x, layer.weight, eps)  # noqa: E731
+    x = _probe([3, weight.shape[0]], "float32" if weight.dtype == paddle.float32 else "float64")
+    with paddle.no_grad():
+        try:
+            if not _agree(original(x), fused(x)):
+                return False
+        except Exception:  # noqa: BLE001 - a layer of another shape of forward: not a match
+            return False
+    layer.forward = fused
+    return True
+
+
+def _switch_mlp(layer) -> bool:
+    parts = [getattr(layer, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    if not all(isinstance(p, paddle.nn.Linear) for p in parts):
+        return False
+    original = layer.forward
+
+    def fused(x):
+        return layer.down_proj(ops.swiglu(layer.gate_proj(x), layer.up_proj(x)))
+
+    x = _probe([2, 3, parts[0].weight.shape[0]], "float32" if parts[0].weight.dtype == paddle.float32 else "float64")
+    with paddle.no_grad():
+        try:
+            if not _agree(original(x), fused(x)):
+                return False
+        except Exception:  # noqa: BLE001
+            return False
+    layer.forward = fused
+    return True
+
+
+def _rope_wrapper(original):
+    def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, *args, **kwargs):
+        if args or kwargs or ops.kernels() is None or q.dtype not in (paddle.float32, paddle.float64):
+            return original(q, k, cos, sin, position_ids, *args, **kwargs)
+        if position_ids is None:  # cos/sin [1, seq >= s, 1, d]
+            c, s = cos[:, :q.shape[1], 0, :], sin[:, :q.shape[1], 0, :]
+        else:  # [1, seq, 1, d] gathered by position: [b, s, d]
+            c, s = cos.squeeze(axis=[0, 2])[position_ids], sin.squeeze(axis=[0, 2])[position_ids]
+        return ops.rope(q, k, c, s)
+
+    apply_rotary_pos_emb.llmx_original = original
+    return apply_rotary_pos_emb
+
+
+def _switch_rope(module) -> bool:
+    """Wraps `module.apply_rotary_pos_emb` once per module (the wrapper calls the original whenever
+    the kernels are off), after checking the two agree with and without position ids."""
+    fn = getattr(module, "apply_rotary_pos_emb", None)
+    if fn is None:
+        return False
+    if getattr(fn, "llmx_original", None) is not None:
+        return True
+    wrapped = _rope_wrapper(fn)
+    b, s, h, d = 2, 5, 3, 8
+    q, k = _probe([b, s, h, d], "float32"), _probe([b, s, 1, d], "float32") * 0.5
+    angle = _probe([1, s, 1, d], "float32")
+    pos = paddle.to_tensor(np.array([[0, 1, 2, 3, 4], [0, 1, 0, 1, 2]], dtype="int64"))
+    with paddle.no_grad():
+        try:
+            for p in (pos, None):
+                if not _agree(fn(q, k, angle.cos(), angle.sin(), p), wrapped(q, k, angle.cos(), angle.sin(), p)):
+                    return False
+        except Exception:  # noqa: BLE001 - another signature or layout: not a match
+            return False
+    module.apply_rotary_pos_emb = wrapped
+    return True
+
+
+def _segments(mask):
+    """Segment ids [b, s] when the mask ([b, 1, s, s], bool or additive) is block-diagonal causal, else None."""
+    if mask is None or len(mask.shape) != 4 or mask.shape[1] != 1 or mask.shape[2] != mask.shape[3]:
+        return None
+    allowed = mask[:, 0] if mask.dtype == paddle.bool else mask[:, 0] > -1.0  # additive: 0 or a large negative
+    s = allowed.shape[-1]
+    if s < 2:
+        return paddle.zeros([allowed.shape[0], s], dtype="int64")
+    # a new segment starts at i where i may not see i - 1
+    sees_prev = paddle.diagonal(allowed, offset=-1, axis1=1, axis2=2)  # [b, s - 1]
+    start = paddle.concat([paddle.ones([allowed.shape[0], 1], dtype="int64"), (~sees_prev).astype("int64")], axis=1)
+    seg = paddle.cumsum(start, axis=1)
+    expected = (seg.unsqueeze(2) == seg.unsqueeze(1)) & paddle.tril(paddle.ones([s, s], dtype="bool"))
+    return seg if bool((expected == allowed).all()) else None
+
+
+def _attention_wrapper(original):
+    sig = inspect.signature(original)  # the families' versions differ in their later parameters
+
+    def attn_func(*args, **kwargs):
+        p = sig.bind(*args, **kwargs).arguments
+        q, k, config = p["query_states"], p["key_states"], p["config"]
+        plain = (ops.kernels() is not None and not p.get("output_attentions") and p.get("alibi") is None
+                 and p.get("attn_mask_startend_row_indices") is None and not p.get("sequence_parallel")
+                 and p.get("reshard_layer") is None and not getattr(config, "use_flash_attention", False)
+                 and not (p.get("training") and getattr(config, "attention_dropout", 0.0))
+                 and q.dtype == paddle.float32 and q.shape[1] == k.shape[1])
+        seg = _segments(p.get("attention_mask")) if plain else None
+        if seg is None:
+            return original(*args, **kwargs)
+        b, s, h, d = q.shape
+        return ops.packed_attention(q, k, p["value_states"], seg).reshape([b, s, h * d])
+
+    attn_func.llmx_original = original
+    return attn_func
+
+
+def _switch_attention(layer) -> bool:
+    original = getattr(layer, "attn_func", None)
+    base = getattr(original, "func", original)  # functools.partial(..., skip_recompute=True)
+    if getattr(base, "__name__", "") != "scaled_dot_product_attention" or getattr(original, "llmx_original", None):
+        return False
+    wrapped = _attention_wrapper(original)
+    b, s, h, d = 2, 7, 2, 4
+    q, k, v = _probe([b, s, h, d], "float32"), _probe([b, s, h, d], "float32") * 0.7, _probe([b, s, h, d], "float32") * 1.3
+    seg = paddle.to_tensor(np.array([[0, 0, 0, 1, 1, 2, 2], [0] * 7], dtype="int64"))
+    allowed = (seg.unsqueeze(2) == seg.unsqueeze(1)) & paddle.tril(paddle.ones([s, s], dtype="bool"))
+    mask = paddle.where(allowed, paddle.zeros([1]), paddle.full([1], -1e30)).unsqueeze(1)
+    config = getattr(layer, "config", None)
+    with paddle.no_grad():
+        try:
+            if config is None or not _agree(original(q, config, k, v, mask, False), wrapped(q, config, k, v, mask, False)):
+                return False
+        except Exception:  # noqa: BLE001
+            return False
+    layer.attn_func = wrapped
+    return True
+
+
+def enable(model, mode: str) -> list:
+    """Switch `model`'s matching layers to the fused ops under `mode` (auto | on | off); the names
+    of the ops switched (empty when off, when the kernels did not load, or nothing matched)."""
+    ops.reset_used()
+    if not ops.configure(mode):
+        return []
+    switched = set()
+    modules = set()
+    for layer in model.sublayers(include_self=True):
+        modules.add(type(layer).__module__)
+        if type(layer).__name__.endswith("RMSNorm") and _switch_rms_norm(layer):
+            switched.add("rms_norm")
+        elif _switch_mlp(layer):
+            switched.add("swiglu")
+        elif _switch_attention(layer):
+            switched.add("packed_attention")
+    for name in sorted(modules):
+        if name.startswith("paddlenlp.transformers.") and _switch_rope(sys.modules[name]):
+            switched.add("rope")
+    ops.reset_used()  # the probes above ran the kernels: count only what the model runs from here on
+    log.info("fused ops switched on: %s", ", ".join(sorted(switched)) or "none (no layer of this family matches)")
+    return sorted(switched)
