@@ -176,9 +176,6 @@ class Experiment:
         return all(p.name in HYDRA_FILES for p in self.dir.iterdir()) if self.dir.is_dir() else True
 
     def write_summary(self, summary: dict) -> None:
-        ops = sys.modules.get("llmx.ops")  # loaded with a model: which fused kernels ran (model.fused_ops auto|on)
-        if ops is not None and ops.mode() in ("auto", "on") and "fused_ops" not in summary:
-            summary = {**summary, "fused_ops": ops.used()}
         if self.writer:
             atomic_write_json(self.summary_path, summary)
 

@@ -57,10 +57,18 @@ def run(cfg: DictConfig, run_dir: Path, announce: bool = True) -> dict | None:
 
     from llmx.engine.context import create_context  # the first heavy import
 
-    ctx = create_context(cfg, str(run_dir), inputs)
-    summary = stage.run(cfg, ctx)
-    ctx.experiment.write_summary(summary)
+    summary = run_stage(stage, cfg, create_context(cfg, str(run_dir), inputs))
     log.debug("summary: %s", summary)
+    return summary
+
+
+def run_stage(stage, cfg: DictConfig, ctx) -> dict:
+    """Run the stage module and write its summary, completed with what the engine records of every run
+    (the fused kernels that ran, with model.fused_ops auto or on)."""
+    from llmx.engine.model import run_facts
+
+    summary = {**stage.run(cfg, ctx), **run_facts()}
+    ctx.experiment.write_summary(summary)
     return summary
 
 

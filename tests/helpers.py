@@ -166,6 +166,7 @@ def run_in_process(run_dir, *overrides: str) -> dict:
     """What `python launch.py <overrides> hydra.run.dir=<run_dir>` runs after validation, in this process
     (no second interpreter start-up: ~10 s saved per run)."""
     from llmx.engine.context import create_context
+    from llmx.run import run_stage
     from llmx.stages import stage_module, validate
 
     cfg = compose(*overrides)
@@ -173,7 +174,4 @@ def run_in_process(run_dir, *overrides: str) -> dict:
         cfg.stage.train.progress_bar = False  # FAST
     validate(cfg)
     module = stage_module(cfg.stage.runner)
-    ctx = create_context(cfg, str(run_dir), module.prepare(cfg))
-    summary = module.run(cfg, ctx)
-    ctx.experiment.write_summary(summary)
-    return summary
+    return run_stage(module, cfg, create_context(cfg, str(run_dir), module.prepare(cfg)))

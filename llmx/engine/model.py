@@ -194,3 +194,10 @@ def _bool_attention_masks(model) -> None:
         return prepare(inputs)
 
     model._prepare_pipeline_inputs_func = prepare_inputs
+
+
+def run_facts() -> dict:
+    """What a run's summary records about the models it built: the fused kernels that ran (llmx.ops)."""
+    from llmx import ops
+
+    return {"fused_ops": ops.used()} if ops.mode() in ("auto", "on") else {}

@@ -29,6 +29,7 @@ def main() -> int:
     from helpers import compose
     from llmx.console import quiet_libraries
     from llmx.engine.context import create_context
+    from llmx.run import run_stage
     from llmx.stages import stage_module, validate
 
     quiet_libraries(verbose=False)
@@ -40,7 +41,7 @@ def main() -> int:
             validate(cfg)
             stage = stage_module(cfg.stage.runner)
             ctx = create_context(cfg, str(run_dir), stage.prepare(cfg))
-            ctx.experiment.write_summary(stage.run(cfg, ctx))
+            run_stage(stage, cfg, ctx)
         except Exception as error:  # noqa: BLE001 - recorded for the test, then every rank ends
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / f"error.rank{rank}.txt").write_text(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
