@@ -147,11 +147,12 @@ def test_sigkill_after_a_checkpoint_resumes_with_the_same_rollouts(sft_run, tmp_
 
 
 def test_ppo_resumes_critic_optimizers_and_kl_state(sft_run, rm_run, tmp_path):
-    """A PPO run continued from its step-2 checkpoint to step 3 logs what an uninterrupted 3-step run logs:
-    actor, critic, both optimizers, the adaptive KL coefficient and the reward statistics all came back."""
+    """A PPO run (with a PTX loss) continued from its step-2 checkpoint to step 3 logs what an uninterrupted
+    3-step run logs: actor, critic, both optimizers, the adaptive KL coefficient, the reward statistics and
+    the position in the PTX data all came back."""
     common = ("stage=ppo", f"model.name_or_path={sft_run}", f"stage.reward_model={rm_run}", "stage.data.eval=null",
               "stage.kl_target=0.05", "stage.kl_horizon=100", "stage.train.save_steps=2",
-              "stage.rollout.prompts_per_step=16")
+              "stage.rollout.prompts_per_step=16", "stage.ptx_coeff=0.5")
     whole = tmp_path / "whole"
     run_in_process(whole, *common, "stage.train.max_steps=3")
     run = tmp_path / "continued"
@@ -162,6 +163,7 @@ def test_ppo_resumes_critic_optimizers_and_kl_state(sft_run, rm_run, tmp_path):
     got = [r for r in read_jsonl(run / "metrics.jsonl") if "reward_mean" in r]
     assert [r["step"] for r in got] == [1, 2, 3]
     for a, b in zip(got, want):
-        for key in ("reward_mean", "kl", "kl_coeff", "policy_loss", "value_loss", "value_mean"):
+        assert a["ptx_loss"] > 0
+        for key in ("reward_mean", "kl", "kl_coeff", "policy_loss", "value_loss", "value_mean", "ptx_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
     assert want[2]["kl_coeff"] != want[0]["kl_coeff"]  # the adaptive coefficient moved (and was restored)
