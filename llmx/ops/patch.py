@@ -192,15 +192,22 @@ def _switch_attention(layer) -> bool:
     return True
 
 
-def _lm_head_weight(head):
+def _lm_head_weight(head, vocab: int):
     """(weight, transpose) when `head` is a bias-free matmul of the hidden states with its weight
-    ([hidden, vocab], or [vocab, hidden] with transpose: tied to the embedding), else None."""
+    ([hidden, vocab], or [vocab, hidden] with transpose: tied to the embedding), else None.
+    Transposed or not: the head's `transpose_y` where it has one (Llama), else read off the shape
+    (Gemma's head takes it from the config, Bloom's `decoder_weight` is always [vocab, hidden]);
+    the probe in _switch_cross_entropy catches a wrong reading."""
     weight = getattr(head, "weight", None)
+    weight = getattr(head, "decoder_weight", None) if weight is None else weight
     if weight is None or len(weight.shape) != 2 or getattr(head, "bias", None) is not None:
         return None
     if weight.dtype not in (paddle.float32, paddle.float64):
         return None
-    return weight, bool(getattr(head, "transpose_y", False))
+    transpose = getattr(head, "transpose_y", None)
+    if not isinstance(transpose, bool):
+        transpose = weight.shape[1] != vocab
+    return weight, transpose
 
 
 def _loss_of(out):
@@ -215,13 +222,13 @@ def _without_logits(out):
     return type(out)(**{k: v for k, v in out.items() if k != "logits"})
 
 
-def _cross_entropy_forward(model, original, head, criterion):
+def _cross_entropy_forward(model, original, head, criterion, vocab):
     sig = inspect.signature(original)
 
     @functools.wraps(original)  # callers read the parameters (the Trainer drops unused columns by them)
     def forward(*args, **kwargs):
         labels = sig.bind_partial(*args, **kwargs).arguments.get("labels")
-        found = _lm_head_weight(head) if labels is not None and model.lm_head is head and model.criterion is criterion else None
+        found = _lm_head_weight(head, vocab) if labels is not None and model.lm_head is head and model.criterion is criterion else None
         if found is None or ops.kernels() is None:  # LoRA on lm_head replaces it: another layer, the family's path
             return original(*args, **kwargs)
         weight, transpose = found
@@ -246,13 +253,13 @@ def _switch_cross_entropy(model) -> bool:
     if not isinstance(head, paddle.nn.Layer) or not isinstance(criterion, paddle.nn.Layer) or "forward" in vars(head) \
             or "forward" in vars(criterion) or getattr(model.forward, "llmx_original", None) is not None:
         return False
-    found = _lm_head_weight(head)
     config = getattr(model, "config", None)
-    if found is None or config is None or getattr(config, "tensor_parallel_degree", 1) > 1 \
-            or getattr(config, "sequence_parallel", False) or not isinstance(getattr(config, "vocab_size", None), int):
+    if config is None or not isinstance(getattr(config, "vocab_size", None), int) or \
+            _lm_head_weight(head, config.vocab_size) is None or getattr(config, "tensor_parallel_degree", 1) > 1 \
+            or getattr(config, "sequence_parallel", False):
         return False
     original = model.forward
-    wrapped = _cross_entropy_forward(model, original, head, criterion)
+    wrapped = _cross_entropy_forward(model, original, head, criterion, config.vocab_size)
     rng = np.random.default_rng(0)
     ids = paddle.to_tensor(rng.integers(0, config.vocab_size, (2, 6)).astype("int64"))
     labels = ids.numpy().copy()
@@ -269,7 +276,10 @@ def _switch_cross_entropy(model) -> bool:
         model.train() if training else model.eval()
     if not same:
         return False
-    model.forward = wrapped
+    # not model.forward = ...: PaddleNLP's PretrainedModel.__setattr__ (adapt_stale_fwd_patch) reads the
+    # new forward's own argspec (*args, **kwargs, not the wrapped one's), warns, and re-wraps it to pass
+    # the model as a first argument
+    object.__setattr__(model, "forward", wrapped)
     return True
 
 
