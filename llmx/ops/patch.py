@@ -228,8 +228,10 @@ def _cross_entropy_forward(model, original, head, criterion, vocab):
     @functools.wraps(original)  # callers read the parameters (the Trainer drops unused columns by them)
     def forward(*args, **kwargs):
         labels = sig.bind_partial(*args, **kwargs).arguments.get("labels")
-        found = _lm_head_weight(head, vocab) if labels is not None and model.lm_head is head and model.criterion is criterion else None
-        if found is None or ops.kernels() is None:  # LoRA on lm_head replaces it: another layer, the family's path
+        # LoRA on lm_head replaces the layer: then (and without labels) the family's own path
+        same_layers = model.lm_head is head and model.criterion is criterion
+        found = _lm_head_weight(head, vocab) if labels is not None and same_layers else None
+        if found is None or ops.kernels() is None:
             return original(*args, **kwargs)
         weight, transpose = found
         ignore = getattr(criterion, "ignore_index", -100)
