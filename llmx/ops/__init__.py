@@ -164,7 +164,13 @@ def fused_linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100,
         return composed.fused_linear_cross_entropy(hidden2, weight, labels1, ignore_index, transpose_weight, reduction)
     vocab = weight.shape[0] if transpose_weight else weight.shape[1]
     chunk = chunk or max(16, (4 << 20) // max(vocab, 1))  # ~16 MB of float32 logits per chunk
-    total = _FusedLinearCE.apply(_c(hidden2), _c(weight), labels1, k, ignore_index, transpose_weight, chunk)
+    if paddle.is_grad_enabled() and not (hidden2.stop_gradient and weight.stop_gradient):
+        total = _FusedLinearCE.apply(_c(hidden2), _c(weight), labels1, k, ignore_index, transpose_weight, chunk)
+    else:  # evaluation: the loss chunk by chunk, no gradients
+        total = paddle.zeros([], dtype=hidden2.dtype)
+        for s in range(0, hidden2.shape[0], chunk):
+            logits = paddle.matmul(hidden2[s:s + chunk], weight, transpose_y=transpose_weight)
+            total = total + k.llmx_softmax_ce(logits, labels1[s:s + chunk], int(ignore_index))[0].sum()
     if reduction == "sum":
         return total
     return total / paddle.clip((labels1 != ignore_index).astype(total.dtype).sum(), min=1)

@@ -15,11 +15,19 @@ PaddleNLP's layer, and enable() reports only the ops it switched.
   causal rows without padding) the segments are read off the mask and llmx.ops.packed_attention
   computes only the blocks inside each example; any other mask (padding, prefixes, a cache) goes to
   PaddleNLP's function as before.
-The fused cross-entropy is an llmx.ops entry but not switched into the models: it needs the
-causal-LM forward restructured (the loss from hidden states, the logits never formed).
+- a causal LM whose loss is `self.criterion(self.lm_head(hidden), labels)` (Llama's form) gets a
+  forward that, when it is given labels, runs the family's own forward with lm_head passing the
+  hidden states through and the criterion replaced by llmx.ops.fused_linear_cross_entropy over
+  lm_head's weight (tied or not): the [tokens, vocab] logits never exist, and the output's logits
+  are None (as with PaddleNLP's own use_fused_linear_cross_entropy, a Triton kernel for GPUs). The
+  Trainer's loss-only evaluation and the ptx loss read only the loss; without labels (generation,
+  DPO/KTO/RM, RL log-probs) the family's forward runs untouched. Checked on a random batch: a
+  family whose forward does anything else with the logits (soft-capping, its own loss, an
+  lm_head with a bias, LoRA on lm_head) keeps its own path.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import sys
@@ -184,6 +192,99 @@ def _switch_attention(layer) -> bool:
     return True
 
 
+def _lm_head_weight(head, vocab: int):
+    """(weight, transpose) when `head` is a bias-free matmul of the hidden states with its weight
+    ([hidden, vocab], or [vocab, hidden] with transpose: tied to the embedding), else None.
+    Transposed or not: the head's `transpose_y` where it has one (Llama), else read off the shape
+    (Gemma's head takes it from the config, Bloom's `decoder_weight` is always [vocab, hidden]);
+    the probe in _switch_cross_entropy catches a wrong reading."""
+    weight = getattr(head, "weight", None)
+    weight = getattr(head, "decoder_weight", None) if weight is None else weight
+    if weight is None or len(weight.shape) != 2 or getattr(head, "bias", None) is not None:
+        return None
+    if weight.dtype not in (paddle.float32, paddle.float64):
+        return None
+    transpose = getattr(head, "transpose_y", None)
+    if not isinstance(transpose, bool):
+        transpose = weight.shape[1] != vocab
+    return weight, transpose
+
+
+def _loss_of(out):
+    return out[0] if isinstance(out, (tuple, list)) else out.loss
+
+
+def _without_logits(out):
+    """The model's output with logits None (they were never formed)."""
+    if isinstance(out, (tuple, list)):  # (loss, logits, ...)
+        return (out[0], None, *out[2:])
+    # a ModelOutput keeps a key assigned None; a new one without it reads logits as None
+    return type(out)(**{k: v for k, v in out.items() if k != "logits"})
+
+
+def _cross_entropy_forward(model, original, head, criterion, vocab):
+    sig = inspect.signature(original)
+
+    @functools.wraps(original)  # callers read the parameters (the Trainer drops unused columns by them)
+    def forward(*args, **kwargs):
+        labels = sig.bind_partial(*args, **kwargs).arguments.get("labels")
+        # LoRA on lm_head replaces the layer: then (and without labels) the family's own path
+        same_layers = model.lm_head is head and model.criterion is criterion
+        found = _lm_head_weight(head, vocab) if labels is not None and same_layers else None
+        if found is None or ops.kernels() is None:
+            return original(*args, **kwargs)
+        weight, transpose = found
+        ignore = getattr(criterion, "ignore_index", -100)
+
+        def fused_loss(hidden, target):
+            return ops.fused_linear_cross_entropy(hidden, weight, target, ignore, transpose)
+
+        head.forward, criterion.forward = (lambda hidden, *a, **k: hidden), fused_loss
+        try:
+            out = original(*args, **kwargs)
+        finally:
+            del head.forward, criterion.forward  # back to the class's methods
+        return _without_logits(out)
+
+    forward.llmx_original = original
+    return forward
+
+
+def _switch_cross_entropy(model) -> bool:
+    head, criterion = getattr(model, "lm_head", None), getattr(model, "criterion", None)
+    if not isinstance(head, paddle.nn.Layer) or not isinstance(criterion, paddle.nn.Layer) or "forward" in vars(head) \
+            or "forward" in vars(criterion) or getattr(model.forward, "llmx_original", None) is not None:
+        return False
+    config = getattr(model, "config", None)
+    if config is None or not isinstance(getattr(config, "vocab_size", None), int) or \
+            _lm_head_weight(head, config.vocab_size) is None or getattr(config, "tensor_parallel_degree", 1) > 1 \
+            or getattr(config, "sequence_parallel", False):
+        return False
+    original = model.forward
+    wrapped = _cross_entropy_forward(model, original, head, criterion, config.vocab_size)
+    rng = np.random.default_rng(0)
+    ids = paddle.to_tensor(rng.integers(0, config.vocab_size, (2, 6)).astype("int64"))
+    labels = ids.numpy().copy()
+    labels[:, :2] = -100
+    labels = paddle.to_tensor(labels)
+    training = model.training
+    model.eval()  # no dropout in the comparison
+    try:
+        with paddle.no_grad():
+            same = _agree(_loss_of(original(input_ids=ids, labels=labels)), _loss_of(wrapped(input_ids=ids, labels=labels)))
+    except Exception:  # noqa: BLE001 - a forward of another shape: not a match
+        same = False
+    finally:
+        model.train() if training else model.eval()
+    if not same:
+        return False
+    # not model.forward = ...: PaddleNLP's PretrainedModel.__setattr__ (adapt_stale_fwd_patch) reads the
+    # new forward's own argspec (*args, **kwargs, not the wrapped one's), warns, and re-wraps it to pass
+    # the model as a first argument
+    object.__setattr__(model, "forward", wrapped)
+    return True
+
+
 def enable(model, mode: str) -> list:
     """Switch `model`'s matching layers to the fused ops under `mode` (auto | on | off); the names
     of the ops switched (empty when off, when the kernels did not load, or nothing matched)."""
@@ -203,6 +304,8 @@ def enable(model, mode: str) -> list:
     for name in sorted(modules):
         if name.startswith("paddlenlp.transformers.") and _switch_rope(sys.modules[name]):
             switched.add("rope")
+    if _switch_cross_entropy(model):  # after the others: the probe runs the model as it will run
+        switched.add("fused_linear_cross_entropy")
     ops.reset_used()  # the probes above ran the kernels: count only what the model runs from here on
     log.info("fused ops switched on: %s", ", ".join(sorted(switched)) or "none (no layer of this family matches)")
     return sorted(switched)

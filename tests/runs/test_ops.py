@@ -186,35 +186,45 @@ def test_fused_cross_entropy_peak_memory_below_composed(ops):
 
 # --- models: model.fused_ops ----------------------------------------------------------------------------
 
-# What llmx.ops.patch switches per family (tiny configs): the layers that behave like the kernels.
-SWITCHED = {"llama": ["rms_norm", "rope", "swiglu"], "baichuan": ["rms_norm", "rope", "swiglu"],
-            "qwen2": ["rms_norm", "rope", "swiglu"], "qwen": ["rms_norm", "rope"], "mixtral": ["rms_norm", "rope"],
-            "mistral": ["rms_norm", "swiglu"], "gemma": ["rope"], "chatglm2": ["rms_norm"], "yuan": ["rms_norm"],
-            "bloom": [], "gpt3": [], "opt": []}  # LayerNorm/GELU families: nothing matches
+# What llmx.ops.patch switches per family (tiny configs): the layers that behave like the kernels;
+# the fused cross-entropy where the loss is criterion(lm_head(hidden), labels) with a plain lm_head.
+CE = "fused_linear_cross_entropy"
+SWITCHED = {"llama": [CE, "rms_norm", "rope", "swiglu"], "baichuan": [CE, "rms_norm", "rope", "swiglu"],
+            "qwen2": [CE, "rms_norm", "rope", "swiglu"], "qwen": [CE, "rms_norm", "rope"], "mixtral": [CE, "rms_norm", "rope"],
+            "mistral": [CE, "rms_norm", "swiglu"], "gemma": [CE, "rope"], "chatglm2": ["rms_norm"], "yuan": ["rms_norm"],
+            "bloom": [CE], "gpt3": [CE], "opt": []}  # LayerNorm/GELU families: no other layer matches
 ATTENTION = ("llama", "baichuan", "qwen2")  # PaddleNLP's scaled_dot_product_attention: packed_attention switched in
+# lm_head tied to the embedding ([vocab, hidden], transposed) in these runs; the 20-step tiny run has its own lm_head
+TIED = {"llama": ["model.overrides.tie_word_embeddings=true"], "qwen2": ["model.overrides.tie_word_embeddings=true"]}
 STEPS = ["stage.train.logging_steps=1", "stage.train.save_steps=1000", "stage.eval.enabled=false", "stage.train.lr=3e-3"]
 
 
 def test_fused_on_and_off_train_the_same(ops, tmp_path):
-    """One process: the tiny model 20 steps with fused_ops=on and off (same losses to 1e-5), and every
-    trainable family 2 steps both ways (same losses; summary.json names the ops that ran)."""
+    """One process: the tiny model 20 steps with fused_ops=on and off (same losses and eval losses to
+    1e-5; the eval loss goes through the fused cross-entropy's no-gradient path), and every trainable
+    family 2 steps both ways (same losses; summary.json names the ops that ran)."""
     from helpers import read_json, run_matrix, train_losses
 
+    evals = ["stage.eval.enabled=true", "stage.eval.num_samples=1", "stage.eval.max_new_tokens=1"]
     runs = {f"tiny-{mode}": ["model=tiny", f"model.fused_ops={mode}", "stage.zero_padding=true",
-                             "stage.train.max_steps=20", *STEPS] for mode in ("on", "off")}
+                             "stage.train.max_steps=20", *STEPS, *evals] for mode in ("on", "off")}
     for fam in SWITCHED:
-        runs.update({f"{fam}-{mode}": [f"model={fam}", "model.size=tiny", f"model.fused_ops={mode}",
+        runs.update({f"{fam}-{mode}": [f"model={fam}", "model.size=tiny", f"model.fused_ops={mode}", *TIED.get(fam, []),
                                        "stage.train.max_steps=2", *STEPS] for mode in ("on", "off")})
     out = run_matrix(runs, tmp_path)
-    for name, n, ran in [("tiny", 20, ["packed_attention", *SWITCHED["llama"]])] + [(f, 2, SWITCHED[f]) for f in SWITCHED]:
+    for name, n, ran in [("tiny", 20, sorted(["packed_attention", *SWITCHED["llama"]]))] + [(f, 2, SWITCHED[f]) for f in SWITCHED]:
         on, off = train_losses(out / f"{name}-on"), train_losses(out / f"{name}-off")
         assert len(on) == n and [s for s, _ in on] == [s for s, _ in off]
         np.testing.assert_allclose([l for _, l in on], [l for _, l in off], rtol=TOL, atol=TOL, err_msg=name)
-        fused = read_json(out / f"{name}-on" / "summary.json")["fused_ops"]
+        summary_on, summary_off = read_json(out / f"{name}-on" / "summary.json"), read_json(out / f"{name}-off" / "summary.json")
+        fused = summary_on["fused_ops"]
         if name != "tiny":  # padded batches: the attention kernel runs only on a batch without padding
             fused = [op for op in fused if op != "packed_attention" or name not in ATTENTION]
         assert fused == ran, name
-        assert "fused_ops" not in read_json(out / f"{name}-off" / "summary.json"), name
+        assert "fused_ops" not in summary_off, name
+    tiny_on, tiny_off = read_json(out / "tiny-on" / "summary.json"), read_json(out / "tiny-off" / "summary.json")
+    assert tiny_on["eval_loss"] > 0
+    np.testing.assert_allclose(tiny_on["eval_loss"], tiny_off["eval_loss"], rtol=TOL, atol=TOL)
 
 
 def test_without_a_compiler_auto_falls_back_once_and_on_fails_in_one_line(ops, tmp_path):
