@@ -79,3 +79,33 @@ def step(loss, params: list, optimizer, scheduler=None) -> None:
 def mini_batch_tokens(mb: Batch):
     """Response tokens of the whole data-parallel mini-batch (the divisor of token means)."""
     return all_sum(mb.actions.sum())
+
+
+class Algorithm:
+    """What the loop (llmx.rl.loop.train) calls. `experience` turns a rollout batch and its rewards into
+    advantages; `update` takes one optimizer step on some of its rows and returns that step's stats."""
+
+    def __init__(self, stage) -> None:
+        self.s = stage
+
+    def setup(self, cfg, ctx, policy) -> None:
+        self.reward_source = Rewards(cfg, policy.tokenizer)
+
+    def rewards(self, prompts, responses, references, batch: Batch, policy) -> np.ndarray:
+        return self.reward_source(prompts, responses, references, batch)
+
+    def experience(self, batch: Batch, rewards: np.ndarray, policy) -> Experience:
+        raise NotImplementedError
+
+    def update(self, exp: Experience, rows: list, policy) -> dict:
+        raise NotImplementedError
+
+    def save(self, folder) -> None:
+        """Write the algorithm's own state into a checkpoint being written (the actor's is the loop's)."""
+
+    def load(self, folder) -> None:
+        """Read back what save wrote."""
+
+    def export(self, ctx, policy) -> dict:
+        """Write what the run leaves besides the actor; summary entries."""
+        return {"reward": self.s.reward}

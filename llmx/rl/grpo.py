@@ -8,21 +8,12 @@ import numpy as np
 import paddle
 
 from llmx.rl import losses as L
-from llmx.rl.algorithm import Experience, Rewards, response_stats, rollout_logps, step
+from llmx.rl.algorithm import Algorithm, Experience, mini_batch_tokens, response_stats, rollout_logps, step
 from llmx.rl.loop import all_sum
 from llmx.rl.rollout import logits_of
 
 
-class GRPO:
-    def __init__(self, stage) -> None:
-        self.s = stage
-
-    def setup(self, cfg, ctx, policy) -> None:
-        self.reward_source = Rewards(cfg, policy.tokenizer)
-
-    def rewards(self, prompts, responses, references, batch, policy) -> np.ndarray:
-        return self.reward_source(prompts, responses, references, batch)
-
+class GRPO(Algorithm):
     def experience(self, batch, rewards: np.ndarray, policy) -> Experience:
         s = self.s
         old_logp, ref_logp = rollout_logps(batch, policy)
@@ -47,19 +38,10 @@ class GRPO:
         loss = L.sequence_mean(surrogate + s.kl_coeff * kl, mb.actions, rows_global)
         step(loss, policy.params, policy.optimizer, policy.scheduler)
         with paddle.no_grad():
-            tokens = all_sum(mb.actions.sum())
+            tokens = mini_batch_tokens(mb)
             parts = all_sum(paddle.stack([loss.detach(), L.sequence_mean(surrogate, mb.actions, rows_global),
                                           L.masked_mean(clipped, mb.actions, count=tokens),
                                           L.masked_mean(kl, mb.actions, count=tokens),
                                           L.entropy(logits, mb.actions) * mb.actions.sum() / tokens]))
         names = ("policy_loss", "surrogate", "clipfrac", "kl_loss", "entropy")
         return dict(zip(names, (float(v) for v in parts.numpy())))
-
-    def save(self, folder) -> None:
-        pass
-
-    def load(self, folder) -> None:
-        pass
-
-    def export(self, ctx, policy) -> dict:
-        return {"reward": self.s.reward}

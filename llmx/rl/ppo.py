@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 
 from llmx.rl import losses as L
-from llmx.rl.algorithm import Experience, Rewards, global_mean, response_stats, rollout_logps, step
+from llmx.rl.algorithm import Algorithm, Experience, global_mean, mini_batch_tokens, response_stats, rollout_logps, step
 from llmx.rl.loop import all_sum, load_optimizer_state, optimizer, optimizer_state, total_updates
 from llmx.rl.rollout import logits_of
 
@@ -30,9 +30,9 @@ class RunningMoments:
         self.mean, self.var, self.count = self.mean + delta * count / total, m2 / total, total
 
 
-class PPO:
+class PPO(Algorithm):
     def __init__(self, stage) -> None:
-        self.s = stage
+        super().__init__(stage)
         self.kl = L.KLController(stage.kl_coeff, stage.kl_target, stage.kl_horizon)
         self.moments = RunningMoments()
 
@@ -41,7 +41,7 @@ class PPO:
         from llmx.engine.reward import ScoreModel, load_score_model
 
         s = self.s
-        self.reward_source = Rewards(cfg, policy.tokenizer)
+        super().setup(cfg, ctx, policy)
         if s.reward_model is not None:  # the critic starts as the reward model (its own trainable copy)
             self.critic = load_score_model(cfg.model, s.reward_model, policy.tokenizer, cfg.seed)
         else:
@@ -60,16 +60,12 @@ class PPO:
             self.ptx = [encoder.encode(c) for c in read_sft_jsonl(s.ptx_data)]
             self.ptx_position = paddle.distributed.get_rank()
 
-    def rewards(self, prompts, responses, references, batch, policy) -> np.ndarray:
-        return self.reward_source(prompts, responses, references, batch)
-
     def experience(self, batch, scores: np.ndarray, policy) -> Experience:
         s = self.s
         old_logp, ref_logp = rollout_logps(batch, policy)
         old_values = self.critic(batch.input_ids, attention_mask=batch.attention_mask)[:, :-1] * batch.actions
         stats = response_stats(batch, scores, old_logp - ref_logp)
-        mean, std = stats["reward_mean"], stats["reward_std"]
-        self.moments.update(mean, std, float(all_sum(np.float64(len(scores)))))
+        self.moments.update(*global_mean(scores), float(all_sum(np.float64(len(scores)))))
         if s.normalize_reward:
             scores = (scores - self.moments.mean) / max(np.sqrt(self.moments.var), 1e-8)
         scores = np.clip(scores, -s.clip_range_score, s.clip_range_score)
@@ -104,7 +100,7 @@ class PPO:
         mb = exp.batch.rows(rows)
         old_logp, adv, old_values, returns = (paddle.index_select(t, idx) for t in
                                               (exp.old_logp, exp.advantages, exp.extra["old_values"], exp.extra["returns"]))
-        tokens = all_sum(mb.actions.sum())
+        tokens = mini_batch_tokens(mb)
         logits = logits_of(policy.model, mb)
         logp = L.token_logps(logits, mb.input_ids[:, 1:])
         pg_loss, clipfrac = L.policy_loss(logp, old_logp, adv, mb.actions, s.clip_range_ratio, count=tokens)
@@ -158,4 +154,4 @@ class PPO:
         if ctx.runtime.is_main:
             save_head(self.critic, out)
         barrier()
-        return {"critic_dir": str(out), "reward": self.s.reward, "final_kl_coeff": round(self.kl.value, 6)}
+        return {**super().export(ctx, policy), "critic_dir": str(out), "final_kl_coeff": round(self.kl.value, 6)}
