@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from paddlenlp import trl
 
 from llmx.engine.batching import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS
+from llmx.engine.logits import forward_logits, token_kl
 from llmx.engine.peft import adapters_disabled, process_parameters
 
 log = logging.getLogger(__name__)
@@ -170,29 +171,8 @@ class PreferenceCollator:
 
 
 def _logits(model, batch: dict):
-    out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"])
-    return out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
-
-
-def _whole_vocab(logits):
-    """Tensor-parallel logits hold this rank's slice of the vocabulary: gather the rest."""
-    from llmx.engine.distributed import hybrid_group
-
-    hcg = hybrid_group()
-    if hcg is None or hcg.get_model_parallel_world_size() == 1:
-        return logits
-    parts = []
-    paddle.distributed.all_gather(parts, logits, group=hcg.get_model_parallel_group())
-    return paddle.concat(parts, axis=-1)
-
-
-def _token_kl(policy_logits, ref_logits, mask) -> tuple[float, int]:
-    """Sum over the masked positions of KL(policy || reference) of the next-token distributions."""
-    lp = paddle.nn.functional.log_softmax(_whole_vocab(policy_logits).astype("float32"), axis=-1)
-    lq = paddle.nn.functional.log_softmax(_whole_vocab(ref_logits).astype("float32"), axis=-1)
-    kl = (lp.exp() * (lp - lq)).sum(axis=-1)
-    m = mask.astype("float32")
-    return float((kl * m).sum()), int(m.sum())
+    return forward_logits(model, input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                          attention_mask=batch["attention_mask"])
 
 
 def score(model, packs: Sequence[dict], collator: PreferenceCollator, criterion, kind: str, reference=None,
@@ -223,7 +203,7 @@ def score(model, packs: Sequence[dict], collator: PreferenceCollator, criterion,
                     mask = (batch["chosen_labels"] != 0) | (batch["rejected_labels"] != 0)
                 else:
                     mask = batch["response_labels"] != 0
-                s, n = _token_kl(logits, ref_logits, mask)
+                s, n = token_kl(logits, ref_logits, mask)
                 policy["kl_sum"] += s
                 policy["kl_tokens"] += n
     finally:

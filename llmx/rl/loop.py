@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from llmx.console import say
 from llmx.engine.distributed import barrier
-from llmx.rl import losses as L
+from llmx.engine.logits import token_kl
 from llmx.rl.config import rollout_n
 from llmx.rl.rollout import Batch, generate, logits_of, make_batch, sample_seed
 
@@ -158,13 +158,11 @@ def measure(policy: Policy, algo, prompts: Prompts, cfg: DictConfig) -> dict:
     refs = [prompts.references[i] for i in mine]
     with paddle.no_grad():
         rewards = algo.rewards([prompts.texts[i] for i in mine], out.texts, refs, batch, policy)
-        lp = paddle.nn.functional.log_softmax(logits_of(policy.model, batch).astype("float32"), -1)
-        lq = paddle.nn.functional.log_softmax(policy.reference_logits(batch).astype("float32"), -1)
-        kl = float(L.masked_sum((lp.exp() * (lp - lq)).sum(-1), batch.actions))
+        kl, kl_tokens = token_kl(logits_of(policy.model, batch), policy.reference_logits(batch), batch.actions)
     from llmx.rl.rewards import exact_match
 
     matches = exact_match(None, out.texts, refs)
-    sums = all_sum(np.array([float(np.sum(rewards)), len(mine), kl, float(batch.actions.sum()), sum(matches),
+    sums = all_sum(np.array([float(np.sum(rewards)), len(mine), kl, kl_tokens, sum(matches),
                              sum(r is not None for r in refs)]))
     result = {"reward": sums[0] / max(sums[1], 1), "kl": sums[2] / max(sums[3], 1)}
     if sums[5]:

@@ -72,6 +72,7 @@ def make_batch(prompts: list, responses: list, pad_id: int) -> Batch:
 
 
 def logits_of(model, batch: Batch):
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
-    return logits[:, :-1]
+    """The logits at every position but the last: position t predicts token t+1."""
+    from llmx.engine.logits import forward_logits
+
+    return forward_logits(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask)[:, :-1]
