@@ -24,6 +24,11 @@ from llmx.sources import ModelSource
 log = logging.getLogger(__name__)
 
 
+# PaddleNLP adapter wrappers whose forward is the base model's own (their layers carry the adapter);
+# the wrapped causal LM is their `.model`.
+SAME_FORWARD_WRAPPERS = ("LoRAModel", "VeRAModel", "LoKrModel")
+
+
 def count_parameters(model, trainable_only: bool = False) -> int:
     # Read from every sublayer's own parameters: PaddleNLP's ReFTModel overrides named_parameters (and so
     # parameters()) to list only its trainable ones.

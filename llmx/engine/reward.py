@@ -18,12 +18,13 @@ import numpy as np
 import paddle
 from omegaconf import DictConfig, OmegaConf
 
+from llmx.engine.peft import SAME_FORWARD_WRAPPERS
 from llmx.sources import SCORE_HEAD, score_head_file
 
 
 def backbone(model):
     """The transformer under the LM head, through any adapter wrapper."""
-    inner = getattr(model, "model", model) if type(model).__name__ in ("LoRAModel", "VeRAModel", "LoKrModel") else model
+    inner = model.model if type(model).__name__ in SAME_FORWARD_WRAPPERS else model
     return inner.base_model
 
 

@@ -1,6 +1,7 @@
 """Engines over a built model (dynamic) or an exported program (static)."""
 from __future__ import annotations
 
+from llmx.engine.peft import SAME_FORWARD_WRAPPERS
 from llmx.infer.engine import Engine
 from llmx.infer.runners import DynamicRunner, RecomputeRunner, StaticRunner
 
@@ -20,8 +21,6 @@ def context_length(config, default: int = 2048) -> int:
     return default
 
 
-# PaddleNLP adapter wrappers whose forward is the base model's own (their layers carry the adapter).
-SAME_FORWARD_WRAPPERS = ("LoRAModel", "VeRAModel", "LoKrModel")
 # Adapter wrappers whose forward changes attention or hidden states (prefix tuning, ReFT): run without a KV cache.
 RECOMPUTE_WRAPPERS = ("PrefixModelForCausalLM", "LlmxReFTModel")
 
