@@ -1,68 +1,59 @@
-// The per-chunk core of the fused linear + cross-entropy (llmx/ops/cross_entropy.py does the
+// The per-chunk core of the fused linear + cross-entropy (llmx.ops.fused_linear_cross_entropy does the
 // chunking and the matmuls, which BLAS does best): from one chunk's logits [n, vocab] and labels
-// [n], in one pass per row, the loss of each row (logsumexp - logit[label]) and the gradient of
-// the summed loss w.r.t. the logits (softmax - onehot). Rows whose label is `ignore_index` get
-// loss 0 and gradient 0. No autograd: the caller's PyLayer owns the backward.
+// [n], the loss of each row (logsumexp - logit[label]) and, written over the logits, the gradient
+// of the summed loss w.r.t. them (softmax - onehot). Rows whose label is `ignore_index` get loss 0
+// and gradient 0. No autograd: the caller's PyLayer owns the backward.
 #include <limits>
 
 #include "common.h"
 
-std::vector<paddle::Tensor> SoftmaxCeForward(const paddle::Tensor& logits, const paddle::Tensor& labels,
-                                             int64_t ignore_index) {
+void SoftmaxCeInplace(paddle::Tensor& logits, const paddle::Tensor& labels, paddle::Tensor& loss,
+                      int64_t ignore_index) {
   llmx::check_cpu_float(logits, "logits");
   PD_CHECK(logits.shape().size() == 2, "logits must be [tokens, vocab]");
-  PD_CHECK(labels.dtype() == paddle::DataType::INT64 && labels.numel() == logits.shape()[0],
-           "labels must be int64 [tokens]");
   const int64_t n = logits.shape()[0], v = logits.shape()[1];
-  auto loss = paddle::empty({n}, logits.dtype(), logits.place());
-  auto grad = paddle::empty(logits.shape(), logits.dtype(), logits.place());
+  PD_CHECK(labels.dtype() == paddle::DataType::INT64 && labels.numel() == n, "labels must be int64 [tokens]");
+  PD_CHECK(loss.dtype() == logits.dtype() && loss.numel() == n, "loss must be [tokens] of the logits' dtype");
   PD_DISPATCH_FLOATING_TYPES(logits.type(), "llmx_softmax_ce", ([&] {
-    const data_t* x = logits.data<data_t>();
+    data_t* x = logits.data<data_t>();
     const int64_t* y = labels.data<int64_t>();
     data_t* l = loss.data<data_t>();
-    data_t* g = grad.data<data_t>();
     for (int64_t r = 0; r < n; ++r)  // checked here: an exception must not leave an OpenMP region
       PD_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < v), "label ", y[r], " outside the vocabulary [0, ", v, ")");
 _Pragma("omp parallel for schedule(static)")
     for (int64_t r = 0; r < n; ++r) {
-      const data_t* xr = x + r * v;
-      data_t* gr = g + r * v;
+      data_t* xr = x + r * v;
       if (y[r] == ignore_index) {
         l[r] = 0;
-        for (int64_t i = 0; i < v; ++i) gr[i] = 0;
+        std::memset(xr, 0, sizeof(data_t) * v);
         continue;
       }
       data_t m = -std::numeric_limits<data_t>::infinity();
 _Pragma("omp simd reduction(max : m)")
       for (int64_t i = 0; i < v; ++i) m = xr[i] > m ? xr[i] : m;
+      const data_t target = xr[y[r]];
       data_t s = 0;
 _Pragma("omp simd reduction(+ : s)")
       for (int64_t i = 0; i < v; ++i) {
-        gr[i] = llmx::vexp(xr[i] - m);
-        s += gr[i];
+        xr[i] = llmx::vexp(xr[i] - m);
+        s += xr[i];
       }
       const data_t inv = data_t(1) / s;
 _Pragma("omp simd")
-      for (int64_t i = 0; i < v; ++i) gr[i] *= inv;
-      gr[y[r]] -= data_t(1);
-      l[r] = m + std::log(s) - xr[y[r]];
+      for (int64_t i = 0; i < v; ++i) xr[i] *= inv;
+      xr[y[r]] -= data_t(1);
+      l[r] = m + std::log(s) - target;
     }
   }));
-  return {loss, grad};
 }
 
-std::vector<std::vector<int64_t>> SoftmaxCeShape(const std::vector<int64_t>& x, const std::vector<int64_t>& y) {
-  return {{x[0]}, x};
-}
-std::vector<paddle::DataType> SoftmaxCeDtype(const paddle::DataType& x, const paddle::DataType& y) { return {x, x}; }
-
+// In place: the logits become the gradient (no second [tokens, vocab] buffer), `loss` is filled.
 PD_BUILD_OP(llmx_softmax_ce)
-    .Inputs({"Logits", "Labels"})
-    .Outputs({"Loss", "Grad"})
+    .Inputs({"Logits", "Labels", "Loss"})
+    .Outputs({"Grad", "LossOut"})
     .Attrs({"ignore_index: int64_t"})
-    .SetKernelFn(PD_KERNEL(SoftmaxCeForward))
-    .SetInferShapeFn(PD_INFER_SHAPE(SoftmaxCeShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(SoftmaxCeDtype));
+    .SetInplaceMap({{"Logits", "Grad"}, {"Loss", "LossOut"}})
+    .SetKernelFn(PD_KERNEL(SoftmaxCeInplace));
 
 // C += A^T B for A [n, m], B [n, k], C [m, k], written into C (an in-place op): the fused
 // cross-entropy accumulates its weight gradient chunk by chunk this way, where `C += matmul(...)`

@@ -25,22 +25,23 @@ void rotate(const T* x, const T* cos, const T* sin, T* out, int64_t b, int64_t s
         for (int64_t i = 0; i < half; ++i) {
           // forward: o1 = x1 c1 - x2 s1, o2 = x2 c2 + x1 s2
           // transpose: o1 = x1 c1 + x2 s2, o2 = x2 c2 - x1 s1
+          // both halves read before either is written: out may be x (the in-place forward)
           const T s_first = sign > 0 ? sn[i] : sn[i + half];
           const T s_second = sign > 0 ? sn[i + half] : sn[i];
-          o[i] = xr[i] * c[i] - sign * xr[i + half] * s_first;
-          o[i + half] = xr[i + half] * c[i + half] + sign * xr[i] * s_second;
+          const T x1 = xr[i], x2 = xr[i + half];
+          o[i] = x1 * c[i] - sign * x2 * s_first;
+          o[i + half] = x2 * c[i + half] + sign * x1 * s_second;
         }
       }
     }
   }
 }
 
+// Rotates x into out (which may be x itself).
 template <typename T>
-paddle::Tensor apply(const paddle::Tensor& x, const paddle::Tensor& cos, const paddle::Tensor& sin, T sign) {
-  auto out = paddle::empty(x.shape(), x.dtype(), x.place());
+void apply(const paddle::Tensor& x, const paddle::Tensor& cos, const paddle::Tensor& sin, T sign, paddle::Tensor& out) {
   const auto& sh = x.shape();
   rotate<T>(x.data<T>(), cos.data<T>(), sin.data<T>(), out.data<T>(), sh[0], sh[1], sh[2], sh[3], cos.shape()[0], sign);
-  return out;
 }
 
 void check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& cos, const paddle::Tensor& sin) {
@@ -58,42 +59,41 @@ void check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tenso
 
 }  // namespace
 
-std::vector<paddle::Tensor> RopeForward(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& cos,
-                                        const paddle::Tensor& sin) {
+// Forward in place: q and k are overwritten by their rotation (the model never reads the
+// unrotated ones again, and the backward needs only cos/sin), so no second q/k is allocated.
+void RopeInplace(paddle::Tensor& q, paddle::Tensor& k, const paddle::Tensor& cos, const paddle::Tensor& sin) {
   check(q, k, cos, sin);
-  std::vector<paddle::Tensor> out;
   PD_DISPATCH_FLOATING_TYPES(q.type(), "llmx_rope", ([&] {
-    out = {apply<data_t>(q, cos, sin, data_t(1)), apply<data_t>(k, cos, sin, data_t(1))};
+    apply<data_t>(q, cos, sin, data_t(1), q);
+    apply<data_t>(k, cos, sin, data_t(1), k);
   }));
-  return out;
 }
 
-std::vector<paddle::Tensor> RopeBackward(const paddle::Tensor& cos, const paddle::Tensor& sin,
+// A rotated output that took no gradient (only q or only k used) arrives uninitialised: its input
+// gets zeros, shaped like the output (which is why the outputs, not only cos/sin, come back here).
+std::vector<paddle::Tensor> RopeBackward(const paddle::Tensor& q_out, const paddle::Tensor& k_out,
+                                         const paddle::Tensor& cos, const paddle::Tensor& sin,
                                          const paddle::Tensor& dq, const paddle::Tensor& dk) {
   std::vector<paddle::Tensor> out;
-  PD_DISPATCH_FLOATING_TYPES(dq.type(), "llmx_rope_grad", ([&] {
-    out = {apply<data_t>(dq, cos, sin, data_t(-1)), apply<data_t>(dk, cos, sin, data_t(-1))};
-  }));
+  for (auto [d, like] : {std::pair{&dq, &q_out}, std::pair{&dk, &k_out}}) {
+    if (!d->initialized()) {
+      out.push_back(paddle::full(like->shape(), 0, like->dtype(), like->place()));
+      continue;
+    }
+    auto g = paddle::empty(d->shape(), d->dtype(), d->place());
+    PD_DISPATCH_FLOATING_TYPES(d->type(), "llmx_rope_grad", ([&] { apply<data_t>(*d, cos, sin, data_t(-1), g); }));
+    out.push_back(g);
+  }
   return out;
-}
-
-std::vector<std::vector<int64_t>> RopeShape(const std::vector<int64_t>& q, const std::vector<int64_t>& k,
-                                            const std::vector<int64_t>& c, const std::vector<int64_t>& s) {
-  return {q, k};
-}
-std::vector<paddle::DataType> RopeDtype(const paddle::DataType& q, const paddle::DataType& k,
-                                        const paddle::DataType& c, const paddle::DataType& s) {
-  return {q, k};
 }
 
 PD_BUILD_OP(llmx_rope)
     .Inputs({"Q", "K", "Cos", "Sin"})
     .Outputs({"QOut", "KOut"})
-    .SetKernelFn(PD_KERNEL(RopeForward))
-    .SetInferShapeFn(PD_INFER_SHAPE(RopeShape))
-    .SetInferDtypeFn(PD_INFER_DTYPE(RopeDtype));
+    .SetInplaceMap({{"Q", "QOut"}, {"K", "KOut"}})
+    .SetKernelFn(PD_KERNEL(RopeInplace));
 
 PD_BUILD_GRAD_OP(llmx_rope)
-    .Inputs({"Cos", "Sin", paddle::Grad("QOut"), paddle::Grad("KOut")})
+    .Inputs({"QOut", "KOut", "Cos", "Sin", paddle::Grad("QOut"), paddle::Grad("KOut")})
     .Outputs({paddle::Grad("Q"), paddle::Grad("K")})
     .SetKernelFn(PD_KERNEL(RopeBackward));

@@ -9,6 +9,7 @@ BuildError with the reason); `auto` tries, and on failure logs once and falls ba
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from typing import Optional
 
@@ -71,6 +72,11 @@ def reset_used() -> None:
     _used.clear()
 
 
+# Logits per chunk of the fused cross-entropy (float32: 4 bytes each): larger chunks run the
+# vocabulary matmuls on more rows at once (faster), smaller ones hold less (bench/ops.py measures both).
+CE_CHUNK_ELEMENTS = int(os.environ.get("LLMX_CE_CHUNK_ELEMENTS", 4 << 20))
+
+
 def _c(x):
     return x if x.is_contiguous() else x.contiguous()
 
@@ -107,11 +113,15 @@ def add_rms_norm(x, residual, weight, eps: float = 1e-6):
 
 def rope(q, k, cos, sin):
     """Rotary embedding ("rotate half") of q [b, s, heads, d] and k [b, s, kv_heads, d];
-    cos/sin [1 or b, s, d] (gathered by position already). Returns new (q, k)."""
+    cos/sin [1 or b, s, d] (gathered by position already). Returns the rotated (q, k): the
+    kernel rotates q and k in place (a leaf that takes a gradient is copied first, as autograd
+    requires), so the caller must use what this returns and not read the q and k it passed."""
     kern = _kernel("rope", q, k, cos, sin)
     if not kern:
         return composed.rope(q, k, cos, sin)
-    qo, ko = kern.llmx_rope(_c(q), _c(k), _c(cos.astype(q.dtype)), _c(sin.astype(q.dtype)))
+    q, k = (x.clone() if x.is_leaf and not x.stop_gradient else _c(x) for x in (q, k))
+    # the returned tensors share q's and k's memory but carry the op's autograd node
+    qo, ko = kern.llmx_rope(q, k, _c(cos.astype(q.dtype)), _c(sin.astype(q.dtype)))
     return qo, ko
 
 
@@ -121,6 +131,13 @@ def swiglu(gate, up=None):
         gate, up = paddle.chunk(gate, 2, axis=-1)
     k = _kernel("swiglu", gate, up)
     return k.llmx_swiglu(_c(gate), _c(up)) if k else composed.swiglu(gate, up)
+
+
+def _softmax_ce_(kern, logits, labels, ignore_index):
+    """Per-row losses of one chunk; the chunk's logits are overwritten by their gradient."""
+    loss = paddle.empty([logits.shape[0]], dtype=logits.dtype)
+    kern.llmx_softmax_ce(logits, labels, loss, int(ignore_index))
+    return loss
 
 
 class _FusedLinearCE(paddle.autograd.PyLayer):
@@ -134,11 +151,9 @@ class _FusedLinearCE(paddle.autograd.PyLayer):
         dw = paddle.zeros_like(weight) if want_w else None
         dh, total = [], paddle.zeros([], dtype=hidden.dtype)
         for s in range(0, n, chunk):
-            h, y = hidden[s:s + chunk], labels[s:s + chunk]
-            logits = paddle.matmul(h, weight, transpose_y=transpose_weight)
-            loss, g = kern.llmx_softmax_ce(logits, y, int(ignore_index))
-            del logits
-            total = total + loss.sum()
+            h = hidden[s:s + chunk]
+            g = paddle.matmul(h, weight, transpose_y=transpose_weight)
+            total = total + _softmax_ce_(kern, g, labels[s:s + chunk], ignore_index).sum()
             dh.append(paddle.matmul(g, weight, transpose_y=not transpose_weight))
             if want_w:  # d loss / d weight (+= in place): h^T g for [hidden, vocab], g^T h for a tied [vocab, hidden]
                 kern.llmx_gemm_tn_acc(dw, g, h) if transpose_weight else kern.llmx_gemm_tn_acc(dw, h, g)
@@ -156,24 +171,30 @@ def fused_linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100,
                                reduction: str = "mean", chunk: Optional[int] = None):
     """Cross-entropy of `hidden @ weight` (weight [hidden, vocab], or [vocab, hidden] with
     transpose_weight) against `labels`, positions labelled `ignore_index` left out; mean over
-    the counted positions or their sum. hidden [..., h], labels [...]."""
+    the counted positions or their sum. hidden [..., h], labels [...].
+
+    The kernel path never computes the logits of ignored positions (an SFT prompt, padding): the
+    counted rows are gathered first, so the three vocabulary-sized matmuls shrink with them."""
     hidden2 = hidden.reshape([-1, hidden.shape[-1]])
     labels1 = labels.reshape([-1]).astype("int64")
     k = _kernel("fused_linear_cross_entropy", hidden2, weight)
-    if not k:
+    counted = labels1 != ignore_index
+    n_counted = int(counted.sum()) if k else 0
+    if not k or n_counted == 0:
         return composed.fused_linear_cross_entropy(hidden2, weight, labels1, ignore_index, transpose_weight, reduction)
+    if n_counted < labels1.shape[0]:
+        keep = paddle.nonzero(counted).flatten()
+        hidden2, labels1 = paddle.index_select(hidden2, keep), paddle.gather(labels1, keep)
     vocab = weight.shape[0] if transpose_weight else weight.shape[1]
-    chunk = chunk or max(16, (4 << 20) // max(vocab, 1))  # ~16 MB of float32 logits per chunk
+    chunk = chunk or max(16, CE_CHUNK_ELEMENTS // max(vocab, 1))
     if paddle.is_grad_enabled() and not (hidden2.stop_gradient and weight.stop_gradient):
         total = _FusedLinearCE.apply(_c(hidden2), _c(weight), labels1, k, ignore_index, transpose_weight, chunk)
     else:  # evaluation: the loss chunk by chunk, no gradients
         total = paddle.zeros([], dtype=hidden2.dtype)
         for s in range(0, hidden2.shape[0], chunk):
             logits = paddle.matmul(hidden2[s:s + chunk], weight, transpose_y=transpose_weight)
-            total = total + k.llmx_softmax_ce(logits, labels1[s:s + chunk], int(ignore_index))[0].sum()
-    if reduction == "sum":
-        return total
-    return total / paddle.clip((labels1 != ignore_index).astype(total.dtype).sum(), min=1)
+            total = total + _softmax_ce_(k, logits, labels1[s:s + chunk], ignore_index).sum()
+    return total if reduction == "sum" else total / n_counted
 
 
 def packed_attention(q, k, v, seg, scale: Optional[float] = None):

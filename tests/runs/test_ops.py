@@ -88,6 +88,25 @@ def test_rope_matches_composed(ops, b, s, heads, kv_heads, d, cos_b):
     _assert_same(lambda q, k: ops.rope(q, k, cos, sin), lambda q, k: ops.composed.rope(q, k, cos, sin), [q, k])
 
 
+def test_rope_rotates_q_and_k_in_place(ops):
+    """As in a model (q, k computed, not leaves): the kernel writes the rotation over them; when
+    only q is used further, k's input gets a zero gradient."""
+    import paddle
+
+    q0, k0 = _inputs((2, 5, 3, 8), (2, 5, 1, 8))
+    angle = paddle.to_tensor(np.random.default_rng(3).uniform(0, 6.3, (1, 5, 8)).astype("float32"))
+    q, k = q0 * 2, k0 * 2
+    before = q.numpy()
+    qr, kr = ops.rope(q, k, angle.cos(), angle.sin())
+    assert qr.data_ptr() == q.data_ptr() and kr.data_ptr() == k.data_ptr()
+    assert not np.allclose(q.numpy(), before)  # q itself now holds the rotation
+    ref_q, _ = ops.composed.rope(q0 * 2, k0 * 2, angle.cos(), angle.sin())
+    np.testing.assert_allclose(qr.numpy(), ref_q.numpy(), rtol=TOL, atol=TOL)
+    dq, dk = paddle.grad(qr.sum(), [q0, k0])
+    np.testing.assert_allclose(dq.numpy(), paddle.grad(ref_q.sum(), [q0])[0].numpy(), rtol=TOL, atol=TOL)
+    assert float(dk.abs().max()) == 0.0
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 37), (2, 5, 1031)])
 def test_swiglu_matches_composed(ops, shape):
     g, u = _inputs(shape, shape)
