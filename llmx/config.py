@@ -45,8 +45,8 @@ class ModelConfig:
     # Hyperparameters over the size or the pretrained config.json: `model.overrides.hidden_size=128`.
     overrides: Dict[str, Any] = field(default_factory=dict)
     # llmx.ops' fused CPU kernels (csrc/) in place of matching layers: auto (when they build),
-    # on (fail when they do not), off. Off by default until the whole suite has run with auto.
-    fused_ops: str = "off"
+    # on (fail when they do not), off.
+    fused_ops: str = "auto"
 
 
 @dataclass
