@@ -45,8 +45,9 @@ class ModelConfig:
     # Hyperparameters over the size or the pretrained config.json: `model.overrides.hidden_size=128`.
     overrides: Dict[str, Any] = field(default_factory=dict)
     # llmx.ops' fused CPU kernels (csrc/) in place of matching layers: auto (when they build),
-    # on (fail when they do not), off.
-    fused_ops: str = "auto"
+    # on (fail when they do not), off. Off by default: with auto, 8 of the suite's 488 tests fail
+    # (static export through the wrapped forward, callers reading logits next to a loss, ...).
+    fused_ops: str = "off"
 
 
 @dataclass

@@ -71,12 +71,13 @@ def reset_used() -> None:
     _used.clear()
 
 
-# Logits per chunk of the fused cross-entropy (8M float32 = 32 MiB; 256 rows at a 32k vocabulary).
-# MKL's GEMMs slow down on few rows (the weight gradient's at 256 rows runs at ~60% of its speed
-# at 512), so smaller chunks cost time; larger ones memory: at 2048 tokens x 32k, 256-row chunks
-# peak at 0.39 of the composed loss's memory, 512-row ones at 0.51 (measured with bench/ops.py's
-# method).
+# Logits per chunk of the fused cross-entropy: at most 8M float32 (32 MiB; 256 rows at a 32k
+# vocabulary) and at most an eighth of the rows. MKL's GEMMs slow down on few rows (the weight
+# gradient's at 256 rows runs at ~60% of its speed at 512), so smaller chunks cost time; larger
+# ones memory: at 2048 tokens x 32k, 256-row chunks peak at 0.39 of the composed loss's memory,
+# 512-row ones at 0.51 (bench/ops.py's method).
 CE_CHUNK_ELEMENTS = 8 << 20
+CE_CHUNKS_AT_LEAST = 8
 
 
 def _c(x):
@@ -188,7 +189,7 @@ def fused_linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100,
         keep = paddle.nonzero(counted).flatten()
         hidden2, labels1 = paddle.index_select(hidden2, keep), paddle.gather(labels1, keep)
     vocab = weight.shape[0] if transpose_weight else weight.shape[1]
-    chunk = chunk or max(16, CE_CHUNK_ELEMENTS // max(vocab, 1))
+    chunk = chunk or max(16, min(CE_CHUNK_ELEMENTS // max(vocab, 1), -(-hidden2.shape[0] // CE_CHUNKS_AT_LEAST)))
     if paddle.is_grad_enabled() and not (hidden2.stop_gradient and weight.stop_gradient):
         total = _FusedLinearCE.apply(_c(hidden2), _c(weight), labels1, k, ignore_index, transpose_weight, chunk)
     else:  # evaluation: the loss chunk by chunk, no gradients
