@@ -31,10 +31,11 @@ def export_program(model, tokenizer, out_dir: Path) -> Path:
     """Write the program, its parameters, the tokenizer and the model config into out_dir."""
     from llmx.engine.generate import whole_vocab_logits
     from llmx.experiment import atomic_dir
+    from llmx.ops.patch import composed_only
 
     model.eval()
     spec = [paddle.static.InputSpec([None, None], "int64", name) for name in ("input_ids", "attention_mask", "position_ids")]
-    with atomic_dir(Path(out_dir)) as tmp, whole_vocab_logits(model):
+    with atomic_dir(Path(out_dir)) as tmp, whole_vocab_logits(model), composed_only(model):
         static = paddle.jit.to_static(_LastLogits(model), input_spec=spec, full_graph=True)
         paddle.jit.save(static, str(Path(tmp) / PREFIX))
         tokenizer.save_pretrained(str(tmp))

@@ -27,6 +27,7 @@ PaddleNLP's layer, and enable() reports only the ops it switched.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -39,7 +40,7 @@ import llmx.ops as ops
 
 log = logging.getLogger(__name__)
 _EPS_NAMES = ("variance_epsilon", "epsilon", "eps")
-_rope_wrapped: dict = {}  # module name -> original apply_rotary_pos_emb
+_probing = {"on": False}  # _switch_cross_entropy's probe runs the fused loss in eval mode
 
 
 def _agree(a, b) -> bool:
@@ -64,6 +65,7 @@ def _switch_rms_norm(layer) -> bool:
         return False
     original = layer.forward
     fused = lambda x: ops.rms_norm(x, layer.weight, eps)  # noqa: E731
+    fused.llmx_original = original
     x = _probe([3, weight.shape[0]], "float32" if weight.dtype == paddle.float32 else "float64")
     with paddle.no_grad():
         try:
@@ -83,6 +85,8 @@ def _switch_mlp(layer) -> bool:
 
     def fused(x):
         return layer.down_proj(ops.swiglu(layer.gate_proj(x), layer.up_proj(x)))
+
+    fused.llmx_original = original
 
     x = _probe([2, 3, parts[0].weight.shape[0]], "float32" if parts[0].weight.dtype == paddle.float32 else "float64")
     with paddle.no_grad():
@@ -231,7 +235,9 @@ def _cross_entropy_forward(model, original, head, criterion, vocab):
         # LoRA on lm_head replaces the layer: then (and without labels) the family's own path
         same_layers = model.lm_head is head and model.criterion is criterion
         found = _lm_head_weight(head, vocab) if labels is not None and same_layers else None
-        if found is None or ops.kernels() is None:
+        # training only: there the Trainer (and the ptx loss) read the loss alone, while an evaluation
+        # may want the logits beside it (metrics, a user's own loop)
+        if found is None or ops.kernels() is None or not (model.training or _probing["on"]):
             return original(*args, **kwargs)
         weight, transpose = found
         ignore = getattr(criterion, "ignore_index", -100)
@@ -269,12 +275,14 @@ def _switch_cross_entropy(model) -> bool:
     labels = paddle.to_tensor(labels)
     training = model.training
     model.eval()  # no dropout in the comparison
+    _probing["on"] = True  # the fused path, although in eval mode
     try:
         with paddle.no_grad():
             same = _agree(_loss_of(original(input_ids=ids, labels=labels)), _loss_of(wrapped(input_ids=ids, labels=labels)))
     except Exception:  # noqa: BLE001 - a forward of another shape: not a match
         same = False
     finally:
+        _probing["on"] = False
         model.train() if training else model.eval()
     if not same:
         return False
@@ -309,3 +317,33 @@ def enable(model, mode: str) -> list:
     ops.reset_used()  # the probes above ran the kernels: count only what the model runs from here on
     log.info("fused ops switched on: %s", ", ".join(sorted(switched)) or "none (no layer of this family matches)")
     return sorted(switched)
+
+
+@contextlib.contextmanager
+def composed_only(model):
+    """`model` as PaddleNLP built it while inside: for a static export, whose program must hold
+    Paddle's ops only (Paddle Inference does not load llmx's kernels; dy2static also cannot convert
+    a forward set on the instance). The switched layers get their own forwards back, and the
+    kernels are off (the rotary wrapper is per module, shared by every model: it then calls the
+    original)."""
+    swapped = []
+    for layer in model.sublayers(include_self=True):
+        for name in ("forward", "attn_func"):
+            fn = layer.__dict__.get(name)
+            if getattr(fn, "llmx_original", None) is not None:
+                swapped.append((layer, name, fn))
+    mode = ops.mode()
+    try:
+        for layer, name, fn in swapped:
+            if name == "forward":
+                del layer.__dict__[name]  # back to the class's method
+            else:
+                object.__setattr__(layer, name, fn.llmx_original)
+        if mode is not None:
+            ops.configure("off")
+        yield model
+    finally:
+        for layer, name, fn in swapped:
+            object.__setattr__(layer, name, fn)
+        if mode is not None:
+            ops.configure(mode)

@@ -220,7 +220,7 @@ STEPS = ["stage.train.logging_steps=1", "stage.train.save_steps=1000", "stage.ev
 
 def test_fused_on_and_off_train_the_same(ops, tmp_path):
     """One process: the tiny model 20 steps with fused_ops=on and off (same losses and eval losses to
-    1e-5; the eval loss goes through the fused cross-entropy's no-gradient path), and every trainable
+    1e-5), and every trainable
     family 2 steps both ways (same losses; summary.json names the ops that ran)."""
     from helpers import read_json, run_matrix, train_losses
 
@@ -244,6 +244,36 @@ def test_fused_on_and_off_train_the_same(ops, tmp_path):
     tiny_on, tiny_off = read_json(out / "tiny-on" / "summary.json"), read_json(out / "tiny-off" / "summary.json")
     assert tiny_on["eval_loss"] > 0
     np.testing.assert_allclose(tiny_on["eval_loss"], tiny_off["eval_loss"], rtol=TOL, atol=TOL)
+
+
+def test_fused_loss_in_training_only_and_static_export_holds_paddle_ops_only(ops, tmp_path):
+    """Training forwards return the fused loss without logits; eval forwards keep the logits (metrics
+    read them) with the same loss; a static export of a fused model holds none of llmx's kernels."""
+    import paddle
+    from helpers import launch, read_json
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmx.ops.patch import composed_only, enable
+
+    paddle.seed(0)
+    config = LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=97, max_position_embeddings=16)
+    model = LlamaForCausalLM.from_config(config, dtype="float32")
+    assert "fused_linear_cross_entropy" in enable(model, "on")
+    ids = paddle.to_tensor(np.random.default_rng(0).integers(0, 97, (2, 9)))
+    model.eval()
+    loss_eval, logits = model(input_ids=ids, labels=ids, return_dict=False)[:2]
+    model.train()  # (no dropout in this config)
+    loss_train, no_logits = model(input_ids=ids, labels=ids, return_dict=False)[:2]
+    assert logits.shape == [2, 9, 97] and no_logits is None
+    np.testing.assert_allclose(float(loss_train), float(loss_eval), rtol=TOL)
+    with composed_only(model):
+        assert "forward" not in vars(model) and ops.kernels() is None
+    assert "forward" in vars(model) and ops.kernels() is not None  # switched back
+
+    launch("stage=infer", "model.fused_ops=on", "stage.mode=static", "stage.export_only=true", f"hydra.run.dir={tmp_path}")
+    program = (tmp_path / "static" / "inference.json").read_text()
+    assert "llama" in read_json(tmp_path / "static" / "config.json")["model_type"] and "llmx_" not in program
 
 
 def test_without_a_compiler_auto_falls_back_once_and_on_fails_in_one_line(ops, tmp_path):
