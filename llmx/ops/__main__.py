@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         return 0
 
     loaded = ops.configure("auto")
-    print(f"cache: {b.cache_root()}  key: {b.cache_key()}  cuda kernels: {'yes' if b.gpu_build() else 'no (no nvcc or a CPU build of Paddle)'}")
+    print(f"cache: {b.cache_root()}  key: {b.cache_key()}  cuda kernels: {b.cuda_status()}")
     if not loaded:
         for name in ops.OPS:
             print(f"  {name:28s} not built: {ops.error()}; runs Paddle's composed ops")

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -27,6 +28,7 @@ from typing import Optional
 
 from llmx.errors import UserError
 
+log = logging.getLogger(__name__)
 MODULE = "llmx_ops"
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 CXX_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]  # lets llmx::vexp vectorise
@@ -56,11 +58,25 @@ def cpu_flags() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def gpu_build() -> bool:
-    """CUDA kernels only where both nvcc and a CUDA build of Paddle exist."""
+def cuda_toolchain() -> bool:
+    """Both nvcc and a CUDA build of Paddle exist: the CUDA kernels are tried."""
     import paddle
 
     return shutil.which("nvcc") is not None and paddle.is_compiled_with_cuda()
+
+
+_cuda_error: dict = {"why": None}  # why the CUDA kernels did not build (the CPU ones were built alone)
+
+
+def gpu_build() -> bool:
+    """The loaded kernels include the CUDA ones."""
+    return cuda_toolchain() and _cuda_error["why"] is None
+
+
+def cuda_status() -> str:
+    if not cuda_toolchain():
+        return "no (no nvcc or a CPU build of Paddle)"
+    return f"no: {_cuda_error['why']}" if _cuda_error["why"] else "yes"
 
 
 def sources(gpu: Optional[bool] = None) -> list:
@@ -150,8 +166,20 @@ def _compile(tmp: Path, gpu: bool):
 
 
 def build(force: bool = False):
-    """The loaded kernel module, building it into the cache first where needed. Raises BuildError."""
-    gpu = gpu_build()
+    """The loaded kernel module, building it into the cache first where needed. Raises BuildError.
+    When the CUDA sources fail to build (they are untested: no GPU where llmx is developed), the CPU
+    kernels are built alone, so CPU tensors keep them; GPU tensors then take the composed ops."""
+    if not gpu_build():
+        return _build(False, force)
+    try:
+        return _build(True, force)
+    except BuildError as e:
+        _cuda_error["why"] = str(e)
+        log.warning("fused ops: the CUDA kernels did not build, building the CPU kernels alone: %s", e)
+        return _build(False, force)
+
+
+def _build(gpu: bool, force: bool):
     key = cache_key(gpu)
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)

@@ -276,6 +276,21 @@ def test_fused_loss_in_training_only_and_static_export_holds_paddle_ops_only(ops
     assert "llama" in read_json(tmp_path / "static" / "config.json")["model_type"] and "llmx_" not in program
 
 
+CUDA_FAILS = """
+import llmx.ops.build as b
+b.cuda_toolchain = lambda: True  # as on a GPU machine: its CUDA sources are tried (and fail here: no CUDA headers)
+import paddle, llmx.ops as ops
+assert ops.configure("on")
+ops.rms_norm(paddle.randn([3, 8]), paddle.ones([8]))
+print(b.gpu_build(), ops.used(), b.cuda_status())
+"""
+
+
+def test_a_failed_cuda_build_keeps_the_cpu_kernels(ops):
+    out = subprocess.run([sys.executable, "-c", CUDA_FAILS], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False ['rms_norm'] no: compiling csrc/ failed: "), out
+
+
 def test_without_a_compiler_auto_falls_back_once_and_on_fails_in_one_line(ops, tmp_path):
     from helpers import launch, read_json, train_losses
 
