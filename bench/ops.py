@@ -12,7 +12,8 @@ example unlearned, as SFT trains).
 
 Both sides get the same cores (--threads, default all this process may use): Paddle's math
 library (its GEMMs) and the OpenMP of llmx's kernels. Paddle's own elementwise CPU kernels
-run on one thread whatever the setting.
+run on one thread whatever the setting. A training run keeps Paddle's default, one thread for
+both (paddle's import sets OMP_NUM_THREADS=1 when it is unset): `--threads 1` measures that.
 
     python bench/ops.py                 # ~3-5 min on 2 shared cores (builds the kernels first if needed)
     python bench/ops.py --reps 3 --skip-e2e
@@ -111,12 +112,14 @@ def segments(b, s, rng):
 
 def main():
     args = parse()
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # llmx's kernels (read when their OpenMP starts)
     import numpy as np
     import paddle
     from paddle.base import core
 
     core.set_num_threads(args.threads)  # Paddle's MKL (its default is one thread)
+    # llmx's kernels: their OpenMP reads this when it starts, after paddle's import (which sets it to
+    # 1 when unset, and prints a warning when it is set to more)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     import llmx.ops as ops
     from llmx.ops import composed
