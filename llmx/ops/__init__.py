@@ -71,13 +71,14 @@ def reset_used() -> None:
     _used.clear()
 
 
-# Logits per chunk of the fused cross-entropy: at most 8M float32 (32 MiB; 256 rows at a 32k
-# vocabulary) and at most an eighth of the rows. MKL's GEMMs slow down on few rows (the weight
+# Logits per chunk of the fused cross-entropy: at most 16M float32 (64 MiB; 512 rows at a 32k
+# vocabulary) and at most a quarter of the rows. MKL's GEMMs slow down on few rows (the weight
 # gradient's at 256 rows runs at ~60% of its speed at 512), so smaller chunks cost time; larger
-# ones memory: at 2048 tokens x 32k, 256-row chunks peak at 0.39 of the composed loss's memory,
-# 512-row ones at 0.51 (bench/ops.py's method).
-CE_CHUNK_ELEMENTS = 8 << 20
-CE_CHUNKS_AT_LEAST = 8
+# ones memory. At 2048 tokens x 32k, 512-row chunks peak at 0.40 of the composed loss's memory;
+# at 1024 tokens the quarter (256 rows) keeps it at 0.64 in all, 0.34 beyond the weight gradient
+# both hold (bench/ops.py's method).
+CE_CHUNK_ELEMENTS = 16 << 20
+CE_CHUNKS_AT_LEAST = 4
 
 
 def _c(x):
@@ -160,6 +161,7 @@ class _FusedLinearCE(paddle.autograd.PyLayer):
             dh.append(paddle.matmul(g, weight, transpose_y=not transpose_weight))
             if want_w:  # d loss / d weight (+= in place): h^T g for [hidden, vocab], g^T h for a tied [vocab, hidden]
                 kern.llmx_gemm_tn_acc(dw, g, h) if transpose_weight else kern.llmx_gemm_tn_acc(dw, h, g)
+            del g  # before the next chunk's logits exist: one chunk at a time
         ctx.save_for_backward(paddle.concat(dh) if dh else paddle.zeros_like(hidden), dw)
         return total
 
