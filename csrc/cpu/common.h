@@ -9,6 +9,8 @@
 #include <cstring>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "paddle/extension.h"
 
 namespace llmx {
@@ -56,5 +58,25 @@ inline float vexp(float x) {
   return p * scale;
 }
 inline double vexp(double x) { return std::exp(x); }
+
+// A new output tensor's pages are first touched by the kernel that fills it; on a VM each 4 KiB
+// page fault costs about as much as the arithmetic of an elementwise op (a 23 MB output: ~12 ms of
+// a ~15 ms op, measured here). Asking for transparent huge pages on the 2 MiB-aligned interior
+// (the kernel's default THP mode is often `madvise`) makes those 512x fewer faults. Advice only:
+// memory Paddle's allocator hands back again is already mapped, and failure changes nothing.
+inline void prefer_huge_pages(const paddle::Tensor& t) {
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const auto start = reinterpret_cast<uintptr_t>(t.data());
+  const uintptr_t first = (start + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (start + t.numel() * phi::SizeOf(t.dtype())) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+}
+
+// A new tensor shaped like `like` (CPU: its pages advised huge, above).
+inline paddle::Tensor new_like(const paddle::Tensor& like) {
+  auto t = paddle::empty(like.shape(), like.dtype(), like.place());
+  if (t.is_cpu()) prefer_huge_pages(t);
+  return t;
+}
 
 }  // namespace llmx

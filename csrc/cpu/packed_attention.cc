@@ -141,7 +141,7 @@ std::vector<paddle::Tensor> PackedAttnForward(const paddle::Tensor& q, const pad
                seg.shape()[1] == q.shape()[1],
            "seg must be int64 [batch, seq]");
   const Dims m = dims_of(q, k);
-  auto out = paddle::empty(q.shape(), q.dtype(), q.place());
+  auto out = llmx::new_like(q);
   auto lse = paddle::empty({m.b, m.h, m.s}, paddle::DataType::FLOAT32, q.place());
   PD_DISPATCH_FLOATING_TYPES(q.type(), "llmx_packed_attention", ([&] {
     forward<data_t>(q.data<data_t>(), k.data<data_t>(), v.data<data_t>(), seg.data<int64_t>(), out.data<data_t>(),
@@ -155,9 +155,9 @@ std::vector<paddle::Tensor> PackedAttnBackward(const paddle::Tensor& q, const pa
                                                const paddle::Tensor& out, const paddle::Tensor& lse,
                                                const paddle::Tensor& dout, float scale) {
   const Dims m = dims_of(q, k);
-  auto dq = paddle::empty(q.shape(), q.dtype(), q.place());
-  auto dk = paddle::empty(k.shape(), k.dtype(), k.place());
-  auto dv = paddle::empty(v.shape(), v.dtype(), v.place());
+  auto dq = llmx::new_like(q);
+  auto dk = llmx::new_like(k);
+  auto dv = llmx::new_like(v);
   PD_DISPATCH_FLOATING_TYPES(q.type(), "llmx_packed_attention_grad", ([&] {
     backward<data_t>(q.data<data_t>(), k.data<data_t>(), v.data<data_t>(), seg.data<int64_t>(), out.data<data_t>(),
                      lse.data<float>(), dout.data<data_t>(), dq.data<data_t>(), dk.data<data_t>(), dv.data<data_t>(), m,

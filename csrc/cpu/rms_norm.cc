@@ -68,14 +68,14 @@ void check(const paddle::Tensor& x, const paddle::Tensor& w) {
 std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle::Tensor& w, float eps) {
 #ifdef LLMX_WITH_CUDA
   if (x.is_gpu()) {  // float32 only (llmx.ops sends other dtypes to the composed ops)
-    auto y = paddle::empty(x.shape(), x.dtype(), x.place());
+    auto y = llmx::new_like(x);
     llmx_cuda::rms_norm_forward(x.data<float>(), w.data<float>(), y.data<float>(), llmx::rows_of(x), x.shape().back(),
                                 eps, x.stream());
     return {y};
   }
 #endif
   check(x, w);
-  auto y = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto y = llmx::new_like(x);
   PD_DISPATCH_FLOATING_TYPES(x.type(), "llmx_rms_norm", ([&] {
     norm_rows<data_t>(x.data<data_t>(), w.data<data_t>(), y.data<data_t>(), llmx::rows_of(x), x.shape().back(), eps);
   }));
@@ -84,7 +84,7 @@ std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle
 
 std::vector<paddle::Tensor> RmsNormBackward(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& dy,
                                             float eps) {
-  auto dx = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto dx = llmx::new_like(x);
   auto dw = paddle::full(w.shape(), 0, w.dtype(), w.place());
 #ifdef LLMX_WITH_CUDA
   if (x.is_gpu()) {
@@ -104,8 +104,8 @@ std::vector<paddle::Tensor> AddRmsNormForward(const paddle::Tensor& x, const pad
                                               const paddle::Tensor& w, float eps) {
   check(x, w);
   PD_CHECK(residual.shape() == x.shape() && residual.dtype() == x.dtype(), "residual must match x");
-  auto y = paddle::empty(x.shape(), x.dtype(), x.place());
-  auto h = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto y = llmx::new_like(x);
+  auto h = llmx::new_like(x);
   PD_DISPATCH_FLOATING_TYPES(x.type(), "llmx_add_rms_norm", ([&] {
     const data_t* a = x.data<data_t>();
     const data_t* b = residual.data<data_t>();
@@ -120,7 +120,7 @@ _Pragma("omp parallel for simd schedule(static)")
 
 std::vector<paddle::Tensor> AddRmsNormBackward(const paddle::Tensor& h, const paddle::Tensor& w,
                                                const paddle::Tensor& dy, const paddle::Tensor& dh, float eps) {
-  auto dx = paddle::empty(h.shape(), h.dtype(), h.place());
+  auto dx = llmx::new_like(h);
   auto dw = paddle::full(w.shape(), 0, w.dtype(), w.place());
   PD_DISPATCH_FLOATING_TYPES(h.type(), "llmx_add_rms_norm_grad", ([&] {
     const data_t* add = dh.initialized() ? dh.data<data_t>() : nullptr;

@@ -80,7 +80,7 @@ std::vector<paddle::Tensor> RopeBackward(const paddle::Tensor& q_out, const padd
       out.push_back(paddle::full(like->shape(), 0, like->dtype(), like->place()));
       continue;
     }
-    auto g = paddle::empty(d->shape(), d->dtype(), d->place());
+    auto g = llmx::new_like(*d);
     PD_DISPATCH_FLOATING_TYPES(d->type(), "llmx_rope_grad", ([&] { apply<data_t>(*d, cos, sin, data_t(-1), g); }));
     out.push_back(g);
   }

@@ -7,14 +7,14 @@
 std::vector<paddle::Tensor> SwigluForward(const paddle::Tensor& gate, const paddle::Tensor& up) {
 #ifdef LLMX_WITH_CUDA
   if (gate.is_gpu()) {  // float32 only (llmx.ops sends other dtypes to the composed ops)
-    auto out = paddle::empty(gate.shape(), gate.dtype(), gate.place());
+    auto out = llmx::new_like(gate);
     llmx_cuda::swiglu_forward(gate.data<float>(), up.data<float>(), out.data<float>(), gate.numel(), gate.stream());
     return {out};
   }
 #endif
   llmx::check_cpu_float(gate, "gate");
   PD_CHECK(up.shape() == gate.shape() && up.dtype() == gate.dtype(), "up must match gate");
-  auto out = paddle::empty(gate.shape(), gate.dtype(), gate.place());
+  auto out = llmx::new_like(gate);
   PD_DISPATCH_FLOATING_TYPES(gate.type(), "llmx_swiglu", ([&] {
     const data_t* g = gate.data<data_t>();
     const data_t* u = up.data<data_t>();
@@ -29,8 +29,8 @@ _Pragma("omp parallel for simd schedule(static)")
 // d gate = dout * up * s * (1 + g * (1 - s)),  d up = dout * g * s,  s = sigmoid(g).
 std::vector<paddle::Tensor> SwigluBackward(const paddle::Tensor& gate, const paddle::Tensor& up,
                                            const paddle::Tensor& dout) {
-  auto dg = paddle::empty(gate.shape(), gate.dtype(), gate.place());
-  auto du = paddle::empty(gate.shape(), gate.dtype(), gate.place());
+  auto dg = llmx::new_like(gate);
+  auto du = llmx::new_like(gate);
 #ifdef LLMX_WITH_CUDA
   if (gate.is_gpu()) {
     llmx_cuda::swiglu_backward(gate.data<float>(), up.data<float>(), dout.data<float>(), dg.data<float>(),
