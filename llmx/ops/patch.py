@@ -16,12 +16,13 @@ PaddleNLP's layer, and enable() reports only the ops it switched.
   computes only the blocks inside each example; any other mask (padding, prefixes, a cache) goes to
   PaddleNLP's function as before.
 - a causal LM whose loss is `self.criterion(self.lm_head(hidden), labels)` (Llama's form) gets a
-  forward that, when it is given labels, runs the family's own forward with lm_head passing the
+  forward that, given labels in training mode, runs the family's own forward with lm_head passing the
   hidden states through and the criterion replaced by llmx.ops.fused_linear_cross_entropy over
   lm_head's weight (tied or not): the [tokens, vocab] logits never exist, and the output's logits
   are None (as with PaddleNLP's own use_fused_linear_cross_entropy, a Triton kernel for GPUs). The
-  Trainer's loss-only evaluation and the ptx loss read only the loss; without labels (generation,
-  DPO/KTO/RM, RL log-probs) the family's forward runs untouched. Checked on a random batch: a
+  Trainer's training step and the ptx loss read only the loss; in eval mode (metrics want the
+  logits) and without labels (generation, DPO/KTO/RM, RL log-probs) the family's forward runs
+  untouched. Checked on a random batch: a
   family whose forward does anything else with the logits (soft-capping, its own loss, an
   lm_head with a bias, LoRA on lm_head) keeps its own path.
 """
