@@ -183,9 +183,9 @@ def fused_linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100,
     hidden2 = hidden.reshape([-1, hidden.shape[-1]])
     labels1 = labels.reshape([-1]).astype("int64")
     k = _kernel("fused_linear_cross_entropy", hidden2, weight)
-    counted = labels1 != ignore_index
+    counted = labels1 != ignore_index if k else None
     n_counted = int(counted.sum()) if k else 0
-    if not k or n_counted == 0:
+    if n_counted == 0:  # no kernel, or nothing to count
         return composed.fused_linear_cross_entropy(hidden2, weight, labels1, ignore_index, transpose_weight, reduction)
     if n_counted < labels1.shape[0]:
         keep = paddle.nonzero(counted).flatten()
