@@ -175,3 +175,14 @@ def run_in_process(run_dir, *overrides: str) -> dict:
     validate(cfg)
     module = stage_module(cfg.stage.runner)
     return run_stage(module, cfg, create_context(cfg, str(run_dir), module.prepare(cfg)))
+
+
+def dialogue(*turns, question=None, system=None):
+    """A Dialogue from (user, assistant) pairs, then `question` as a last user message (a prompt)."""
+    from llmx.data.dialogue import Dialogue
+
+    head = ({"role": "system", "content": system},) if system else ()
+    pairs = tuple(m for u, a in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a}))
+    tail = ({"role": "user", "content": question},) if question is not None else ()
+    return Dialogue(head + pairs + tail)
+

@@ -29,7 +29,15 @@ def _read_config(d: Path) -> dict:
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
-def _chat_template(d: Path, config: dict) -> Optional[str]:
+def chat_template_in(d: Path):
+    """The Jinja chat template a tokenizer directory ships, as transformers finds it (`chat_template.jinja`,
+    `chat_template.json`, tokenizer_config.json's `chat_template`: a string, or a list of named templates);
+    None when there is none."""
+    d = Path(d)
+    return _chat_template(d, _read_config(d)) if d.is_dir() else None
+
+
+def _chat_template(d: Path, config: dict):
     if (d / "chat_template.jinja").is_file():
         return (d / "chat_template.jinja").read_text()
     if (d / "chat_template.json").is_file():  # transformers' older separate file: {"chat_template": ...}
@@ -37,7 +45,8 @@ def _chat_template(d: Path, config: dict) -> Optional[str]:
         if isinstance(data, dict) and isinstance(data.get("chat_template"), str):
             return data["chat_template"]
     template = config.get("chat_template")
-    return template if isinstance(template, str) else None
+    named = isinstance(template, list) and all(isinstance(t, dict) and {"name", "template"} <= set(t) for t in template)
+    return template if isinstance(template, str) or (named and template) else None
 
 
 def _copy(src: Path, dst: Path, names) -> None:

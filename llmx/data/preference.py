@@ -1,44 +1,34 @@
-"""Preference (DPO) and pointwise (KTO) data: read and check JSONL, paddle-free.
+"""Preference (DPO, RM) and pointwise (KTO) data: read and check files (paddle-free), and encode examples
+as PaddleNLP's trl lays them out.
 
-The formats are PaddleNLP's (DESIGN.md, "Data formats"):
+PaddleNLP's JSONL formats (DESIGN.md, "Data formats"):
 
     DPO: {"src": str|[str], "tgt": str|[str], "response": [a, b], "sort": [i, j]}   higher sort = chosen
     KTO: {"src": str|[str], "tgt": str|[str], "response": [a],    "sort": [1|0]}    1 = desirable
 
 `src` holds one more turn than `tgt`: the earlier turns are a conversation (src[k] answered
-by tgt[k]), and the responses answer the last src. A single-turn line is
-`{"src": "q", "tgt": [], ...}` (a string is a one-element list). Every line is checked here,
-before anything heavy is imported; the first bad one raises DataError("path:line: reason").
+by tgt[k]), and the responses answer the last src. Every line is checked before anything heavy is
+imported; the first bad one raises DataError("path:line: reason").
 
-`trl_record` turns an example into the dict PaddleNLP's trl data helpers take, rendering
-prompts with llmx's plain template (llmx.data.sft) when the tokenizer has no chat template,
-so a preference run sees prompts exactly as the SFT run it starts from did.
+`encode_trl` writes what `paddlenlp.trl.preprocess_preference_data` writes (one sequence prompt +
+first response + second response, the second unable to see the first; next-token labels with 0 as
+"not learned"), but from llmx.data.chat's rendering: trl renders chat templates with PaddleNLP's
+`encode_chat_inputs`, which fails on templates that are not turn-local, and renders a tokenizer
+without a template otherwise than SFT does. So a preference run sees prompts exactly as the SFT run
+it starts from did.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
+
+from llmx.data.chat import ChatFormat, TemplateError
+from llmx.data.dialogue import Dialogue, PreferenceExample, assistant, user
 from llmx.data.jsonl import read_jsonl_records
-from llmx.data.sft import PROMPT_TEMPLATE, Conversation, SftEncoder
+from llmx.data.sft import SftEncoder
 from llmx.errors import DataError
-
-
-@dataclass(frozen=True)
-class PreferenceExample:
-    history: tuple[tuple[str, str], ...]  # earlier (src, tgt) turns
-    prompt: str  # the last src, answered by the responses
-    responses: tuple[str, ...]  # DPO: (chosen, rejected); KTO: (response,)
-    label: int  # KTO: 1 desirable / 0 undesirable; DPO: 1
-
-    @property
-    def chosen(self) -> str:
-        return self.responses[0]
-
-    @property
-    def rejected(self) -> str:
-        return self.responses[1]
 
 
 def _strings(obj: dict, key: str, where: str) -> list[str]:
@@ -80,10 +70,14 @@ def _example(obj: Any, where: str, kind: str) -> PreferenceExample:
         if sort[0] == sort[1]:
             raise DataError(f"{where}: sort values are equal ({sort[0]}): the higher one marks the chosen response")
         chosen, rejected = (response[0], response[1]) if sort[0] > sort[1] else (response[1], response[0])
-        return PreferenceExample(tuple(zip(src[:-1], tgt)), src[-1], (chosen, rejected), 1)
+        return PreferenceExample(_prompt(src, tgt), (assistant(chosen), assistant(rejected)), 1)
     if sort[0] not in (0, 1):
         raise DataError(f"{where}: sort is {sort}, need [1] (desirable) or [0] (undesirable)")
-    return PreferenceExample(tuple(zip(src[:-1], tgt)), src[-1], (response[0],), int(sort[0]))
+    return PreferenceExample(_prompt(src, tgt), (assistant(response[0]),), int(sort[0]))
+
+
+def _prompt(src: list, tgt: list) -> Dialogue:
+    return Dialogue(tuple(m for s, t in zip(src, tgt) for m in (user(s), assistant(t))) + (user(src[-1]),))
 
 
 def read_preference_jsonl(path: str | Path, kind: str = "dpo") -> list[PreferenceExample]:
@@ -95,27 +89,62 @@ def read_preference_jsonl(path: str | Path, kind: str = "dpo") -> list[Preferenc
     return examples
 
 
-def trl_record(example: PreferenceExample, chat_template: bool, second: str | None = None) -> dict:
-    """The dict `paddlenlp.trl.preprocess_preference_data` takes: `response` = [first, second] with
-    the first sorted higher. DPO: (chosen, rejected). KTO: (the response, `second`), where `second`
-    is the mismatched response whose log-probability estimates the KL term."""
-    def render(src: str) -> str:
-        return src if chat_template else PROMPT_TEMPLATE.format(src=src)
+def _prompt_and_answers(chat: ChatFormat, prompt: Dialogue, responses: Sequence[dict]) -> tuple[list, list]:
+    """The prompt's ids (its earlier turns included) and each response's ids with its end of turn."""
+    prompt_ids, answers = None, []
+    for response in responses:
+        turns = chat.turns(prompt.then(response))
+        ids = [i for p, a in turns[:-1] for i in p + a] + turns[-1][0]
+        if prompt_ids is not None and ids != prompt_ids:
+            raise TemplateError("chat template: two responses to one prompt render different prompt tokens")
+        prompt_ids = ids
+        answers.append(turns[-1][1])
+    return prompt_ids, answers
 
-    srcs = [render(s) for s, _ in example.history] + [render(example.prompt)]
-    responses = list(example.responses) if second is None else [example.responses[0], second]
-    return {"src": srcs, "tgt": [t for _, t in example.history], "response": responses, "sort": [1, 0]}
+
+def encode_trl(examples: Sequence[PreferenceExample], tokenizer, max_length: int, max_prompt_length: int,
+               pointwise: bool = False) -> list[dict]:
+    """trl's preference sequences. DPO: (chosen, rejected). KTO (`pointwise`): (the response, the next
+    example's response, whose log-probability estimates the KL baseline), the desirability in the sort
+    slot of response_indexs, which is the layout KTOCriterion reads."""
+    chat = ChatFormat(tokenizer)
+    out = []
+    for k, e in enumerate(examples):
+        responses = (e.responses[0], examples[(k + 1) % len(examples)].responses[0]) if pointwise else e.responses
+        prompt, answers = _prompt_and_answers(chat, e.prompt, responses)
+        out.append(_trl_sequence(prompt, answers, max_length, max_prompt_length, e.label if pointwise else 1))
+    return out
+
+
+def _trl_sequence(prompt: list, answers: list, max_length: int, max_prompt_length: int, sort: int) -> dict:
+    if len(prompt) + sum(map(len, answers)) > max_length:  # trl's cut: the prompt from the left, then the answers pro rata
+        prompt = prompt[-max_prompt_length:]
+        room = max_length - len(prompt)
+        if sum(map(len, answers)) > room:
+            first = min(max(int(len(answers[0]) / sum(map(len, answers)) * room), 1), room - 1)  # each keeps a token
+            answers = [answers[0][:first], answers[1][:room - first]]
+    # Each response's row starts at the prompt's last token (the one that predicts its first token).
+    rows = [[prompt[-1]] + a[:-1] for a in answers]
+    n, (n0, n1) = len(prompt) - 1, map(len, rows)
+    seq = n + n0 + n1
+    mask = np.tri(seq, seq, dtype=bool)
+    mask[n + n0:, n:n + n0] = False  # the second response cannot see the first
+    return {"input_ids": prompt[:-1] + rows[0] + rows[1],
+            "position_ids": list(range(n)) + list(range(n, n + n0)) + list(range(n, n + n1)),
+            "response_0_labels": [0] * n + answers[0] + [0] * n1,
+            "response_1_labels": [0] * (n + n0) + answers[1],
+            "response_indexs": [n, n + n0, seq, sort], "attention_mask": mask}
 
 
 def encode_pairs(examples, tokenizer, max_length: int, max_prompt_length: int) -> list[dict]:
     """Preference examples -> {"chosen": ids, "rejected": ids}: the prompt (earlier turns included) as SFT
-    renders it, then the response and eos, cut to max_length."""
+    renders it, then the response and its end of turn, cut to max_length."""
     encoder = SftEncoder(tokenizer, max_length, max_prompt_length)
     out = []
     for e in examples:
         pair = {}
         for name, response in (("chosen", e.chosen), ("rejected", e.rejected)):
-            prompt, answer = encoder.prompt_and_answer(Conversation(e.history + ((e.prompt, response),)))
+            prompt, answer = encoder.prompt_and_answer(e.prompt.then(response))
             pair[name] = prompt + answer
         out.append(pair)
     return out

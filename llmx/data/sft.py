@@ -1,40 +1,23 @@
-"""SFT data: JSONL `{"src": str|[str], "tgt": str|[str]}` -> token ids with target-only labels.
+"""SFT examples -> token ids with labels on the assistant's turns only.
 
-Lists are multi-turn conversations (src[i] is answered by tgt[i]). When the
-tokenizer has a chat template we render turns with it; otherwise with the plain
-template below, which is part of llmx's documented format:
-
-    Q: <src 1>\nA: <tgt 1></s>Q: <src 2>\nA: <tgt 2></s>
-
-Loss is computed only on answer tokens (and their end-of-sequence token);
-prompt tokens get label IGNORE_INDEX. PaddleNLP's causal-LM criterions do not
-shift labels (its datasets do), so `labels[i]` is the token that follows
-`input_ids[i]`. Reading and checking the file imports no
-paddle, so a malformed line is reported before any heavy import.
+Conversations are rendered by llmx.data.chat (the tokenizer's chat template as transformers renders it,
+else llmx's plain template `Q: <user>\nA: <assistant></s>`). Every assistant message is learned (its
+content and end-of-turn token); everything else gets label IGNORE_INDEX. PaddleNLP's causal-LM
+criterions do not shift labels (its datasets do), so `labels[i]` is the token that follows
+`input_ids[i]`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from llmx.data.chat import PROMPT_TEMPLATE, ChatFormat  # noqa: F401 - PROMPT_TEMPLATE: the plain template's prompt
+from llmx.data.dialogue import Dialogue
 from llmx.data.jsonl import read_jsonl_records
 from llmx.errors import DataError
 from llmx.tokens import IGNORE_INDEX
 
-PROMPT_TEMPLATE = "Q: {src}\nA:"
 
-
-@dataclass(frozen=True)
-class Conversation:
-    turns: tuple[tuple[str, str], ...]  # (src, tgt) pairs
-
-    @property
-    def answer(self) -> str:
-        return self.turns[-1][1]
-
-
-def _as_turns(obj: Any, where: str) -> tuple[tuple[str, str], ...]:
+def _src_tgt(obj, where: str) -> Dialogue:
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object with keys src and tgt, got {type(obj).__name__}")
     missing = [k for k in ("src", "tgt") if k not in obj]
@@ -53,37 +36,27 @@ def _as_turns(obj: Any, where: str) -> tuple[tuple[str, str], ...]:
                 raise DataError(f"{where}: {key}[{i}] is {type(v).__name__}, expected a string")
     if not tgt[-1].strip():
         raise DataError(f"{where}: the last tgt is empty (nothing to learn)")
-    return tuple(zip(src, tgt))
+    return Dialogue(tuple(m for s, t in zip(src, tgt) for m in ({"role": "user", "content": s},
+                                                                 {"role": "assistant", "content": t})))
 
 
-def read_sft_jsonl(path: str | Path) -> list[Conversation]:
+def read_sft_jsonl(path: str | Path) -> list[Dialogue]:
     """Parse and check every line; the first bad line raises DataError('path:line: reason')."""
-    return read_jsonl_records(path, lambda obj, where, _: Conversation(_as_turns(obj, where)))
+    return read_jsonl_records(path, lambda obj, where, _: _src_tgt(obj, where))
 
 
 class SftEncoder:
-    """Turns conversations into token ids, applying the chat template or the plain one."""
+    """Turns dialogues into token ids with labels, cut to max_length (the last prompt to src_length)."""
 
     def __init__(self, tokenizer, max_length: int, src_length: int) -> None:
         self.tokenizer = tokenizer
+        self.chat = ChatFormat(tokenizer)
         self.max_length = max_length
         self.src_length = src_length
-        self.eos = tokenizer.eos_token_id
-        self.bos = tokenizer.bos_token_id
-        self.use_chat_template = getattr(tokenizer, "chat_template", None) is not None
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)["input_ids"]
-
-    def turn_ids(self, conv: Conversation) -> list[tuple[list[int], list[int]]]:
-        """(prompt ids, answer ids) per turn; answers end with eos."""
-        if self.use_chat_template:
-            pairs = self.tokenizer.encode_chat_inputs([list(t) for t in conv.turns])["conversations"]
-            return [(list(p), list(a)) for p, a in pairs]
-        turns = [(self._encode(PROMPT_TEMPLATE.format(src=s)), self._encode(t) + [self.eos]) for s, t in conv.turns]
-        if self.bos is not None:
-            turns[0] = ([self.bos] + turns[0][0], turns[0][1])
-        return turns
+    def turn_ids(self, dialogue: Dialogue) -> list[tuple[list[int], list[int]]]:
+        """(ids not learned, ids learned) per assistant message."""
+        return self.chat.turns(dialogue)
 
     def _fit(self, turns: list[tuple[list[int], list[int]]]) -> list[tuple[list[int], list[int]]]:
         """Truncate: the last prompt keeps its last src_length tokens; older turns are
@@ -97,22 +70,22 @@ class SftEncoder:
         room = self.max_length - history - len(prompt)
         return turns[:-1] + [(prompt, answer[:max(room, 1)])]
 
-    def encode(self, conv: Conversation) -> dict:
+    def encode(self, dialogue: Dialogue) -> dict:
         input_ids: list[int] = []
         labels: list[int] = []
-        for prompt, answer in self._fit(self.turn_ids(conv)):
+        for prompt, answer in self._fit(self.turn_ids(dialogue)):
             input_ids += prompt + answer
             labels += [IGNORE_INDEX] * len(prompt) + answer
         return {"input_ids": input_ids[:-1], "labels": labels[1:]}
 
-    def prompt_and_answer(self, conv: Conversation) -> tuple[list[int], list[int]]:
+    def prompt_and_answer(self, dialogue: Dialogue) -> tuple[list[int], list[int]]:
         """(every earlier turn with its answer, then the last prompt; the last answer, with eos)."""
-        turns = self._fit(self.turn_ids(conv))
+        turns = self._fit(self.turn_ids(dialogue))
         ids: list[int] = []
         for prompt, answer in turns[:-1]:
             ids += prompt + answer
         return ids + turns[-1][0], turns[-1][1]
 
-    def prompt_for_generation(self, conv: Conversation) -> list[int]:
+    def prompt_for_generation(self, dialogue: Dialogue) -> list[int]:
         """Every earlier turn with its gold answer, then the last prompt."""
-        return self.prompt_and_answer(conv)[0]
+        return self.prompt_and_answer(dialogue)[0]

@@ -17,6 +17,7 @@ import paddlenlp.transformers as pnt
 from omegaconf import DictConfig, OmegaConf
 
 from llmx.config import ConfigError, asset_path
+from llmx.convert.tokenizer import chat_template_in
 from llmx.engine.distributed import hybrid_group
 from llmx.engine.peft import count_parameters, load_adapter
 from llmx.families import Family, family, fixes
@@ -47,9 +48,13 @@ def tokenizer_path(m: DictConfig) -> str:
 
 
 def build_tokenizer(m: DictConfig):
-    tok = pnt.AutoTokenizer.from_pretrained(tokenizer_path(m))
+    path = tokenizer_path(m)
+    tok = pnt.AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:  # many causal LMs ship without one; eos is the usual stand-in
         tok.pad_token = tok.eos_token
+    # The template's source, which llmx.data.chat renders as transformers does (PaddleNLP keeps only a
+    # compiled template, and its own encoder is wrong for templates that are not turn-local).
+    tok.llmx_chat_template = chat_template_in(path)
     return tok
 
 

@@ -2,16 +2,14 @@
 
 What trl has is used as it is: DPOTrainer/KTOTrainer (through llmx's Trainer mixin, engine.fit),
 DPOCriterion/KTOCriterion (the losses and the log-probabilities of responses),
-`preprocess_preference_data` (tokenisation, truncation, the prompt + chosen + rejected sequence
-with its 2-D mask), ZeroPaddingMapDataset (packing) and `preference_collate_fn`. What it lacks,
+ZeroPaddingMapDataset (packing) and `preference_collate_fn`. What it lacks,
 written here:
 - argument objects: the pip package has no DPO/KTO config classes, only attribute reads;
 - the reference model is used unwrapped: trl wraps it with `fleet.distributed_model`, which
   fails unless fleet is initialised (one process never initialises it) and is not needed for a
   forward-only model under data parallelism (see DPOTrainer / KTOTrainer below);
-- KTO data: trl's pip package has no KTO preprocessing; a KTO example is encoded as trl's
-  preference sequence prompt + response + (a mismatched response, whose log-probability under
-  policy and reference estimates the KL baseline), which is the layout KTOCriterion reads;
+- the encoding: trl's layout, written by llmx.data.preference.encode_trl from llmx's own chat rendering
+  (trl's renders templates that are not turn-local wrongly), KTO included (trl's pip package has none);
 - an unpacked run (zero_padding=false) is one example per pack: trl's collator only takes packs;
 - held-out evaluation that is comparable before and after training (the model's own log-prob
   preference, the implicit reward, and the token-level KL to the reference).
@@ -20,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
-from typing import Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import paddle
@@ -103,23 +101,6 @@ class KTOTrainer(_ReferenceAsIs, trl.KTOTrainer):
 
 
 # ------------------------------------------------------------------------------------------- data
-
-
-def encode(records: Sequence[dict], tokenizer, max_length: int, max_prompt_length: int,
-           labels: Optional[Sequence[int]] = None) -> list[dict]:
-    """trl's preference encoding of each record ({"src", "tgt", "response": [first, second], "sort"}):
-    one sequence prompt + first + second, the second unable to see the first. With `labels` (KTO),
-    the sort slot of each example's response_indexs carries its desirability instead."""
-    data_args = SimpleNamespace(max_seq_len=max_length, max_prompt_len=max_prompt_length)
-    model_args = SimpleNamespace(flash_mask=False)  # the dense 2-D mask: FlashMask needs a GPU
-    out = []
-    for i, record in enumerate(records):
-        record = {k: list(v) if isinstance(v, list) else v for k, v in record.items()}  # trl edits it in place
-        ex = trl.preprocess_preference_data(record, tokenizer, data_args, model_args)
-        if labels is not None:
-            ex["response_indexs"][-1] = int(labels[i])
-        out.append(ex)
-    return out
 
 
 class Packs(list):
@@ -245,11 +226,11 @@ def preference_metrics(scores: dict, beta: float, kind: str) -> dict:
 # ---------------------------------------------------------------------------------- the stage run
 
 
-def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict], eval_records: Sequence[dict],
-                  train_labels: Optional[Sequence[int]] = None, eval_labels: Optional[Sequence[int]] = None) -> dict:
+def run_alignment(cfg: DictConfig, ctx, kind: str, encode: Callable) -> dict:
     """The whole DPO (`kind="dpo"`) or KTO (`kind="kto"`) run of a stage: build the policy (and the
-    reference where the loss has one), encode and pack the data, measure the held-out set, train
-    with trl's trainer through engine.fit, measure again, export. Returns the summary."""
+    reference where the loss has one), encode (`encode(tokenizer)` -> the train and held-out sequences in
+    trl's layout) and pack the data, measure the held-out set, train with trl's trainer through
+    engine.fit, measure again, export. Returns the summary."""
     from llmx.engine import model as models
     from llmx.engine.checkpoint import adapter_base, export_model, export_result
     from llmx.engine.fit import fit
@@ -276,8 +257,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, train_records: Sequence[dict]
     model = wrap_peft(model, cfg, base_ref)
 
     d = stage.data
-    train = encode(train_records, tokenizer, d.max_length, d.max_prompt_length, train_labels)
-    held_out = encode(eval_records, tokenizer, d.max_length, d.max_prompt_length, eval_labels)
+    train, held_out = encode(tokenizer)
     train_set, packing = pack(train, tokenizer, d.max_length, stage.zero_padding)
     eval_set, _ = pack(held_out, tokenizer, d.max_length, stage.zero_padding)
     ctx.log.info("%s data: %d examples in %d sequences of <= %d tokens, non-pad fraction %.4f", kind,

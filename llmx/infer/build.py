@@ -1,13 +1,16 @@
 """Engines over a built model (dynamic) or an exported program (static)."""
 from __future__ import annotations
 
+from llmx.data.chat import ChatFormat
 from llmx.engine.peft import SAME_FORWARD_WRAPPERS
 from llmx.infer.engine import Engine
 from llmx.infer.runners import DynamicRunner, RecomputeRunner, StaticRunner
 
 
 def eos_ids(config, tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
+    """Where generation stops: eos, the config's eos ids, and the chat template's end-of-turn token (a
+    checkpoint's eos need not be it: SmolLM2's GGUF names <|im_start|>)."""
+    ids = {tokenizer.eos_token_id, *ChatFormat(tokenizer).end_of_turn_ids()}
     eos = getattr(config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
     return sorted(i for i in ids if i is not None)

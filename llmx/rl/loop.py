@@ -126,8 +126,8 @@ class Prompts:
     def __init__(self, lines, tokenizer, max_prompt_length: int) -> None:
         from llmx.data.infer import prompt_ids
 
-        self.ids = [prompt_ids(tokenizer, line.chat)[-max_prompt_length:] for line in lines]
-        self.texts = [line.chat.question for line in lines]
+        self.ids = [prompt_ids(tokenizer, line.dialogue)[-max_prompt_length:] for line in lines]
+        self.texts = [line.dialogue.last_user() for line in lines]
         self.references = [line.reference for line in lines]
 
     def __len__(self) -> int:

@@ -83,6 +83,7 @@ class CompletionBody(_Body):
 
 class ChatBody(_Body):
     messages: list
+    tools: Optional[list] = None  # function schemas, rendered by the chat template where it supports them
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", param: Optional[str] = None,
@@ -292,9 +293,9 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
         body = await parse(request, ChatBody)
         check_model(body)
         try:
-            chat = chat_from_messages(body.messages)
-        except DataError as ex:
+            prompt = prompt_ids(tokenizer, chat_from_messages(body.messages, "messages", body.tools))
+        except DataError as ex:  # a malformed conversation, or one the chat template refuses
             raise ApiError(400, str(ex), "messages") from None
-        return await respond(prompt_ids(tokenizer, chat), body, chat=True)
+        return await respond(prompt, body, chat=True)
 
     return app

@@ -83,11 +83,13 @@ def prepare(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, ctx) -> dict:
-    from llmx.data.preference import trl_record
-    from llmx.engine.model import build_tokenizer
+    from llmx.data.preference import encode_trl
     from llmx.engine.preference import run_alignment
 
-    chat = getattr(build_tokenizer(cfg.model), "chat_template", None) is not None
-    train = [trl_record(e, chat) for e in ctx.inputs["train"]]
-    held_out = [trl_record(e, chat) for e in ctx.inputs["eval"]]
-    return run_alignment(cfg, ctx, "dpo", train, held_out)
+    d = cfg.stage.data
+
+    def encode(tokenizer):
+        return tuple(encode_trl(ctx.inputs[split], tokenizer, d.max_length, d.max_prompt_length)
+                     for split in ("train", "eval"))
+
+    return run_alignment(cfg, ctx, "dpo", encode)

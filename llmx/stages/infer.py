@@ -154,7 +154,7 @@ def score(cfg: DictConfig, ctx) -> dict:
     s, exp = cfg.stage, ctx.experiment
     tokenizer = models.build_tokenizer(cfg.model)
     model = frozen(load_score_model(cfg.model, cfg.model.name_or_path, tokenizer, cfg.seed))
-    rows = [{"input_ids": prompt_ids(tokenizer, line.chat) + tokenizer.encode(line.record["response"],
+    rows = [{"input_ids": prompt_ids(tokenizer, line.dialogue) + tokenizer.encode(line.record["response"],
              add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]} for line in ctx.inputs]
     scores = []
     with paddle.no_grad():
@@ -185,7 +185,7 @@ def run(cfg: DictConfig, ctx) -> dict:
         say("static program written: %s (generate with stage.mode=static stage.static_dir=%s)", program, program)
         return {"stage": "export", "static_dir": str(program)}
     lines = ctx.inputs
-    prompts = [prompt_ids(tokenizer, line.chat) for line in lines]
+    prompts = [prompt_ids(tokenizer, line.dialogue) for line in lines]
     params = [sampling_params(s, line.record.get("seed")) for line in lines]
     for line, prompt, sp in zip(lines, prompts, params):
         try:

@@ -59,20 +59,14 @@ def prepare(cfg: DictConfig) -> dict:
     return {"train": read_preference_jsonl(d.train, "kto"), "eval": read_preference_jsonl(d.eval, "kto") if d.eval else []}
 
 
-def _with_kl_responses(examples, chat: bool) -> tuple[list[dict], list[int]]:
-    """trl records (the response, then the next example's response as the KL response) and labels."""
-    from llmx.data.preference import trl_record
-
-    n = len(examples)
-    records = [trl_record(e, chat, second=examples[(i + 1) % n].responses[0]) for i, e in enumerate(examples)]
-    return records, [e.label for e in examples]
-
-
 def run(cfg: DictConfig, ctx) -> dict:
-    from llmx.engine.model import build_tokenizer
+    from llmx.data.preference import encode_trl
     from llmx.engine.preference import run_alignment
 
-    chat = getattr(build_tokenizer(cfg.model), "chat_template", None) is not None
-    train, train_labels = _with_kl_responses(ctx.inputs["train"], chat)
-    held_out, eval_labels = _with_kl_responses(ctx.inputs["eval"], chat) if ctx.inputs["eval"] else ([], [])
-    return run_alignment(cfg, ctx, "kto", train, held_out, train_labels, eval_labels)
+    d = cfg.stage.data
+
+    def encode(tokenizer):  # each response is paired with the next example's, whose log-prob estimates the KL term
+        return tuple(encode_trl(ctx.inputs[split], tokenizer, d.max_length, d.max_prompt_length, pointwise=True)
+                     if ctx.inputs[split] else [] for split in ("train", "eval"))
+
+    return run_alignment(cfg, ctx, "kto", encode)

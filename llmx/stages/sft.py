@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from llmx.config import (MERGEABLE_METHODS, PeftConfig, TrainConfig, existing, model_family, positive, require,
                          validate_peft, validate_train, validate_trainable)
-from llmx.data.sft import Conversation, read_sft_jsonl
+from llmx.data.dialogue import Dialogue
+from llmx.data.sft import read_sft_jsonl
 from llmx.families import FAMILIES
 
 
@@ -88,7 +89,7 @@ def prepare(cfg: DictConfig) -> dict:
     return {"train": read_sft_jsonl(d.train), "eval": read_sft_jsonl(d.eval) if d.eval else []}
 
 
-def _exact_match(ctx, model, tokenizer, encoder, convs: list[Conversation]) -> tuple[float, list[dict]]:
+def _exact_match(ctx, model, tokenizer, encoder, convs: list[Dialogue]) -> tuple[float, list[dict]]:
     from llmx.engine.generate import greedy_generate
     from llmx.infer.build import can_run, dynamic_engine
     from llmx.infer.sampling import SamplingParams
@@ -107,8 +108,9 @@ def _exact_match(ctx, model, tokenizer, encoder, convs: list[Conversation]) -> t
     samples = []
     for conv, ids in zip(convs, generated):
         text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        samples.append({"prompt": conv.turns[-1][0], "target": conv.answer, "generated": text.strip(),
-                        "correct": text.strip() == conv.answer.strip()})
+        target = conv.last["content"]
+        samples.append({"prompt": conv.last_user(), "target": target, "generated": text.strip(),
+                        "correct": text.strip() == target.strip()})
     accuracy = sum(s["correct"] for s in samples) / max(len(samples), 1)
     return accuracy, samples
 

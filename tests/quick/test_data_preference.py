@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import config_error, input_error
+from helpers import config_error, dialogue, input_error
 
 from llmx.config import DataError, asset_path
 from llmx.data.demo_preference import make_preference, wrong_answer
-from llmx.data.preference import PreferenceExample, read_preference_jsonl, trl_record
+from llmx.data.dialogue import PreferenceExample, assistant
+from llmx.data.preference import encode_trl, read_preference_jsonl
 
 
 def _write(tmp_path, lines, name="d.jsonl"):
@@ -24,22 +25,45 @@ def test_reads_pairs_sorted_by_sort_and_multi_turn(tmp_path):
         json.dumps({"src": ["a", "b"], "tgt": ["x"], "response": ["good", "bad"], "sort": [5, 2]}),
     ])
     assert read_preference_jsonl(path) == [
-        PreferenceExample((), "q", ("good", "bad"), 1),
-        PreferenceExample((("a", "x"),), "b", ("good", "bad"), 1),
+        PreferenceExample(dialogue(question="q"), (assistant("good"), assistant("bad")), 1),
+        PreferenceExample(dialogue(("a", "x"), question="b"), (assistant("good"), assistant("bad")), 1),
     ]
-    ex = read_preference_jsonl(path)[1]
-    # no chat template: prompts are rendered with the SFT plain template, as an SFT run saw them
-    assert trl_record(ex, chat_template=False) == {"src": ["Q: a\nA:", "Q: b\nA:"], "tgt": ["x"],
-                                                   "response": ["good", "bad"], "sort": [1, 0]}
-    assert trl_record(ex, chat_template=True, second="other")["src"] == ["a", "b"]
-    assert trl_record(ex, chat_template=True, second="other")["response"] == ["good", "other"]
 
 
 def test_reads_kto_lines(tmp_path):
     path = _write(tmp_path, [json.dumps({"src": "q", "tgt": [], "response": ["r"], "sort": [1]}),
                              json.dumps({"src": "p", "tgt": [], "response": ["s"], "sort": [0]})])
-    assert [(e.prompt, e.responses, e.label) for e in read_preference_jsonl(path, "kto")] == [("q", ("r",), 1),
-                                                                                            ("p", ("s",), 0)]
+    assert [(e.prompt, e.responses, e.label) for e in read_preference_jsonl(path, "kto")] == [
+        (dialogue(question="q"), (assistant("r"),), 1), (dialogue(question="p"), (assistant("s"),), 0)]
+
+
+class _Chars:
+    """A tokenizer of one id per character (no template): what encode_trl lays out is readable."""
+    bos_token_id, eos_token_id, special_tokens_map, llmx_chat_template = 1, 2, {}, None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_trl_layout_prompt_then_both_responses_with_next_token_labels():
+    ex = PreferenceExample(dialogue(("a", "x"), question="b"), (assistant("GO"), assistant("NO")))
+    (seq,) = encode_trl([ex], _Chars(), max_length=64, max_prompt_length=32)
+    # the plain template, as SFT renders it: <bos>Q: a\nA:x<eos>Q: b\nA: then each response and <eos>
+    prompt = [1] + [ord(c) for c in "Q: a\nA:x"] + [2] + [ord(c) for c in "Q: b\nA:"]
+    n = len(prompt) - 1
+    assert seq["input_ids"] == prompt[:-1] + [prompt[-1], ord("G"), ord("O")] + [prompt[-1], ord("N"), ord("O")]
+    assert seq["response_0_labels"] == [0] * n + [ord("G"), ord("O"), 2] + [0] * 3
+    assert seq["response_1_labels"] == [0] * (n + 3) + [ord("N"), ord("O"), 2]
+    assert seq["position_ids"] == list(range(n + 3)) + list(range(n, n + 3))
+    assert seq["response_indexs"] == [n, n + 3, n + 6, 1]
+    assert not seq["attention_mask"][n + 3:, n:n + 3].any() and seq["attention_mask"][n + 3:, :n].all()
+    # KTO: the second response is the next example's, and the sort slot carries the label
+    other = PreferenceExample(dialogue(question="c"), (assistant("Z"),), 0)
+    kto = encode_trl([PreferenceExample(ex.prompt, (assistant("GO"),), 1), other], _Chars(), 64, 32, pointwise=True)
+    assert kto[0]["response_1_labels"][-2:] == [ord("Z"), 2] and [s["response_indexs"][-1] for s in kto] == [1, 0]
+    # too long: the prompt keeps its tail, the responses share the rest pro rata, each keeps a token
+    cut = encode_trl([ex], _Chars(), max_length=12, max_prompt_length=6)[0]
+    assert len(cut["input_ids"]) == 11 and cut["input_ids"][:5] == prompt[-6:-1]
 
 
 OK_DPO = {"src": "q", "tgt": [], "response": ["a", "b"], "sort": [1, 0]}
@@ -80,10 +104,12 @@ def test_bundled_preference_data_is_generated_checkable_and_held_out():
         read_preference_jsonl(asset_path("demo/dpo_eval.jsonl"))
     sft_eval = [json.loads(line) for line in open(asset_path("demo/sft_eval.jsonl"))]
     # chosen = the SFT task's exact answer, rejected = something else; the eval prompts are the SFT eval prompts
-    assert [e.chosen for e in held_out] == [(x["tgt"] if isinstance(x["tgt"], str) else x["tgt"][-1]) for x in sft_eval]
+    assert [e.chosen["content"] for e in held_out] == [(x["tgt"] if isinstance(x["tgt"], str) else x["tgt"][-1])
+                                                       for x in sft_eval]
     assert all(e.chosen != e.rejected for e in train + held_out)
-    assert not {e.prompt for e in held_out if not e.history} & {e.prompt for e in train}
-    assert any(e.history for e in held_out)  # multi-turn lines too
+    single = lambda examples: {e.prompt.last_user() for e in examples if len(e.prompt.messages) == 1}  # noqa: E731
+    assert not single(held_out) & single(train)
+    assert any(len(e.prompt.messages) > 1 for e in held_out)  # multi-turn lines too
     kto = read_preference_jsonl(asset_path("demo/kto_train.jsonl"), "kto")
     assert 0.4 < sum(e.label for e in kto) / len(kto) < 0.6
     assert wrong_answer("add 20 + 3 =", "23", __import__("random").Random(0)) != "23"

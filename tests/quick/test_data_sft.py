@@ -6,7 +6,9 @@ import json
 import pytest
 
 from llmx.config import DataError, asset_path
-from llmx.data.sft import IGNORE_INDEX, Conversation, SftEncoder, read_sft_jsonl
+from helpers import dialogue
+
+from llmx.data.sft import IGNORE_INDEX, SftEncoder, read_sft_jsonl
 from llmx.tokens import pad_batch
 
 
@@ -27,7 +29,7 @@ def test_reads_single_and_multi_turn(tmp_path):
     path = _write(tmp_path, [json.dumps({"src": "a", "tgt": "b"}), "",
                              json.dumps({"src": ["x", "y"], "tgt": ["1", "2"]})])
     convs = read_sft_jsonl(path)
-    assert convs == [Conversation((("a", "b"),)), Conversation((("x", "1"), ("y", "2")))]
+    assert convs == [dialogue(("a", "b")), dialogue(("x", "1"), ("y", "2"))]
 
 
 @pytest.mark.parametrize("line, reason", [
@@ -55,7 +57,7 @@ def test_empty_file_is_an_error(tmp_path):
 
 def test_labels_cover_answers_only_and_are_shifted(tokenizer):
     enc = SftEncoder(tokenizer, max_length=128, src_length=96)
-    conv = Conversation((("add 2 + 3 =", "5"),))
+    conv = dialogue(("add 2 + 3 =", "5"))
     prompt, answer = enc.turn_ids(conv)[0]
     assert prompt[0] == tokenizer.bos_token_id and answer[-1] == tokenizer.eos_token_id
     ex = enc.encode(conv)
@@ -68,7 +70,7 @@ def test_labels_cover_answers_only_and_are_shifted(tokenizer):
 
 def test_multi_turn_learns_every_answer(tokenizer):
     enc = SftEncoder(tokenizer, max_length=128, src_length=96)
-    conv = Conversation((("copy: dog", "dog"), ("upper it", "DOG")))
+    conv = dialogue(("copy: dog", "dog"), ("upper it", "DOG"))
     (p1, a1), (p2, a2) = enc.turn_ids(conv)
     ex = enc.encode(conv)
     expected = [IGNORE_INDEX] * (len(p1) - 1) + a1 + [IGNORE_INDEX] * len(p2) + a2
@@ -78,13 +80,13 @@ def test_multi_turn_learns_every_answer(tokenizer):
 
 def test_truncation_keeps_prompt_tail_and_limits_length(tokenizer):
     enc = SftEncoder(tokenizer, max_length=12, src_length=6)
-    conv = Conversation((("copy: " + " ".join(["word"] * 20), "a b c d e f g h"),))
+    conv = dialogue(("copy: " + " ".join(["word"] * 20), "a b c d e f g h"))
     prompt, _ = enc.turn_ids(conv)[0]
     ex = enc.encode(conv)
     assert len(ex["input_ids"]) + 1 == 12
     assert ex["input_ids"][:6] == prompt[-6:]
     # a long history is dropped before the last turn is cut
-    long_history = Conversation((("copy: " + "x " * 30, "y " * 30), ("upper it", "Y")))
+    long_history = dialogue(("copy: " + "x " * 30, "y " * 30), ("upper it", "Y"))
     kept = enc.encode(long_history)
     assert len(kept["input_ids"]) < 12 and kept["labels"][-1] == tokenizer.eos_token_id
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import input_error
+from helpers import dialogue, input_error
 
 from llmx.data.infer import chat_from_messages, read_inference_jsonl
 from llmx.errors import DataError
@@ -55,7 +55,8 @@ def test_text_tracker_streams_only_what_stays_and_cuts_at_stop_strings():
 def test_chat_messages_are_checked():
     chat = chat_from_messages([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                                {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}])
-    assert chat.system == "be brief" and chat.turns == (("hi", "hello"),) and chat.question == "bye"
+    assert chat.system == "be brief" and chat.messages[2] == {"role": "assistant", "content": "hello"}
+    assert chat.last_user() == "bye" and len(chat.messages) == 4
     for bad, reason in [([], "non-empty list"), ([{"role": "user", "content": 3}], "content: is int"),
                         ([{"role": "bot", "content": "x"}], "role='bot': allowed: system, user, assistant"),
                         ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
@@ -70,13 +71,13 @@ def test_inference_input_errors_name_path_and_line(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps(g) + "\n" for g in good) + "\n")
     lines = read_inference_jsonl(path)
-    assert [ln.lineno for ln in lines] == [1, 2, 3] and lines[1].chat.turns == (("q1", "a1"),)
+    assert [ln.lineno for ln in lines] == [1, 2, 3] and lines[1].dialogue == dialogue(("q1", "a1"), question="q2")
     assert lines[1].record["id"] == 7
     cases = {'{"src": "a"}\n{"src": ': "in.jsonl:2: invalid JSON (Expecting value at column 9)",
              '{"prompt": "a"}\n': "in.jsonl:1: needs a key src (text) or messages (chat)",
              '{"src": ["a", "b"]}\n': "in.jsonl:1: src has 2 turns, so tgt needs the 1 earlier answers (got 0)",
              '{"src": "a", "seed": -1}\n': "in.jsonl:1: seed=-1: must be an integer >= 0",
-             '{"messages": [{"role": "user"}]}\n': "in.jsonl:1: messages[0]: must be an object with a role and a content"}
+             '{"messages": [{"role": "user"}]}\n': "in.jsonl:1: messages[0].content: is missing, expected a string"}
     for text, expected in cases.items():
         path.write_text(text)
         line = input_error("stage=infer", f"stage.input={path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import config_error, input_error
+from helpers import config_error, dialogue, input_error
 
 from llmx.data.prompts import read_prompt_jsonl
 from llmx.errors import ConfigError
@@ -89,7 +89,7 @@ def test_prompt_lines_sft_and_inference_formats(tmp_path):
     ]) + "\n")
     lines = read_prompt_jsonl(path)
     assert [x.reference for x in lines] == ["3", "CAT", None, None]
-    assert lines[1].chat.turns == (("copy: cat", "cat"),) and lines[1].chat.question == "upper it"
+    assert lines[1].dialogue == dialogue(("copy: cat", "cat"), question="upper it")
     path.write_text(json.dumps({"src": ["a", "b", "c"], "tgt": ["x"]}) + "\n")
     with pytest.raises(Exception, match=r"p.jsonl:1: src has 3 turns, so tgt needs the 2 earlier answers"):
         read_prompt_jsonl(path)
