@@ -42,7 +42,7 @@ from llmx.errors import ConfigError, DataError
 
 FORMATS = {
     "sft": ("messages", "sharegpt", "alpaca", "src_tgt", "trl"),
-    "preference": ("src_tgt", "trl", "trl_implicit", "alpaca", "sharegpt"),
+    "preference": ("src_tgt", "trl", "alpaca", "sharegpt", "trl_implicit"),
     "kto": ("src_tgt", "trl", "alpaca", "sharegpt"),
     "prompts": ("src_tgt", "messages", "sharegpt", "alpaca", "trl"),
 }
@@ -90,8 +90,8 @@ def _fits(record: dict, kind: str, fmt: str) -> bool:
     if needs[0] in CHAT_KEYS:  # messages and sharegpt share their keys: the turns' shape tells them apart
         return _chat_key(record) is not None and _is_sharegpt(record) == (fmt == "sharegpt") and \
             all(k in record for k in needs[1:])
-    if fmt == "trl_implicit" and "prompt" in record:
-        return False
+    if fmt == "trl_implicit" and any(k in record for k in ("prompt", "instruction", "src") + CHAT_KEYS):
+        return False  # chosen/rejected beside another format's prompt keys are that format's
     return all(k in record for k in needs)
 
 
