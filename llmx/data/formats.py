@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from llmx.data.dialogue import Dialogue, PreferenceExample, Prompt, assistant, check_messages, user
 from llmx.data.files import numbered_records
@@ -205,8 +205,7 @@ def _response(value: Any, where: str, key: str) -> dict:
     if not isinstance(message, dict) or message.get("role") != "assistant":
         raise DataError(f"{where}: {key} must be a string or an assistant message {{\"role\": \"assistant\", "
                         "\"content\"}")
-    check_messages([user(""), message], f"{where}: {key}", ("assistant",))
-    if not message.get("tool_calls"):
+    if not message.get("tool_calls"):  # an answer that only calls tools has no content
         _string(message.get("content"), where, f"{key} content", empty_ok=False)
     return message
 
@@ -424,8 +423,8 @@ def _preference(record: dict, fmt: str, where: str, kind: str) -> PreferenceExam
         if kind == "kto":  # the last gpt message is the response the tag judges
             if len(prompt) < 2 or prompt[-1]["role"] != "assistant":
                 raise DataError(f"{at}: must end with the gpt message the kto_tag judges")
-            return PreferenceExample(_prompt(prompt[:-1], at, tools), (_response(prompt[-1], where, "the last gpt message"),),
-                                     _label(record["kto_tag"], where, "kto_tag"))
+            response = _response(prompt[-1], where, "the last gpt message")
+            return PreferenceExample(_prompt(prompt[:-1], at, tools), (response,), _label(record["kto_tag"], where, "kto_tag"))
         record = {k: (_sharegpt_turn(record[k], f"{where}: {k}") if isinstance(record[k], dict) else record[k])
                   for k in ("chosen", "rejected")}
     prompt = _prompt(prompt, at, tools)
