@@ -36,8 +36,9 @@ def direct(args) -> None:
     from paddlenlp.trl import DPOTrainer
 
     from llmx.config import TrainConfig, asset_path
-    from llmx.data.preference import read_preference_jsonl, trl_record
-    from llmx.engine.preference import PreferenceCollator, dpo_config, encode, pack
+    from llmx.data.formats import read_preference
+    from llmx.data.preference import encode_trl
+    from llmx.engine.preference import PreferenceCollator, dpo_config, pack
     from llmx.engine.trainer import SeededBatchSampler
 
     paddle.set_device("cpu")
@@ -56,8 +57,8 @@ def direct(args) -> None:
     stage = OmegaConf.merge(OmegaConf.load(ROOT / "conf/stage/dpo.yaml"), {"loss_type": "sigmoid", "beta": 0.1,
                             "label_smoothing": 0.0, "simpo_gamma": 0.5, "dpop_lambda": 50.0, "pref_loss_ratio": 1.0,
                             "sft_loss_ratio": None, "reference_free": None})
-    records = [trl_record(e, False) for e in read_preference_jsonl(asset_path("demo/dpo_train.jsonl"))]
-    packs, _ = pack(encode(records, tok, 128, 64), tok, 128, True)
+    tok.llmx_chat_template = None  # the tiny tokenizer has none: llmx's plain template, as stage=dpo renders it
+    packs, _ = pack(encode_trl(read_preference(asset_path("demo/dpo_train.jsonl")), tok, 128, 64), tok, 128, True)
     t = TrainConfig()
     rows = []
 

@@ -31,7 +31,8 @@ def direct(args) -> None:
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from llmx.config import TrainConfig, asset_path
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.engine.trainer import SeededBatchSampler  # llmx's (seed, epoch) data order
     from llmx.stages.sft import DataConfig as SftDataConfig
     from llmx.tokens import pad_batch
@@ -51,7 +52,7 @@ def direct(args) -> None:
 
     d, t = SftDataConfig(), TrainConfig()  # the llmx defaults the launch.py run uses for what we don't pass
     encoder = SftEncoder(tok, max_length=d.max_length, src_length=d.src_length)
-    train_set = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))]
+    train_set = [encoder.encode(c) for c in read_sft(asset_path("demo/sft_train.jsonl"))]
 
     def collate(features):
         return {k: paddle.to_tensor(v) for k, v in pad_batch(features, tok.pad_token_id).items()}

@@ -38,7 +38,8 @@ def tokens_per_s(model_dir: str, prompts: int, new_tokens: int) -> float:
     from omegaconf import OmegaConf
 
     from llmx.config import CONF_DIR, asset_path
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.engine.generate import greedy_generate
     from llmx.engine.model import build_model, build_tokenizer
 
@@ -47,7 +48,7 @@ def tokens_per_s(model_dir: str, prompts: int, new_tokens: int) -> float:
     tok = build_tokenizer(m)
     model = build_model(m, tok, 0)
     enc = SftEncoder(tok, 128, 96)
-    ps = [enc.prompt_for_generation(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:prompts]]
+    ps = [enc.prompt_for_generation(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))[:prompts]]
     greedy_generate(model, tok, ps[:2], 2, 2)  # warm-up
     start = time.perf_counter()
     out = greedy_generate(model, tok, ps, new_tokens, len(ps))

@@ -69,7 +69,7 @@ def main() -> None:
 
     from llmx.config import asset_path
     from llmx.console import quiet_libraries
-    from llmx.data.prompts import read_prompt_jsonl
+    from llmx.data.formats import read_prompts
     from llmx.rl.config import RolloutConfig
     from llmx.rl.loop import Prompts
     from llmx.rl.rollout import generate, sample_seed
@@ -81,7 +81,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
     model = AutoModelForCausalLM.from_pretrained(source.model_dir)
     model.eval()
-    lines = read_prompt_jsonl(asset_path("demo/sft_train.jsonl"))[:args.prompts]
+    lines = read_prompts(asset_path("demo/sft_train.jsonl"), purpose="rl")[:args.prompts]
     ids = Prompts(lines, tokenizer, 96).ids
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     rollout = RolloutConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, max_batch=args.max_batch)

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from llmx.data.formats import check_data_config
 from llmx.errors import ConfigError, DataError, UserError  # noqa: F401  (re-exported: callers raise them)
 from llmx.sources import resolve as resolve_source
 
@@ -67,7 +68,7 @@ class QuantConfig:
     algorithm: str = "none"  # none | wint8 | wint4 | gptq | awq | a8w8 | a8w8c8 | fp8
     bits: Optional[int] = None  # informational: the algorithm fixes the format (int8, int4, e4m3)
     group_size: int = -1  # -1: one scale per output channel; else rows per scale group (64, 128)
-    calib_path: Optional[str] = None  # {"src", "tgt"} JSONL for calibration (default: the bundled demo data)
+    calib_path: Optional[str] = None  # SFT examples for calibration, any format (default: the bundled demo data)
     calib_samples: int = 128
     damp: float = 0.01  # gptq: damping, a fraction of the mean Hessian diagonal
     act_order: bool = False  # gptq: rows in decreasing Hessian-diagonal order (static groups)
@@ -149,6 +150,16 @@ PEFT_METHODS = ("none", "lora", "prefix", "lokr", "vera", "reft")
 LORA_VARIANTS = ("none", "rslora", "pissa", "mora", "moslora")
 MERGEABLE_METHODS = ("lora", "lokr", "vera")
 QUANT_ALGORITHMS = ("none", "wint8", "wint4", "gptq", "awq", "a8w8", "a8w8c8", "fp8")
+
+
+@dataclass
+class DataFiles:
+    """The data block every stage that reads examples shares; each stage sets its own defaults."""
+    # a file (JSONL, JSON array, parquet) or a `datasets` directory (`dir:split` for a split), or a list of them
+    train: Any = MISSING
+    eval: Optional[str] = None  # held-out examples, the same kinds of path
+    format: str = "auto"  # auto (detected per file) or a format name (llmx.data.formats)
+    weights: Optional[List[float]] = None  # with several train paths: their mixing weights (None: all of each)
 
 
 def fail(key: str, value: Any, allowed: str) -> None:
@@ -336,8 +347,7 @@ def validate_pairs(cfg: DictConfig) -> None:
     lengths, training loop, adapters (full or LoRA), eval batches, and the layouts they run under."""
     s, d, p = cfg.stage, cfg.stage.data, cfg.parallel
     validate_trainable(cfg)
-    existing("stage.data.train", d.train, "file")
-    existing("stage.data.eval", d.eval, "file")
+    check_data_config(d, "kto" if s.runner == "kto" else "dpo")
     positive("stage.data.max_length", d.max_length, 4)
     require(1 <= d.max_prompt_length < d.max_length, "stage.data.max_prompt_length", d.max_prompt_length,
             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")

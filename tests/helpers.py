@@ -79,7 +79,8 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmx.config import asset_path
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.families import FAMILIES, fixes
     from llmx.tokens import pad_batch
 
@@ -91,7 +92,7 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
         model = LoRAModel.from_pretrained(model, str(adapter))
     model.eval()
     encoder = SftEncoder(tokenizer, 128, 96)
-    encoded = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:examples]]
+    encoded = [encoder.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))[:examples]]
     batch = {k: paddle.to_tensor(v) for k, v in pad_batch(encoded, tokenizer.pad_token_id).items()}
     with paddle.no_grad():
         out = model(**batch)

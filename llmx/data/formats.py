@@ -506,3 +506,54 @@ def read_prompts(paths, fmt: str = "auto", purpose: str = "infer") -> list[Promp
         dialogue = Dialogue(check_messages(messages, at, ("user", "tool")), _tools(record, where))
         out.append(Prompt(dialogue, reference, record, number))
     return out
+
+
+# ---- a stage's data settings -----------------------------------------------------------------------------------
+
+# What each kind of stage data reads as, and the format table it is detected from.
+KINDS = {"sft": "sft", "dpo": "preference", "kto": "kto", "rl": "prompts", "infer": "prompts"}
+
+
+def read(kind: str, paths, fmt: str = "auto", weights=None, seed: int = 0) -> list:
+    """`paths` (one or a list) read as `kind` data (sft, dpo, kto, rl, infer); with `weights`, each path read
+    on its own and mixed by them (llmx.data.mixture), else every example of every path in order."""
+    def one(p):
+        if kind == "sft":
+            return read_sft(p, fmt)
+        if kind in ("dpo", "kto"):
+            return read_preference(p, fmt, kind)
+        return read_prompts(p, fmt, kind)
+
+    if weights is None:
+        return one(paths)
+    from llmx.data.mixture import mix
+
+    return mix([one(p) for p in _paths(paths)], list(weights), seed)
+
+
+def check_data_config(d, kind: str, prefix: str = "stage.data") -> None:
+    """A stage's `data` block (train: a path or a list of them, eval, format, weights) checked before anything
+    is read: ConfigError naming the key. A path is a file, a `datasets` directory, or `dir:split`."""
+    from llmx.data.mixture import check_weights
+
+    for name in ("train", "eval"):
+        value = getattr(d, name, None)
+        if value is None:
+            continue
+        paths = _paths(value)
+        if not paths:
+            raise ConfigError(f"{prefix}.{name}=[]: name at least one data file")
+        for i, path in enumerate(paths):
+            key = f"{prefix}.{name}" + (f"[{i}]" if not isinstance(value, str) else "")
+            base = path.rsplit(":", 1)[0] if not Path(path).exists() and ":" in path else path
+            if not Path(base).exists():
+                raise ConfigError(f"{key}={path!r}: no such file or dataset directory (local paths only: llmx never "
+                                  "downloads)")
+    check_format(f"{prefix}.format", d.format, KINDS[kind])
+    check_weights(d.weights, len(_paths(d.train)), f"{prefix}.weights")
+
+
+def read_splits(d, kind: str, seed: int) -> dict:
+    """{"train": ..., "eval": ...} of a stage's checked `data` block (eval: [] when there is none)."""
+    return {"train": read(kind, d.train, d.format, d.weights, seed),
+            "eval": read(kind, d.eval, d.format) if d.eval else []}

@@ -1,14 +1,5 @@
-"""Preference (DPO, RM) and pointwise (KTO) data: read and check files (paddle-free), and encode examples
-as PaddleNLP's trl lays them out.
-
-PaddleNLP's JSONL formats (DESIGN.md, "Data formats"):
-
-    DPO: {"src": str|[str], "tgt": str|[str], "response": [a, b], "sort": [i, j]}   higher sort = chosen
-    KTO: {"src": str|[str], "tgt": str|[str], "response": [a],    "sort": [1|0]}    1 = desirable
-
-`src` holds one more turn than `tgt`: the earlier turns are a conversation (src[k] answered
-by tgt[k]), and the responses answer the last src. Every line is checked before anything heavy is
-imported; the first bad one raises DataError("path:line: reason").
+"""Preference (DPO, RM) and pointwise (KTO) examples encoded for training (files are read by
+llmx.data.formats.read_preference).
 
 `encode_trl` writes what `paddlenlp.trl.preprocess_preference_data` writes (one sequence prompt +
 first response + second response, the second unable to see the first; next-token labels with 0 as
@@ -19,74 +10,13 @@ it starts from did.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from llmx.data.chat import ChatFormat, TemplateError
-from llmx.data.dialogue import Dialogue, PreferenceExample, assistant, user
-from llmx.data.jsonl import read_jsonl_records
+from llmx.data.dialogue import Dialogue, PreferenceExample
 from llmx.data.sft import SftEncoder
-from llmx.errors import DataError
-
-
-def _strings(obj: dict, key: str, where: str) -> list[str]:
-    value = obj[key]
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DataError(f"{where}: {key} must be a string or a list of strings")
-    return value
-
-
-def _example(obj: Any, where: str, kind: str) -> PreferenceExample:
-    n = 2 if kind == "dpo" else 1
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object with keys src, tgt, response, sort; got {type(obj).__name__}")
-    for key in ("src", "tgt", "response", "sort"):
-        if key not in obj:
-            raise DataError(f"{where}: missing key {key!r} (each line needs src, tgt, response and sort)")
-    src, tgt = _strings(obj, "src", where), _strings(obj, "tgt", where)
-    if len(src) != len(tgt) + 1:
-        raise DataError(f"{where}: src has {len(src)} turns and tgt {len(tgt)}: src needs exactly one more "
-                        "(the turn the responses answer)")
-    response, sort = obj["response"], obj["sort"]
-    if not isinstance(response, list) or not all(isinstance(r, str) for r in response):
-        raise DataError(f"{where}: response must be a list of strings")
-    if not isinstance(sort, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sort):
-        raise DataError(f"{where}: sort must be a list of numbers")
-    if len(response) != len(sort):
-        raise DataError(f"{where}: response has {len(response)} entries but sort has {len(sort)} (need one sort per response)")
-    if len(response) != n:
-        need = "2 (chosen and rejected, in any order)" if kind == "dpo" else "1 (KTO data is pointwise)"
-        raise DataError(f"{where}: response has {len(response)} entries, need {need}")
-    for i, text in enumerate(response):
-        if not text.strip():
-            raise DataError(f"{where}: response[{i}] is empty")
-    if not src[-1].strip():
-        raise DataError(f"{where}: the last src is empty (no prompt)")
-    if kind == "dpo":
-        if sort[0] == sort[1]:
-            raise DataError(f"{where}: sort values are equal ({sort[0]}): the higher one marks the chosen response")
-        chosen, rejected = (response[0], response[1]) if sort[0] > sort[1] else (response[1], response[0])
-        return PreferenceExample(_prompt(src, tgt), (assistant(chosen), assistant(rejected)), 1)
-    if sort[0] not in (0, 1):
-        raise DataError(f"{where}: sort is {sort}, need [1] (desirable) or [0] (undesirable)")
-    return PreferenceExample(_prompt(src, tgt), (assistant(response[0]),), int(sort[0]))
-
-
-def _prompt(src: list, tgt: list) -> Dialogue:
-    return Dialogue(tuple(m for s, t in zip(src, tgt) for m in (user(s), assistant(t))) + (user(src[-1]),))
-
-
-def read_preference_jsonl(path: str | Path, kind: str = "dpo") -> list[PreferenceExample]:
-    """Parse and check every line of a DPO (`kind="dpo"`) or KTO (`kind="kto"`) file."""
-    examples = read_jsonl_records(path, lambda obj, where, _: _example(obj, where, kind))
-    if kind == "kto" and len({e.label for e in examples}) == 1 and len(examples) > 1:
-        which = "desirable" if examples[0].label else "undesirable"
-        raise DataError(f"{path}: every line is {which} (KTO needs both sort [1] and sort [0] lines)")
-    return examples
 
 
 def _prompt_and_answers(chat: ChatFormat, prompt: Dialogue, responses: Sequence[dict]) -> tuple[list, list]:

@@ -8,41 +8,9 @@ criterions do not shift labels (its datasets do), so `labels[i]` is the token th
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from llmx.data.chat import PROMPT_TEMPLATE, ChatFormat  # noqa: F401 - PROMPT_TEMPLATE: the plain template's prompt
+from llmx.data.chat import ChatFormat
 from llmx.data.dialogue import Dialogue
-from llmx.data.jsonl import read_jsonl_records
-from llmx.errors import DataError
 from llmx.tokens import IGNORE_INDEX
-
-
-def _src_tgt(obj, where: str) -> Dialogue:
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object with keys src and tgt, got {type(obj).__name__}")
-    missing = [k for k in ("src", "tgt") if k not in obj]
-    if missing:
-        raise DataError(f"{where}: missing key {missing[0]!r} (each line needs src and tgt)")
-    src, tgt = obj["src"], obj["tgt"]
-    if isinstance(src, str) and isinstance(tgt, str):
-        src, tgt = [src], [tgt]
-    if not (isinstance(src, list) and isinstance(tgt, list)):
-        raise DataError(f"{where}: src and tgt must both be strings or both be lists of strings")
-    if len(src) != len(tgt) or not src:
-        raise DataError(f"{where}: src has {len(src)} turns but tgt has {len(tgt)} (need the same number, at least 1)")
-    for key, values in (("src", src), ("tgt", tgt)):
-        for i, v in enumerate(values):
-            if not isinstance(v, str):
-                raise DataError(f"{where}: {key}[{i}] is {type(v).__name__}, expected a string")
-    if not tgt[-1].strip():
-        raise DataError(f"{where}: the last tgt is empty (nothing to learn)")
-    return Dialogue(tuple(m for s, t in zip(src, tgt) for m in ({"role": "user", "content": s},
-                                                                 {"role": "assistant", "content": t})))
-
-
-def read_sft_jsonl(path: str | Path) -> list[Dialogue]:
-    """Parse and check every line; the first bad line raises DataError('path:line: reason')."""
-    return read_jsonl_records(path, lambda obj, where, _: _src_tgt(obj, where))
 
 
 class SftEncoder:

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from llmx.data.formats import check_data_config
 from llmx.sources import score_head_file
-from llmx.config import PeftConfig, TrainConfig, existing, positive, require, validate_peft, validate_train, \
+from llmx.config import DataFiles, PeftConfig, TrainConfig, positive, require, validate_peft, validate_train, \
     validate_trainable
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 @dataclass
-class PromptData:
-    train: str = "${asset:demo/sft_train.jsonl}"  # {"src": str|[str], "tgt": ...} JSONL; tgt feeds rule rewards
+class PromptData(DataFiles):
+    train: Any = "${asset:demo/sft_train.jsonl}"  # prompts in any format (llmx.data.formats); a reference feeds rule rewards
     eval: Optional[str] = "${asset:demo/sft_eval.jsonl}"  # held-out prompts: the mean reward before and after
     max_prompt_length: int = 96  # an over-long prompt keeps this many tokens (from the right)
     eval_prompts: int = 64  # held-out prompts measured (-1: all)
@@ -55,8 +56,7 @@ class RLConfig:
 def validate_rl(cfg: DictConfig) -> None:
     s, p, d, r = cfg.stage, cfg.parallel, cfg.stage.data, cfg.stage.rollout
     validate_trainable(cfg)
-    existing("stage.data.train", d.train, "file")
-    existing("stage.data.eval", d.eval, "file")
+    check_data_config(d, "rl")
     positive("stage.data.max_prompt_length", d.max_prompt_length)
     require(d.eval_prompts == -1 or d.eval_prompts >= 1, "stage.data.eval_prompts", d.eval_prompts, "must be >= 1 or -1 (all)")
     validate_train(s.train)

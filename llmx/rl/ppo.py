@@ -54,10 +54,11 @@ class PPO(Algorithm):
         self.critic_opt, self.critic_sched = optimizer(t, self.critic_params, total_updates(s))
         self.ptx = None
         if s.ptx_coeff > 0:
-            from llmx.data.sft import SftEncoder, read_sft_jsonl
+            from llmx.data.formats import read_sft
+            from llmx.data.sft import SftEncoder
 
             encoder = SftEncoder(policy.tokenizer, s.ptx_max_length, s.ptx_max_length - 1)
-            self.ptx = [encoder.encode(c) for c in read_sft_jsonl(s.ptx_data)]
+            self.ptx = [encoder.encode(c) for c in read_sft(s.ptx_data)]
             self.ptx_position = paddle.distributed.get_rank()
 
     def experience(self, batch, scores: np.ndarray, policy) -> Experience:

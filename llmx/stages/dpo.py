@@ -10,12 +10,12 @@ llmx.engine.preference, shared with the kto runner.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import PeftConfig, TrainConfig, require, validate_preference
-from llmx.data.preference import read_preference_jsonl
+from llmx.config import DataFiles, PeftConfig, TrainConfig, require, validate_preference
+from llmx.data.formats import read_splits
 
 # trl's loss types (`orpo` is trl's "or"); SimPO and ORPO are reference-free by construction, and
 # trl's DPOTrainer refuses reference_free for the ones below that compare against the reference.
@@ -25,8 +25,8 @@ NEED_REFERENCE = ("kto_pair", "sppo_hard", "nca_pair", "dpop")
 
 
 @dataclass
-class DataConfig:
-    train: str = "${asset:demo/dpo_train.jsonl}"
+class DataConfig(DataFiles):
+    train: Any = "${asset:demo/dpo_train.jsonl}"
     eval: Optional[str] = "${asset:demo/dpo_eval.jsonl}"
     max_length: int = 128  # tokens per sequence: prompt + chosen + rejected (several pairs with zero padding)
     max_prompt_length: int = 64  # an over-long example keeps this many prompt tokens (from the right)
@@ -79,7 +79,7 @@ def validate(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> dict:
     """Read and check the data files before any heavy import (paddle-free)."""
     d = cfg.stage.data
-    return {"train": read_preference_jsonl(d.train, "dpo"), "eval": read_preference_jsonl(d.eval, "dpo") if d.eval else []}
+    return read_splits(d, "dpo", cfg.seed)
 
 
 def run(cfg: DictConfig, ctx) -> dict:

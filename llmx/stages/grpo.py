@@ -30,10 +30,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def prepare(cfg: DictConfig) -> dict:
-    from llmx.data.prompts import read_prompt_jsonl
+    from llmx.data.formats import read_splits
 
     d = cfg.stage.data
-    return {"train": read_prompt_jsonl(d.train), "eval": read_prompt_jsonl(d.eval) if d.eval else []}
+    return read_splits(d, "rl", cfg.seed)
 
 
 def run(cfg: DictConfig, ctx) -> dict:

@@ -25,7 +25,8 @@ TASKS = ("generate", "score")
 class Config:
     runner: str = "infer"
     task: str = "generate"  # generate | score (a reward model's score of each line's "response")
-    input: Optional[str] = None  # JSONL of prompts (needed unless export_only)
+    input: Optional[str] = None  # prompts: a JSONL/JSON/parquet file or datasets dir (needed unless export_only)
+    input_format: str = "auto"  # auto, or a prompt format of llmx.data.formats (src_tgt, messages, sharegpt, ...)
     output: Optional[str] = None  # JSONL written (atomically); default <run dir>/output.jsonl
     mode: str = "dynamic"  # dynamic (paddle, KV cache) | static (exported program, Paddle Inference)
     export_only: bool = False  # static mode: write the program to <run dir>/static and stop
@@ -93,10 +94,10 @@ def validate(cfg: DictConfig) -> None:
 
 def prepare(cfg: DictConfig):
     """The prompts, checked line by line (paddle-free)."""
-    from llmx.data.infer import read_inference_jsonl
+    from llmx.data.formats import read
 
     s = cfg.stage
-    lines = read_inference_jsonl(s.input) if s.input else []
+    lines = read("infer", s.input, s.input_format) if s.input else []
     if s.task == "score":
         for line in lines:
             if not isinstance(line.record.get("response"), str) or not line.record["response"].strip():
@@ -145,7 +146,8 @@ def score(cfg: DictConfig, ctx) -> dict:
     import paddle
 
     from llmx.console import say
-    from llmx.data.infer import prompt_ids
+    from llmx.data.chat import ChatFormat
+    from llmx.data.dialogue import assistant
     from llmx.engine import model as models
     from llmx.engine.reward import frozen, load_score_model
     from llmx.experiment import atomic_write_text
@@ -154,8 +156,9 @@ def score(cfg: DictConfig, ctx) -> dict:
     s, exp = cfg.stage, ctx.experiment
     tokenizer = models.build_tokenizer(cfg.model)
     model = frozen(load_score_model(cfg.model, cfg.model.name_or_path, tokenizer, cfg.seed))
-    rows = [{"input_ids": prompt_ids(tokenizer, line.dialogue) + tokenizer.encode(line.record["response"],
-             add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]} for line in ctx.inputs]
+    chat = ChatFormat(tokenizer)  # as stage=rm encoded its pairs: the conversation with the response and its end of turn
+    rows = [{"input_ids": [i for p, a in chat.turns(line.dialogue.then(assistant(line.record["response"])))
+                           for i in p + a]} for line in ctx.inputs]
     scores = []
     with paddle.no_grad():
         for i in range(0, len(rows), s.max_batch):

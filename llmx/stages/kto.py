@@ -10,17 +10,17 @@ in llmx.engine.preference, shared with the dpo runner.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import PeftConfig, TrainConfig, require, validate_preference
-from llmx.data.preference import read_preference_jsonl
+from llmx.config import DataFiles, PeftConfig, TrainConfig, require, validate_preference
+from llmx.data.formats import read_splits
 
 
 @dataclass
-class DataConfig:
-    train: str = "${asset:demo/kto_train.jsonl}"
+class DataConfig(DataFiles):
+    train: Any = "${asset:demo/kto_train.jsonl}"
     eval: Optional[str] = "${asset:demo/kto_eval.jsonl}"
     max_length: int = 128  # tokens per sequence: prompt + response + KL response (several with zero padding)
     max_prompt_length: int = 64  # an over-long example keeps this many prompt tokens (from the right)
@@ -56,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> dict:
     """Read and check the data files before any heavy import (paddle-free)."""
     d = cfg.stage.data
-    return {"train": read_preference_jsonl(d.train, "kto"), "eval": read_preference_jsonl(d.eval, "kto") if d.eval else []}
+    return read_splits(d, "kto", cfg.seed)
 
 
 def run(cfg: DictConfig, ctx) -> dict:

@@ -42,13 +42,12 @@ def validate(cfg: DictConfig) -> None:
 
 
 def prepare(cfg: DictConfig) -> dict:
-    from llmx.data.prompts import read_prompt_jsonl
-    from llmx.data.sft import read_sft_jsonl
+    from llmx.data.formats import read, read_splits
 
     d = cfg.stage.data
     if cfg.stage.ptx_coeff > 0:
-        read_sft_jsonl(cfg.stage.ptx_data)  # checked now, before anything heavy
-    return {"train": read_prompt_jsonl(d.train), "eval": read_prompt_jsonl(d.eval) if d.eval else []}
+        read("sft", cfg.stage.ptx_data)  # checked now, before anything heavy
+    return read_splits(d, "rl", cfg.seed)
 
 
 def run(cfg: DictConfig, ctx) -> dict:

@@ -15,13 +15,13 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from llmx.config import asset_path, existing, positive, require
-from llmx.data.sft import read_sft_jsonl
+from llmx.data.formats import read
 
 
 @dataclass
 class Config:
     runner: str = "quantize"
-    eval: str = "${asset:demo/sft_eval.jsonl}"  # held-out {"src", "tgt"} JSONL: perplexity of the answers
+    eval: str = "${asset:demo/sft_eval.jsonl}"  # held-out SFT examples (any format of llmx.data.formats): perplexity of the answers
     max_length: int = 128  # tokens per example
     evaluate_only: bool = False  # measure model.name_or_path (quantized or not); quantize nothing
     output_dir: Optional[str] = None  # default: <run dir>/model
@@ -72,8 +72,8 @@ def validate(cfg: DictConfig) -> None:
 
 def prepare(cfg: DictConfig) -> dict:
     q = cfg.quant
-    calib = read_sft_jsonl(q.calib_path or asset_path("demo/sft_train.jsonl"))
-    return {"calib": calib[: q.calib_samples], "eval": read_sft_jsonl(cfg.stage.eval)}
+    calib = read("sft", q.calib_path or asset_path("demo/sft_train.jsonl"))
+    return {"calib": calib[: q.calib_samples], "eval": read("sft", cfg.stage.eval)}
 
 
 def _encoded(tokenizer, convs, max_length: int) -> list[dict]:

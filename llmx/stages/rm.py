@@ -8,17 +8,17 @@ and `stage=infer stage.task=score` load.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import PeftConfig, TrainConfig, require, validate_pairs
-from llmx.data.preference import read_preference_jsonl
+from llmx.config import DataFiles, PeftConfig, TrainConfig, require, validate_pairs
+from llmx.data.formats import read_splits
 
 
 @dataclass
-class DataConfig:
-    train: str = "${asset:demo/dpo_train.jsonl}"
+class DataConfig(DataFiles):
+    train: Any = "${asset:demo/dpo_train.jsonl}"
     eval: Optional[str] = "${asset:demo/dpo_eval.jsonl}"
     max_length: int = 128  # tokens of prompt + response
     max_prompt_length: int = 96  # an over-long prompt keeps this many tokens (from the right)
@@ -47,7 +47,7 @@ def validate(cfg: DictConfig) -> None:
 
 def prepare(cfg: DictConfig) -> dict:
     d = cfg.stage.data
-    return {"train": read_preference_jsonl(d.train, "dpo"), "eval": read_preference_jsonl(d.eval, "dpo") if d.eval else []}
+    return read_splits(d, "dpo", cfg.seed)
 
 
 def run(cfg: DictConfig, ctx) -> dict:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import (MERGEABLE_METHODS, PeftConfig, TrainConfig, existing, model_family, positive, require,
+from llmx.config import (DataFiles, MERGEABLE_METHODS, PeftConfig, TrainConfig, model_family, positive, require,
                          validate_peft, validate_train, validate_trainable)
 from llmx.data.dialogue import Dialogue
-from llmx.data.sft import read_sft_jsonl
+from llmx.data.formats import check_data_config, read_splits
 from llmx.families import FAMILIES
 
 
 @dataclass
-class DataConfig:
-    train: str = "${asset:demo/sft_train.jsonl}"
+class DataConfig(DataFiles):
+    train: Any = "${asset:demo/sft_train.jsonl}"
     eval: Optional[str] = "${asset:demo/sft_eval.jsonl}"
     max_length: int = 128  # tokens per example (prompt + answer)
     src_length: int = 96  # at most this many prompt tokens are kept (from the right)
@@ -54,8 +54,7 @@ def validate(cfg: DictConfig) -> None:
     d, p, e = s.data, s.peft, s.eval
     fam = model_family(m)
     validate_trainable(cfg)
-    existing("stage.data.train", d.train, "file")
-    existing("stage.data.eval", d.eval, "file")
+    check_data_config(d, "sft")
     positive("stage.data.max_length", d.max_length, 2)
     require(1 <= d.src_length < d.max_length, "stage.data.src_length", d.src_length,
             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
@@ -85,8 +84,7 @@ def validate(cfg: DictConfig) -> None:
 
 def prepare(cfg: DictConfig) -> dict:
     """Read and check the data files before any heavy import (paddle-free)."""
-    d = cfg.stage.data
-    return {"train": read_sft_jsonl(d.train), "eval": read_sft_jsonl(d.eval) if d.eval else []}
+    return read_splits(cfg.stage.data, "sft", cfg.seed)
 
 
 def _exact_match(ctx, model, tokenizer, encoder, convs: list[Dialogue]) -> tuple[float, list[dict]]:

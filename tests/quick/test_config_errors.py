@@ -192,7 +192,7 @@ def test_multirun_config_error_names_the_job(tmp_path):
 
 GOOD = '{"src": "1+1=", "tgt": "2"}\n'
 BAD_DATA = {
-    "missing_tgt": ('{"src": "2+2="}\n', "missing key 'tgt' (each line needs src and tgt)"),
+    "missing_tgt": ('{"src": "2+2="}\n', "does not fit the src_tgt format (detected from"),
     "invalid_json": ('{"src": "2+2=", "tgt": \n', "invalid JSON"),
     "turn_count_mismatch": ('{"src": ["a", "b"], "tgt": ["c"]}\n', "src has 2 turns but tgt has 1"),
 }

@@ -10,7 +10,8 @@ from helpers import config_error, dialogue, input_error
 from llmx.config import DataError, asset_path
 from llmx.data.demo_preference import make_preference, wrong_answer
 from llmx.data.dialogue import PreferenceExample, assistant
-from llmx.data.preference import encode_trl, read_preference_jsonl
+from llmx.data.formats import read_preference
+from llmx.data.preference import encode_trl
 
 
 def _write(tmp_path, lines, name="d.jsonl"):
@@ -24,7 +25,7 @@ def test_reads_pairs_sorted_by_sort_and_multi_turn(tmp_path):
         json.dumps({"src": "q", "tgt": [], "response": ["bad", "good"], "sort": [0, 1]}), "",
         json.dumps({"src": ["a", "b"], "tgt": ["x"], "response": ["good", "bad"], "sort": [5, 2]}),
     ])
-    assert read_preference_jsonl(path) == [
+    assert read_preference(path) == [
         PreferenceExample(dialogue(question="q"), (assistant("good"), assistant("bad")), 1),
         PreferenceExample(dialogue(("a", "x"), question="b"), (assistant("good"), assistant("bad")), 1),
     ]
@@ -33,7 +34,7 @@ def test_reads_pairs_sorted_by_sort_and_multi_turn(tmp_path):
 def test_reads_kto_lines(tmp_path):
     path = _write(tmp_path, [json.dumps({"src": "q", "tgt": [], "response": ["r"], "sort": [1]}),
                              json.dumps({"src": "p", "tgt": [], "response": ["s"], "sort": [0]})])
-    assert [(e.prompt, e.responses, e.label) for e in read_preference_jsonl(path, "kto")] == [
+    assert [(e.prompt, e.responses, e.label) for e in read_preference(path, kind="kto")] == [
         (dialogue(question="q"), (assistant("r"),), 1), (dialogue(question="p"), (assistant("s"),), 0)]
 
 
@@ -70,7 +71,7 @@ OK_DPO = {"src": "q", "tgt": [], "response": ["a", "b"], "sort": [1, 0]}
 
 
 @pytest.mark.parametrize("kind, obj, reason", [
-    ("dpo", {k: v for k, v in OK_DPO.items() if k != "sort"}, "missing key 'sort'"),
+    ("dpo", {k: v for k, v in OK_DPO.items() if k != "sort"}, "needs src_tgt (src, tgt, response, sort); has keys src, tgt, response"),
     ("dpo", {**OK_DPO, "sort": [1, 0, 2]}, "response has 2 entries but sort has 3"),
     ("dpo", {**OK_DPO, "sort": [1, 1]}, "sort values are equal (1)"),
     ("dpo", {**OK_DPO, "response": ["a", " "]}, "response[1] is empty"),
@@ -85,14 +86,14 @@ def test_bad_line_names_path_line_and_reason(tmp_path, kind, obj, reason):
     good = json.dumps({**OK_DPO, "response": ["a"], "sort": [1]} if kind == "kto" else OK_DPO)
     path = _write(tmp_path, [good, json.dumps(obj)])
     with pytest.raises(DataError) as e:
-        read_preference_jsonl(path, kind)
+        read_preference(path, kind=kind)
     assert str(e.value).startswith(f"{path}:2: ") and reason in str(e.value), str(e.value)
 
 
 def test_kto_needs_both_labels(tmp_path):
     path = _write(tmp_path, [json.dumps({"src": "q", "tgt": [], "response": ["r"], "sort": [1]})] * 2)
-    with pytest.raises(DataError, match="every line is desirable"):
-        read_preference_jsonl(path, "kto")
+    with pytest.raises(DataError, match="every example is desirable"):
+        read_preference(path, kind="kto")
 
 
 def test_bundled_preference_data_is_generated_checkable_and_held_out():
@@ -100,8 +101,8 @@ def test_bundled_preference_data_is_generated_checkable_and_held_out():
     for name, rows in files.items():  # the committed files are what the script makes
         assert (asset_path(f"demo/{name}.jsonl") and
                 open(asset_path(f"demo/{name}.jsonl")).read() == "".join(json.dumps(r) + "\n" for r in rows)), name
-    train, held_out = read_preference_jsonl(asset_path("demo/dpo_train.jsonl")), \
-        read_preference_jsonl(asset_path("demo/dpo_eval.jsonl"))
+    train, held_out = read_preference(asset_path("demo/dpo_train.jsonl")), \
+        read_preference(asset_path("demo/dpo_eval.jsonl"))
     sft_eval = [json.loads(line) for line in open(asset_path("demo/sft_eval.jsonl"))]
     # chosen = the SFT task's exact answer, rejected = something else; the eval prompts are the SFT eval prompts
     assert [e.chosen["content"] for e in held_out] == [(x["tgt"] if isinstance(x["tgt"], str) else x["tgt"][-1])
@@ -110,7 +111,7 @@ def test_bundled_preference_data_is_generated_checkable_and_held_out():
     single = lambda examples: {e.prompt.last_user() for e in examples if len(e.prompt.messages) == 1}  # noqa: E731
     assert not single(held_out) & single(train)
     assert any(len(e.prompt.messages) > 1 for e in held_out)  # multi-turn lines too
-    kto = read_preference_jsonl(asset_path("demo/kto_train.jsonl"), "kto")
+    kto = read_preference(asset_path("demo/kto_train.jsonl"), kind="kto")
     assert 0.4 < sum(e.label for e in kto) / len(kto) < 0.6
     assert wrong_answer("add 20 + 3 =", "23", __import__("random").Random(0)) != "23"
     assert wrong_answer("upper: cat", "CAT", None) == "Cat" and wrong_answer("first letter of cat", "c", None) == "t"

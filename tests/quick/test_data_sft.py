@@ -8,7 +8,8 @@ import pytest
 from llmx.config import DataError, asset_path
 from helpers import dialogue
 
-from llmx.data.sft import IGNORE_INDEX, SftEncoder, read_sft_jsonl
+from llmx.data.formats import read_sft
+from llmx.data.sft import IGNORE_INDEX, SftEncoder
 from llmx.tokens import pad_batch
 
 
@@ -28,23 +29,23 @@ def _write(tmp_path, lines):
 def test_reads_single_and_multi_turn(tmp_path):
     path = _write(tmp_path, [json.dumps({"src": "a", "tgt": "b"}), "",
                              json.dumps({"src": ["x", "y"], "tgt": ["1", "2"]})])
-    convs = read_sft_jsonl(path)
+    convs = read_sft(path)
     assert convs == [dialogue(("a", "b")), dialogue(("x", "1"), ("y", "2"))]
 
 
 @pytest.mark.parametrize("line, reason", [
-    ('{"src": "a"}', "missing key 'tgt'"),
+    ('{"src": "a"}', "does not fit the src_tgt format"),
     ('{"src": "a", "tgt": ', "invalid JSON (Expecting value at column 21)"),
     ('{"src": ["a", "b"], "tgt": ["c"]}', "src has 2 turns but tgt has 1"),
-    ('{"src": "a", "tgt": 3}', "both be strings or both be lists"),
-    ('{"src": ["a"], "tgt": [3]}', "tgt[0] is int"),
+    ('{"src": "a", "tgt": 3}', "tgt must be a string or a list of strings"),
+    ('{"src": ["a"], "tgt": [3]}', "tgt must be a string or a list of strings"),
     ('[1, 2]', "expected a JSON object"),
-    ('{"src": "a", "tgt": "  "}', "the last tgt is empty"),
+    ('{"src": "a", "tgt": "  "}', "the last assistant message is empty"),
 ])
 def test_bad_line_names_file_and_line(tmp_path, line, reason):
     path = _write(tmp_path, [json.dumps({"src": "ok", "tgt": "ok"}), line])
     with pytest.raises(DataError) as err:
-        read_sft_jsonl(path)
+        read_sft(path)
     assert str(err.value).startswith(f"{path}:2: ") and reason in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -52,7 +53,7 @@ def test_bad_line_names_file_and_line(tmp_path, line, reason):
 def test_empty_file_is_an_error(tmp_path):
     path = _write(tmp_path, [""])
     with pytest.raises(DataError, match="no examples"):
-        read_sft_jsonl(path)
+        read_sft(path)
 
 
 def test_labels_cover_answers_only_and_are_shifted(tokenizer):

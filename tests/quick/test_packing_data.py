@@ -8,7 +8,8 @@ from helpers import compose, input_error
 
 from llmx.config import DataError, asset_path
 from llmx.data.packing import pack_examples, packing_stats, segment_bounds
-from llmx.data.sft import SftEncoder, read_sft_jsonl
+from llmx.data.formats import read_sft
+from llmx.data.sft import SftEncoder
 from llmx.stages import validate
 from llmx.tokens import IGNORE_INDEX
 
@@ -53,7 +54,7 @@ def test_packer_boundary_labels_on_real_encodings():
 
     tok = AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer"))
     enc = SftEncoder(tok, 128, 96)
-    examples = [enc.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))[:400]]
+    examples = [enc.encode(c) for c in read_sft(asset_path("demo/sft_train.jsonl"))[:400]]
     packs = pack_examples(examples, 128)
     assert packing_stats(packs, 128)["non_pad_fraction"] > 0.9
     for p in packs:

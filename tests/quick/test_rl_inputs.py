@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import config_error, dialogue, input_error
 
-from llmx.data.prompts import read_prompt_jsonl
+from llmx.data.formats import read_prompts
 from llmx.errors import ConfigError
 
 
@@ -85,14 +85,13 @@ def test_prompt_lines_sft_and_inference_formats(tmp_path):
         {"src": "add 1 + 2 =", "tgt": "3"},  # SFT line: tgt is the reference
         {"src": ["copy: cat", "upper it"], "tgt": ["cat", "CAT"]},  # multi-turn SFT: the last tgt
         {"src": ["copy: cat", "upper it"], "tgt": ["cat"]},  # inference format: no reference
-        {"messages": [{"role": "user", "content": "hi"}]},
     ]) + "\n")
-    lines = read_prompt_jsonl(path)
-    assert [x.reference for x in lines] == ["3", "CAT", None, None]
+    lines = read_prompts(path, purpose="rl")
+    assert [x.reference for x in lines] == ["3", "CAT", None]
     assert lines[1].dialogue == dialogue(("copy: cat", "cat"), question="upper it")
     path.write_text(json.dumps({"src": ["a", "b", "c"], "tgt": ["x"]}) + "\n")
     with pytest.raises(Exception, match=r"p.jsonl:1: src has 3 turns, so tgt needs the 2 earlier answers"):
-        read_prompt_jsonl(path)
+        read_prompts(path, purpose="rl")
 
 
 def test_builtin_rewards_and_checks():

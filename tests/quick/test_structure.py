@@ -54,7 +54,7 @@ import llmx.data.packing, llmx.diff, llmx.rerun, llmx.plan, llmx.run, llmx.launc
 import llmx.stages.sft, llmx.stages.pretrain, llmx.sweep, llmx.devices, llmx.slurm, llmx.tokens, llmx.sources
 import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.sampling, llmx.infer.text, llmx.infer.support
 import llmx.stages.dpo, llmx.stages.kto, llmx.data.preference, llmx.data.demo_preference
-import llmx.stages.rm, llmx.stages.ppo, llmx.stages.grpo, llmx.rl.config, llmx.rl.rewards, llmx.data.prompts
+import llmx.stages.rm, llmx.stages.ppo, llmx.stages.grpo, llmx.rl.config, llmx.rl.rewards
 after = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))
 print(before == after, heavy)

@@ -88,9 +88,9 @@ class Config:
 
 
 def prepare(cfg):
-    from llmx.data.sft import read_sft_jsonl
+    from llmx.data.formats import read_sft
 
-    return read_sft_jsonl(cfg.stage.data.train)
+    return read_sft(cfg.stage.data.train)
 
 
 def run(cfg, ctx):

@@ -11,7 +11,8 @@ import pytest
 from helpers import compose
 
 from llmx.config import CONF_DIR, asset_path, model_hparams
-from llmx.data.sft import SftEncoder, read_sft_jsonl
+from llmx.data.formats import read_sft
+from llmx.data.sft import SftEncoder
 from llmx.families import FAMILIES as TABLE
 from llmx.plan import count_params
 from llmx.stages import validate
@@ -29,7 +30,7 @@ def _batch(tokenizer, n: int = 8):
     from llmx.engine.batching import NUM_TOKENS, PadCollator
 
     enc = SftEncoder(tokenizer, 64, 48)
-    convs = read_sft_jsonl(asset_path("demo/sft_train.jsonl"))[:n]
+    convs = read_sft(asset_path("demo/sft_train.jsonl"))[:n]
     batch = PadCollator(tokenizer.pad_token_id)([enc.encode(c) for c in convs])
     batch.pop(NUM_TOKENS)  # the trainer's bookkeeping, not a model input
     return batch, enc, convs

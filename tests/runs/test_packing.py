@@ -7,7 +7,8 @@ from helpers import FAST, compose, launch, read_json, read_jsonl
 
 from llmx.config import asset_path
 from llmx.data.packing import pack_examples, packing_stats, segment_bounds
-from llmx.data.sft import SftEncoder, read_sft_jsonl
+from llmx.data.formats import read_sft
+from llmx.data.sft import SftEncoder
 from llmx.tokens import IGNORE_INDEX
 
 # ------------------------------------------------------------------ exactness on real models
@@ -43,7 +44,7 @@ def test_packed_forward_equals_one_by_one(family):
 
     model, tok = _build(family)
     enc = SftEncoder(tok, 64, 48)
-    examples = [enc.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))[:24]]
+    examples = [enc.encode(c) for c in read_sft(asset_path("demo/sft_train.jsonl"))[:24]]
     packs = pack_examples(examples, 96)
     assert len(packs) >= 3 and all(len(p["seq_lens"]) >= 3 for p in packs)
     assert len({len(p["input_ids"]) for p in packs}) > 1, "rows of one length would not test the padding tail"
@@ -78,7 +79,7 @@ def test_zero_padding_sft_run(tmp_path):
     from llmx.engine.trainer import SeededBatchSampler
 
     enc = SftEncoder(AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer")), 128, 96)
-    packs = pack_examples([enc.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))], 128)
+    packs = pack_examples([enc.encode(c) for c in read_sft(asset_path("demo/sft_train.jsonl"))], 128)
     summary = read_json(run / "summary.json")
     assert summary["packing_efficiency"] == round(packing_stats(packs, 128)["non_pad_fraction"], 4) > 0.9, summary
     assert summary["packed_sequences"] == len(packs)

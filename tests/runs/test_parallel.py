@@ -78,14 +78,15 @@ def _eval_loss(model_dir) -> float:
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmx.config import asset_path
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.tokens import pad_batch
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
     encoder = SftEncoder(tokenizer, 128, 96)
-    examples = [encoder.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))]
+    examples = [encoder.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))]
     losses = []
     with paddle.no_grad():
         for i in range(0, len(examples), 16):
@@ -100,13 +101,14 @@ def _generations(model_dir, n: int) -> list[str]:
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmx.config import asset_path
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.engine.generate import greedy_generate
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     encoder = SftEncoder(tokenizer, 128, 96)
-    prompts = [encoder.prompt_for_generation(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:n]]
+    prompts = [encoder.prompt_for_generation(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))[:n]]
     outputs = greedy_generate(model, tokenizer, prompts, 4, 16)
     return [tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).strip() for ids in outputs]
 

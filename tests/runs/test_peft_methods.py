@@ -103,7 +103,8 @@ import numpy as np, paddle
 sys.path.insert(0, "tests")
 from helpers import compose
 from llmx.config import asset_path
-from llmx.data.sft import SftEncoder, read_sft_jsonl
+from llmx.data.formats import read_sft
+from llmx.data.sft import SftEncoder
 from llmx.engine.batching import PadCollator
 from llmx.engine.model import build_model, build_tokenizer
 from llmx.engine.reft import ReftCollator
@@ -115,7 +116,7 @@ for method, mergeable in json.loads(sys.argv[2]).items():
     model = build_model(cfg.model, tok, seed=0, keep_adapter=True)
     model.eval()
     enc = SftEncoder(tok, 128, 96)
-    examples = [enc.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))]
+    examples = [enc.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))]
     collate = PadCollator(tok.pad_token_id)
     if method == "reft":
         collate = ReftCollator(collate, model)
@@ -135,7 +136,7 @@ for method, mergeable in json.loads(sys.argv[2]).items():
             from llmx.infer.build import dynamic_engine
             from llmx.infer.sampling import SamplingParams
 
-            prompts = [enc.prompt_for_generation(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:12]]
+            prompts = [enc.prompt_for_generation(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))[:12]]
             engine = dynamic_engine(model, tok, max_batch=4)
             ours = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=8, ignore_eos=True))]
             theirs = greedy_generate(model, tok, prompts, 8, 12)

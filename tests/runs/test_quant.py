@@ -89,13 +89,14 @@ def test_perplexity_ordering(quant_sweep):
     # naive W8A8 (no smoothing), quantized in this process from the same model and data
     from omegaconf import OmegaConf
 
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.quant.checkpoint import save_quantized
     from llmx.quant.ptq import perplexity, quantize_model
 
     model, tok = _load(d / "outliers")
     enc = SftEncoder(tok, 128, 96)
-    data = [enc.encode(c) for c in read_sft_jsonl(EVAL)]
+    data = [enc.encode(c) for c in read_sft(EVAL)]
     assert perplexity(model, data) == pytest.approx(float_ppl, rel=1e-4)
     q = OmegaConf.merge(compose("quant=a8w8").quant, {"smooth": False, "include_head": True, "group_size": -1})
     entries, qc, _ = quantize_model(model, q, [e["input_ids"] for e in data], lambda n, it: it)
@@ -120,7 +121,8 @@ def test_checkpoint_reloads_to_its_fake_quantized_twin(quant_sweep):
     import paddle
     from safetensors.numpy import load_file
 
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.engine.generate import greedy_generate
 
     d, runs, _ = quant_sweep
@@ -135,7 +137,7 @@ def test_checkpoint_reloads_to_its_fake_quantized_twin(quant_sweep):
         assert w.shape == tuple(state[prefix + ".weight"].shape)
         state[prefix + ".weight"].set_value(paddle.to_tensor(w.astype(np.float32)))
     enc = SftEncoder(tok, 128, 96)
-    prompts = [enc.prompt_for_generation(c) for c in read_sft_jsonl(EVAL)[:8]]
+    prompts = [enc.prompt_for_generation(c) for c in read_sft(EVAL)[:8]]
     assert greedy_generate(quantized, tok, prompts, 8, 8) == greedy_generate(twin, tok, prompts, 8, 8)
     ids = paddle.to_tensor([prompts[0]])
     a, b = quantized(input_ids=ids), twin(input_ids=ids)

@@ -73,11 +73,12 @@ def test_token_counts_and_sigkill_resume_matches(tmp_path):
     from paddlenlp.transformers import AutoTokenizer
 
     from llmx.config import asset_path
-    from llmx.data.sft import SftEncoder, read_sft_jsonl
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
     from llmx.engine.trainer import SeededBatchSampler
 
     enc = SftEncoder(AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer")), 128, 96)
-    lengths = [len(enc.encode(c)["input_ids"]) for c in read_sft_jsonl(asset_path("demo/sft_train.jsonl"))]
+    lengths = [len(enc.encode(c)["input_ids"]) for c in read_sft(asset_path("demo/sft_train.jsonl"))]
     sampler = SeededBatchSampler(lengths, batch_size=16, seed=42)
     sampler.set_epoch(0)
     per_step = [sum(lengths[i] for i in batch) for batch in list(sampler)[:30]]
@@ -127,12 +128,13 @@ def test_lora_trains_only_adapters_and_merge_matches(tmp_path):
 import json, paddle
 from paddlenlp.peft import LoRAModel
 from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
-from llmx.data.sft import SftEncoder, read_sft_jsonl
+from llmx.data.formats import read_sft
+from llmx.data.sft import SftEncoder
 from llmx.config import asset_path
 from llmx.tokens import pad_batch
 tok = AutoTokenizer.from_pretrained("{run}/adapter")
 enc = SftEncoder(tok, 128, 96)
-batch = pad_batch([enc.encode(c) for c in read_sft_jsonl(asset_path("demo/sft_eval.jsonl"))[:16]], tok.pad_token_id)
+batch = pad_batch([enc.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))[:16]], tok.pad_token_id)
 inputs = dict(input_ids=paddle.to_tensor(batch["input_ids"]), attention_mask=paddle.to_tensor(batch["attention_mask"]))
 base = AutoModelForCausalLM.from_pretrained("{run}/base_model")
 base.eval()
