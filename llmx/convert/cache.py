@@ -77,7 +77,7 @@ def check_hf_family(cfg) -> None:
     """A Hugging Face checkpoint as model.name_or_path must be of the family asked for (one line naming both)."""
     path = Path(cfg.model.name_or_path)
     if is_gguf(path):
-        return _check_gguf_family(path, family_given(cfg))
+        return check_gguf_family(path, family_given(cfg))
     if not is_hf_checkpoint(path):
         return
     from llmx.convert.hf import check_family, read_json
@@ -85,7 +85,7 @@ def check_hf_family(cfg) -> None:
     check_family(read_json(path / "config.json"), family_given(cfg), path)
 
 
-def _check_gguf_family(path: Path, given: Optional[str]) -> None:
+def check_gguf_family(path: Path, given: Optional[str]) -> None:
     """Every GGUF llmx converts is a Llama (llmx.convert.gguf refuses the others when converting)."""
     from llmx.errors import ConfigError
 

@@ -255,7 +255,7 @@ def gguf_to_hf(path, out) -> dict:
     return {"architecture": architecture(meta), "gguf_tensor_types": kinds}
 
 
-def gguf_to_llmx(path, out, fam_name: Optional[str] = None) -> dict:
+def gguf_to_llmx(path, out, fam_name: Optional[str] = None, dtype: Optional[str] = None) -> dict:
     """Convert GGUF file `path` into the llmx model directory `out`, through a temporary HF directory beside it."""
     from llmx.convert.hf import hf_to_llmx
 
@@ -263,5 +263,5 @@ def gguf_to_llmx(path, out, fam_name: Optional[str] = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.gguf-", dir=out.parent) as hf_dir:
         found = gguf_to_hf(path, hf_dir)
-        summary = hf_to_llmx(Path(hf_dir), out, fam_name)
+        summary = hf_to_llmx(Path(hf_dir), out, fam_name, dtype)
     return {**summary, "source_format": "gguf", **found}

@@ -108,19 +108,47 @@ def test_written_gguf_is_converted_once(tiny_ggufs, tmp_path, monkeypatch):
     assert marker.stat().st_mtime_ns == before
 
 
+def test_stage_convert_from_a_gguf(tiny_ggufs, tmp_path):
+    """stage=convert reads a GGUF as it reads an HF dir: the output equals the cached conversion, and with
+    stage.dtype the weights are cast."""
+    from safetensors.numpy import load_file
+
+    from llmx.engine.context import create_context
+    from llmx.stages import stage_module, validate
+
+    path, model_dir = tiny_ggufs["Q8_0"]
+    for dtype, out in ((None, tmp_path / "f32"), ("bfloat16", tmp_path / "bf16")):
+        cfg = compose("stage=convert", f"model.name_or_path={path}", f"stage.output_dir={out}",
+                      *([f"stage.dtype={dtype}"] if dtype else []))
+        validate(cfg)
+        stage = stage_module("convert")
+        summary = stage.run(cfg, create_context(cfg, str(tmp_path / f"run-{dtype}"), stage.prepare(cfg)))
+        assert summary["family"] == "llama" and summary["model_dir"] == str(out)
+    cached = load_file(str(Path(model_dir, "model.safetensors")))
+    plain = load_file(str(tmp_path / "f32" / "model.safetensors"))
+    assert plain.keys() == cached.keys() and all(np.array_equal(plain[k], cached[k]) for k in cached)
+    halved = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert {a.dtype.itemsize for a in halved.values()} == {2}
+
+
 # ----------------------------------------------------------------------------- the real checkpoint
 @pytest.fixture(scope="module")
 def real_reference(real_gguf):
     return _reference(real_gguf)
 
 
+@pytest.fixture(scope="module")
+def real_llmx(real_model_dir):
+    return _llmx_model(real_model_dir)
+
+
 @pytest.mark.slow
-def test_real_model_logits_equal_transformers(real_model_dir, real_reference):
+def test_real_model_logits_equal_transformers(real_llmx, real_reference):
     ref_model, ref_tok = real_reference
     ids = np.array([ref_tok("The capital of France is", add_special_tokens=False).input_ids])
     with torch.no_grad():
         theirs = ref_model(torch.tensor(ids)).logits.numpy()
-    model, _, paddle = _llmx_model(real_model_dir)
+    model, _, paddle = real_llmx
     ours = _logits(model, paddle, ids)
     diff = float(np.abs(ours - theirs).max())
     print(f"SmolLM2-135M-Instruct Q4_1: max |llmx - transformers| logits = {diff:.3g} over {ids.shape[1]} tokens")
@@ -154,3 +182,23 @@ def test_real_model_tokenizer_and_chat_template_equal_transformers(real_model_di
     assert tokenizer.convert_ids_to_tokens(2) == "<|im_end|>" and ref_tok.bos_token_id == 1
     ours = json.loads(Path(real_model_dir, "config.json").read_text())
     assert (ours["bos_token_id"], ours["eos_token_id"], ours["pad_token_id"]) == (1, 2, 2)
+
+
+@pytest.mark.slow
+def test_real_model_greedy_answer_equals_transformers_and_stops_at_im_end(real_llmx, real_reference):
+    """llmx's inference engine on a hand-rendered ChatML prompt: transformers' greedy tokens, ended by <|im_end|>
+    (the eos llmx sets) where transformers' generate (stopping on its model config's eos, 2) ends too."""
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+
+    model, tokenizer, _ = real_llmx
+    ref_model, _ = real_reference
+    prompt = tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+                              add_special_tokens=False)["input_ids"]
+    (ours,) = dynamic_engine(model, tokenizer).generate([prompt], SamplingParams(max_new_tokens=16))
+    with torch.no_grad():
+        theirs = ref_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                    max_new_tokens=16, do_sample=False)[0, len(prompt):].tolist()
+    assert ours.finish_reason == "stop" and theirs[-1] == 2, (ours.text, theirs)
+    assert tokenizer.encode(ours.text, add_special_tokens=False)["input_ids"] == theirs[:-1]
+    assert "Paris" in ours.text
