@@ -3,9 +3,10 @@
 Users name what they have: a model directory (config.json + weights), an adapter
 directory (PaddleNLP's peft format, whose config names its base), or an llmx run
 directory (its `summary.json` says what the run exported: a full or merged `model/`,
-else `adapter/` over `base_model`), or a checkpoint from elsewhere: a Hugging Face directory or a
-llama.cpp GGUF file, each converted once into llmx's cache (llmx.convert.cache). Every stage resolves through `resolve`, so
-"align the SFT run I just made" never means naming files inside a run.
+else `adapter/` over `base_model`), or a checkpoint from elsewhere: a Hugging Face
+directory or a llama.cpp GGUF file, each converted once into llmx's cache (llmx.convert.cache).
+Every stage resolves through `resolve`, so "align the SFT run I just made" never means naming
+files inside a run.
 """
 from __future__ import annotations
 

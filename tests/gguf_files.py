@@ -3,6 +3,7 @@ out a Hugging Face Llama: its tensor names, q/k rows reordered for llama.cpp's r
 byte-level BPE vocabulary (trained here on a few sentences) with ChatML's control tokens."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict
 
@@ -24,7 +25,7 @@ def byte_level_vocab(size: int = 300):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=size, special_tokens=SPECIAL,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model = __import__("json").loads(tok.to_str())["model"]
+    model = json.loads(tok.to_str())["model"]
     vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return [t for t, _ in vocab], merges
