@@ -135,3 +135,49 @@ def score_head_file(name_or_path: str, key: str = "model.name_or_path") -> Path:
             return Path(folder, SCORE_HEAD)
     raise ConfigError(f"{key}={name_or_path}: not a reward model (no {SCORE_HEAD} in its model or adapter "
                       "directory); train one with stage=rm")
+
+
+def family_of(name_or_path: str) -> Optional[str]:
+    """The model family a checkpoint holds, read from its config files alone (no paddle, no conversion): a model
+    directory's config.json (PaddleNLP's, or a Hugging Face one's model_type), an adapter's base, an llmx run's
+    exported model, with the family its .hydra/config.yaml recorded where both share a PaddleNLP class (Llama and
+    Baichuan). None when the path names none; resolve() reports what is wrong with it."""
+    from llmx.families import FAMILIES
+
+    path = Path(name_or_path).expanduser()
+    try:
+        if (path / ".hydra").is_dir() or (path / "summary.json").is_file():
+            summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+            inner = summary.get("model_dir") or summary.get("base_model") or summary.get("adapter_dir")
+            found = family_of(inner) if inner else None
+            recorded = _recorded_family(path)
+            if recorded in FAMILIES and (found is None or FAMILIES[found].architecture == FAMILIES[recorded].architecture):
+                return recorded
+            return found
+        if adapter_method(path):
+            configs = [path / ADAPTER_BASE] + [path / n for n in ADAPTER_CONFIGS]
+            bases = [json.loads(c.read_text()).get("base_model_name_or_path") for c in configs if c.is_file()]
+            return next((family_of(b) for b in bases if b), None)
+        if (path / "config.json").is_file():
+            return _config_family(path)
+    except (OSError, ValueError):  # unreadable or malformed files: resolve() says so in one line
+        return None
+    return None
+
+
+def _recorded_family(run: Path) -> Optional[str]:
+    from omegaconf import OmegaConf
+
+    config = run / ".hydra" / "config.yaml"
+    try:
+        return OmegaConf.select(OmegaConf.load(config), "model.family") if config.is_file() else None
+    except Exception:  # noqa: BLE001 - a damaged record: the exported model's config.json decides
+        return None
+
+
+def _config_family(path: Path) -> Optional[str]:
+    from llmx.convert.cache import is_hf_checkpoint
+    from llmx.families import family_of_hf_config, family_of_paddle_config
+
+    config = json.loads((path / "config.json").read_text())
+    return family_of_hf_config(config) if is_hf_checkpoint(path) else family_of_paddle_config(config)

@@ -5,11 +5,14 @@
 All requests share one engine, stepped by one thread (`EngineThread`); a request's tokens reach its
 handler through an asyncio queue. A client that goes away mid-stream cancels its request (its rows
 leave the batch at the next step); a full waiting queue answers 503 with Retry-After; every error is
-an OpenAI-style body `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`: a 4xx for a bad request, a 500
+(`type: server_error`, traceback in the run's log) for anything that fails while answering, after which
+the server goes on serving.
 """
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import threading
@@ -60,6 +63,35 @@ class EngineThread:
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout=30)
         self.engine.abort_all("shutdown")
+
+
+class ServerErrors:
+    """ASGI middleware: an exception raised while answering becomes an OpenAI-style 500 and a logged traceback.
+    Starlette's own answer is a plain-text "Internal Server Error", which OpenAI clients cannot read, and its
+    ServerErrorMiddleware re-raises to uvicorn, whose log is not the run's. Once a response has started (a
+    stream), no status can be sent any more: the stream itself ends with an error chunk (`respond`)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as ex:  # noqa: BLE001 - any failure: answered, logged, and the server goes on
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if not started:
+                await error(500, f"internal error while answering: {type(ex).__name__}: {ex}",
+                            kind="server_error", code="internal_error")(scope, receive, send)
 
 
 class _Body(BaseModel):
@@ -141,7 +173,11 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return HTMLResponse(PAGE.read_text().replace("{{MODEL}}", model_name))
+        # the name escaped for where it stands: a JSON string in the script (where entities are not decoded, and
+        # "</script>" must not appear), text in the title and heading
+        literal = json.dumps(model_name).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        text = PAGE.read_text().replace('"{{MODEL}}"', literal)
+        return HTMLResponse(text.replace("{{MODEL}}", html.escape(model_name)))
 
     @app.get("/health")
     async def health():
@@ -267,6 +303,10 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
                     yield sse({"id": rid, "object": chunk_kind, "created": created, "model": body.model,
                                "choices": [], "usage": usage()})
                 yield "data: [DONE]\n\n"
+            except Exception as ex:  # noqa: BLE001 - the 200 is sent: the stream ends with the error (ServerErrors)
+                log.exception("a %s stream failed", "chat" if chat else "completion")
+                yield sse({"error": {"message": f"internal error while answering: {type(ex).__name__}: {ex}",
+                                     "type": "server_error", "param": None, "code": "internal_error"}})
             finally:  # a client gone mid-stream: its requests leave the batch
                 for r in reqs:
                     if not r.done.is_set():
@@ -298,4 +338,5 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
             raise ApiError(400, str(ex), "messages") from None
         return await respond(prompt, body, chat=True)
 
+    app.add_middleware(ServerErrors)  # added last: the outermost of the app's own middleware
     return app

@@ -51,9 +51,13 @@ def builtin_stages() -> dict[str, ModuleType]:
 def register_configs(search_dirs: list[str] = ()) -> None:
     """Schemas and resolvers for composition: the run schema and every built-in stage's `Config`,
     plus the `Config` of each outside stage whose conf file sits in `search_dirs` (Hydra search path
-    folders), as `/schema/stage/<file name>`. Entry points call it before composing (importing llmx
-    registers nothing)."""
+    folders), as `/schema/stage/<file name>`; and the model group's following of the checkpoint
+    (llmx.model_choice). Entry points call it before composing (importing llmx registers nothing)."""
     from hydra.core.config_store import ConfigStore
+
+    from llmx import model_choice
+
+    model_choice.install()
 
     if not OmegaConf.has_resolver("asset"):  # `${asset:demo/sft_train.jsonl}`: the bundled assets, wherever installed
         OmegaConf.register_new_resolver("asset", asset_path)

@@ -20,7 +20,10 @@ class Config:
     runner: str = "serve"
     host: str = "127.0.0.1"
     port: int = 8011  # PaddleNLP's Flask server's port
-    model_name: Optional[str] = None  # the id clients name; default: the model dir's name (or the model config's)
+    # The id /v1/models lists and the page shows (requests may also name the alias "paddlenlp"). Default: what
+    # the model is known by: `<stage>-<family>-<run dir name>` for an llmx run, else the directory's (or GGUF
+    # file's) name, `<family>-<size>` for a random init (_model_name).
+    model_name: Optional[str] = None
     api_key: Optional[str] = None  # every endpoint but the page needs `Authorization: Bearer <key>`; or set LLMX_API_KEY
     mode: str = "dynamic"  # dynamic | static (an exported program: static_dir)
     static_dir: Optional[str] = None
@@ -67,13 +70,42 @@ def _port_problem(host: str, port: int):
 
 
 def _model_name(cfg: DictConfig) -> str:
+    """The id /v1/models lists and the chat page shows: stage.model_name, else what the user knows the model by.
+    An llmx run (also its model/, adapter/ or static/ given directly) is `<stage>-<family>-<run dir name>`, as
+    `sft-qwen-my_sft`: its date-named directory alone says little. Any other directory is its name (an HF
+    checkpoint's, a model's; `model/` takes its parent's), a file (a GGUF) its name without the suffix, and a
+    random init `<family>-<size>`."""
     if cfg.stage.model_name:
         return cfg.stage.model_name
     source = cfg.stage.static_dir or cfg.model.name_or_path
-    if source:
-        path = Path(source).resolve()
-        return path.parent.name if path.name in ("model", "static") else path.name
-    return cfg.model.family
+    if not source:
+        return f"{cfg.model.family}-{cfg.model.size}"
+    path = Path(source).expanduser().resolve()
+    run = next((p for p in (path, path.parent) if (p / ".hydra").is_dir()), None)
+    if run is not None:
+        from llmx.sources import family_of
+
+        return f"{_run_stage(run)}-{family_of(str(run)) or cfg.model.family}-{run.name}"
+    if path.is_file():
+        return path.stem
+    return path.parent.name if path.name in ("model", "static") else path.name
+
+
+def _run_stage(run: Path) -> str:
+    """The stage an llmx run ran: its summary's, else its Hydra record's choice."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    for read in (lambda: json.loads((run / "summary.json").read_text()).get("stage"),
+                 lambda: OmegaConf.select(OmegaConf.load(run / ".hydra" / "hydra.yaml"), "hydra.runtime.choices.stage")):
+        try:
+            stage = read()
+        except Exception:  # noqa: BLE001 - missing or damaged: the next record, or "run"
+            continue
+        if isinstance(stage, str) and stage:
+            return stage
+    return "run"
 
 
 def run(cfg: DictConfig, ctx) -> dict:

@@ -120,5 +120,6 @@ def test_convert_family_mismatch_exits_2_before_paddle(tmp_path):
                                                 "num_attention_heads": 4, "vocab_size": 32}))
     _write(hf / "model.safetensors", {"w": ("F32", np.ones(2, np.float32))}, {"format": "pt"})
     line = config_error("stage=convert", "model=qwen2", f"model.name_or_path={hf}", tmp_path=tmp_path)
-    assert line == f"llmx: checkpoint error: {hf}/config.json: a mistral checkpoint (model_type='mistral'), " \
-                   "but model family qwen2 was asked for"
+    # found while composing (llmx.model_choice): the family named by model= against the checkpoint's
+    assert line == f"llmx: config error: model=qwen2 (model.family=qwen2): {hf} holds a mistral model; " \
+                   "leave model= out to follow the checkpoint, or use model=mistral"

@@ -168,3 +168,20 @@ def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(
     generated = sum(n for _, n, _ in with_adapter)
     assert re.search(rf"^16 requests: {prompt_tokens} prompt tokens, {generated} generated tokens "
                      r"in [\d.]+ s, [\d.]+ tokens/s \(static, max_batch 4\) -> ", proc.stdout, re.M), proc.stdout
+
+
+def test_stage_infer_takes_the_family_from_a_run_without_model(tmp_path):
+    """A model=qwen run given without model=qwen: the same answers as with it (the model group follows the
+    checkpoint), recorded as a qwen run."""
+    qwen_run = tmp_path / "qwen_run"
+    launch("model=qwen", "stage.train.max_steps=2", "stage.eval.enabled=false", "stage.train.progress_bar=false",
+           f"hydra.run.dir={qwen_run}")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"src": t}) + "\n" for t in _texts(4)))
+    common = ["stage=infer", f"model.name_or_path={qwen_run}", f"stage.input={prompts}", "stage.max_new_tokens=8",
+              "stage.progress_bar=false"]
+    launch(*common, "model=qwen", f"hydra.run.dir={tmp_path / 'with'}")
+    launch(*common, f"hydra.run.dir={tmp_path / 'without'}")
+    answers = [read_jsonl(tmp_path / run / "output.jsonl") for run in ("with", "without")]
+    assert answers[0] == answers[1] and len(answers[0]) == 4
+    assert "family: qwen" in (tmp_path / "without" / ".hydra" / "config.yaml").read_text()

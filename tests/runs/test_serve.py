@@ -27,14 +27,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+def _start(argv: list, run) -> dict:
+    """A server process (`python <argv> stage=serve ...`), once it answers /health."""
     port = _free_port()
-    run = tmp_path_factory.mktemp("serve") / "run"
-    proc = subprocess.Popen([sys.executable, "launch.py", "stage=serve", f"model.name_or_path={tiny_model_dir}",
-                             f"stage.port={port}", f"stage.api_key={KEY}", "stage.max_batch=8",
-                             "stage.model_name=tiny-chat", f"hydra.run.dir={run}"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, *argv, "stage=serve", f"stage.port={port}", f"stage.api_key={KEY}",
+                             f"hydra.run.dir={run}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -49,7 +47,16 @@ def server(tiny_model_dir, tmp_path_factory):
     else:
         proc.kill()
         raise AssertionError("the server did not answer /health")
-    yield {"base": base, "port": port, "proc": proc, "run": run}
+    return {"base": base, "port": port, "proc": proc, "run": run}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("serve") / "run"
+    started = _start(["launch.py", f"model.name_or_path={tiny_model_dir}", "stage.max_batch=8",
+                      "stage.model_name=tiny-chat"], run)
+    yield started
+    proc = started["proc"]
     if proc.poll() is None:
         proc.kill()
         proc.wait()
@@ -264,3 +271,56 @@ def test_sigterm_ends_running_streams_and_releases_the_port(server):
         s.bind(("127.0.0.1", server["port"]))
         s.listen()
     assert "server stopped:" in proc.stdout.read()
+
+
+# launch.py, with the prompt renderer failing for real on one message: an unforeseen error while answering
+FAILING_LAUNCH = """import runpy, sys
+import llmx.serve.app as app
+render = app.prompt_ids
+def failing(tokenizer, chat):
+    if "fail please" in repr(chat):
+        raise RuntimeError("rendering failed on purpose")
+    return render(tokenizer, chat)
+app.prompt_ids = failing
+sys.argv[0] = "launch.py"
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
+def test_a_failing_request_is_an_openai_500_logged_and_the_next_one_is_served(tiny_model_dir, tmp_path):
+    import openai
+
+    # an llmx run (its record and summary, as a finished SFT run leaves them) served by its default name
+    run = tmp_path / "my_sft"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("model:\n  family: llama\n")
+    (run / "summary.json").write_text(json.dumps({"stage": "sft", "model_dir": str(tiny_model_dir)}))
+    serve_run = tmp_path / "serve"
+    server = _start(["-c", FAILING_LAUNCH, f"model.name_or_path={run}"], serve_run)
+    try:
+        client = openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["sft-llama-my_sft"]
+        page = httpx.get(server["base"] + "/").text
+        assert "<title>llmx chat: sft-llama-my_sft</title>" in page and 'model: "sft-llama-my_sft"' in page
+        for stream in (False, True):
+            with pytest.raises(openai.InternalServerError) as failed:
+                client.chat.completions.create(model="sft-llama-my_sft", stream=stream, max_tokens=4,
+                                               messages=[{"role": "user", "content": "fail please"}])
+            assert failed.value.status_code == 500
+            assert failed.value.body["type"] == "server_error"
+            assert "RuntimeError: rendering failed on purpose" in failed.value.body["message"]
+        raw = httpx.post(server["base"] + "/v1/chat/completions", headers=AUTH, json={
+            "model": "paddlenlp", "messages": [{"role": "user", "content": "fail please"}]})
+        assert raw.status_code == 500 and raw.json()["error"]["type"] == "server_error"
+        # the server goes on: the next requests (the served name, and the alias) are answered
+        for name in ("sft-llama-my_sft", "paddlenlp"):
+            reply = client.chat.completions.create(model=name, max_tokens=4, temperature=0,
+                                                   messages=[{"role": "user", "content": "the quick brown fox"}])
+            assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
+        assert httpx.get(server["base"] + "/health", headers=AUTH).json() == {"status": "ok"}
+    finally:
+        server["proc"].send_signal(signal.SIGTERM)
+        assert server["proc"].wait(60) == 0, server["proc"].stdout.read()
+    log = (serve_run / "llmx.log").read_text()
+    assert log.count("POST /v1/chat/completions failed") == 3, log[-3000:]
+    assert "Traceback (most recent call last)" in log and "RuntimeError: rendering failed on purpose" in log
