@@ -160,6 +160,11 @@ def family_of(name_or_path: str) -> Optional[str]:
             return next((family_of(b) for b in bases if b), None)
         if (path / "config.json").is_file():
             return _config_family(path)
+        if path.is_file() and path.suffix == ".gguf":  # llama.cpp names architectures as HF's model_type does
+            from llmx.convert.gguf import architecture, read_metadata
+            from llmx.families import family_of_hf_config
+
+            return family_of_hf_config({"model_type": architecture(read_metadata(path))})
     except (OSError, ValueError):  # unreadable or malformed files: resolve() says so in one line
         return None
     return None

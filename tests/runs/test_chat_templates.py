@@ -51,6 +51,7 @@ TEMPLATES = {
     "chatml_tools": CHATML_TOOLS,
 }
 
+APPENDS_EOS = ("llama3", "gemma", "chatglm3")
 U = lambda text: {"role": "user", "content": text}  # noqa: E731
 A = lambda text: {"role": "assistant", "content": text}  # noqa: E731
 TALK = [U("What is the capital of France?"), A("Paris."), U("And of Italy? Answer in 1 word, über-kurz."), A(" Rome ")]
@@ -96,15 +97,16 @@ def test_ids_equal_apply_chat_template(tokenizers, name, messages, tools):
     ids = [i for p, a in turns for i in p + a]
     learned = [theirs.decode(a) for _, a in turns]
     assistant_texts = [m["content"] for m in messages if m["role"] == "assistant"]
-    n = len(ids) - (name == "chatglm3")  # ChatGLM3's turns end at the next role tag: llmx appends eos to learn to stop
+    # ChatGLM3's turns end at the next role tag, and Llama 3's and Gemma's end-of-turn markers are no tokens of this
+    # vocabulary: there llmx appends eos to the last answer, so the model learns to stop
+    n = len(ids) - (name in APPENDS_EOS)
     assert ids[:n] == expected[:n] and len(expected) - n <= 2  # what follows the last end of turn is whitespace
     for text, content in zip(learned, assistant_texts):
         if content:
             assert content.strip() in text
     if name in ("smollm2", "qwen_v1", "chatml_tools"):
         assert learned[-1].endswith("<|im_end|>") and learned[0].startswith(("Paris", "<tool_call>"))
-    if name == "chatglm3":
-        assert turns[-1][1][-1] == ours.eos_token_id
+    assert (turns[-1][1][-1] == ours.eos_token_id) == (name in APPENDS_EOS or name == "llama2_mistral")
 
 
 def test_default_system_prompt_is_rendered_once_and_replaced_by_a_given_one(tokenizers):

@@ -33,9 +33,10 @@ def _load(model_dir):
 
 
 def _prompt_ids(tokenizer, texts):
-    from llmx.data.infer import Chat, prompt_ids
+    from helpers import dialogue
+    from llmx.data.infer import prompt_ids
 
-    return [prompt_ids(tokenizer, Chat((), t)) for t in texts]
+    return [prompt_ids(tokenizer, dialogue(question=t)) for t in texts]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,8 @@ def _lora_adapter(base_dir, out_dir):
 
 
 def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(tiny_model_dir, loaded, tmp_path):
-    from llmx.data.infer import Chat, prompt_ids
+    from helpers import dialogue
+    from llmx.data.infer import prompt_ids
     from llmx.infer.build import dynamic_engine
     from llmx.infer.sampling import SamplingParams
 
@@ -139,7 +141,7 @@ def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(
 
     def expected(m):
         engine = dynamic_engine(m, tokenizer, max_batch=1)
-        reqs = engine.generate([prompt_ids(tokenizer, Chat((), t)) for t in texts], SamplingParams(max_new_tokens=10))
+        reqs = engine.generate([prompt_ids(tokenizer, dialogue(question=t)) for t in texts], SamplingParams(max_new_tokens=10))
         return [(r.text, len(r.tokens), r.finish_reason) for r in reqs]
 
     # tensor parallelism (2 ranks): the tokens of one process
@@ -149,7 +151,7 @@ def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(
     assert outputs(tp2) == want
     summary = read_json(tp2 / "summary.json")
     assert summary["requests"] == 16 and summary["generated_tokens"] == sum(n for _, n, _ in want)
-    prompt_tokens = sum(len(prompt_ids(tokenizer, Chat((), t))) for t in texts)
+    prompt_tokens = sum(len(prompt_ids(tokenizer, dialogue(question=t))) for t in texts)
     assert summary["prompt_tokens"] == prompt_tokens
 
     # base + LoRA adapter, in static mode: exported (merged) by one run, run through Paddle Inference by another

@@ -68,7 +68,8 @@ def reference(tiny_model_dir):
     import paddle
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmx.data.infer import Chat, prompt_ids
+    from helpers import dialogue
+    from llmx.data.infer import prompt_ids
     from llmx.infer.build import dynamic_engine
     from llmx.infer.sampling import SamplingParams
 
@@ -76,7 +77,7 @@ def reference(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     engine = dynamic_engine(model, tokenizer, max_batch=1)
-    chat = [prompt_ids(tokenizer, Chat((), p)) for p in PROMPTS]
+    chat = [prompt_ids(tokenizer, dialogue(question=p)) for p in PROMPTS]
     plain = [tokenizer(p)["input_ids"] for p in PROMPTS]
     done = engine.generate(chat + plain, SamplingParams(max_new_tokens=12))
     return {"chat": [(r.text, len(r.prompt), len(r.tokens)) for r in done[:3]],
