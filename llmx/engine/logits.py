@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import paddle
 
+from llmx.ops import vocab
+
 
 def forward_logits(model, **inputs):
     """The logits of a forward pass, whichever output type the model (or its adapter wrapper) returns."""
@@ -25,8 +27,6 @@ def whole_vocab(logits):
 def token_kl(policy_logits, ref_logits, mask) -> tuple[float, int]:
     """Sum over the masked positions of KL(policy || reference) of the next-token distributions, and the
     number of those positions."""
-    lp = paddle.nn.functional.log_softmax(whole_vocab(policy_logits).astype("float32"), axis=-1)
-    lq = paddle.nn.functional.log_softmax(whole_vocab(ref_logits).astype("float32"), axis=-1)
-    kl = (lp.exp() * (lp - lq)).sum(axis=-1)
-    m = mask.astype("float32")
+    kl = vocab.kl(whole_vocab(policy_logits), whole_vocab(ref_logits))
+    m = mask.astype(kl.dtype)
     return float((kl * m).sum()), int(m.sum())

@@ -137,8 +137,8 @@ def perplexity(model, examples: list[dict], batch_size: int = 16) -> float:
     """exp(mean NLL) of the labelled tokens of `examples` ({"input_ids", "labels"} with labels already
     shifted: labels[i] follows input_ids[:i+1]; IGNORE_INDEX where nothing is learned), right-padded batches."""
     import paddle
-    import paddle.nn.functional as Fn
 
+    from llmx.ops.vocab import token_logprobs
     from llmx.tokens import IGNORE_INDEX
 
     total, count = 0.0, 0
@@ -155,9 +155,8 @@ def perplexity(model, examples: list[dict], batch_size: int = 16) -> float:
                 ids[j, :n], mask[j, :n], labels[j, :n] = e["input_ids"], 1, e["labels"]
             out = model(input_ids=paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask))
             logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
-            logp = Fn.log_softmax(logits.astype("float32"), axis=-1).numpy()
             m = labels != IGNORE_INDEX
-            nll = -np.take_along_axis(logp, np.where(m, labels, 0)[..., None], axis=-1)[..., 0]
+            nll = -token_logprobs(logits, paddle.to_tensor(np.where(m, labels, 0))).numpy()
             total += float((nll * m).sum())
             count += int(m.sum())
     return float(np.exp(total / max(count, 1)))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import paddle
 
+from llmx.ops import vocab
+
 
 def masked_sum(x, mask, axis=None):
     return (x * mask).sum(axis=axis)
@@ -106,14 +108,12 @@ def group_advantages(rewards, group_size: int, eps: float = 1e-6, scale: bool = 
 
 def entropy(logits, mask):
     """Mean entropy of the next-token distributions at the masked positions."""
-    logp = paddle.nn.functional.log_softmax(logits.astype("float32"), axis=-1)
-    return masked_mean(-(logp.exp() * logp).sum(axis=-1), mask)
+    return masked_mean(vocab.entropy(logits), mask)
 
 
 def token_logps(logits, tokens):
     """log p(tokens) under `logits` ([rows, T, vocab] -> [rows, T])."""
-    logp = paddle.nn.functional.log_softmax(logits.astype("float32"), axis=-1)
-    return paddle.take_along_axis(logp, tokens.unsqueeze(-1), axis=-1).squeeze(-1)
+    return vocab.token_logprobs(logits, tokens)
 
 
 class KLController:
