@@ -161,10 +161,11 @@ def family_of(name_or_path: str) -> Optional[str]:
         if (path / "config.json").is_file():
             return _config_family(path)
         if path.is_file() and path.suffix == ".gguf":  # llama.cpp names architectures as HF's model_type does
-            from llmx.convert.gguf import architecture, read_metadata
+            from llmx.convert.gguf import SUPPORTED_ARCHITECTURES, architecture, read_metadata
             from llmx.families import family_of_hf_config
 
-            return family_of_hf_config({"model_type": architecture(read_metadata(path))})
+            arch = architecture(read_metadata(path))  # one it cannot convert: resolve() refuses it in one line
+            return family_of_hf_config({"model_type": arch}) if arch in SUPPORTED_ARCHITECTURES else None
     except (OSError, ValueError):  # unreadable or malformed files: resolve() says so in one line
         return None
     return None
