@@ -57,7 +57,10 @@ def model_override(cfg: DictConfig) -> Optional[str]:
         return None
     found = family_of(path)
     chosen = _select(cfg, "model.family")
-    if found is None or found == chosen:
+    # the default group `tiny` is a Llama too: a Llama checkpoint still gets model=llama, so the run is named
+    # after what it runs (outputs/<stage>/llama/...), not after the bundled toy model
+    default = _select(cfg, "hydra.runtime.choices.model") == "tiny"
+    if found is None or (found == chosen and not default):
         return None
     typed = _typed_model(cfg)
     if typed is None:

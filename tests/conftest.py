@@ -47,3 +47,15 @@ def real_model_dir(real_gguf, tmp_path_factory):
             del os.environ["LLMX_CACHE"]
         else:
             os.environ["LLMX_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def real_reference(real_gguf):
+    """transformers' own loading of the real GGUF (float32 model, tokenizer): the reference llmx is held to."""
+    torch = pytest.importorskip("torch", reason="torch (CPU build) is a test dependency: pip install -e '.[test]'")
+    transformers = pytest.importorskip("transformers", reason="a test dependency: pip install -e '.[test]'")
+    pytest.importorskip("accelerate", reason="transformers' GGUF loading needs accelerate: pip install -e '.[test]'")
+    model = transformers.AutoModelForCausalLM.from_pretrained(real_gguf.parent, gguf_file=real_gguf.name,
+                                                              torch_dtype=torch.float32).eval()
+    return model, transformers.AutoTokenizer.from_pretrained(real_gguf.parent, gguf_file=real_gguf.name)
+

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,3 +189,33 @@ def dialogue(*turns, question=None, system=None):
     tail = ({"role": "user", "content": question},) if question is not None else ()
     return Dialogue(head + pairs + tail)
 
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(argv: list, run, key: str = "test-key") -> dict:
+    """A server process (`python <argv> stage=serve ...`), once it answers /health."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, *argv, "stage=serve", f"stage.port={port}", f"stage.api_key={key}",
+                             f"hydra.run.dir={run}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/health", headers={"Authorization": f"Bearer {key}"}, timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited {proc.returncode}: {proc.stdout.read()}")
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError("the server did not answer /health")
+    return {"base": base, "port": port, "proc": proc, "run": run}

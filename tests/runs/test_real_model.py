@@ -133,11 +133,6 @@ def test_stage_convert_from_a_gguf(tiny_ggufs, tmp_path):
 
 # ----------------------------------------------------------------------------- the real checkpoint
 @pytest.fixture(scope="module")
-def real_reference(real_gguf):
-    return _reference(real_gguf)
-
-
-@pytest.fixture(scope="module")
 def real_llmx(real_model_dir):
     return _llmx_model(real_model_dir)
 

@@ -6,54 +6,23 @@ import json
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from helpers import REPO
+from helpers import start_server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PROMPTS = ["the quick brown fox", "seven wizards quietly judge boxing matches over the lazy dog", "hi"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(argv: list, run) -> dict:
-    """A server process (`python <argv> stage=serve ...`), once it answers /health."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, *argv, "stage=serve", f"stage.port={port}", f"stage.api_key={KEY}",
-                             f"hydra.run.dir={run}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/health", headers=AUTH, timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited {proc.returncode}: {proc.stdout.read()}")
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise AssertionError("the server did not answer /health")
-    return {"base": base, "port": port, "proc": proc, "run": run}
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("serve") / "run"
-    started = _start(["launch.py", f"model.name_or_path={tiny_model_dir}", "stage.max_batch=8",
+    started = start_server(["launch.py", f"model.name_or_path={tiny_model_dir}", "stage.max_batch=8",
                       "stage.model_name=tiny-chat"], run)
     yield started
     proc = started["proc"]
@@ -297,7 +266,7 @@ def test_a_failing_request_is_an_openai_500_logged_and_the_next_one_is_served(ti
     (run / ".hydra" / "config.yaml").write_text("model:\n  family: llama\n")
     (run / "summary.json").write_text(json.dumps({"stage": "sft", "model_dir": str(tiny_model_dir)}))
     serve_run = tmp_path / "serve"
-    server = _start(["-c", FAILING_LAUNCH, f"model.name_or_path={run}"], serve_run)
+    server = start_server(["-c", FAILING_LAUNCH, f"model.name_or_path={run}"], serve_run)
     try:
         client = openai.OpenAI(base_url=server["base"] + "/v1", api_key=KEY, max_retries=0)
         assert [m.id for m in client.models.list().data] == ["sft-llama-my_sft"]
