@@ -96,7 +96,8 @@ def test_dpo_on_trl_pairs_runs_and_prefers_the_chosen(real_model_dir, data, tmp_
            "stage.train.batch_size=2", "stage.train.lr=2e-3", "stage.train.warmup_steps=0",
            f"hydra.run.dir={tmp_path / 'run'}")
     summary = read_json(tmp_path / "run" / "summary.json")
-    assert summary["logp_margin"] > summary["logp_margin_before"], summary
+    assert summary["eval_logp_margin_after"] > summary["eval_logp_margin_before"] + 5, summary
+    assert summary["eval_reward_accuracy_after"] == 1.0 and summary["final_loss"] < 0.6931, summary
 
 
 @pytest.mark.parametrize("quant", ["wint4", "gptq_w4"])
