@@ -15,6 +15,7 @@ from typing import List, Optional
 from omegaconf import DictConfig
 
 from llmx.config import TrainConfig, existing, positive, require, validate_train, validate_trainable
+from llmx.data.mixture import check_weights
 from llmx.layout import train_batching
 
 
@@ -52,11 +53,7 @@ def validate(cfg: DictConfig) -> None:
         base = prefix[:-4] if prefix.endswith((".bin", ".idx")) else prefix
         for ext in (".bin", ".idx"):
             existing(f"stage.data.paths[{i}]", base + ext, "file")
-    if d.weights is not None:
-        require(len(d.weights) == len(d.paths), "stage.data.weights", list(d.weights),
-                f"needs one weight per path ({len(d.paths)})")
-        require(all(w >= 0 for w in d.weights) and sum(d.weights) > 0, "stage.data.weights", list(d.weights),
-                "must be non-negative with a positive sum")
+    check_weights(None if d.weights is None else list(d.weights), len(d.paths))
     positive("stage.data.seq_length", d.seq_length, 2)
     validate_train(s.train)
     positive("stage.eval.samples", s.eval.samples)
