@@ -56,3 +56,24 @@ def test_weights_rule():
         check_weights([1, -1], 2)
     with pytest.raises(ConfigError, match=r"^stage.data.weights=\[0, 0\]: must be non-negative"):
         check_weights([0, 0], 2)
+
+
+def test_a_stage_mixes_its_train_files_by_weight(tmp_path):
+    """stage.data.train=[a, b] stage.data.weights=[...] through the sft stage's own reading (paddle-free prepare):
+    each file in its own format, the counts following the weights, the same seed the same mixture."""
+    import json
+
+    from helpers import compose
+
+    from llmx.stages import sft
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.json"
+    a.write_text("".join(json.dumps({"src": f"a{i}", "tgt": "x"}) + "\n" for i in range(10)))
+    b.write_text(json.dumps([{"messages": [{"role": "user", "content": f"b{i}"}, {"role": "assistant", "content": "y"}]}
+                             for i in range(30)]))
+    cfg = compose("stage=sft", f"stage.data.train=[{a},{b}]", "stage.data.weights=[0.7,0.3]")
+    sft.validate(cfg)
+    train = sft.prepare(cfg)["train"]
+    sources = [d.messages[0]["content"][0] for d in train]
+    assert (len(train), sources.count("a"), sources.count("b")) == (40, 28, 12)
+    assert sft.prepare(cfg)["train"] == train and sources[:12] != ["a"] * 12  # reproducible, interleaved
