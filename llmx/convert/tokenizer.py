@@ -18,6 +18,7 @@ from typing import Optional
 HF_SP_MODEL = "tokenizer.model"
 FAST = "tokenizer.json"
 CONFIG = "tokenizer_config.json"
+NAMED_TEMPLATES = "llmx_chat_templates.json"  # a checkpoint's named chat templates, kept where PaddleNLP cannot read them
 # PaddleNLP SentencePiece tokenizer class -> the file name it reads (its `resource_files_names`)
 PADDLE_SP_FILES = {"LlamaTokenizer": "sentencepiece.bpe.model", "GemmaTokenizer": "tokenizer.model"}
 COPIED = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt",
@@ -38,6 +39,8 @@ def chat_template_in(d: Path):
 
 
 def _chat_template(d: Path, config: dict):
+    if (d / NAMED_TEMPLATES).is_file():
+        return json.loads((d / NAMED_TEMPLATES).read_text())
     if (d / "chat_template.jinja").is_file():
         return (d / "chat_template.jinja").read_text()
     if (d / "chat_template.json").is_file():  # transformers' older separate file: {"chat_template": ...}
@@ -73,7 +76,7 @@ def tokenizer_from_hf(src: Path, dst: Path, sp_class: Optional[str]) -> Optional
     _copy(src, dst, COPIED)
     if (src / HF_SP_MODEL).is_file() and not (dst / HF_SP_MODEL).is_file():
         shutil.copy2(src / HF_SP_MODEL, dst / HF_SP_MODEL)  # kept for the way back
-    return _write_config(src, dst, {k: v for k, v in config.items() if k not in ("auto_map",)}, cls)
+    return _write_config(src, dst, {k: v for k, v in config.items() if k not in ("auto_map",)}, cls, to_paddle=True)
 
 
 def tokenizer_to_hf(src: Path, dst: Path) -> Optional[str]:
@@ -96,13 +99,26 @@ def tokenizer_to_hf(src: Path, dst: Path) -> Optional[str]:
     return _write_config(src, dst, config, cls)
 
 
-def _write_config(src: Path, dst: Path, config: dict, cls: Optional[str]) -> Optional[str]:
+def _write_config(src: Path, dst: Path, config: dict, cls: Optional[str], to_paddle: bool = False) -> Optional[str]:
     """dst's tokenizer_config.json: `config` with the class and src's chat template (which both libraries
-    read from there); the class is returned."""
+    read from there); the class is returned. PaddleNLP refuses named templates (a list) in tokenizer_config.json:
+    for it the list goes to NAMED_TEMPLATES (which llmx.data.chat renders from) and the default stays there."""
     template = _chat_template(src, config)
+    if to_paddle and isinstance(template, list):
+        (dst / NAMED_TEMPLATES).write_text(json.dumps(template, indent=2, ensure_ascii=False) + "\n")
+        template = next((t["template"] for t in template if t["name"] == "default"), None)
     if cls:
         config["tokenizer_class"] = cls
     if template is not None:
         config["chat_template"] = template
     (dst / CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return cls
+
+
+def save_tokenizer(tokenizer, directory) -> None:
+    """`tokenizer.save_pretrained(directory)`, keeping the named chat templates llmx read with it (PaddleNLP
+    saves only the default one it was given in tokenizer_config.json)."""
+    tokenizer.save_pretrained(str(directory))
+    template = getattr(tokenizer, "llmx_chat_template", None)
+    if isinstance(template, list):
+        (Path(directory) / NAMED_TEMPLATES).write_text(json.dumps(template, indent=2, ensure_ascii=False) + "\n")

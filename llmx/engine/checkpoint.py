@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 import paddle
 
+from llmx.convert.tokenizer import save_tokenizer
 from llmx.engine.distributed import barrier, hybrid_group
 from llmx.experiment import atomic_dir
 from llmx.layout import Layout
@@ -48,7 +49,7 @@ def save_pretrained(model, tokenizer, out_dir: Path, **kwargs) -> Path:
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(str(tmp), **kwargs)
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+            save_tokenizer(tokenizer, tmp)
         _name_the_base(model, tmp)
     return Path(out_dir)
 
@@ -137,7 +138,7 @@ def export_model(model, tokenizer, out_dir: Path, layout: Layout, is_main: bool)
             save_file(merged, str(tmp / WEIGHTS), metadata={"format": "np"})
             _single_model_config(model.config, model).save_pretrained(str(tmp))
             if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
+                save_tokenizer(tokenizer, tmp)
         log.info("exported %d tensors from %d pipeline stage(s) x %d tensor-parallel shards to %s",
                  len(merged), layout.pp, layout.tp, out_dir)
     barrier()
@@ -205,7 +206,7 @@ def export_adapter(model, tokenizer, out_dir: Path, layout: Layout, is_main: boo
             config.save_pretrained(str(tmp))
             _single_model_config(model.model.config, model.model).save_pretrained(str(tmp))
             if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
+                save_tokenizer(tokenizer, tmp)
             _name_the_base(model, tmp)
     barrier()
     return out_dir

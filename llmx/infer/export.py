@@ -29,6 +29,7 @@ class _LastLogits(paddle.nn.Layer):
 
 def export_program(model, tokenizer, out_dir: Path) -> Path:
     """Write the program, its parameters, the tokenizer and the model config into out_dir."""
+    from llmx.convert.tokenizer import save_tokenizer
     from llmx.engine.generate import whole_vocab_logits
     from llmx.experiment import atomic_dir
     from llmx.ops.patch import composed_only
@@ -38,7 +39,7 @@ def export_program(model, tokenizer, out_dir: Path) -> Path:
     with atomic_dir(Path(out_dir)) as tmp, whole_vocab_logits(model), composed_only(model):
         static = paddle.jit.to_static(_LastLogits(model), input_spec=spec, full_graph=True)
         paddle.jit.save(static, str(Path(tmp) / PREFIX))
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         model.config.save_pretrained(str(tmp))
     return Path(out_dir)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from llmx.convert.tokenizer import NAMED_TEMPLATES
 from llmx.errors import ConfigError
 from llmx.merge.recipe import DEFAULTS, LAYER, Recipe, resolve_param
 from llmx.merge.safetensors_io import Reader, Writer, weight_files
@@ -196,7 +197,7 @@ def merge(recipe: Recipe, inputs: list[Input], dirs: dict[str, Path], out_dir: P
     if recipe.tokenizer_source and recipe.tokenizer_source != "base":
         tok_src = by_name[recipe.tokenizer_source].source if recipe.tokenizer_source in by_name else resolve(recipe.tokenizer_source)
     for f in Path(tok_src.tokenizer).iterdir():
-        if f.is_file() and (f.name in TOKENIZER_FILES or f.name in ("tokenizer_config.json", "chat_template.json")):
+        if f.is_file() and (f.name in TOKENIZER_FILES or f.name in ("tokenizer_config.json", "chat_template.json", "chat_template.jinja", NAMED_TEMPLATES)):
             shutil.copy(f, out_dir / f.name)
     gen = Path(by_name[ref_name].source.model_dir, "generation_config.json")
     if gen.is_file():

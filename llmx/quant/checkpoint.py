@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmx.convert.tokenizer import save_tokenizer
 from llmx.quant import QUANT_FILE
 from llmx.quant import formats as F
 from llmx.quant.algorithms import fake_per_token_int8
@@ -122,5 +123,5 @@ def save_quantized(out_dir: Path, model, tokenizer, entries: dict, qc: dict) -> 
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(out_dir / "model.safetensors"),
               metadata={"format": "np"})
     model.config.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    save_tokenizer(tokenizer, out_dir)
     (out_dir / QUANT_FILE).write_text(json.dumps(qc, indent=2, sort_keys=True) + "\n")

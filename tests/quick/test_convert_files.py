@@ -3,6 +3,7 @@ HF-checkpoint detection and content keys, tokenizer files, and stage=convert's c
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -123,3 +124,30 @@ def test_convert_family_mismatch_exits_2_before_paddle(tmp_path):
     # found while composing (llmx.model_choice): the family named by model= against the checkpoint's
     assert line == f"llmx: config error: model=qwen2 (model.family=qwen2): {hf} holds a mistral model; " \
                    "leave model= out to follow the checkpoint, or use model=mistral"
+
+
+def test_named_chat_templates_survive_conversion_loading_and_saving(tmp_path):
+    """PaddleNLP refuses a list of named templates in tokenizer_config.json; llmx keeps the list beside it (and the
+    default inside), renders from the list, saves it with the tokenizer, and writes it back for transformers."""
+    from paddlenlp.transformers import AutoTokenizer
+
+    from llmx.config import asset_path
+    from llmx.convert.tokenizer import NAMED_TEMPLATES, chat_template_in, save_tokenizer
+
+    hf, pd, saved, back = (tmp_path / n for n in ("hf", "pd", "saved", "back"))
+    for d in (pd, back):
+        d.mkdir()
+    shutil.copytree(asset_path("tiny_tokenizer"), hf)
+    named = [{"name": "default", "template": "D{{ messages[0].content }}"}, {"name": "tool_use", "template": "T"}]
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    (hf / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": named}))
+    shutil.copy(hf / "sentencepiece.bpe.model", hf / "tokenizer.model")
+    tokenizer_from_hf(hf, pd, "LlamaTokenizer")
+    assert json.loads((pd / "tokenizer_config.json").read_text())["chat_template"] == "D{{ messages[0].content }}"
+    tokenizer = AutoTokenizer.from_pretrained(str(pd))  # loads: the list is not where PaddleNLP reads
+    tokenizer.llmx_chat_template = chat_template_in(pd)
+    assert tokenizer.llmx_chat_template == named
+    save_tokenizer(tokenizer, saved)
+    assert json.loads((saved / NAMED_TEMPLATES).read_text()) == named
+    tokenizer_to_hf(saved, back)
+    assert json.loads((back / "tokenizer_config.json").read_text())["chat_template"] == named
