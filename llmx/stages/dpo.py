@@ -1,6 +1,7 @@
 """DPO runner: preference alignment with PaddleNLP trl's DPOTrainer, any of its losses, full or LoRA.
 
-Trains on {"src", "tgt", "response": [a, b], "sort": [i, j]} JSONL (llmx.data.preference)
+Trains on preference data in any format of llmx.data.formats (PaddleNLP's {"src", "tgt", "response", "sort"}, TRL's
+{"prompt", "chosen", "rejected"}, ...)
 from `model.name_or_path` (a model directory, or an SFT run directory) or, without one, the
 tiny random init. The held-out split is measured before and after (the model's own preference
 accuracy and log-prob margin, the implicit reward, the KL to the reference); the run exports

@@ -1,4 +1,4 @@
-"""Batch inference: generate for every prompt of a JSONL file, in input order, on llmx's engine
+"""Batch inference: generate for every prompt of a file, in input order, on llmx's engine
 (llmx.infer: KV cache, continuous batching), in dynamic mode or through an exported static program.
 
 Input lines: `{"src": ...}` or chat `{"messages": [...]}` (llmx.data.infer); a line may carry its own
@@ -15,6 +15,7 @@ from typing import List, Optional
 from omegaconf import DictConfig
 
 from llmx.config import existing, one_of, positive, require
+from llmx.data.formats import check_format
 from llmx.errors import ConfigError, DataError
 
 MODES = ("dynamic", "static")
@@ -73,7 +74,8 @@ def validate(cfg: DictConfig) -> None:
     one_of("stage.mode", s.mode, MODES)
     require(s.export_only or s.input is not None, "stage.input", None, "needs a JSONL file of prompts "
             "(stage.input=prompts.jsonl), unless stage.export_only=true")
-    existing("stage.input", s.input, "file")
+    existing("stage.input", s.input, "file or dataset directory")
+    check_format("stage.input_format", s.input_format, "prompts")
     require(not s.export_only or s.mode == "static", "stage.export_only", True, "exports a static program: "
             "needs stage.mode=static")
     existing("stage.static_dir", s.static_dir, "directory")

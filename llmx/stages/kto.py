@@ -1,6 +1,7 @@
 """KTO runner: alignment on pointwise feedback with PaddleNLP trl's KTOTrainer, full or LoRA.
 
-Trains on {"src", "tgt", "response": [a], "sort": [1|0]} JSONL (1 = desirable), weighting
+Trains on pointwise feedback in any format of llmx.data.formats (PaddleNLP's {"src", "tgt", "response": [a], "sort":
+[1|0]}, TRL's {"prompt", "completion", "label"}, ...), weighting
 desirable and undesirable examples by `desirable_weight` / `undesirable_weight`. KTO's KL
 baseline is estimated from mismatched pairs: example i's prompt with example i+1's response
 (in file order). The held-out split is measured before and after (the log-prob and implicit

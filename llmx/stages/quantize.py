@@ -1,5 +1,5 @@
 """Post-training quantization (stage=quantize, the `quant` group picks the method): calibrate on
-{"src", "tgt"} JSONL, quantize every decoder Linear (wint8, wint4, gptq, awq, a8w8 SmoothQuant,
+SFT examples (any format of llmx.data.formats), quantize every decoder Linear (wint8, wint4, gptq, awq, a8w8 SmoothQuant,
 a8w8c8, fp8), write `model/` (packed integers + scales + quant_config.json, loadable wherever
 model.name_or_path is) and report perplexity on held-out data before and after, bytes on disk,
 per-layer reconstruction error and calibration time. `stage.evaluate_only=true` measures a

@@ -1,5 +1,5 @@
 """Reward model runner: a causal LM's backbone with a scalar head (llmx.engine.reward), trained with the
-pairwise loss -log sigmoid(r(chosen) - r(rejected)) on preference data {"src", "tgt", "response", "sort"},
+pairwise loss -log sigmoid(r(chosen) - r(rejected)) on preference data (any format of llmx.data.formats),
 full or LoRA, through PaddleNLP's Trainer (engine.fit). The held-out pairwise accuracy and mean margin are
 measured before and after. The run exports a score model: `model/` (or `adapter/` over its base) with
 `score_head.safetensors`, which `stage=ppo stage.reward_model=<this run>`, `stage=grpo stage.reward=model`

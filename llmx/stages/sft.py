@@ -1,7 +1,7 @@
 """SFT runner for full fine-tuning and every adapter: LoRA (and its variants), prefix tuning, LoKr, VeRA,
 ReFT (cfg.stage.peft decides).
 
-Train on {"src", "tgt"} JSONL with loss on answers only, evaluate the held-out
+Train on chat data in any format of llmx.data.formats with loss on the assistant turns only, evaluate the held-out
 split before and after (loss + exact match of greedy generations), write
 samples, and export: the full model, or the adapter plus a reference to its
 base (and, with merge_adapter for the adapters that fold into weights, the merged model too).
