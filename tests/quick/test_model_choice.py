@@ -85,7 +85,9 @@ def test_without_model_the_config_is_the_checkpoints_family(tmp_path):
     assert list(hydra.overrides.task)[-1] == "model=qwen"  # recorded, so rerun replays it
     # The same family, or one loading the same class (Baichuan over a Llama model dir), is left as chosen.
     llama = _model(tmp_path / "llama", "LlamaForCausalLM")
-    assert _with_hydra(f"model.name_or_path={llama}").hydra.runtime.choices.model == "tiny"
+    assert _with_hydra("model=llama", f"model.name_or_path={llama}").hydra.runtime.choices.model == "llama"
+    # ... but the default group, tiny (a Llama too), gives way to the family's: the run is named after what it runs
+    assert _with_hydra(f"model.name_or_path={llama}").hydra.runtime.choices.model == "llama"
     assert compose("model=baichuan", f"model.name_or_path={llama}").model.family == "baichuan"
     # A path naming no family leaves the group alone (validation reports what is wrong with it).
     assert compose(f"model.name_or_path={tmp_path / 'missing'}").model.family == "llama"

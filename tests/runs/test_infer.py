@@ -127,8 +127,7 @@ def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(
 
     model, tokenizer = loaded
     texts = _texts()
-    lines = [{"src": t, "id": i} if i % 2 else {"messages": [{"role": "user", "content": t}], "id": i}
-             for i, t in enumerate(texts)]
+    lines = [{"messages": [{"role": "user", "content": t}], "id": i} for i, t in enumerate(texts)]  # one format a file
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps(x) + "\n" for x in lines))
     common = [f"stage.input={prompts_file}", "stage=infer", "stage.max_new_tokens=10", "stage.max_batch=4",

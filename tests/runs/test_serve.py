@@ -106,7 +106,7 @@ MALFORMED = [
     (json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], "temperature": -1}).encode(),
      400, "temperature"),
     (json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}).encode(), 404, "does not exist"),
-    (json.dumps({"model": "tiny-chat", "messages": [{"role": "assistant", "content": "x"}]}).encode(), 400, "expected user"),
+    (json.dumps({"model": "tiny-chat", "messages": [{"role": "assistant", "content": "x"}]}).encode(), 400, "the last message must be from the user"),
     (json.dumps({"model": "tiny-chat", "messages": [{"role": "user", "content": "word " * 600}]}).encode(), 400,
      "the model's context is 512"),
     (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
