@@ -160,11 +160,19 @@ def family_of(name_or_path: str) -> Optional[str]:
             return next((family_of(b) for b in bases if b), None)
         if (path / "config.json").is_file():
             return _config_family(path)
-        if path.is_file() and path.suffix == ".gguf":  # llama.cpp names architectures as HF's model_type does
+        from llmx.convert.cache import cached_conversion, is_gguf
+
+        if is_gguf(path):
+            # Reading a GGUF's metadata parses the whole file (2.4 s for SmolLM2's): once converted, its
+            # converted model's config.json answers, as it does for every later composition and rank.
+            done = cached_conversion(path)
+            if done is not None:
+                return _config_family(done)
             from llmx.convert.gguf import SUPPORTED_ARCHITECTURES, architecture, read_metadata
             from llmx.families import family_of_hf_config
 
-            arch = architecture(read_metadata(path))  # one it cannot convert: resolve() refuses it in one line
+            # llama.cpp names architectures as HF's model_type does; one llmx cannot convert: resolve() says so
+            arch = architecture(read_metadata(path))
             return family_of_hf_config({"model_type": arch}) if arch in SUPPORTED_ARCHITECTURES else None
     except (OSError, ValueError):  # unreadable or malformed files: resolve() says so in one line
         return None

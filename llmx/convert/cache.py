@@ -129,14 +129,21 @@ def content_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def cached_conversion(path: Path) -> Optional[Path]:
+    """The llmx model directory already converted from checkpoint `path` (a directory, or a GGUF file), else None."""
+    out = cache_root() / content_digest(Path(path))[:24]
+    return out if (out / "llmx_converted.json").is_file() else None
+
+
 def converted(path: Path, family: Optional[str] = None) -> Path:
     """The llmx model directory converted from HF checkpoint `path` (a directory, or a GGUF file), converting it
     on first use."""
     path = Path(path)
-    digest = content_digest(path)
+    done = cached_conversion(path)
+    if done is not None:
+        return done
+    digest = content_digest(path)  # (remembered by path, size and mtime: not read twice)
     out = cache_root() / digest[:24]
-    if (out / "llmx_converted.json").is_file():
-        return out
     gguf = is_gguf(path)
     if gguf:  # refused before paddle is imported: a wrong file costs a second, not a paddle start
         from llmx.convert.gguf import check, read_metadata
