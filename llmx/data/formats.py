@@ -273,10 +273,7 @@ def sharegpt_messages(record: dict, where: str) -> list:
 
 def alpaca_messages(record: dict, where: str) -> list:
     """An alpaca record's conversation up to its user message: system, history, instruction + input."""
-    messages = []
-    system = record.get("system")
-    if system:
-        messages.append({"role": "system", "content": _string(system, where, "system")})
+    messages = _system(record, where)
     history = record.get("history") or []
     if not isinstance(history, list):
         raise DataError(f"{where}: history must be a list of [question, answer] pairs")
