@@ -34,15 +34,12 @@ def _dtype(logits):
 
 def _blocks(logits, chunk: Optional[int]) -> Iterator[tuple]:
     """(index into the logits, 2-D view of <= chunk rows) in row order."""
-    vocab = logits.shape[-1]
+    step = chunk or max(1, CHUNK_ELEMENTS // max(logits.shape[-1], 1))
     if logits.ndim == 3:
-        rows = logits.shape[1]
-        step = chunk or max(1, CHUNK_ELEMENTS // max(vocab, 1))
         for b in range(logits.shape[0]):
-            for s in range(0, rows, step):
+            for s in range(0, logits.shape[1], step):
                 yield (b, slice(s, s + step)), _c(logits[b, s:s + step])
     elif logits.ndim == 2:
-        step = chunk or max(1, CHUNK_ELEMENTS // max(vocab, 1))
         for s in range(0, logits.shape[0], step):
             yield slice(s, s + step), _c(logits[s:s + step])
     else:
@@ -94,6 +91,14 @@ def _row_stats(logits):
     return tuple(paddle.empty(logits.shape[:-1], dtype=dt) for _ in range(3))
 
 
+def _grad_by_chunks(logits, chunk, grad_of):
+    """The logits-sized gradient, written chunk by chunk: grad_of(at, block) -> that chunk's gradient."""
+    dlogits = paddle.empty(logits.shape, dtype=logits.dtype)
+    for at, block in _blocks(logits, chunk):
+        paddle.assign(grad_of(at, block).astype(logits.dtype), dlogits[at])
+    return dlogits
+
+
 def _put(at, pairs):
     for value, out in pairs:  # [r, 1] or [r] into the [...] results, in place
         paddle.assign(value.reshape([-1]), out[at])
@@ -120,15 +125,15 @@ class _TokenLogprobs(paddle.autograd.PyLayer):
     @staticmethod
     def backward(ctx, grad):
         logits, labels, m, log_s = ctx.saved_tensor()
-        dlogits = paddle.empty(logits.shape, dtype=logits.dtype)
-        for at, block in _blocks(logits, ctx.chunk):
-            # d log p_y / d x_j = [j == y] - p_j
+
+        def grad_of(at, block):  # d log p_y / d x_j = [j == y] - p_j
             d = -paddle.exp(_logp(block, m, log_s, at)) * grad[at].unsqueeze(-1)
             flat, index = d.reshape([-1]), _flat_index(d, labels[at])
             # in place: put_along_axis and scatter_nd_add copy the chunk to add r numbers
             flat.scatter_(index, paddle.gather(flat, index) + grad[at], overwrite=True)
-            paddle.assign(d.astype(logits.dtype), dlogits[at])
-        return dlogits, None
+            return d
+
+        return _grad_by_chunks(logits, ctx.chunk, grad_of), None
 
 
 class _Entropy(paddle.autograd.PyLayer):
@@ -146,13 +151,12 @@ class _Entropy(paddle.autograd.PyLayer):
     @staticmethod
     def backward(ctx, grad):
         logits, m, log_s, ent = ctx.saved_tensor()
-        dlogits = paddle.empty(logits.shape, dtype=logits.dtype)
-        for at, block in _blocks(logits, ctx.chunk):
-            # d H / d x_j = -p_j (log p_j + H)
+
+        def grad_of(at, block):  # d H / d x_j = -p_j (log p_j + H)
             lp = _logp(block, m, log_s, at)
-            d = -paddle.exp(lp) * (lp + ent[at].unsqueeze(-1)) * grad[at].unsqueeze(-1)
-            paddle.assign(d.astype(logits.dtype), dlogits[at])
-        return dlogits
+            return -paddle.exp(lp) * (lp + ent[at].unsqueeze(-1)) * grad[at].unsqueeze(-1)
+
+        return _grad_by_chunks(logits, ctx.chunk, grad_of)
 
 
 def _log_ratio(x, y, mp, lsp, mq, lsq):
@@ -170,8 +174,7 @@ class _KL(paddle.autograd.PyLayer):
         for at, block in _blocks(p_logits, chunk):
             x, y = block.astype(out.dtype), next(q_blocks)[1].astype(out.dtype)
             m1, l1, _, e = _stats(x)
-            m2 = y.max(axis=-1, keepdim=True)
-            l2 = paddle.log(_row_sum(paddle.exp(y - m2)))
+            m2, l2, _, _ = _stats(y)
             kl = _row_sum(e * _log_ratio(x, y, m1, l1, m2, l2)) / paddle.exp(l1)
             _put(at, [(kl, out), (m1, mp), (l1, lsp), (m2, mq), (l2, lsq)])
         ctx.save_for_backward(p_logits, q_logits, mp, lsp, mq, lsq, out)
