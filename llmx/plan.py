@@ -5,9 +5,9 @@
 
 Hydra composes the config from the overrides (the same groups and keys as launch.py) and
 `validate` checks it, so an impossible layout gives the usual one-line error. Then the
-parameter count follows from the family's hyperparameters at `model.size` (formulas below,
-exact against PaddleNLP's models: tests/test_plan.py), and the memory of the busiest device
-from the layout, the micro-batch and the sequence length. Nothing is built and paddle is
+parameter count follows from the family's hyperparameters at `model.size` (the formula of its
+module in llmx.families, exact against PaddleNLP's models: tests/runs/test_families.py), and the
+memory of the busiest device from the layout, the micro-batch and the sequence length. Nothing is built and paddle is
 never imported: the formulas restate PaddleNLP 3.0.0b4's layer shapes and config defaults.
 """
 from __future__ import annotations
@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from llmx.config import CONF_DIR, ConfigError, model_hparams
 from llmx.stages import register_configs, validate
-from llmx.families import family
+from llmx.families import Params, family
 from llmx.layout import Layout, batching
 
 GIB = 2**30
@@ -31,130 +30,12 @@ GIB = 2**30
 
 def hyperparameters(family_name: str, given: Dict[str, Any]) -> Dict[str, Any]:
     """`given` (a size, or a config.json) over the family's PaddleNLP defaults (llmx.families)."""
-    hp = family(family_name).hyperparameters(given)
-    if family_name == "opt" and hp.get("word_embed_proj_dim") is None:
-        hp["word_embed_proj_dim"] = hp["hidden_size"]
-    return hp
+    return family(family_name).hyperparameters(given)
 
 
-@dataclass
-class Params:
-    """A model's parameters by where they live: `layers` identical decoder layers of `layer` each;
-    `embed` on the input side (token/position embeddings and what belongs to them: first pipeline
-    stage); `head` on the output side (final norm, lm_head: last pipeline stage). With tied
-    embeddings the token embedding is in both `embed` and `head` and `shared` says how big it is:
-    one model holds it once, but with pp > 1 the first and the last stage each hold a copy
-    (PaddleNLP's SharedLayerDesc)."""
-
-    layer: int
-    layers: int
-    embed: int
-    head: int
-    shared: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.layers * self.layer + self.embed + self.head - self.shared
-
-
-def _llama_like(family: str, hp: Dict[str, Any]) -> Params:
-    """LLaMA and its descendants: no biases (but Qwen2's q/k/v), RMSNorm (weight only), gated MLP."""
-    h, V, I = hp["hidden_size"], hp["vocab_size"], hp["intermediate_size"]
-    heads, kv = hp["num_attention_heads"], hp["num_key_value_heads"]
-    head_dim = hp.get("head_dim") or h // heads  # Gemma sets it (256), the rest use hidden/heads
-    q, k = heads * head_dim, kv * head_dim  # grouped-query attention: kv heads share K/V projections
-    attention = h * q + 2 * h * k + q * h  # q, k, v, o projections
-    if family == "qwen2":
-        attention += q + 2 * k  # Qwen2 has biases on q, k and v (not on o)
-    mlp = 3 * h * I  # SwiGLU (GeGLU for Gemma): gate, up and down projections
-    if family == "mixtral":
-        experts = hp["num_local_experts"]
-        mlp = experts * mlp + h * experts  # every expert is a full gated MLP; the router is h x experts, no bias
-    layer = attention + mlp + 2 * h  # two RMSNorm weights
-    if family == "yuan":
-        # Yuan's localized filtering gate: Conv2D(h -> h/2, kernel 2x1) and Conv2D(h/2 -> h, 2x1), both with
-        # bias, then an RMSNorm.
-        layer += 2 * (h // 2) * h * 2 + h // 2 + h + h
-    # Only LlamaForCausalLM (so Baichuan), Qwen2 and Gemma honour tie_word_embeddings; Mistral, Mixtral and
-    # Yuan always build their own lm_head (Yuan although its config says tie_word_embeddings=True).
-    tied = family in ("llama", "baichuan", "qwen2", "gemma") and bool(hp["tie_word_embeddings"])
-    return Params(layer, hp["num_hidden_layers"], embed=V * h, head=h + V * h, shared=V * h if tied else 0)
-
-
-def _qwen(hp: Dict[str, Any]) -> Params:
-    """QWen v1: fused c_attn with bias, c_proj, and an MLP of width intermediate_size // 2 (w1, w2 gated, c_proj);
-    no_bias (the default) drops every other bias. RMSNorm. lm_head never tied."""
-    h, V = hp["hidden_size"], hp["vocab_size"]
-    proj, ff = hp["kv_channels"] * hp["num_attention_heads"], hp["intermediate_size"] // 2
-    bias = 0 if hp["no_bias"] else 1
-    attention = h * 3 * proj + 3 * proj + proj * h + bias * h
-    mlp = 2 * (h * ff + bias * ff) + ff * h + bias * h
-    return Params(attention + mlp + 2 * h, hp["num_hidden_layers"], embed=V * h, head=h + V * h)
-
-
-def _chatglm(hp: Dict[str, Any]) -> Params:
-    """ChatGLM v1: LayerNorms with bias, every Linear with bias, GeLU MLP of inner_hidden_size; the lm_head
-    is the word embedding (tied)."""
-    h, V, ff = hp["hidden_size"], hp["vocab_size"], hp["inner_hidden_size"]
-    layer = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * ff + ff) + (ff * h + h)
-    return Params(layer, hp["num_hidden_layers"], embed=V * h, head=2 * h + V * h, shared=V * h)
-
-
-def _chatglm2(hp: Dict[str, Any]) -> Params:
-    """ChatGLM2/3: multi-query attention with multi_query_group_num K/V groups of head size hidden/heads,
-    a SwiGLU MLP fused as one h -> 2*ffn Linear, biases per add_qkv_bias/add_bias_linear, RMSNorm (or LayerNorm
-    with bias), its own output_layer (never tied)."""
-    h, V, ff = hp["hidden_size"], hp["vocab_size"], hp["ffn_hidden_size"]
-    qkv = h + 2 * (h // hp["num_attention_heads"]) * hp["multi_query_group_num"]
-    linear_bias = 1 if hp["add_bias_linear"] else 0
-    qkv_bias = 1 if hp["add_bias_linear"] or hp["add_qkv_bias"] else 0
-    norm = h if hp["rmsnorm"] else 2 * h
-    attention = h * qkv + qkv_bias * qkv + h * h + linear_bias * h
-    mlp = h * 2 * ff + linear_bias * 2 * ff + ff * h + linear_bias * h
-    final_norm = norm if hp["post_layer_norm"] else 0
-    return Params(attention + mlp + 2 * norm, hp["num_hidden_layers"], embed=V * h, head=final_norm + V * h)
-
-
-def _bloom(hp: Dict[str, Any]) -> Params:
-    """BLOOM: ALiBi (no position parameters), LayerNorms with bias (one more right after the embedding),
-    biased Linears, MLP fixed at 4*hidden; lm_head tied to the word embedding."""
-    h, V = hp["hidden_size"], hp["vocab_size"]
-    layer = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * 4 * h + 4 * h) + (4 * h * h + h)
-    return Params(layer, hp["n_layer"], embed=V * h + 2 * h, head=2 * h + V * h, shared=V * h)
-
-
-def _gpt_opt_layer(h: int, ff: int) -> int:
-    """A GPT/OPT decoder layer: q, k, v, out projections and the 2-matrix MLP (linear1, linear2), all with
-    bias, and two LayerNorms with bias."""
-    return 4 * (h * h + h) + (h * ff + ff) + (ff * h + h) + 2 * 2 * h
-
-
-def _gpt3(hp: Dict[str, Any]) -> Params:
-    """GPT: learned position embeddings (max_position_embeddings), final LayerNorm; lm_head tied."""
-    h, V = hp["hidden_size"], hp["vocab_size"]
-    embed = V * h + hp["max_position_embeddings"] * h
-    return Params(_gpt_opt_layer(h, hp["intermediate_size"]), hp["num_hidden_layers"], embed=embed,
-                  head=2 * h + V * h, shared=V * h)
-
-
-def _opt(hp: Dict[str, Any]) -> Params:
-    """OPT: word embeddings of word_embed_proj_dim (projected in and out when that differs from hidden),
-    learned positions with an offset of 2, a final LayerNorm only with normalize_before, and an lm_head that
-    PaddleNLP 3.0.0b4 always creates as its own [vocab, hidden] parameter (not tied)."""
-    h, V, proj = hp["hidden_size"], hp["vocab_size"], hp["word_embed_proj_dim"]
-    projection = proj * h if proj != h else 0
-    embed = V * proj + (hp["max_position_embeddings"] + 2) * h + projection
-    head = (2 * h if hp["normalize_before"] else 0) + projection + V * h
-    return Params(_gpt_opt_layer(h, hp["intermediate_size"]), hp["num_hidden_layers"], embed=embed, head=head)
-
-
-def count_params(family: str, given: Dict[str, Any]) -> Params:
-    hp = hyperparameters(family, given)
-    if family == "qwen":
-        return _qwen(hp)
-    if family in ("chatglm", "chatglm2", "bloom", "gpt3", "opt"):
-        return {"chatglm": _chatglm, "chatglm2": _chatglm2, "bloom": _bloom, "gpt3": _gpt3, "opt": _opt}[family](hp)
-    return _llama_like(family, hp)
+def count_params(family_name: str, given: Dict[str, Any]) -> Params:
+    """The parameter count of `given`, by the family's formula (its module in llmx.families)."""
+    return family(family_name).params(given)
 
 
 # ------------------------------------------------------------------ memory per device

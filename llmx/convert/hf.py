@@ -7,9 +7,9 @@ only by loading the whole checkpoint, and writes its result into the source dire
 (`convert_from_torch=True`); llmx walks the same list in both directions, reading and writing
 one tensor at a time (llmx.convert.tensors), and writes only into a new directory.
 
-What the list leaves out is family knowledge, kept in the family table (llmx.families): the
-Hugging Face model_type/architecture, config keys spelled differently, and heads that
-Hugging Face ties to the embedding and PaddleNLP keeps apart.
+What the list leaves out is family knowledge, kept in each family's record (llmx.families.<family>):
+the Hugging Face model_type/architecture, config keys spelled differently, heads that Hugging Face
+ties to the embedding and PaddleNLP keeps apart, fused q/k/v tensors and name prefixes.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def read_json(path: Path) -> dict:
 
 
 def paddle_config(fam: Family, hf_config: dict):
-    """The PaddleNLP config of an HF config.json (keys renamed as the family table says)."""
+    """The PaddleNLP config of an HF config.json (keys renamed as the family's record says)."""
     import paddlenlp.transformers as pnt
 
     renamed = {v: k for k, v in fam.hf_config_keys.items()}
@@ -289,13 +289,12 @@ def llmx_to_hf(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Opti
     transformers' AutoModelForCausalLM loads (safetensors, HF names, HF config.json keys), with the
     tokenizer of `tokenizer_dir` (default: `src`)."""
     from llmx.experiment import atomic_dir
-    from llmx.families import family_of_paddle_config
+    from llmx.families import family_of_paddle_config, share_weights
 
     src, out = Path(src), Path(out)
     pconf = read_json(src / "config.json")
     found = family_of_paddle_config(pconf)
-    if fam_name is not None and found is not None and found != fam_name and \
-            not {found, fam_name} <= {"llama", "baichuan"}:
+    if fam_name is not None and found is not None and found != fam_name and not share_weights(found, fam_name):
         raise CheckpointError(f"{src}/config.json: a {found} model (architectures={pconf.get('architectures')}), "
                               f"but model family {fam_name} was asked for")
     fam = family(fam_name or found or "")

@@ -16,7 +16,8 @@ import logging
 import re
 import sys
 
-from llmx.families import _HPARAMS_FILE, FAMILIES
+from llmx.families import FAMILIES
+from llmx.families.record import HPARAMS_FILE
 
 _READS = re.compile(r"\bconfig\.([A-Za-z_]\w*)|getattr\(\s*(?:self\.)?config\s*,\s*[\"'](\w+)[\"']")
 
@@ -42,5 +43,5 @@ def generate() -> dict:
 
 
 if __name__ == "__main__":
-    _HPARAMS_FILE.write_text(json.dumps(generate(), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {_HPARAMS_FILE}")
+    HPARAMS_FILE.write_text(json.dumps(generate(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {HPARAMS_FILE}")

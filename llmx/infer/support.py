@@ -1,21 +1,15 @@
-"""Which families the engine runs (paddle-free, for validation). Checked on these machines: at their
-tiny sizes, every family below not listed gives, through the engine in batches, the greedy tokens of
-PaddleNLP's `generate` one prompt at a time."""
+"""Which models the engine runs (paddle-free, for validation): a family's record says why not where it
+does not (llmx.families, `Family.no_engine`); adapters that act on attention or hidden states run
+without a KV cache."""
 from __future__ import annotations
 
 from typing import Optional
 
-NO_ENGINE = {
-    "bloom": "PaddleNLP's Bloom takes its cache as `cache=` and positions from ALiBi over the mask, not position_ids",
-    "opt": "PaddleNLP's OPT derives positions from the attention mask itself and ignores position_ids: "
-           "a left-padded row would not compute what it computes alone",
-    "yuan": "PaddleNLP's Yuan keeps extra recurrent state beside its KV cache",
-    "chatglm": "ChatGLM v1 is not supported by llmx (use chatglm2)",
-}
+from llmx import families
 
 
 def engine_problem(family: str) -> Optional[str]:
-    return NO_ENGINE.get(family)
+    return families.family(family).no_engine or None
 
 
 def kept_adapter(m) -> bool:

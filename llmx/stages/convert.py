@@ -49,7 +49,7 @@ def prepare(cfg: DictConfig) -> dict:
     """Read config.json and settle the family, before paddle: a mismatch is one line."""
     from llmx.convert.cache import check_gguf_family, family_given, is_gguf, is_hf_checkpoint
     from llmx.convert.hf import check_family, read_json
-    from llmx.families import family_of_paddle_config
+    from llmx.families import family_of_paddle_config, share_weights
     from llmx.sources import resolve
 
     src = Path(cfg.model.name_or_path)
@@ -69,7 +69,7 @@ def prepare(cfg: DictConfig) -> dict:
     if found is None and given is None:
         fail("model.name_or_path", str(src), f"config.json names architectures={config.get('architectures')}, "
              "which no llmx family has (name its family with model=<family>)")
-    if given and found and given != found and {given, found} != {"llama", "baichuan"}:
+    if given and found and given != found and not share_weights(given, found):
         fail("model", given, f"{source.model_dir}/config.json holds a {found} model")
     return {"family": given or found, "source": source}
 

@@ -1,4 +1,4 @@
-"""llmx.families: the one table of what llmx knows per family, checked against PaddleNLP itself."""
+"""llmx.families: what llmx knows per family (one module each), checked against PaddleNLP itself."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,8 @@ import pytest
 from helpers import REPO, compose
 
 from llmx.config import ConfigError
-from llmx.families import _HPARAMS_FILE, FAMILIES, family
+from llmx.families import FAMILIES, family
+from llmx.families.record import HPARAMS_FILE
 
 
 def test_every_model_file_names_a_family_of_the_table_and_back():
@@ -24,7 +25,7 @@ def test_hparams_file_is_up_to_date_with_paddlenlp():
     """hparams.json is generated from PaddleNLP (python -m llmx.families.generate_hparams)."""
     from llmx.families.generate_hparams import generate
 
-    assert json.loads(_HPARAMS_FILE.read_text()) == generate()
+    assert json.loads(HPARAMS_FILE.read_text()) == generate()
 
 
 def test_table_classes_exist_in_paddlenlp():
@@ -39,7 +40,8 @@ def test_table_classes_exist_in_paddlenlp():
         assert f.prefix_cache is None or f.prefix_cache in CACHE_LAYOUTS, f.name
         assert f.prefix_mask is None or f.prefix_mask in MASK_PADDERS, f.name
         assert (f.prefix_cache is None) == bool(f.no_prefix), f.name  # refused with a reason, or supported
-        assert all(callable(getattr(fixes, n)) and n in fixes.BEFORE_BUILD | fixes.AFTER_RANDOM_INIT for n in f.fixes)
+        assert all(fix.phase in (fixes.BEFORE_BUILD, fixes.AFTER_RANDOM_INIT) for fix in f.fixes), f.name
+        assert all(fix.__module__ == f"llmx.families.{f.name}" and fix.__doc__ for fix in f.fixes), f.name
 
 
 def test_dims_unify_spellings_and_defaults():

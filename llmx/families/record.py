@@ -1,0 +1,158 @@
+"""The record of one model family (`Family`) and the parameter count its formula returns (`Params`).
+
+Paddle-free: validation and `plan` read records without building anything.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from llmx.errors import ConfigError
+
+HPARAMS_FILE = Path(__file__).with_name("hparams.json")
+
+
+@dataclass
+class Params:
+    """A model's parameters by where they live: `layers` identical decoder layers of `layer` each;
+    `embed` on the input side (token/position embeddings and what belongs to them: first pipeline
+    stage); `head` on the output side (final norm, lm_head: last pipeline stage). With tied
+    embeddings the token embedding is in both `embed` and `head` and `shared` says how big it is:
+    one model holds it once, but with pp > 1 the first and the last stage each hold a copy
+    (PaddleNLP's SharedLayerDesc)."""
+
+    layer: int
+    layers: int
+    embed: int
+    head: int
+    shared: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.layers * self.layer + self.embed + self.head - self.shared
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    architecture: str  # class in paddlenlp.transformers
+    config_class: str  # class in paddlenlp.transformers
+    lora_targets: Tuple[str, ...]  # module-name regexes LoRA wraps by default
+    pipeline_class: Optional[str] = None  # PaddleNLP's pipeline-parallel class, if it has one
+    # Prefix tuning: how this family's attention takes a past key/value cache (a layout name in
+    # llmx.engine.prefix_hooks), or None with the reason in `no_prefix`.
+    prefix_cache: Optional[str] = None
+    prefix_mask: Optional[str] = None  # how to widen the attention mask over the prefix (None: prepend ones)
+    no_prefix: str = ""
+    # Zero padding (packing): the attention takes a block-diagonal [b, 1, s, s] mask with per-example
+    # position ids, so a packed forward equals separate ones (tests/test_packing.py).
+    packing: bool = False
+    packing_with_prefix: bool = False  # and still so behind a prefix cache
+    not_trainable: str = ""  # why llmx cannot train it yet ("" = it can)
+    no_tensor_parallel: str = ""  # why it cannot be split over tensor-parallel ranks ("" = it can)
+    # Why llmx's inference engine (llmx.infer) does not run it ("" = it does: checked at the tiny sizes, the
+    # engine's batched greedy tokens equal PaddleNLP's `generate` one prompt at a time).
+    no_engine: str = ""
+    # Canonical names of the hyperparameters layouts depend on (after `aliases`).
+    heads: str = "num_attention_heads"
+    kv_heads: Optional[str] = "num_key_value_heads"  # None: one KV head per query head
+    layers: str = "num_hidden_layers"
+    vocab: str = "vocab_size"
+    # Config class defaults of the keys llmx's formulas read (tests compare them with PaddleNLP).
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=dict)  # another accepted spelling -> the name used here
+    # Every hyperparameter name the config class accepts: None = the family's entry of hparams.json (generated
+    # from PaddleNLP for llmx's own families); a family without one there has its names left unchecked.
+    hparams: Optional[Tuple[str, ...]] = None
+    # The parameter count (llmx.plan) of the hyperparameters (`hyperparameters()`'s), exact against the built
+    # PaddleNLP model (tests/runs/test_families.py); formulas several families share: llmx.families.formulas.
+    count_params: Optional[Callable[[Dict[str, Any]], Params]] = None
+    # Workarounds of upstream bugs, applied when the family is built: functions marked with their phase
+    # (llmx.families.fixes.before_build / after_random_init).
+    fixes: Tuple[Callable, ...] = ()
+    # Hugging Face checkpoints (llmx.convert): config.json's model_type and the transformers class (or the
+    # checkpoint's own remote-code class), a config key that tells this family from others sharing its
+    # model_type, config keys spelled otherwise (PaddleNLP key -> HF key), HF keys PaddleNLP's config lacks,
+    # and (PaddleNLP head, HF head, HF embedding) where HF ties a head that PaddleNLP keeps as its own tensor.
+    hf_model_type: Optional[str] = None
+    hf_architecture: Optional[str] = None
+    hf_marker: Optional[str] = None
+    hf_config_keys: Mapping[str, str] = field(default_factory=dict)
+    hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
+    hf_tied_head: Optional[Tuple[str, str, str]] = None
+    hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
+    hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three
+    # A key every PaddleNLP config.json of this family holds, where another family's class has the same name
+    # in `architectures` (ChatGLM v1's inner_hidden_size).
+    paddle_marker: Optional[str] = None
+    # Whether a PaddleNLP config.json naming `architecture` reads as this family; False where another family
+    # owns the class (Baichuan loads as Llama's class: a saved Baichuan reads as Llama).
+    owns_architecture: bool = True
+    sp_tokenizer: Optional[str] = None  # PaddleNLP class that reads the family's SentencePiece tokenizer.model
+
+    # -------------------------------------------------------------- hyperparameters
+    def hyperparameters(self, given: Mapping[str, Any]) -> Dict[str, Any]:
+        """`given` (a size, a config.json, overrides) over the family defaults, spellings unified."""
+        hp = dict(self.defaults)
+        hp.update({self.aliases[k]: v for k, v in given.items() if k in self.aliases and self.aliases[k] not in given})
+        hp.update({k: v for k, v in given.items() if k not in self.aliases})
+        if self.kv_heads and hp.get(self.kv_heads, 0) is None:  # LlamaConfig/YuanConfig: None = one per head
+            hp[self.kv_heads] = hp[self.heads]
+        return hp
+
+    def dims(self, given: Mapping[str, Any]) -> Dict[str, Optional[int]]:
+        """heads, kv_heads, layers, vocab: what a parallel layout must divide."""
+        hp = self.hyperparameters(given)
+        heads = hp.get(self.heads)
+        kv = hp.get(self.kv_heads) if self.kv_heads else None
+        return {"heads": heads, "kv_heads": kv if kv is not None else heads,
+                "layers": hp.get(self.layers), "vocab": hp.get(self.vocab)}
+
+    def known_hyperparameters(self) -> Optional[set]:
+        """Every name the config class accepts or the model reads (`hparams`, by default hparams.json,
+        generated from PaddleNLP); None when the family lists none."""
+        names = self.hparams if self.hparams is not None else _generated_names().get(self.name)
+        return None if names is None else set(names) | set(self.aliases)
+
+    def check_hyperparameter_names(self, names, where: str) -> None:
+        known = self.known_hyperparameters()
+        if known is None:
+            return
+        for name in names:
+            if name not in known:
+                close = close_matches(name, known)
+                hint = f"did you mean {', '.join(close)}?" if close else "not a hyperparameter of " + self.config_class
+                raise ConfigError(f"{where}.{name}: unknown hyperparameter for model family {self.name} ({hint})")
+
+    # -------------------------------------------------------------- parameters
+    def params(self, given: Mapping[str, Any]) -> Params:
+        """The parameter count of `given` (a size, a config.json, overrides), by the family's formula."""
+        if self.count_params is None:
+            raise ConfigError(f"model family {self.name} gives no parameter formula (Family.count_params)")
+        return self.count_params(self.hyperparameters(given))
+
+
+def close_matches(name: str, known, n: int = 3) -> list:
+    """Known names like `name`: by spelling, and names holding all of its words (num_head ->
+    num_attention_heads) ahead of mere look-alikes (num_beams)."""
+    words = [w for w in name.lower().split("_") if w]
+
+    def score(k: str) -> float:
+        holds_words = all(w in k.lower() for w in words)
+        return difflib.SequenceMatcher(None, name, k).ratio() + (0.5 if holds_words else 0.0)
+
+    scored = sorted(((score(k), k) for k in known), key=lambda t: (-t[0], t[1]))
+    return [k for s, k in scored[:n] if s >= 0.6]
+
+
+def _generated_names() -> Dict[str, list]:
+    global _GENERATED
+    if _GENERATED is None:
+        _GENERATED = json.loads(HPARAMS_FILE.read_text())
+    return _GENERATED
+
+
+_GENERATED: Optional[Dict[str, list]] = None
