@@ -23,7 +23,7 @@ from typing import Any, Dict, Mapping, Optional
 from llmx.errors import ConfigError
 from llmx.families.record import Family, Params, close_matches
 
-__all__ = ["FAMILIES", "Family", "Params", "close_matches", "family", "family_of_hf_config",
+__all__ = ["BUILTIN", "FAMILIES", "Family", "Params", "close_matches", "family", "family_of_hf_config",
            "family_of_paddle_config", "share_weights"]
 
 # llmx's own families, in the order lookups prefer them and messages list them.

@@ -60,3 +60,32 @@ def test_unknown_hyperparameter_lists_close_matches():
         family("llama").check_hyperparameter_names(["zzz"], "model.overrides")
     with pytest.raises(ConfigError, match=r"model.family='gpt4': allowed: llama, baichuan"):
         family("gpt4")
+
+
+def test_each_family_is_one_module_with_its_record_and_formula():
+    import importlib
+
+    from llmx.families import BUILTIN
+
+    assert list(FAMILIES) == list(BUILTIN)
+    for name in BUILTIN:
+        record = importlib.import_module(f"llmx.families.{name}").FAMILY
+        assert record is FAMILIES[name] and record.name == name and record.count_params is not None
+
+
+def test_a_dotted_family_name_imports_its_module(tmp_path, monkeypatch):
+    (tmp_path / "outfams").mkdir()
+    (tmp_path / "outfams" / "__init__.py").write_text("")
+    (tmp_path / "outfams" / "mine.py").write_text(
+        "from llmx.families.record import Family\nFAMILY = Family('mine', 'LlamaForCausalLM', 'LlamaConfig', ())\n")
+    (tmp_path / "outfams" / "empty.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert family("outfams.mine").name == "mine"
+    assert family("outfams.mine").known_hyperparameters() is None  # no names listed: none checked
+    family("outfams.mine").check_hyperparameter_names(["anything"], "model.overrides")
+    with pytest.raises(ConfigError, match=r"^model.family='outfams.nothere': no module outfams.nothere"):
+        family("outfams.nothere")
+    with pytest.raises(ConfigError, match=r"outfams.empty has no FAMILY"):
+        family("outfams.empty")
+    with pytest.raises(ConfigError, match="gives no parameter formula"):
+        family("outfams.mine").params({})
