@@ -133,7 +133,8 @@ def test_zero_padding_config_validates_for_supported_families():
 
     accepted = {"lora": [], "prefix": []}
     for name in sorted(p.stem for p in CONF_DIR.glob("model/*.yaml")):
-        cfg = compose(f"model={name}", "stage=prefix", "stage.zero_padding=true")  # composing is the slow part: once per family
+        # composing is the slow part: once per family, the lora case a copy with the method switched
+        cfg = compose(f"model={name}", "stage=prefix", "stage.zero_padding=true")
         as_lora = deepcopy(cfg)
         as_lora.stage.peft.method = "lora"
         for method, c in (("lora", as_lora), ("prefix", cfg)):
