@@ -112,7 +112,11 @@ def test_bundled_preference_data_is_generated_checkable_and_held_out():
     assert not single(held_out) & single(train)
     assert any(len(e.prompt.messages) > 1 for e in held_out)  # multi-turn lines too
     kto = read_preference(asset_path("demo/kto_train.jsonl"), kind="kto")
-    assert 0.4 < sum(e.label for e in kto) / len(kto) < 0.6
+    # KTO's lines ask dpo_train's prompts in order; desirable exactly when the response is that pair's chosen
+    # (correct) answer; 506 of the 1000 are (a fair coin per line, seeded)
+    assert [e.prompt for e in kto] == [e.prompt for e in train]
+    assert [e.label for e in kto] == [int(k.responses[0] == d.chosen) for k, d in zip(kto, train)]
+    assert sum(e.label for e in kto) == 506 and len(kto) == 1000
     assert wrong_answer("add 20 + 3 =", "23", __import__("random").Random(0)) != "23"
     assert wrong_answer("upper: cat", "CAT", None) == "Cat" and wrong_answer("first letter of cat", "c", None) == "t"
 

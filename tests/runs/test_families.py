@@ -73,8 +73,61 @@ def test_tiny_family_learns_and_generates(family):
 ADAPTER_CASES = [(f, "lora") for f in FAMILIES] + [(f, "prefix") for f in FAMILIES if TABLE[f].prefix_cache]
 
 
+def _tensors(x) -> list:
+    import paddle
+
+    if isinstance(x, paddle.Tensor):
+        return [x]
+    return [t for y in x for t in _tensors(y)] if isinstance(x, (tuple, list)) else []
+
+
+def _adapter_size(base, cfg) -> int:
+    """The parameters the adapter adds to `base`, counted from the base's own layers. LoRA: r x (in + out)
+    for each Linear a target regex names in full. Prefix: num_prefix_tokens entries of the base's own
+    key/value cache (every layer's keys and values of one token, in whatever layout the family keeps)."""
+    import re
+
+    import paddle
+
+    p = cfg.stage.peft
+    if p.method == "lora":
+        targets = p.target_modules or TABLE[cfg.model.family].lora_targets
+        return sum(p.lora_r * sum(layer.weight.shape) for name, layer in base.named_sublayers()
+                   if isinstance(layer, paddle.nn.Linear) and any(re.fullmatch(t, name) for t in targets))
+    ids = paddle.to_tensor([[5, 6, 7, 8, 9]])
+    with paddle.no_grad():
+        out = base(input_ids=ids, use_cache=True, return_dict=True)
+    cache = out[1] if isinstance(out, tuple) else out.past_key_values  # (OPT answers a tuple)
+    per_token = sum(int(t.numel()) for t in _tensors(cache)) // ids.shape[1]
+    return p.num_prefix_tokens * per_token
+
+
+def _reference_loss(model, batch) -> float:
+    """Mean cross-entropy of the model's logits (no labels given) over the target tokens, in numpy."""
+    import numpy as np
+    import paddle
+
+    from llmx.tokens import IGNORE_INDEX
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with paddle.no_grad():
+        out = model(**inputs)
+    logits = (out if isinstance(out, paddle.Tensor) else out[0] if isinstance(out, tuple) else out.logits)
+    logits = logits.numpy().astype("float64")
+    labels = batch["labels"].numpy()
+    target = labels != IGNORE_INDEX
+    top = logits.max(-1)
+    log_norm = np.log(np.exp(logits - top[..., None]).sum(-1)) + top
+    picked = np.take_along_axis(logits, np.where(target, labels, 0)[..., None], -1)[..., 0]
+    return float(((log_norm - picked) * target).sum() / target.sum())
+
+
 @pytest.mark.parametrize("family,method", ADAPTER_CASES)
 def test_tiny_family_adapters_train_only_adapter_params(family, method):
+    """The adapter adds exactly the method's parameters (_adapter_size), the loss is the cross-entropy of the
+    wrapped model's logits over the target tokens, and gradients reach the adapter only: every LoRA B and
+    every prefix token; no LoRA A yet (B starts at zero, so nothing flows back through it)."""
+    import numpy as np
     import paddle
 
     from llmx.engine.model import build_model, build_tokenizer
@@ -83,14 +136,25 @@ def test_tiny_family_adapters_train_only_adapter_params(family, method):
     paddle.set_device("cpu")
     cfg = _cfg(family, method)
     tok = build_tokenizer(cfg.model)
-    model = wrap_peft(build_model(cfg.model, tok, seed=0), cfg, base_ref=None)
-    trainable = [p for p in model.parameters() if not p.stop_gradient]
-    assert 0 < count_parameters(model, trainable_only=True) < 0.5 * count_parameters(model)
+    base = build_model(cfg.model, tok, seed=0)
+    expected = _adapter_size(base, cfg)
+    model = wrap_peft(base, cfg, base_ref=None)
+    assert count_parameters(model, trainable_only=True) == expected > 0
     batch, _, _ = _batch(tok)
     loss = _loss(model, batch)
     loss.backward()
-    assert math.isfinite(float(loss))
-    assert any(float(p.grad.abs().sum()) > 0 for p in trainable if p.grad is not None)
+    assert float(loss) == pytest.approx(_reference_loss(model, batch), rel=1e-5)
+    params = dict(model.named_parameters())
+    frozen_with_grad = [n for n, p in params.items() if p.stop_gradient and p.grad is not None]
+    assert not frozen_with_grad, frozen_with_grad[:5]
+    grads = {n: p.grad.numpy() for n, p in params.items() if not p.stop_gradient}
+    if method == "lora":
+        assert {n.rsplit(".", 1)[1] for n in grads} == {"lora_A", "lora_B"}
+        assert all((g == 0).all() if n.endswith("lora_A") else (g != 0).any() for n, g in grads.items()), \
+            {n: float(np.abs(g).sum()) for n, g in grads.items()}
+    else:
+        (g,) = grads.values()  # the prefix embedding: a row per prefix token, each attended to everywhere
+        assert g.shape[0] == cfg.stage.peft.num_prefix_tokens and (g != 0).any(axis=1).all()
 
 
 # Variants of tiny that switch the formulas' other branches (tied heads, projections, biases, post-LN, MQA).

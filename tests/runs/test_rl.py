@@ -57,12 +57,54 @@ def test_reward_model_learns_the_preferences_and_scores_as_a_stage(rm_run, tmp_p
     assert chosen > rejected
 
 
+def _greedy_kl(policy_dir: Path, reference_dir: Path, prompts: int, max_new_tokens: int) -> float:
+    """The mean per-token KL(policy || reference) of the next-token distributions along the policy's greedy
+    answers to the first held-out prompts, recomputed without llmx's engine or KL: one unpadded prompt at a
+    time, a full forward per new token, the KL in numpy."""
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmx.data.formats import read
+    from llmx.data.infer import prompt_ids
+    from llmx.infer.build import eos_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
+    policy, reference = (AutoModelForCausalLM.from_pretrained(str(d)) for d in (policy_dir, reference_dir))
+    policy.eval()
+    reference.eval()
+    stop = set(eos_ids(policy.config, tokenizer))
+
+    def log_probs(model, ids: list) -> np.ndarray:
+        with paddle.no_grad():
+            out = model(input_ids=paddle.to_tensor([ids]))
+        logits = (out[0] if isinstance(out, tuple) else out.logits)[0].numpy().astype("float64")
+        top = logits.max(-1, keepdims=True)
+        return logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+
+    total, positions = 0.0, 0
+    for line in read("rl", str(REPO / "llmx/assets/demo/sft_eval.jsonl"))[:prompts]:
+        prompt = prompt_ids(tokenizer, line.dialogue)[-96:]  # (stage.data.max_prompt_length's default)
+        ids = list(prompt)
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(log_probs(policy, ids)[-1]))
+            ids.append(tokenizer.eos_token_id if token in stop else token)
+            if token in stop:
+                break
+        p, q = (log_probs(m, ids)[len(prompt) - 1:-1] for m in (policy, reference))  # predicting the answer
+        total += float((np.exp(p) * (p - q)).sum())
+        positions += len(ids) - len(prompt)
+    return total / positions
+
+
 def test_ppo_raises_the_reward_models_held_out_reward(sft_run, rm_run, tmp_path):
     run = tmp_path / "ppo"
     s = run_in_process(run, "stage=ppo", f"model.name_or_path={sft_run}", f"stage.reward_model={rm_run}",
                        "stage.train.max_steps=15", "stage.data.eval_prompts=32")
     assert s["eval_reward_after"] > s["eval_reward_before"] + 0.3
-    assert 0 < s["kl_to_reference"] < 1.0
+    # the policy starts as a copy of its reference; after training, the KL is the one recomputed here
+    # (over the 32 eval prompts, up to stage.rollout.max_new_tokens=16 greedy tokens each)
+    assert s["eval_kl_before"] == 0 and s["kl_to_reference"] == s["eval_kl_after"] > 0
+    assert s["kl_to_reference"] == pytest.approx(_greedy_kl(Path(s["model_dir"]), sft_run / "model", 32, 16), rel=1e-4)
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "reward_mean" in r]
     assert len(rows) == 15
     for key in ("reward_mean", "reward_std", "kl", "kl_coeff", "policy_loss", "value_loss", "clipfrac",

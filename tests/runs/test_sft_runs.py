@@ -113,13 +113,17 @@ def test_lora_trains_only_adapters_and_merge_matches(tmp_path):
     # LoRA A (in x r) and B (r x out) on each target projection of the tiny llama
     # (hidden 64, 4 heads / 2 kv heads of 16, intermediate 128, 2 layers), r=8.
     r, h, kv, ffn = 8, 64, 32, 128
-    per_layer = sum(r * (i + o) for i, o in [(h, h), (h, kv), (h, kv), (h, h), (h, ffn), (h, ffn), (ffn, h)])
+    projections = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, kv), "self_attn.v_proj": (h, kv),
+                   "self_attn.o_proj": (h, h), "mlp.gate_proj": (h, ffn), "mlp.up_proj": (h, ffn),
+                   "mlp.down_proj": (ffn, h)}
+    per_layer = sum(r * (i + o) for i, o in projections.values())
     assert summary["trainable_params"] == 2 * per_layer
     assert summary["eval_loss"] < summary["eval_loss_before"]
-
-    adapter_bytes = sum(p.stat().st_size for p in (run / "adapter").glob("lora_model_state*"))
-    base_bytes = sum(p.stat().st_size for p in (run / "base_model").glob("*.safetensors"))
-    assert 0 < adapter_bytes < 0.2 * base_bytes
+    # the saved adapter is those A and B matrices and nothing of the base (its tensors are read below)
+    adapter_shapes = {f"llama.layers.{layer}.{name}.lora_{ab}": list(shape)
+                      for layer in range(2) for name, (i, o) in projections.items()
+                      for ab, shape in (("A", (i, r)), ("B", (r, o)))}
+    assert [p.name for p in (run / "adapter").glob("lora_model_state*")] == ["lora_model_state.pdparams"]
     assert summary["base_model"] == str(run / "base_model")
     assert (run / "adapter/lora_config.json").exists()
 
@@ -147,13 +151,15 @@ with paddle.no_grad():
     merged.eval()
     b = merged(**inputs)
 a, b = (x[0] if isinstance(x, tuple) else x.logits for x in (a, b))
+saved = paddle.load("{run}/adapter/lora_model_state.pdparams")
 print(json.dumps({{"merged_vs_adapter": float((a - b).abs().max()), "adapter_vs_base": float((a - plain).abs().max()),
-                  "scale": float(a.abs().max())}}))
+                  "scale": float(a.abs().max()), "adapter_shapes": {{k: list(v.shape) for k, v in saved.items()}}}}))
 """
     out = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = read_json_line(out.stdout)
     assert result["merged_vs_adapter"] < 1e-5 * result["scale"] and result["adapter_vs_base"] > 1e-2, result
+    assert result["adapter_shapes"] == adapter_shapes
 
 
 def read_json_line(stdout: str) -> dict:
