@@ -35,7 +35,7 @@ def direct(args) -> None:
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from paddlenlp.trl import DPOTrainer
 
-    from llmx.config import TrainConfig, asset_path
+    from llmx.schema import TrainConfig, asset_path
     from llmx.data.formats import read_preference
     from llmx.data.preference import encode_trl
     from llmx.engine.preference import PreferenceCollator, dpo_config, pack

@@ -30,7 +30,7 @@ def direct(args) -> None:
     from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from llmx.config import TrainConfig, asset_path
+    from llmx.schema import TrainConfig, asset_path
     from llmx.data.formats import read_sft
     from llmx.data.sft import SftEncoder
     from llmx.engine.trainer import SeededBatchSampler  # llmx's (seed, epoch) data order

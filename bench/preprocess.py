@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from llmx.config import asset_path
+from llmx.schema import asset_path
 from llmx.data.demo import WORDS
 from llmx.data.preprocess import load_tokenizer, preprocess
 

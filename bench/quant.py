@@ -37,7 +37,7 @@ def tokens_per_s(model_dir: str, prompts: int, new_tokens: int) -> float:
     sys.path.insert(0, str(ROOT))
     from omegaconf import OmegaConf
 
-    from llmx.config import CONF_DIR, asset_path
+    from llmx.schema import CONF_DIR, asset_path
     from llmx.data.formats import read_sft
     from llmx.data.sft import SftEncoder
     from llmx.engine.generate import greedy_generate

@@ -33,7 +33,7 @@ def main() -> None:
     if gguf is None:
         sys.exit(why)
     sys.path.insert(0, str(ROOT))
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
 
     held_out = asset_path("demo/sft_eval.jsonl")
     examples = sum(1 for line in open(held_out) if line.strip())

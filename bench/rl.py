@@ -67,7 +67,7 @@ def main() -> None:
     import paddle
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.console import quiet_libraries
     from llmx.data.formats import read_prompts
     from llmx.rl.config import RolloutConfig

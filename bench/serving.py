@@ -54,7 +54,7 @@ def main() -> None:
     import paddle
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.infer.build import dynamic_engine
     from llmx.infer.sampling import SamplingParams
     from llmx.tokens import pad_batch

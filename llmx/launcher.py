@@ -22,7 +22,7 @@ from typing import List
 
 from omegaconf import DictConfig
 
-from llmx.config import CONF_DIR, launched_processes
+from llmx.schema import CONF_DIR, launched_processes
 from llmx.errors import ConfigError, UserError
 from llmx.devices import cuda_build, visible_gpus
 from llmx.layout import Layout

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmx.config import CONF_DIR
+from llmx.schema import CONF_DIR
 from llmx.errors import ConfigError
 
 _WRAPPED = "_llmx_follows_checkpoint"

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmx.config import CONF_DIR, ConfigError, model_hparams
+from llmx.errors import ConfigError
+from llmx.schema import CONF_DIR, model_hparams
 from llmx.stages import register_configs, validate
 from llmx.families import Params, family
 from llmx.layout import Layout, batching

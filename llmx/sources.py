@@ -11,7 +11,8 @@ files inside a run.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -30,13 +31,37 @@ MERGEABLE = ("lora", "vera", "lokr")
 SCORE_HEAD = "score_head.safetensors"
 
 
+# Checkpoints from elsewhere: named by their own path, converted into llmx's cache when a model is built.
+CONVERTED_KINDS = ("hf", "gguf")
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    model_dir: str  # a from_pretrained-able directory: the full model, or the adapter's base
+    kind: str  # model | run | adapter | hf (a Hugging Face checkpoint directory) | gguf (a llama.cpp file)
+    path: str  # what was named
+    local_dir: Optional[str] = None  # model/run/adapter: the from_pretrained-able directory (full model or the
+    #                                  adapter's base); hf/gguf: None (see model_dir)
     adapter_dir: Optional[str] = None  # a peft adapter over model_dir
     adapter: Optional[str] = None  # its method (lora, prefix, vera, lokr, reft)
     tokenizer_dir: Optional[str] = None  # where the tokenizer files are (None: model_dir)
     run_dir: Optional[str] = None  # the llmx run this came from
+    key: str = field(default="model.name_or_path", compare=False)  # the setting that named it, for errors
+
+    @cached_property
+    def model_dir(self) -> str:
+        """A from_pretrained-able directory: the full model, or the adapter's base. An hf/gguf source is converted
+        here, once (llmx.convert.cache), by what builds the model: validation and `plan` never ask for it."""
+        if self.kind not in CONVERTED_KINDS:
+            return self.local_dir
+        from llmx.convert.cache import converted
+        from llmx.convert.tensors import CheckpointError
+
+        try:
+            return str(converted(Path(self.path)))
+        except CheckpointError as e:
+            if self.kind == "hf":
+                raise
+            raise ConfigError(f"{self.key}={self.path}: {e}") from None
 
     @property
     def tokenizer(self) -> str:
@@ -48,8 +73,19 @@ class ModelSource:
 
     @property
     def quantized(self) -> bool:
-        """An llmx.quant checkpoint (integer weights + scales), dequantized per layer when loaded."""
-        return Path(self.model_dir, "quant_config.json").is_file()
+        """An llmx.quant checkpoint (integer weights + scales), dequantized per layer when loaded. (A GGUF's
+        quantized tensors are dequantized by its conversion: its model is float.)"""
+        return self.kind not in CONVERTED_KINDS and Path(self.local_dir, "quant_config.json").is_file()
+
+    def llmx_config(self, family_name: Optional[str] = None) -> dict:
+        """The model's config.json under PaddleNLP's key names, read without paddle and without converting (an
+        hf/gguf source's is what its conversion will hold: llmx.convert.cache.llmx_config, `family_name` standing in
+        where an HF config.json names no family)."""
+        if self.kind in CONVERTED_KINDS:
+            from llmx.convert.cache import llmx_config
+
+            return llmx_config(Path(self.path), family_name)
+        return json.loads(Path(self.local_dir, "config.json").read_text())
 
 
 def adapter_method(path: Path) -> Optional[str]:
@@ -71,8 +107,8 @@ def _adapter_source(path: Path, key: str, run_dir: Optional[str] = None, base: O
     if not base or not Path(base, "config.json").is_file():
         raise ConfigError(f"{key}: the {method} adapter in {path} names its base model {base!r}, "
                           "which is not a model directory here; set model.name_or_path to the base and load the adapter on it")
-    return ModelSource(model_dir=str(Path(base)), adapter_dir=str(path), adapter=method,
-                       tokenizer_dir=str(path) if _has_tokenizer(path) else None, run_dir=run_dir)
+    return ModelSource("run" if run_dir else "adapter", run_dir or str(path), str(Path(base)), adapter_dir=str(path),
+                       adapter=method, tokenizer_dir=str(path) if _has_tokenizer(path) else None, run_dir=run_dir)
 
 
 def _run_source(path: Path, key: str) -> ModelSource:
@@ -82,17 +118,18 @@ def _run_source(path: Path, key: str) -> ModelSource:
                           "finish it (relaunch it) or point at a model directory")
     summary = json.loads(summary_file.read_text())
     if summary.get("model_dir") and Path(summary["model_dir"], "config.json").is_file():
-        return ModelSource(model_dir=summary["model_dir"], run_dir=str(path))
+        return ModelSource("run", str(path), summary["model_dir"], run_dir=str(path))
     if summary.get("adapter_dir") and Path(summary["adapter_dir"]).is_dir():
         return _adapter_source(Path(summary["adapter_dir"]), key, str(path), summary.get("base_model"))
     raise ConfigError(f"{key}: the llmx run {path} exported no model or adapter (its summary.json names none)")
 
 
 def resolve(name_or_path: str, key: str = "model.name_or_path") -> ModelSource:
-    """The model behind `name_or_path`; a one-line ConfigError naming `key` when there is none."""
+    """What `name_or_path` is (a model, adapter or llmx run directory, a Hugging Face checkpoint directory or a GGUF
+    file), converting nothing; a one-line ConfigError naming `key` when it is none of them."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
-        return ModelSource(model_dir=str(_converted_gguf(path, key, name_or_path)))
+        return _gguf_source(path, key, name_or_path)
     if not path.is_dir():
         raise ConfigError(f"{key}={name_or_path}: no such directory or .gguf file")
     if (path / ".hydra").is_dir() or (path / "summary.json").is_file():
@@ -100,30 +137,30 @@ def resolve(name_or_path: str, key: str = "model.name_or_path") -> ModelSource:
     if adapter_method(path):
         return _adapter_source(path, key)
     if (path / "config.json").is_file():
-        return ModelSource(model_dir=str(_converted_if_hf(path)))
+        from llmx.convert.cache import is_hf_checkpoint
+
+        if is_hf_checkpoint(path):  # converted, once, into a cache keyed by its content (llmx.convert.cache)
+            return ModelSource("hf", str(path), key=key)
+        return ModelSource("model", str(path), str(path), key=key)
     raise ConfigError(f"{key}={name_or_path}: not a model directory (no config.json), adapter directory "
                       f"(no {', '.join(ADAPTER_CONFIGS)}) or llmx run directory (no .hydra/)")
 
 
-def _converted_if_hf(path: Path) -> Path:
-    """A Hugging Face checkpoint directory stands for the llmx model directory converted from it, once,
-    into a cache keyed by its content (llmx.convert.cache); any other directory for itself."""
-    from llmx.convert.cache import converted, is_hf_checkpoint
-
-    return converted(path) if is_hf_checkpoint(path) else path
-
-
-def _converted_gguf(path: Path, key: str, name_or_path: str) -> Path:
-    from llmx.convert.cache import converted, is_gguf
+def _gguf_source(path: Path, key: str, name_or_path: str) -> ModelSource:
+    """A GGUF file llmx can convert; what it cannot is refused here, in one line, before paddle is imported (a
+    file converted before was checked then)."""
+    from llmx.convert.cache import cached_conversion, gguf_hf_config, is_gguf
     from llmx.convert.tensors import CheckpointError
 
     if not is_gguf(path):
         raise ConfigError(f"{key}={name_or_path}: a file, but not a .gguf checkpoint (allowed: a model, adapter or "
                           "llmx run directory, or a llama.cpp .gguf file)")
     try:
-        return converted(path)
+        if cached_conversion(path) is None:
+            gguf_hf_config(path)
     except CheckpointError as e:
         raise ConfigError(f"{key}={name_or_path}: {e}") from None
+    return ModelSource("gguf", str(path), key=key)
 
 
 def score_head_file(name_or_path: str, key: str = "model.name_or_path") -> Path:

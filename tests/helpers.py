@@ -65,7 +65,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from llmx.config import CONF_DIR
+    from llmx.schema import CONF_DIR
     from llmx.stages import register_configs
 
     register_configs()
@@ -80,7 +80,7 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
     from paddlenlp.peft import LoRAModel
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.data.formats import read_sft
     from llmx.data.sft import SftEncoder
     from llmx.families import FAMILIES, fixes

@@ -10,10 +10,15 @@ mtime) in `hf/digests.json`, so a reuse reads no weights. Only the first use imp
 
 A GGUF file (llmx.convert.gguf) takes the same road: its digest is that of its bytes, and its first use
 rebuilds an HF directory from it (in a temporary directory) before converting that.
+
+Validation and `plan` never convert: `llmx_config(path)` is the config.json a conversion holds, read
+without paddle (the HF config.json with the family's keys renamed; a GGUF's rebuilt from its metadata,
+or its cached conversion's), and `gguf_hf_config` refuses an unconvertible GGUF in one line.
 """
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -94,6 +99,41 @@ def check_gguf_family(path: Path, given: Optional[str]) -> None:
                           "model only (model=llama, or leave the model group at its default)")
 
 
+def gguf_hf_config(path) -> dict:
+    """The HF config.json GGUF file `path` converts through (llmx.convert.gguf.read_hf_config: CheckpointError for
+    what it cannot convert); read once per version of the file in a process, since parsing the metadata reads the
+    whole file."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _gguf_hf_config(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_hf_config(path: str, size: int, mtime_ns: int) -> dict:
+    from llmx.convert.gguf import read_hf_config
+
+    return read_hf_config(path)
+
+
+def llmx_config(path, family_name: Optional[str] = None) -> dict:
+    """The config.json of the llmx model converted from checkpoint `path` (an HF directory, or a GGUF file), without
+    converting or importing paddle: a GGUF's cached conversion's when there is one, else the HF config.json (a
+    GGUF's rebuilt from its metadata) under PaddleNLP's key names, for the family it names (else `family_name`)."""
+    from llmx.convert.hf import check_family, paddle_names, read_json
+    from llmx.families import family, family_of_hf_config
+
+    path = Path(path)
+    if is_gguf(path):
+        done = cached_conversion(path)
+        if done is not None:
+            return read_json(done / "config.json")
+        hf = gguf_hf_config(path)
+    else:
+        hf = read_json(path / "config.json")
+    # (conversion takes the family from config.json; `family_name` only stands in where it names none)
+    return paddle_names(family(family_of_hf_config(hf) or check_family(hf, family_name, path)), hf)
+
+
 def _file_digest(path: Path, memo: dict) -> str:
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -146,9 +186,7 @@ def converted(path: Path, family: Optional[str] = None) -> Path:
     out = cache_root() / digest[:24]
     gguf = is_gguf(path)
     if gguf:  # refused before paddle is imported: a wrong file costs a second, not a paddle start
-        from llmx.convert.gguf import check, read_metadata
-
-        check(read_metadata(path))
+        gguf_hf_config(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Jobs starting together (a Slurm sweep over one checkpoint) convert it once: the first holds the lock.
     with open(out.parent / f".{out.name}.lock", "w") as lock:

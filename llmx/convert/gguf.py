@@ -64,6 +64,15 @@ def read_metadata(path) -> dict:
     return _metadata(_reader(Path(path)))
 
 
+def read_hf_config(path) -> dict:
+    """The config.json gguf_to_hf would write for GGUF file `path`, from its metadata and tensor names alone
+    (paddle-free; refused first, as check() refuses)."""
+    reader = _reader(Path(path))
+    meta = _metadata(reader)
+    check(meta)
+    return hf_config(meta, tied=not any(t.name == "output.weight" for t in reader.tensors))
+
+
 def architecture(meta: dict) -> str:
     return str(meta.get("general.architecture"))
 

@@ -63,14 +63,19 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
+def paddle_names(fam: Family, hf_config: dict) -> dict:
+    """An HF config.json's values under PaddleNLP's key names (as the family table says), less HF's class
+    markers: what the converted model's config is made from (paddle-free)."""
+    renamed = {v: k for k, v in fam.hf_config_keys.items()}
+    return {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
+                                                                         "auto_map", "torch_dtype")}
+
+
 def paddle_config(fam: Family, hf_config: dict):
     """The PaddleNLP config of an HF config.json (keys renamed as the family's record says)."""
     import paddlenlp.transformers as pnt
 
-    renamed = {v: k for k, v in fam.hf_config_keys.items()}
-    values = {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
-                                                                           "auto_map", "torch_dtype")}
-    config = getattr(pnt, fam.config_class).from_dict(values)
+    config = getattr(pnt, fam.config_class).from_dict(paddle_names(fam, hf_config))
     config.architectures = [fam.architecture]
     return config
 

@@ -33,19 +33,16 @@ so every format's tools look alike.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 from llmx.data.dialogue import Dialogue, PreferenceExample, Prompt, assistant, check_messages, user
 from llmx.data.files import numbered_records
-from llmx.errors import ConfigError, DataError
+from llmx.errors import DataError
+from llmx.schema import data as data_schema
+# The format names each kind of data takes, and the check of a stage's data block, are the schema's.
+from llmx.schema.data import FORMATS, check_format, data_paths
 
-FORMATS = {
-    "sft": ("messages", "sharegpt", "alpaca", "src_tgt", "trl"),
-    "preference": ("src_tgt", "trl", "alpaca", "sharegpt", "trl_implicit"),
-    "kto": ("src_tgt", "trl", "alpaca", "sharegpt"),
-    "prompts": ("src_tgt", "messages", "sharegpt", "alpaca", "trl"),
-}
+check_data_config = data_schema.check_data_config  # (its old home: outside stages may import it from here)
 
 # The keys each format needs, per kind of data: what a record must hold to fit, and what errors name.
 NEEDS = {
@@ -63,18 +60,7 @@ CHAT_KEYS = ("messages", "conversations")
 REFERENCE_KEYS = ("reference", "answer", "solution")  # a trl prompt's reference answer, the first present
 
 
-def check_format(key: str, fmt: str, kind: str) -> None:
-    """ConfigError unless `fmt` is `auto` or a format of `kind` (a key of FORMATS); `key` names the setting."""
-    allowed = ("auto",) + FORMATS[kind]
-    if fmt not in allowed:
-        raise ConfigError(f"{key}={fmt!r}: allowed: {', '.join(allowed)}")
-
-
 # ---- reading files --------------------------------------------------------------------------------------
-
-def _paths(paths) -> list[str]:
-    return [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
-
 
 def _chat_key(record: dict) -> Optional[str]:
     return next((k for k in CHAT_KEYS if k in record), None)
@@ -108,7 +94,7 @@ def _records(paths, fmt: str, kind: str, what: str):
     """(where, number, record, format) for every record of every path; each file's format detected from its
     first record when `fmt` is auto, and every record checked to fit it."""
     check_format("stage.data.format", fmt, kind)
-    for path in _paths(paths):
+    for path in data_paths(paths):
         detected = fmt
         first = None
         for where, number, record in numbered_records(path, what):
@@ -444,7 +430,7 @@ def read_preference(paths, fmt: str = "auto", kind: str = "dpo") -> list[Prefere
            for where, _, record, detected in _records(paths, fmt, table, "examples")]
     if kind == "kto" and len(out) > 1 and len({e.label for e in out}) == 1:
         which = "desirable" if out[0].label else "undesirable"
-        raise DataError(f"{', '.join(_paths(paths))}: every example is {which} (KTO needs both desirable and "
+        raise DataError(f"{', '.join(data_paths(paths))}: every example is {which} (KTO needs both desirable and "
                         "undesirable ones: sort [1] and [0], label true and false, kto_tag true and false)")
     return out
 
@@ -507,10 +493,6 @@ def read_prompts(paths, fmt: str = "auto", purpose: str = "infer") -> list[Promp
 
 # ---- a stage's data settings -----------------------------------------------------------------------------------
 
-# What each kind of stage data reads as, and the format table it is detected from.
-KINDS = {"sft": "sft", "dpo": "preference", "kto": "kto", "rl": "prompts", "infer": "prompts"}
-
-
 def read(kind: str, paths, fmt: str = "auto", weights=None, seed: int = 0) -> list:
     """`paths` (one or a list) read as `kind` data (sft, dpo, kto, rl, infer); with `weights`, each path read
     on its own and mixed by them (llmx.data.mixture), else every example of every path in order."""
@@ -525,29 +507,7 @@ def read(kind: str, paths, fmt: str = "auto", weights=None, seed: int = 0) -> li
         return one(paths)
     from llmx.data.mixture import mix
 
-    return mix([one(p) for p in _paths(paths)], list(weights), seed)
-
-
-def check_data_config(d, kind: str, prefix: str = "stage.data") -> None:
-    """A stage's `data` block (train: a path or a list of them, eval, format, weights) checked before anything
-    is read: ConfigError naming the key. A path is a file, a `datasets` directory, or `dir:split`."""
-    from llmx.data.mixture import check_weights
-
-    for name in ("train", "eval"):
-        value = getattr(d, name, None)
-        if value is None:
-            continue
-        paths = _paths(value)
-        if not paths:
-            raise ConfigError(f"{prefix}.{name}=[]: name at least one data file")
-        for i, path in enumerate(paths):
-            key = f"{prefix}.{name}" + (f"[{i}]" if not isinstance(value, str) else "")
-            base = path.rsplit(":", 1)[0] if not Path(path).exists() and ":" in path else path
-            if not Path(base).exists():
-                raise ConfigError(f"{key}={path!r}: no such file or dataset directory (local paths only: llmx never "
-                                  "downloads)")
-    check_format(f"{prefix}.format", d.format, KINDS[kind])
-    check_weights(d.weights, len(_paths(d.train)), f"{prefix}.weights")
+    return mix([one(p) for p in data_paths(paths)], list(weights), seed)
 
 
 def read_splits(d, kind: str, seed: int) -> dict:

@@ -12,20 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from llmx.errors import ConfigError, DataError
-
-
-def check_weights(weights: Optional[Sequence[float]], n_paths: int, key: str = "stage.data.weights") -> None:
-    """ConfigError (naming `key`) unless `weights` is None or one non-negative weight per path with a positive
-    sum. The one rule for every stage that blends data (pretraining's indexed sets too)."""
-    if weights is None:
-        return
-    weights = list(weights)
-    if len(weights) != n_paths:
-        raise ConfigError(f"{key}={weights!r}: needs one weight per path ({n_paths})")
-    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights) \
-            or not sum(weights) > 0:
-        raise ConfigError(f"{key}={weights!r}: must be non-negative with a positive sum")
+from llmx.errors import DataError
+from llmx.schema.data import check_weights  # (the rule is the schema's: re-exported here)
 
 
 def counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:

@@ -35,7 +35,7 @@ from typing import Iterable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from llmx.config import asset_path
+from llmx.schema import asset_path
 from llmx.errors import DataError, UserError
 from llmx.data.indexed import IndexedWriter, _paths, dtype_for_vocab
 

@@ -16,7 +16,8 @@ import paddle
 import paddlenlp.transformers as pnt
 from omegaconf import DictConfig, OmegaConf
 
-from llmx.config import ConfigError, asset_path
+from llmx.errors import ConfigError
+from llmx.schema import asset_path
 from llmx.convert.tokenizer import chat_template_in
 from llmx.engine.distributed import hybrid_group
 from llmx.engine.peft import count_parameters, load_adapter

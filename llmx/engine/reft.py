@@ -19,7 +19,7 @@ from paddle import nn
 from paddlenlp.peft.reft import ReFTConfig, ReFTModel
 from paddlenlp.peft.reft.interventions import LoreftIntervention
 
-from llmx.config import reft_positions
+from llmx.schema import reft_positions
 from llmx.tokens import IGNORE_INDEX
 
 MARKER = "llmx_reft.json"  # llmx.sources.ADAPTER_CONFIGS recognises an adapter directory by it

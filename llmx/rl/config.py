@@ -6,10 +6,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.data.formats import check_data_config
+from llmx.schema import DataFiles, PeftConfig, TrainConfig, positive, require, validate_training
 from llmx.sources import score_head_file
-from llmx.config import DataFiles, PeftConfig, TrainConfig, positive, require, validate_peft, validate_train, \
-    validate_trainable
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
@@ -55,12 +53,9 @@ class RLConfig:
 
 def validate_rl(cfg: DictConfig) -> None:
     s, p, d, r = cfg.stage, cfg.parallel, cfg.stage.data, cfg.stage.rollout
-    validate_trainable(cfg)
-    check_data_config(d, "rl")
+    validate_training(cfg, "rl")
     positive("stage.data.max_prompt_length", d.max_prompt_length)
     require(d.eval_prompts == -1 or d.eval_prompts >= 1, "stage.data.eval_prompts", d.eval_prompts, "must be >= 1 or -1 (all)")
-    validate_train(s.train)
-    validate_peft(cfg)
     require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
             f"stage={s.runner} trains full weights (none) or LoRA adapters (lora)")
     require(p.tp == 1 and p.pp == 1 and p.sharding == 1, "parallel", f"tp={p.tp} pp={p.pp} sharding={p.sharding}",

@@ -22,7 +22,7 @@ from types import ModuleType
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from llmx.config import CONF_DIR, RunConfig, asset_path, validate_common
+from llmx.schema import CONF_DIR, RunConfig, asset_path, validate_common
 from llmx.errors import ConfigError
 
 
@@ -84,7 +84,7 @@ def register_configs(search_dirs: list[str] = ()) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """A whole run: what every run has (llmx.config), then the stage's own rules. A stage from
+    """A whole run: what every run has (llmx.schema), then the stage's own rules. A stage from
     outside llmx has no registered schema: its config is checked against (and completed from) the
     module's `Config` here, as Hydra does for ours."""
     validate_common(cfg)

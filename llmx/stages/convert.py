@@ -19,7 +19,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import fail, one_of, require
+from llmx.schema import fail, one_of, require
 
 DIRECTIONS = ("from_hf", "to_hf")
 

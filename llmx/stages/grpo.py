@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from llmx.config import require
+from llmx.schema import require
 from llmx.rl.config import RLConfig, validate_rl
 
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import existing, one_of, positive, require
+from llmx.schema import existing, one_of, positive, require
 from llmx.data.formats import check_format
 from llmx.errors import ConfigError, DataError
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import DataFiles, PeftConfig, TrainConfig, require, validate_preference
+from llmx.schema import DataFiles, PeftConfig, TrainConfig, require, validate_preference
 from llmx.data.formats import read_splits
 
 

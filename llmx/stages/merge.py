@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from llmx.config import require
+from llmx.schema import require
 from llmx.errors import ConfigError
 from llmx.merge.recipe import METHODS, Recipe, check, from_mergekit
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from llmx.config import existing, positive, require
+from llmx.schema import existing, positive, require
 from llmx.rl.config import RLConfig, validate_rl
 
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import TrainConfig, existing, positive, require, validate_train, validate_trainable
+from llmx.schema import TrainConfig, existing, positive, require, validate_train, validate_trainable
 from llmx.data.mixture import check_weights
 from llmx.layout import train_batching
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import asset_path, existing, positive, require
+from llmx.schema import asset_path, existing, positive, require
 from llmx.data.formats import read
 
 

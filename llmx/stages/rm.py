@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import DataFiles, PeftConfig, TrainConfig, require, validate_pairs
+from llmx.schema import DataFiles, PeftConfig, TrainConfig, require, validate_pairs
 from llmx.data.formats import read_splits
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import existing, one_of, positive, require
+from llmx.schema import existing, one_of, positive, require
 
 API_KEY_ENV = "LLMX_API_KEY"
 

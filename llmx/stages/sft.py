@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.config import (DataFiles, MERGEABLE_METHODS, PeftConfig, TrainConfig, model_family, positive, require,
-                         validate_peft, validate_train, validate_trainable)
 from llmx.data.dialogue import Dialogue
-from llmx.data.formats import check_data_config, read_splits
+from llmx.data.formats import read_splits
+from llmx.schema import (DataFiles, MERGEABLE_METHODS, PeftConfig, TrainConfig, model_family, positive, require,
+                         validate_training)
 from llmx.families import FAMILIES
 
 
@@ -53,13 +53,10 @@ def validate(cfg: DictConfig) -> None:
     s, m = cfg.stage, cfg.model
     d, p, e = s.data, s.peft, s.eval
     fam = model_family(m)
-    validate_trainable(cfg)
-    check_data_config(d, "sft")
+    validate_training(cfg, "sft")
     positive("stage.data.max_length", d.max_length, 2)
     require(1 <= d.src_length < d.max_length, "stage.data.src_length", d.src_length,
             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
-    validate_train(s.train)
-    validate_peft(cfg)
     require(not s.merge_adapter or p.method in MERGEABLE_METHODS, "stage.merge_adapter", True,
             f"needs an adapter that folds into the weights ({', '.join(MERGEABLE_METHODS)}); "
             + {"none": "full fine-tuning already writes the full model",

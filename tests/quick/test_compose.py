@@ -17,7 +17,7 @@ from helpers import HEAVY_IMPORT_MARK, REPO, run_launch, run_python
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from llmx.config import ConfigError
+from llmx.errors import ConfigError
 from llmx.families import FAMILIES
 from llmx.stages import register_configs, validate
 
@@ -129,7 +129,7 @@ def test_option_names_say_what_the_files_hold():
         runner = OmegaConf.load(CONF / "stage" / f"{name}.yaml").get("runner") or \
             OmegaConf.load(CONF / "stage" / "sft.yaml").runner  # lora/prefix inherit sft's
         assert callable(stage_module(runner).run), name
-    from llmx.config import QUANT_ALGORITHMS
+    from llmx.schema import QUANT_ALGORITHMS
 
     assert "none" in options("quant")
     for name in options("quant"):  # gptq_w4 holds gptq, ...: the algorithm is the name's first word

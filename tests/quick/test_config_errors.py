@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from helpers import HEAVY_IMPORT_MARK, compose, config_error, input_error, run_python
 
-from llmx.config import CONF_DIR
+from llmx.schema import CONF_DIR
 from llmx.stages import validate
 
 LLAMA_SIZES = "tiny, 7b, 13b, 70b"

@@ -131,7 +131,7 @@ def test_named_chat_templates_survive_conversion_loading_and_saving(tmp_path):
     default inside), renders from the list, saves it with the tokenizer, and writes it back for transformers."""
     from paddlenlp.transformers import AutoTokenizer
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.convert.tokenizer import NAMED_TEMPLATES, chat_template_in, save_tokenizer
 
     hf, pd, saved, back = (tmp_path / n for n in ("hf", "pd", "saved", "back"))

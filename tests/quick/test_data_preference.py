@@ -7,7 +7,8 @@ import json
 import pytest
 from helpers import config_error, dialogue, input_error
 
-from llmx.config import DataError, asset_path
+from llmx.errors import DataError
+from llmx.schema import asset_path
 from llmx.data.demo_preference import make_preference, wrong_answer
 from llmx.data.dialogue import PreferenceExample, assistant
 from llmx.data.formats import read_preference

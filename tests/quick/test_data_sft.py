@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from llmx.config import DataError, asset_path
+from llmx.errors import DataError
+from llmx.schema import asset_path
 from helpers import dialogue
 
 from llmx.data.formats import read_sft

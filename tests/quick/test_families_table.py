@@ -6,7 +6,7 @@ import json
 import pytest
 from helpers import REPO, compose
 
-from llmx.config import ConfigError
+from llmx.errors import ConfigError
 from llmx.families import FAMILIES, family
 from llmx.families.record import HPARAMS_FILE
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from llmx.config import DataError
+from llmx.errors import DataError
 from llmx.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab
 
 # The published layout, restated here independently of llmx.data.indexed.

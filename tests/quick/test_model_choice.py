@@ -67,7 +67,7 @@ def _with_hydra(*overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from llmx.config import CONF_DIR
+    from llmx.schema import CONF_DIR
 
     compose()  # registers llmx's schemas and the wrap
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from helpers import compose, input_error
 
-from llmx.config import DataError, asset_path
+from llmx.errors import DataError
+from llmx.schema import asset_path
 from llmx.data.packing import pack_examples, packing_stats, segment_bounds
 from llmx.data.formats import read_sft
 from llmx.data.sft import SftEncoder

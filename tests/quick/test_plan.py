@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from helpers import HEAVY_IMPORT_MARK, compose, config_error, run_launch, run_python
 
-from llmx.config import CONF_DIR, model_hparams
+from llmx.schema import CONF_DIR, model_hparams
 from llmx.families import FAMILIES as TABLE
 from llmx.plan import GIB, count_params, estimate, hyperparameters
 

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from llmx.config import DataError, asset_path
+from llmx.errors import DataError
+from llmx.schema import asset_path
 from llmx.data.indexed import IndexedDataset
 from llmx.data.preprocess import CHUNK_DOCS, preprocess, read_documents
 

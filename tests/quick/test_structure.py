@@ -36,6 +36,16 @@ def test_infer_and_serve_sit_between_stages_and_engine():
             assert not {m for m in _imports(path) if m.startswith(banned)}, f"{folder}/{path.name}"
 
 
+def test_schema_sits_at_the_ground():
+    """llmx.schema imports no data reader, engine, stage or algorithm: only the ground beside it, and llmx.sources
+    for what a checkpoint path is (whose family check, llmx.convert.cache's, reads config files only)."""
+    ground = ("llmx.schema", "llmx.errors", "llmx.families", "llmx.layout", "llmx.sources", "llmx.devices",
+              "llmx.convert.cache")
+    for path in sorted((LLMX / "schema").glob("*.py")):
+        bad = {m for m in _imports(path) if m.startswith("llmx") and not m.startswith(ground)}
+        assert not bad, f"schema/{path.name} imports {bad}"
+
+
 def test_stages_do_not_import_each_other():
     stages = {p.stem for p in (LLMX / "stages").glob("*.py") if not p.stem.startswith("_")}
     for name in stages:
@@ -56,6 +66,8 @@ import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.samplin
 import llmx.stages.dpo, llmx.stages.kto, llmx.data.preference, llmx.data.demo_preference
 import llmx.stages.rm, llmx.stages.ppo, llmx.stages.grpo, llmx.rl.config, llmx.rl.rewards
 import llmx.families.record, llmx.families.formulas, llmx.families.fixes, llmx.families.llama
+import llmx.schema, llmx.schema.run, llmx.schema.model, llmx.schema.train, llmx.schema.peft, llmx.schema.preference
+import llmx.convert.cache, llmx.convert.gguf
 after = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))
 print(before == after, heavy)

@@ -193,7 +193,7 @@ def test_tokenizers_encode_to_the_same_ids_both_ways(hf_models, tmp_path):
     """A SentencePiece tokenizer.model and a fast tokenizer.json, each with a chat template."""
     from paddlenlp.transformers import AutoTokenizer
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.convert.hf import hf_to_llmx, llmx_to_hf
 
     template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -267,7 +267,7 @@ def _run_stage(run_dir: Path, *overrides: str) -> dict:
 def test_hf_dir_trains_through_the_cache_and_a_lora_run_exports_to_transformers(tmp_path):
     """An HF dir given to stage=lora is converted once into the cache; stage=convert from_hf reuses it;
     the LoRA run exported with to_hf loads in transformers with llmx's logits (adapter merged)."""
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
 
     torch.manual_seed(0)
     hf_dir = tmp_path / "hf-llama"

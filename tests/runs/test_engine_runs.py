@@ -10,7 +10,7 @@ import shutil
 import pytest
 from helpers import FAST, launch, llmx_command, read_json, read_jsonl, train_losses
 
-from llmx.config import asset_path
+from llmx.schema import asset_path
 from llmx.experiment import Experiment
 
 HELLO_STAGE = '''
@@ -75,7 +75,7 @@ WEIGHTED_STAGE = '''
 """A training stage from outside llmx with a Trainer subclass of its own (loss scaled by a factor)."""
 from dataclasses import dataclass, field
 
-from llmx.config import TrainConfig
+from llmx.schema import TrainConfig
 from llmx.stages.sft import DataConfig
 
 

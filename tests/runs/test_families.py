@@ -10,7 +10,7 @@ import math
 import pytest
 from helpers import compose
 
-from llmx.config import CONF_DIR, asset_path, model_hparams
+from llmx.schema import CONF_DIR, asset_path, model_hparams
 from llmx.data.formats import read_sft
 from llmx.data.sft import SftEncoder
 from llmx.families import FAMILIES as TABLE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers import FAST, compose, launch, read_json, read_jsonl
 
-from llmx.config import asset_path
+from llmx.schema import asset_path
 from llmx.data.packing import pack_examples, packing_stats, segment_bounds
 from llmx.data.formats import read_sft
 from llmx.data.sft import SftEncoder

@@ -77,7 +77,7 @@ def _eval_loss(model_dir) -> float:
     import paddle
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.data.formats import read_sft
     from llmx.data.sft import SftEncoder
     from llmx.tokens import pad_batch
@@ -100,7 +100,7 @@ def _generations(model_dir, n: int) -> list[str]:
     """Greedy answers of a saved model, in this (single) process, to the first n eval prompts."""
     from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.data.formats import read_sft
     from llmx.data.sft import SftEncoder
     from llmx.engine.generate import greedy_generate

@@ -102,7 +102,7 @@ import json, sys
 import numpy as np, paddle
 sys.path.insert(0, "tests")
 from helpers import compose
-from llmx.config import asset_path
+from llmx.schema import asset_path
 from llmx.data.formats import read_sft
 from llmx.data.sft import SftEncoder
 from llmx.engine.batching import PadCollator

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from llmx.config import asset_path
+from llmx.schema import asset_path
 from llmx.data.indexed import IndexedDataset
 
 TEXTS = ["The cat sees 12 dogs.", "add 3 + 4 = 7\nreverse: bird drib", "", "naïve café 北京", "  two  spaces "]

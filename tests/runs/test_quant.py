@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import FAST, compose, launch, read_json  # noqa: E402
 
-from llmx.config import asset_path  # noqa: E402
+from llmx.schema import asset_path  # noqa: E402
 
 EVAL = asset_path("demo/sft_eval.jsonl")
 CONFIGS = ("wint8", "wint4", "gptq_w4", "awq_w4", "a8w8", "a8w8c8", "fp8")

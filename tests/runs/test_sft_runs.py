@@ -72,7 +72,7 @@ def test_token_counts_and_sigkill_resume_matches(tmp_path):
     # tokens/s counts exactly the real tokens of the batches trained on in each interval
     from paddlenlp.transformers import AutoTokenizer
 
-    from llmx.config import asset_path
+    from llmx.schema import asset_path
     from llmx.data.formats import read_sft
     from llmx.data.sft import SftEncoder
     from llmx.engine.trainer import SeededBatchSampler
@@ -134,7 +134,7 @@ from paddlenlp.peft import LoRAModel
 from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
 from llmx.data.formats import read_sft
 from llmx.data.sft import SftEncoder
-from llmx.config import asset_path
+from llmx.schema import asset_path
 from llmx.tokens import pad_batch
 tok = AutoTokenizer.from_pretrained("{run}/adapter")
 enc = SftEncoder(tok, 128, 96)

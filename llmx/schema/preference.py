@@ -1,0 +1,38 @@
+"""What the stages training on preference data share (dpo, kto: validate_preference; rm: validate_pairs)."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from llmx.schema.checks import positive, require
+from llmx.schema.train import validate_training
+
+
+def validate_preference(cfg: DictConfig) -> None:
+    """What the preference stages (dpo, kto) share: validate_pairs, beta and merge_adapter."""
+    s = cfg.stage
+    validate_pairs(cfg)
+    require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
+    require(s.beta > 0, "stage.beta", s.beta, "must be > 0")
+
+
+def validate_pairs(cfg: DictConfig) -> None:
+    """What the stages training on preference data (dpo, kto, rm) share: trainable model, data files and
+    lengths, training loop, adapters (full or LoRA), eval batches, and the layouts they run under."""
+    s, d, p = cfg.stage, cfg.stage.data, cfg.parallel
+    validate_training(cfg, "kto" if s.runner == "kto" else "dpo")
+    positive("stage.data.max_length", d.max_length, 4)
+    require(1 <= d.max_prompt_length < d.max_length, "stage.data.max_prompt_length", d.max_prompt_length,
+            f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
+    # trl's pipeline path needs the family's pipeline class built with trl's criterion as its loss
+    # (config.dpo_config / kto_config) and its own micro-batch schedule; llmx builds pipeline parts with
+    # the language-model loss (and a reward model's loss compares whole sequences).
+    require(p.pp == 1, "parallel.pp", p.pp, f"stage={s.runner} does not run under pipeline parallelism "
+            "(its loss compares whole sequences; llmx's pipeline parts carry the language-model loss); "
+            "use dp, tp or sharding")
+    require(not p.sequence_parallel, "parallel.sequence_parallel", True,
+            "trl's packed preference batches are not cut along the sequence here")
+    # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
+    # have none here)
+    require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
+            "preference stages train full weights (none) or LoRA adapters (lora)")
+    positive("stage.eval.batch_size", s.eval.batch_size)
