@@ -121,7 +121,8 @@ def test_zero_padding_config_validates_for_supported_families():
     where the family or its prefix tuning is not trainable at all), and nothing turns packing off silently."""
     from copy import deepcopy
 
-    from llmx.config import CONF_DIR, ConfigError
+    from llmx.errors import ConfigError
+    from llmx.schema import CONF_DIR
 
     def validates(cfg) -> bool:
         try:
