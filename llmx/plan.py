@@ -188,7 +188,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "(e.g. model=qwen2 model.size=7b parallel=tp4pp2 device_memory_gb=80)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     args = parser.parse_intermixed_args(argv)
-    from llmx.cli import config_error_line
+    from llmx.compat.hydra import config_error_line
 
     try:
         print_plan(compose_config(args.overrides), args.format)

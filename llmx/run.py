@@ -148,7 +148,7 @@ def _leave_rank() -> None:
     Not for Slurm tasks: submitit must return the job's result from the process."""
     import paddle.distributed as dist
 
-    from llmx.engine.cpu_parallel import write_counters
+    from llmx.compat.paddle import write_counters
 
     write_counters()
     dist.barrier()

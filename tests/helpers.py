@@ -104,7 +104,7 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
 def input_error(*overrides: str) -> str:
     """The one line launch.py prints for a bad config or bad data, found in this process: compose,
     validate, then the stage's paddle-free prepare (the same code launch.py runs before paddle)."""
-    from llmx.cli import config_error_line
+    from llmx.compat.hydra import config_error_line
     from llmx.stages import stage_module, validate
 
     try:

@@ -149,8 +149,8 @@ def _merge_adapter_shards(model, state: dict) -> dict:
     """A LoRA model's tensor-parallel shards, merged on the tp group's first rank (None elsewhere).
     PaddleNLP merges every split LoRA matrix by plain concatenation; but the B of a fused projection
     (QWen's c_attn: q, k and v, split per head group) has its base weight's column layout, so it is
-    merged with the base weight's own merge action (paddlenlp 3.0.0b4; remove when its LoRA merge
-    uses the base model's actions)."""
+    merged with the base weight's own merge action. (Found in paddlenlp 3.0.0b4; can go when its LoRA
+    merge uses the base model's actions.)"""
     import paddle.distributed as dist
 
     group = hybrid_group().get_model_parallel_group()

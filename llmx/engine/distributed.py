@@ -5,7 +5,7 @@ they form fleet's hybrid groups (dp, pp, sharding, tp) with the strategy PaddleN
 TrainingArguments would have built, so a tensor- or pipeline-parallel model can be
 built by any stage, training or not. A stage that trains later creates
 TrainingArguments, which find fleet initialised and keep it. On CPU the gloo
-compatibility layer (engine.cpu_parallel) goes in first.
+compatibility layer (llmx.compat.paddle) goes in first.
 """
 from __future__ import annotations
 
@@ -63,10 +63,10 @@ def init_distributed(layout: Layout, runtime: Runtime, run_dir: Path, batching: 
         raise RuntimeError(f"this process already formed the groups of {_formed}; fleet cannot be re-initialised")
     _formed = (layout, batching)
     if runtime.device == "cpu":
-        from llmx.engine import cpu_parallel
+        from llmx.compat.paddle import install as install_cpu_parallel
 
         os.environ.setdefault("PADDLE_DISTRI_BACKEND", "gloo")  # the only CPU backend
-        cpu_parallel.install(run_dir, runtime.rank)
+        install_cpu_parallel(run_dir, runtime.rank)
     from paddle.distributed import fleet
 
     fleet.init(is_collective=True, strategy=strategy(layout, batching, seed))

@@ -158,7 +158,9 @@ def _build_parallel_model(m: DictConfig, fam: Family, model_cls, config, tokeniz
         model = part_cls.from_config(part_config, dtype=m.dtype)
         _load_part(model, state, model_cls.base_model_prefix)
     if pp > 1:
-        _bool_attention_masks(model)
+        from llmx.compat.paddlenlp import bool_pipeline_attention_masks
+
+        bool_pipeline_attention_masks(model)  # our 0/1 int64 masks would be read as position ids
     log.info("%s part (tp rank %d of %d, pp stage %d of %d): %d parameters, split from %s", part_cls.__name__,
              part_config.tensor_parallel_rank, tp, hcg.get_stage_id(), pp, count_parameters(model), source)
     return model
@@ -181,25 +183,6 @@ def _load_part(model, state: dict, prefix: str) -> None:
     missing = [name for name in missing if id(model.state_dict()[name]) not in loaded]
     if missing:
         raise RuntimeError(f"{type(model).__name__}: no weights split for {missing}")
-
-
-def _bool_attention_masks(model) -> None:
-    """PaddleNLP's Llama pipeline stages take an int64 `attention_mask` on GPU for position
-    ids (and int32 for FlashMask row indices); our padded batches carry a 0/1 int64 mask.
-    Hand the pipeline a bool mask, which every device reads as a mask."""
-    prepare = getattr(model, "_prepare_pipeline_inputs_func", None)
-    if prepare is None:  # the Trainer's default split (input_ids, attention_mask, position_ids | labels)
-        return
-
-    def prepare_inputs(inputs):
-        batches = [inputs] if isinstance(inputs, dict) else inputs
-        for batch in batches:
-            mask = batch.get("attention_mask")
-            if mask is not None and mask.dtype in (paddle.int64, paddle.int32):
-                batch["attention_mask"] = mask.astype("bool")
-        return prepare(inputs)
-
-    model._prepare_pipeline_inputs_func = prepare_inputs
 
 
 def run_facts() -> dict:

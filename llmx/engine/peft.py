@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 from omegaconf import DictConfig
 
+from llmx.compat.paddlenlp import merge_adapter_layer
 from llmx.engine.distributed import hybrid_group
 from llmx.errors import ConfigError
 from llmx.families import family
@@ -94,7 +95,8 @@ def wrap_peft(model, cfg: DictConfig, base_ref: Optional[str]):
 def _pissa_init_now(model) -> None:
     """PaddleNLP's PiSSA layers take the SVD of their weight at the first forward and overwrite lora_A/B
     then, which would also overwrite adapter weights loaded from a checkpoint before it. Do it now, and
-    keep the initial pair (A0, B0): the saved adapter is expressed against the original base weights."""
+    keep the initial pair (A0, B0): the saved adapter is expressed against the original base weights.
+    (Found in paddlenlp 3.0.0b4; the early SVD can go when PiSSA initialises at construction.)"""
     for layer in _adapter_layers(model):
         layer.pissa_init(layer.r)
         layer.apply_pissa = True
@@ -129,32 +131,16 @@ def merged_model(model, layout_tp: int = 1):
     """A PEFT model's adapters folded into its weights; in one process a plain model (adapter layers
     replaced by the Linear they wrap), under tensor parallelism the wrapped model with merged weights."""
     for layer in _adapter_layers(model):
-        if type(layer).__name__ == "LoKrLinear":
-            # PaddleNLP 3.0.0b4's LoKrLinear.merge calls a get_weight() that does not exist; its forward adds
-            # x @ get_adapter_weight() (already scaled). Can go when LoKrLinear.merge works upstream.
-            _add_delta(layer, layer.get_adapter_weight())
-        elif getattr(layer, "use_mora", False):
-            # PaddleNLP 3.0.0b4's MoRA get_delta_weight disagrees with its own forward (a merged tiny model's
-            # eval loss was 6.25 where base + adapter's is 5.91). MoRA's update is linear in x, so its matrix
-            # is the update applied to the identity. Can go when MoRA merges correctly upstream.
-            with paddle.no_grad():
-                _add_delta(layer, layer._apply_mora(paddle.eye(layer.weight.shape[0], dtype=layer.weight.dtype)))
-        else:
-            layer.merge()
+        merge_adapter_layer(layer)  # (not layer.merge(): broken for LoKr and MoRA upstream)
     if layout_tp > 1:
         return model.model
     return _restore_linears(model.model)
 
 
-def _add_delta(layer, delta) -> None:
-    if not layer.merged:
-        layer.weight.set_value(layer.weight + delta.astype(layer.weight.dtype))
-        layer.merged = True
-
-
 def _restore_linears(model):
-    """Replace every merged adapter layer by a plain Linear sharing its weight and bias. (PaddleNLP's
-    restore_original_model raises for VeRA on any non-VeRA layer, and refuses tensor-parallel layers.)"""
+    """Replace every merged adapter layer by a plain Linear sharing its weight and bias. (PaddleNLP
+    3.0.0b4's restore_original_model raises for VeRA on any non-VeRA layer, and refuses tensor-parallel
+    layers; can go when it handles every method.)"""
     import paddle.nn as nn
 
     for name, layer in list(model.named_sublayers()):

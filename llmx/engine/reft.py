@@ -35,7 +35,8 @@ class LlmxReFTModel(ReFTModel):
     def from_pretrained(self, load_directory, model=None):
         """The Trainer resumes a ReFT run with `self.model.from_pretrained(checkpoint, self.model.model)`, which
         in PaddleNLP 3.0.0b4 builds a new model and drops it (the run would go on from fresh interventions).
-        Here the checkpoint's interventions are loaded into this model."""
+        Here the checkpoint's interventions are loaded into this model. Can go when ReFTModel.from_pretrained
+        loads into the model it is called on."""
         _load_interventions(self, load_directory)
         return self
 

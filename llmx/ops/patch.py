@@ -1,5 +1,8 @@
 """Switching PaddleNLP's model families to llmx's fused ops: the one place that does it.
 
+Not an upstream patch (those live in llmx.compat, each with the version it works around): this
+swaps llmx's own kernels into the layers they compute exactly, wherever PaddleNLP works as meant.
+
 PaddleNLP 3.0.0b4's own fused flags (use_fused_rms_norm, use_fused_rope, fuse_attention_ffn's
 swiglu) call GPU kernels, so on CPU llmx replaces layers itself, by behaviour rather than by name:
 - every `*RMSNorm` layer with a 1-D weight and an epsilon gets a forward through llmx.ops.rms_norm;

@@ -50,7 +50,7 @@ def main() -> int:
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
         import paddle.distributed as dist
 
-        from llmx.engine.cpu_parallel import write_counters
+        from llmx.compat.paddle import write_counters
 
         write_counters()  # into the first run's dir: the compatibility layer's calls, per rank
         dist.barrier()

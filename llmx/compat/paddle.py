@@ -1,22 +1,29 @@
-"""Hybrid parallelism on CPU over gloo: the compatibility layer that lets every layout run here.
+"""Paddle patches (found in paddlepaddle 3.3.1, the CPU wheel): hybrid parallelism on CPU over gloo.
 
-Paddle 3.3's tensor, pipeline and sharding parallelism assume GPUs. On the CPU wheel
-over gloo (measured on these machines, see DESIGN.md "4D parallel on CPU"):
-- gloo rejects every `*_on_calc_stream` collective and has no reduce_scatter: they are
-  redirected to the synchronous collectives gloo has (reduce_scatter = all_reduce + slice);
-- the model-parallel ops (c_identity, c_split, c_concat, mp_allreduce_sum, c_embedding,
-  c_softmax_with_cross_entropy) have no CPU kernels: they become PyLayers over those
-  collectives, patched where they are looked up (mp_layers calls them through `mp_ops`,
-  PaddleNLP's Llama/Qwen2/GPT through `paddle.distributed.collective`);
-  c_embedding becomes a plain masked embedding (its CPU backward is garbage in float64);
-- TensorParallel's `broadcast_input_data` asserts a GPU/XPU place;
-- PipelineLayer reads `ParallelEnv().device_id`, which is never set on CPU;
-- sharding stage 2 (`group_sharded_parallel(level="os_g")`) asserts a GPU, and its
-  ParamStorage does `param.cpu(); param._clear_data()`, which on CPU wipes the param
-  itself (`.cpu()` returns the same tensor).
-DP and sharding stage 1 run as they are. `install()` applies all of this only when the
-run is multi-process on CPU; `COUNTERS` counts every patched call per kind, and each rank
-writes them to `<run dir>/cpu_parallel_counters.rank<N>.json` at exit, so tests can prove
+Paddle's tensor, pipeline and sharding parallelism assume GPUs; these patches let every layout
+run on CPU (measured on these machines, see DESIGN.md "4D parallel on CPU"). `install()`
+applies them only when a run is multi-process on CPU (llmx.engine.distributed calls it before
+fleet.init). Each patch below says the problem, and when it can go; tests/quick/test_compat.py
+fails when the upstream behaviour a patch relies on changes.
+
+- `_patch_process_group`: gloo rejects every `*_on_calc_stream` collective and has no
+  reduce_scatter or "partial" p2p: they are redirected to the synchronous collectives gloo has
+  (reduce_scatter = all_reduce + slice). Can go when gloo's ProcessGroup has them.
+- `_patch_gloo_subgroups`: gloo groups made at the same time rendezvous under the same store
+  keys and connect the wrong ranks: each group gets a store of its own. Can go when paddle
+  names the group in its gloo store keys.
+- `_patch_mp_ops`: the model-parallel ops (c_identity, c_split, c_concat, mp_allreduce_sum,
+  c_embedding, c_softmax_with_cross_entropy) have no CPU kernels: they become PyLayers over
+  those collectives, patched where they are looked up (mp_layers calls them through `mp_ops`,
+  PaddleNLP's Llama/Qwen2/GPT through `paddle.distributed.collective`); c_embedding becomes a
+  plain masked embedding (its CPU backward is garbage in float64). Can go when the ops have CPU kernels.
+- `_patch_fleet`: TensorParallel's `broadcast_input_data` asserts a GPU/XPU place;
+  PipelineLayer reads `ParallelEnv().device_id`, which is never set on CPU; sharding stage 2
+  (`group_sharded_parallel(level="os_g")`) asserts a GPU, and its ParamStorage does
+  `param.cpu(); param._clear_data()`, which on CPU wipes the param itself (`.cpu()` returns the
+  same tensor). Can go when fleet's wrappers accept a CPU place.
+DP and sharding stage 1 run as they are. `COUNTERS` counts every patched call per kind, and each
+rank writes them to `<run dir>/cpu_parallel_counters.rank<N>.json` at exit, so tests can prove
 that the parallel path really ran (mp collectives for tp, send/recv for pp, ...).
 """
 from __future__ import annotations
@@ -103,6 +110,7 @@ def _all_gather_partial(self, out, inp, num=1, id=0):
 
 
 def _patch_process_group() -> None:
+    """gloo's missing collectives (module docstring); counted per kind."""
     PG = core.ProcessGroup
     for name in _COUNTED:
         setattr(PG, name, _counted(name, getattr(PG, name)))
@@ -264,6 +272,7 @@ def c_softmax_with_cross_entropy(logits, label, group=None, return_softmax=False
 
 
 def _patch_mp_ops() -> None:
+    """The model-parallel ops without CPU kernels, replaced where paddle and PaddleNLP look them up."""
     from paddle.distributed import collective
     from paddle.distributed.fleet.layers.mpu import mp_ops
 
@@ -322,6 +331,7 @@ def _group_sharded_parallel(model, optimizer, level, scaler=None, group=None, of
 
 
 def _patch_fleet() -> None:
+    """fleet's GPU-only wrappers (tensor-parallel input broadcast, pipeline device id, sharding stage 2)."""
     from paddle.distributed import sharding
     from paddle.distributed.fleet.meta_parallel import tensor_parallel
     from paddle.distributed.fleet.meta_parallel.sharding import group_sharded_optimizer_stage2, group_sharded_storage
