@@ -82,7 +82,7 @@ class Policy:
         self.base_ref = adapter_base(cfg.model.name_or_path, model, self.tokenizer, ctx) if self.lora else None
         self.reference = None
         if not self.lora:
-            from llmx.engine.reward import frozen
+            from llmx.engine.score import frozen
 
             self.reference = frozen(models.build_model(cfg.model, self.tokenizer, cfg.seed))
         self.model = wrap_peft(model, cfg, self.base_ref)

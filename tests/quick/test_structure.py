@@ -55,6 +55,7 @@ import llmx.stages.sft, llmx.stages.pretrain, llmx.sweep, llmx.devices, llmx.slu
 import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.sampling, llmx.infer.text, llmx.infer.support
 import llmx.stages.dpo, llmx.stages.kto, llmx.data.preference, llmx.data.demo_preference
 import llmx.stages.rm, llmx.stages.ppo, llmx.stages.grpo, llmx.rl.config, llmx.rl.rewards
+import llmx.align, llmx.align.options
 after = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))
 print(before == after, heavy)
