@@ -176,14 +176,8 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, encode: Callable) -> dict:
                        batch_size=stage.eval.batch_size)
         return {f"eval_{k}_{prefix}": v for k, v in preference_metrics(scores, config.beta, kind).items()}
 
-    before = {}
-    if measure:
-        if exp.latest_checkpoint() is None:
-            before = measured("before")
-            exp.log_metrics({"step": 0, **before})
-        else:  # a resumed run measured its start already
-            before = next((r for r in exp.read_metrics() if r.get("step") == 0 and any(k.endswith("_before") for k in r)), {})
-            before = {k: v for k, v in before.items() if k.endswith("_before")}
+    resumed = exp.latest_checkpoint() is not None
+    before = exp.measured_before(lambda: measured("before"), resumed) if measure else {}
 
     trainer, summary = fit(cfg, ctx, model, train_set, eval_set, collator, tokenizer, evaluate=False,
                            trainer_base=trainer_base, ref_model=ref_model, metric_keys=metric_keys, **extra)

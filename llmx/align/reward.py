@@ -80,21 +80,18 @@ def run_reward_model(cfg: DictConfig, ctx) -> dict:
     collator = PairCollator(tokenizer.pad_token_id)
     measure = bool(held_out) and s.eval.enabled
 
-    before = {}
-    if measure:
-        if exp.latest_checkpoint() is None:
-            before = {f"{k}_before": v for k, v in pairwise_metrics(model, held_out, collator, s.eval.batch_size).items()}
-            exp.log_metrics({"step": 0, **before})
-        else:  # measured when the run started
-            first = next((r for r in exp.read_metrics() if r.get("step") == 0), {})
-            before = {k: v for k, v in first.items() if k.endswith("_before")}
+    def measured(prefix: str) -> dict:
+        return {f"{k}_{prefix}": v for k, v in pairwise_metrics(model, held_out, collator, s.eval.batch_size).items()}
+
+    resumed = exp.latest_checkpoint() is not None
+    before = exp.measured_before(lambda: measured("before"), resumed) if measure else {}
     # the classic checkpoint format: PaddleNLP's unified checkpoint saves PretrainedModels only
     args = training_arguments(cfg, exp, ctx.runtime.device, unified_checkpoint=False)
     trainer, summary = fit(cfg, ctx, model, train, None, collator, tokenizer, evaluate=False,
                            trainer_base=RewardTrainer, args=args, metric_keys=("accuracy", "margin"))
     summary = {"stage": "rm" + ("-lora" if lora else ""), **summary, **before}
     if measure:
-        after = {f"{k}_after": v for k, v in pairwise_metrics(model, held_out, collator, s.eval.batch_size).items()}
+        after = measured("after")
         exp.log_metrics({"step": trainer.state.global_step, **after})
         summary.update(after)
     exported = export_result(model.lm, tokenizer, ctx, base_ref)
