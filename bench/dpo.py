@@ -35,10 +35,10 @@ def direct(args) -> None:
     from paddlenlp.transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from paddlenlp.trl import DPOTrainer
 
+    from llmx.align.preference import dpo_config
     from llmx.schema import TrainConfig, asset_path
     from llmx.data.formats import read_preference
-    from llmx.data.preference import encode_trl
-    from llmx.engine.preference import PreferenceCollator, dpo_config, pack
+    from llmx.data.preference import PreferenceCollator, encode_trl, pack
     from llmx.engine.trainer import SeededBatchSampler
 
     paddle.set_device("cpu")

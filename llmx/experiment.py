@@ -26,7 +26,7 @@ import sys
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -145,6 +145,16 @@ class Experiment:
         if not self.metrics_path.exists():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def measured_before(self, measure: Callable[[], dict], resumed: bool) -> dict:
+        """The held-out measurements of the run's start (keys ending in `_before`): `measure()`'s, logged at
+        step 0, or, when the run resumes, read back from that record (the model has trained since)."""
+        if not resumed:
+            before = measure()
+            self.log_metrics({"step": 0, **before})
+            return before
+        first = next((r for r in self.read_metrics() if r.get("step") == 0 and any(k.endswith("_before") for k in r)), {})
+        return {k: v for k, v in first.items() if k.endswith("_before")}
 
     def truncate_metrics_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint we restart from, so the

@@ -27,7 +27,7 @@ ADAPTER_CONFIGS = {"lora_config.json": "lora", "prefix_config.json": "prefix", "
 ADAPTER_BASE = "llmx_adapter.json"
 # Adapters whose weights fold into the base's (a merged model computes the same).
 MERGEABLE = ("lora", "vera", "lokr")
-# The scalar head of a score model (llmx.engine.reward), beside its model or adapter weights.
+# The scalar head of a score model (llmx.engine.score), beside its model or adapter weights.
 SCORE_HEAD = "score_head.safetensors"
 
 

@@ -7,6 +7,13 @@ import numpy as np
 
 IGNORE_INDEX = -100  # label of positions without loss: the ignore index of PaddleNLP's causal-LM criterions
 
+# Keys a collator adds to a batch for the trainer (llmx.engine.trainer), which takes them out before the forward:
+NUM_TOKENS = "num_tokens"  # the batch's real (non-pad) tokens, for tokens/s
+GLOBAL_TARGETS = "global_target_tokens"  # the loss units of the batch's whole optimizer step
+# A micro-batch's own count of loss units, from collators whose losses are means over something other
+# than label tokens (preference pairs): the trainer weighs by it instead of counting `labels`.
+LOCAL_TARGETS = "local_targets"
+
 
 def pad_batch(features: Sequence[dict], pad_id: int, left: bool = False, width: Optional[int] = None) -> dict:
     """Pad `input_ids` (and `labels`, when present) to the longest example (or to `width`); numpy

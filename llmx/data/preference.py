@@ -1,5 +1,6 @@
-"""Preference (DPO, RM) and pointwise (KTO) examples encoded for training (files are read by
-llmx.data.formats.read_preference).
+"""Preference (DPO, RM) and pointwise (KTO) examples encoded, packed and batched for training (files are
+read by llmx.data.formats.read_preference). Paddle and PaddleNLP are imported only inside the functions
+that build tensors or packs.
 
 `encode_trl` writes what `paddlenlp.trl.preprocess_preference_data` writes (one sequence prompt +
 first response + second response, the second unable to see the first; next-token labels with 0 as
@@ -17,6 +18,7 @@ import numpy as np
 from llmx.data.chat import ChatFormat, TemplateError
 from llmx.data.dialogue import Dialogue, PreferenceExample
 from llmx.data.sft import SftEncoder
+from llmx.tokens import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS, pad_batch
 
 
 def _prompt_and_answers(chat: ChatFormat, prompt: Dialogue, responses: Sequence[dict]) -> tuple[list, list]:
@@ -78,3 +80,70 @@ def encode_pairs(examples, tokenizer, max_length: int, max_prompt_length: int) -
             pair[name] = prompt + answer
         out.append(pair)
     return out
+
+
+# ------------------------------------------------------------------- trl's layout: packs and batches
+
+
+class Packs(list):
+    """Packed sequences; their loss units are the examples (pairs) they hold: the trainer weighs each
+    micro-batch's mean loss by them, so every layout computes one process's mean over the step's pairs."""
+
+    def target_token_counts(self) -> np.ndarray:
+        return np.array([len(p["response_indexs"]) for p in self], dtype=np.int64)
+
+
+def pack(encoded: Sequence[dict], tokenizer, max_length: int, zero_padding: bool) -> tuple[list[dict], dict]:
+    """Sequences of at most max_length tokens: several examples each (trl's ZeroPaddingMapDataset), or
+    one each. Returns the packs and their statistics (non-pad fraction of max_length-token rows)."""
+    from paddlenlp.datasets import ZeroPaddingMapDataset
+
+    if zero_padding:
+        packs = Packs(ZeroPaddingMapDataset(list(encoded), tokenizer, max_length))
+    else:  # trl's collator only takes packs: an unpacked run is one example per pack
+        packs = Packs(ZeroPaddingMapDataset._pad_batch_records([ex]) for ex in encoded)
+    tokens = sum(len(p["input_ids"]) for p in packs)
+    stats = {"examples": len(encoded), "sequences": len(packs),
+             "non_pad_fraction": tokens / max(len(packs) * max_length, 1)}
+    return packs, stats
+
+
+class PreferenceCollator:
+    """trl's preference_collate_fn (rows padded to max_length) as paddle tensors, plus the batch's real
+    token count for llmx's tokens/s and its pairs (examples), by which the trainer weighs its loss."""
+
+    carries_global_targets = True  # engine.trainer may tag features with the step's pairs (GLOBAL_TARGETS)
+
+    def __init__(self, max_length: int, pointwise: bool = False) -> None:
+        self.max_length = max_length
+        self.data_type = "pointwise" if pointwise else "pairwise"
+
+    def __call__(self, features: Sequence[dict]) -> dict:
+        import paddle
+        from paddlenlp import trl
+
+        batch = trl.preference_collate_fn(list(features), max_seq_len=self.max_length, data_type=self.data_type)
+        extra = {NUM_TOKENS: sum(len(f["input_ids"]) for f in features),
+                 LOCAL_TARGETS: sum(len(f["response_indexs"]) for f in features)}
+        if GLOBAL_TARGETS in features[0]:
+            extra[GLOBAL_TARGETS] = int(features[0][GLOBAL_TARGETS])
+        return {**{k: paddle.to_tensor(v) for k, v in batch.items()}, **extra}
+
+
+# ------------------------------------------------------------------------- reward models: pairs
+
+
+class PairCollator:
+    """A batch of pairs (encode_pairs) as one padded block: the chosen sequences, then the rejected ones."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features) -> dict:
+        import paddle
+
+        rows = [{"input_ids": f["chosen"]} for f in features] + [{"input_ids": f["rejected"]} for f in features]
+        batch = pad_batch(rows, self.pad_id)
+        return {"input_ids": paddle.to_tensor(batch["input_ids"]),
+                "attention_mask": paddle.to_tensor(batch["attention_mask"]),
+                NUM_TOKENS: int(batch["attention_mask"].sum())}

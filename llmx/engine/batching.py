@@ -29,13 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import paddle
 
-from llmx.tokens import IGNORE_INDEX, pad_batch
-
-NUM_TOKENS = "num_tokens"
-GLOBAL_TARGETS = "global_target_tokens"
-# A micro-batch's own count of loss units, from collators whose losses are means over something other
-# than label tokens (preference pairs): the trainer weighs by it instead of counting `labels`.
-LOCAL_TARGETS = "local_targets"
+from llmx.tokens import GLOBAL_TARGETS, IGNORE_INDEX, NUM_TOKENS, pad_batch
 
 
 def _bookkeeping(features: Sequence[dict], tokens: int) -> dict:

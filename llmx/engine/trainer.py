@@ -32,11 +32,10 @@ from paddle.io import DistributedBatchSampler
 from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
 from llmx.console import say
-from llmx.engine.batching import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS
 from llmx.engine.checkpoint import name_single_model_class
 from llmx.experiment import Experiment
 from llmx.layout import Layout, train_batching
-from llmx.tokens import IGNORE_INDEX
+from llmx.tokens import GLOBAL_TARGETS, IGNORE_INDEX, LOCAL_TARGETS, NUM_TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ class Rewards:
         s = cfg.stage
         self.name, self.scorer, self.fn = s.reward, None, None
         if s.reward == "model":
-            from llmx.engine.reward import frozen, load_score_model
+            from llmx.engine.score import frozen, load_score_model
 
             self.scorer = frozen(load_score_model(cfg.model, s.reward_model, tokenizer, cfg.seed))
         else:

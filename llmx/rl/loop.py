@@ -82,7 +82,7 @@ class Policy:
         self.base_ref = adapter_base(cfg.model.name_or_path, model, self.tokenizer, ctx) if self.lora else None
         self.reference = None
         if not self.lora:
-            from llmx.engine.reward import frozen
+            from llmx.engine.score import frozen
 
             self.reference = frozen(models.build_model(cfg.model, self.tokenizer, cfg.seed))
         self.model = wrap_peft(model, cfg, self.base_ref)
@@ -192,12 +192,8 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
         start = load_checkpoint(resume, policy, algo, rank)
     before = {}
     if len(eval_prompts):
-        if resume is None:
-            before = {f"eval_{k}_before": v for k, v in measure(policy, algo, eval_prompts, cfg).items()}
-            exp.log_metrics({"step": 0, **before})
-        else:
-            first = next((r for r in exp.read_metrics() if r.get("step") == 0), {})
-            before = {k: v for k, v in first.items() if k.endswith("_before")}
+        before = exp.measured_before(lambda: {f"eval_{k}_before": v for k, v in
+                                              measure(policy, algo, eval_prompts, cfg).items()}, resume is not None)
 
     for step in range(start, t.max_steps):
         global_idx = step_prompts(len(train_prompts), s.rollout.prompts_per_step, step, cfg.seed)

@@ -38,7 +38,7 @@ class PPO(Algorithm):
 
     def setup(self, cfg, ctx, policy) -> None:
         from llmx.engine import model as models
-        from llmx.engine.reward import ScoreModel, load_score_model
+        from llmx.engine.score import ScoreModel, load_score_model
 
         s = self.s
         super().setup(cfg, ctx, policy)
@@ -149,7 +149,7 @@ class PPO(Algorithm):
     def export(self, ctx, policy) -> dict:
         from llmx.engine.checkpoint import export_model
         from llmx.engine.distributed import barrier
-        from llmx.engine.reward import save_head
+        from llmx.engine.score import save_head
 
         out = export_model(self.critic.lm, policy.tokenizer, ctx.experiment.dir / "critic", ctx.layout, ctx.runtime.is_main)
         if ctx.runtime.is_main:

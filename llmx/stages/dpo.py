@@ -5,8 +5,9 @@ Trains on preference data in any format of llmx.data.formats (PaddleNLP's {"src"
 from `model.name_or_path` (a model directory, or an SFT run directory) or, without one, the
 tiny random init. The held-out split is measured before and after (the model's own preference
 accuracy and log-prob margin, the implicit reward, the KL to the reference); the run exports
-the model, or the adapter (plus the merged model with merge_adapter). The work is in
-llmx.engine.preference, shared with the kto runner.
+the model, or the adapter (plus the merged model with merge_adapter). The algorithm is
+llmx.align.preference (shared with the kto runner), the loss types and their rules llmx.align.options, the
+encoding and batching llmx.data.preference.
 """
 from __future__ import annotations
 
@@ -15,14 +16,9 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from llmx.align.options import LOSS_TYPES, NEED_REFERENCE, NO_REFERENCE, SMOOTHS_LABELS
 from llmx.schema import DataFiles, PeftConfig, TrainConfig, require, validate_preference
 from llmx.data.formats import read_splits
-
-# trl's loss types (`orpo` is trl's "or"); SimPO and ORPO are reference-free by construction, and
-# trl's DPOTrainer refuses reference_free for the ones below that compare against the reference.
-LOSS_TYPES = ("sigmoid", "ipo", "hinge", "kto_pair", "sppo_hard", "nca_pair", "dpop", "orpo", "simpo")
-NO_REFERENCE = ("simpo", "orpo")
-NEED_REFERENCE = ("kto_pair", "sppo_hard", "nca_pair", "dpop")
 
 
 @dataclass
@@ -70,7 +66,7 @@ def validate(cfg: DictConfig) -> None:
                 f"loss_type={s.loss_type} compares against a reference model; reference_free works with "
                 f"{', '.join(t for t in LOSS_TYPES if t not in NEED_REFERENCE)}")
     require(0 <= s.label_smoothing < 0.5, "stage.label_smoothing", s.label_smoothing, "must be in [0, 0.5)")
-    require(s.label_smoothing == 0 or s.loss_type in ("sigmoid", "simpo"), "stage.label_smoothing", s.label_smoothing,
+    require(s.label_smoothing == 0 or s.loss_type in SMOOTHS_LABELS, "stage.label_smoothing", s.label_smoothing,
             f"only the sigmoid and simpo losses smooth labels (loss_type={s.loss_type})")
     for key in ("simpo_gamma", "dpop_lambda", "pref_loss_ratio"):
         require(s[key] >= 0, f"stage.{key}", s[key], "must be >= 0")
@@ -84,8 +80,8 @@ def prepare(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, ctx) -> dict:
+    from llmx.align.preference import run_alignment
     from llmx.data.preference import encode_trl
-    from llmx.engine.preference import run_alignment
 
     d = cfg.stage.data
 

@@ -151,7 +151,7 @@ def score(cfg: DictConfig, ctx) -> dict:
     from llmx.data.chat import ChatFormat
     from llmx.data.dialogue import assistant
     from llmx.engine import model as models
-    from llmx.engine.reward import frozen, load_score_model
+    from llmx.engine.score import frozen, load_score_model
     from llmx.experiment import atomic_write_text
     from llmx.tokens import pad_batch
 

@@ -5,8 +5,8 @@ Trains on pointwise feedback in any format of llmx.data.formats (PaddleNLP's {"s
 desirable and undesirable examples by `desirable_weight` / `undesirable_weight`. KTO's KL
 baseline is estimated from mismatched pairs: example i's prompt with example i+1's response
 (in file order). The held-out split is measured before and after (the log-prob and implicit
-reward gap between desirable and undesirable responses, the KL to the reference). The work is
-in llmx.engine.preference, shared with the dpo runner.
+reward gap between desirable and undesirable responses, the KL to the reference). The algorithm
+is llmx.align.preference (shared with the dpo runner), the encoding and batching llmx.data.preference.
 """
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def prepare(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, ctx) -> dict:
+    from llmx.align.preference import run_alignment
     from llmx.data.preference import encode_trl
-    from llmx.engine.preference import run_alignment
 
     d = cfg.stage.data
 

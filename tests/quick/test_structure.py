@@ -69,6 +69,7 @@ import llmx.families.record, llmx.families.formulas, llmx.families.fixes, llmx.f
 import llmx.schema, llmx.schema.run, llmx.schema.model, llmx.schema.train, llmx.schema.peft, llmx.schema.preference
 import llmx.convert.cache, llmx.convert.gguf
 import llmx.compat, llmx.compat.hydra
+import llmx.align, llmx.align.options
 after = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("paddle", "paddlenlp"))
 print(before == after, heavy)

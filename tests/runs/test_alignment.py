@@ -37,7 +37,7 @@ def _sig(x):
 def _dpo_criterion(*overrides):
     import paddlenlp.trl as trl
 
-    from llmx.engine.preference import dpo_config
+    from llmx.align.preference import dpo_config
 
     stage = compose("stage=dpo", *overrides).stage
     config = dpo_config(stage, lora=False)
@@ -109,7 +109,8 @@ def test_kto_loss_is_its_published_formula(kl_sign):
     desirable: w_d (1 - sigmoid(beta (r - z0))), undesirable: w_u (1 - sigmoid(beta (z0 - r)))."""
     import paddle
 
-    from llmx.engine.preference import KTOCriterion, kto_config
+    from llmx.align.preference import kto_config
+    from llmx.compat.trl import KTOCriterion
 
     stage = compose("stage=kto", "stage.beta=0.4", "stage.desirable_weight=1.5", "stage.undesirable_weight=0.5").stage
     criterion = KTOCriterion(SimpleNamespace(tensor_parallel_output=False, tensor_parallel_degree=1),

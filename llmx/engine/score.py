@@ -8,6 +8,7 @@ value of a sequence is the head's output at its last real token; a critic reads 
 
 On disk a score model is an ordinary model (or adapter) directory, loadable by every stage, plus
 `score_head.safetensors` (written last, atomically), which marks the directory as a score model.
+Training one (the pairwise loss) is llmx.align.reward's; this module holds what its users share.
 """
 from __future__ import annotations
 
@@ -86,74 +87,8 @@ def load_score_model(m: DictConfig, name_or_path: str, tokenizer, seed: int) -> 
 
 
 def frozen(layer):
+    """`layer` in eval mode with no gradients: a reference, reward model or any model that only scores."""
     layer.eval()
     for p in layer.parameters():
         p.stop_gradient = True
     return layer
-
-
-# ------------------------------------------------------------------------------- reward-model training
-
-
-class PairCollator:
-    """A batch of pairs as one padded block: the chosen sequences, then the rejected ones."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, features) -> dict:
-        from llmx.engine.batching import NUM_TOKENS
-        from llmx.tokens import pad_batch
-
-        rows = [{"input_ids": f["chosen"]} for f in features] + [{"input_ids": f["rejected"]} for f in features]
-        batch = pad_batch(rows, self.pad_id)
-        return {"input_ids": paddle.to_tensor(batch["input_ids"]),
-                "attention_mask": paddle.to_tensor(batch["attention_mask"]),
-                NUM_TOKENS: int(batch["attention_mask"].sum())}
-
-
-def pair_margins(model: ScoreModel, batch: dict):
-    scores = model.score(batch["input_ids"], batch["attention_mask"])
-    n = scores.shape[0] // 2
-    return scores[:n] - scores[n:]
-
-
-def pairwise_metrics(model: ScoreModel, pairs, collator: PairCollator, batch_size: int) -> dict:
-    """Held-out pairwise accuracy (chosen scored higher) and mean margin."""
-    was_training = model.training
-    model.eval()
-    margins = []
-    with paddle.no_grad():
-        for i in range(0, len(pairs), batch_size):
-            margins.append(pair_margins(model, collator(pairs[i:i + batch_size])).numpy())
-    model.train(was_training)
-    m = np.concatenate(margins)
-    return {"eval_accuracy": round(float((m > 0).mean()), 6), "eval_margin": round(float(m.mean()), 6)}
-
-
-def _trainer_base():
-    from paddlenlp.trainer import Trainer
-
-    class RewardTrainer(Trainer):
-        """The pairwise loss -log sigmoid(r_chosen - r_rejected), with each logged step's pair accuracy and margin."""
-
-        def compute_loss(self, model, inputs, return_outputs=False):
-            margins = pair_margins(model, inputs)
-            loss = -paddle.nn.functional.log_sigmoid(margins).mean()
-            stats = getattr(self, "_pair_stats", [])
-            stats.append((float((margins > 0).astype("float32").mean()), float(margins.mean())))
-            self._pair_stats = stats
-            return (loss, margins) if return_outputs else loss
-
-        def log(self, logs, **kwargs):
-            stats = getattr(self, "_pair_stats", [])
-            if "loss" in logs and stats:
-                logs["accuracy"] = round(float(np.mean([a for a, _ in stats])), 6)
-                logs["margin"] = round(float(np.mean([m for _, m in stats])), 6)
-                self._pair_stats = []
-            return super().log(logs, **kwargs)
-
-    return RewardTrainer
-
-
-RewardTrainer = _trainer_base()

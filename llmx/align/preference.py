@@ -1,22 +1,17 @@
-"""Preference alignment (DPO and its variants, KTO) on PaddleNLP's trl, shared by the dpo and kto stages.
+"""DPO (and its variants) and KTO on PaddleNLP's trl: the whole run of stage=dpo and stage=kto.
 
 What trl has is used as it is: DPOTrainer/KTOTrainer (through llmx's Trainer mixin, engine.fit),
-DPOCriterion/KTOCriterion (the losses and the log-probabilities of responses),
-ZeroPaddingMapDataset (packing) and `preference_collate_fn`. What it lacks,
-written here:
-- argument objects: the pip package has no DPO/KTO config classes, only attribute reads;
-- the reference model is used unwrapped: trl wraps it with `fleet.distributed_model`, which
-  fails unless fleet is initialised (one process never initialises it) and is not needed for a
-  forward-only model under data parallelism (see DPOTrainer / KTOTrainer below);
-- the encoding: trl's layout, written by llmx.data.preference.encode_trl from llmx's own chat rendering
-  (trl's renders templates that are not turn-local wrongly), KTO included (trl's pip package has none);
-- an unpacked run (zero_padding=false) is one example per pack: trl's collator only takes packs;
-- held-out evaluation that is comparable before and after training (the model's own log-prob
-  preference, the implicit reward, and the token-level KL to the reference).
+DPOCriterion/KTOCriterion (the losses and the log-probabilities of responses). What it lacks is llmx's:
+- argument objects (`dpo_config`, `kto_config`): the pip package has no DPO/KTO config classes, only
+  attribute reads; the loss names and reference rules come from llmx.align.options;
+- trl's encoding, packing and collator as llmx.data.preference writes them (prompts rendered as the SFT
+  run saw them, KTO included, and unpacked runs);
+- held-out measurements comparable before and after training (the model's own log-prob preference,
+  the implicit reward, and the token-level KL to the reference);
+- fixes of trl's reference handling and KTO loss, in llmx.compat.trl.
 """
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
@@ -25,15 +20,13 @@ import paddle
 from omegaconf import DictConfig
 from paddlenlp import trl
 
-from llmx.engine.batching import GLOBAL_TARGETS, LOCAL_TARGETS, NUM_TOKENS
+from llmx.align.options import LOSS_TYPES, effective_sft_ratio, reference_free
+from llmx.compat.trl import DPOTrainer, KTOCriterion, KTOTrainer
+from llmx.data.preference import PreferenceCollator, pack
 from llmx.engine.logits import forward_logits, token_kl
 from llmx.engine.peft import adapters_disabled, process_parameters
+from llmx.engine.score import frozen
 
-log = logging.getLogger(__name__)
-
-# The names users type -> trl's; `orpo` is trl's "or".
-LOSS_TYPES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "kto_pair": "kto_pair", "sppo_hard": "sppo_hard",
-              "nca_pair": "nca_pair", "dpop": "dpop", "orpo": "or", "simpo": "simpo"}
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                "logps/rejected", "sft_loss")
 KTO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl")
@@ -48,104 +41,10 @@ def dpo_config(stage: DictConfig, lora: bool) -> SimpleNamespace:
                            reference_free=reference_free(stage), ref_model_update_steps=-1, lora=lora)
 
 
-def reference_free(stage: DictConfig) -> bool:
-    """SimPO and ORPO have no reference model; the rest have one unless the user turns it off."""
-    if stage.reference_free is not None:
-        return bool(stage.reference_free)
-    return stage.loss_type in ("simpo", "orpo")
-
-
-def effective_sft_ratio(stage: DictConfig) -> float:
-    """ORPO is its odds-ratio term plus the chosen response's NLL (weight 1 unless set)."""
-    if stage.sft_loss_ratio is not None:
-        return float(stage.sft_loss_ratio)
-    return 1.0 if stage.loss_type == "orpo" else 0.0
-
-
 def kto_config(stage: DictConfig, lora: bool) -> SimpleNamespace:
+    """trl's kto_config (attributes KTOTrainer and KTOCriterion read) from a validated stage config."""
     return SimpleNamespace(beta=stage.beta, desirable_weight=stage.desirable_weight,
                            undesirable_weight=stage.undesirable_weight, lora=lora)
-
-
-class _ReferenceAsIs:
-    """trl wraps the reference model with paddle.amp.decorate + fleet.distributed_model. Without fleet
-    initialised (one process) that fails ('Fleet' object has no attribute '_user_defined_strategy'),
-    and a model that only runs forward under no_grad needs no data-parallel wrapper, nor (float32)
-    AMP decoration. evaluate() passes the policy through the same hook: it stays as it is too."""
-
-    def _wrap_ref_model(self, model):
-        return model
-
-
-class KTOCriterion(trl.KTOCriterion):
-    """Upstream fix (paddlenlp 3.0.0b4, KTOCriterion.kto_loss): KTO's reference point is
-    z0 = max(0, KL) (Ethayarajh et al. 2024), but trl clips the KL estimate only when
-    world_size > 1, so one process trains another loss than a data-parallel run whenever the
-    estimate is negative. Clipped here in one process as well (a non-positive estimate is
-    passed as exactly 0 by handing the reference's KL log-probs in for the policy's)."""
-
-    def kto_loss(self, policy_chosen_logps, policy_rejected_logps, policy_kl_logps, reference_chosen_logps,
-                 reference_rejected_logps, reference_kl_logps):
-        if paddle.distributed.get_world_size() <= 1 and float((policy_kl_logps - reference_kl_logps).mean()) < 0:
-            policy_kl_logps = reference_kl_logps
-        return super().kto_loss(policy_chosen_logps, policy_rejected_logps, policy_kl_logps, reference_chosen_logps,
-                                reference_rejected_logps, reference_kl_logps)
-
-
-class DPOTrainer(_ReferenceAsIs, trl.DPOTrainer):
-    pass
-
-
-class KTOTrainer(_ReferenceAsIs, trl.KTOTrainer):
-    pass
-
-
-# ------------------------------------------------------------------------------------------- data
-
-
-class Packs(list):
-    """Packed sequences; their loss units are the examples (pairs) they hold: the trainer weighs each
-    micro-batch's mean loss by them, so every layout computes one process's mean over the step's pairs."""
-
-    def target_token_counts(self) -> np.ndarray:
-        return np.array([len(p["response_indexs"]) for p in self], dtype=np.int64)
-
-
-def pack(encoded: Sequence[dict], tokenizer, max_length: int, zero_padding: bool) -> tuple[list[dict], dict]:
-    """Sequences of at most max_length tokens: several examples each (trl's ZeroPaddingMapDataset), or
-    one each. Returns the packs and their statistics (non-pad fraction of max_length-token rows)."""
-    from paddlenlp.datasets import ZeroPaddingMapDataset
-
-    if zero_padding:
-        packs = Packs(ZeroPaddingMapDataset(list(encoded), tokenizer, max_length))
-    else:
-        packs = Packs(ZeroPaddingMapDataset._pad_batch_records([ex]) for ex in encoded)
-    tokens = sum(len(p["input_ids"]) for p in packs)
-    stats = {"examples": len(encoded), "sequences": len(packs),
-             "non_pad_fraction": tokens / max(len(packs) * max_length, 1)}
-    return packs, stats
-
-
-class PreferenceCollator:
-    """trl's preference_collate_fn (rows padded to max_length) as paddle tensors, plus the batch's real
-    token count for llmx's tokens/s and its pairs (examples), by which the trainer weighs its loss."""
-
-    carries_global_targets = True  # engine.trainer may tag features with the step's pairs (GLOBAL_TARGETS)
-
-    def __init__(self, max_length: int, pointwise: bool = False) -> None:
-        self.max_length = max_length
-        self.data_type = "pointwise" if pointwise else "pairwise"
-
-    def __call__(self, features: Sequence[dict]) -> dict:
-        batch = trl.preference_collate_fn(list(features), max_seq_len=self.max_length, data_type=self.data_type)
-        extra = {NUM_TOKENS: sum(len(f["input_ids"]) for f in features),
-                 LOCAL_TARGETS: sum(len(f["response_indexs"]) for f in features)}
-        if GLOBAL_TARGETS in features[0]:
-            extra[GLOBAL_TARGETS] = int(features[0][GLOBAL_TARGETS])
-        return {**{k: paddle.to_tensor(v) for k, v in batch.items()}, **extra}
-
-
-# ------------------------------------------------------------------------------------- reference
 
 
 # --------------------------------------------------------------------------------- evaluation
@@ -249,10 +148,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, encode: Callable) -> dict:
         needs_reference = True
     ref_model = None
     if needs_reference and not lora:  # a second copy of the starting weights, frozen
-        ref_model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel)
-        ref_model.eval()
-        for p in ref_model.parameters():
-            p.stop_gradient = True
+        ref_model = frozen(models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel))
     base_ref = adapter_base(cfg.model.name_or_path, model, tokenizer, ctx) if lora else None
     model = wrap_peft(model, cfg, base_ref)
 
@@ -280,14 +176,8 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, encode: Callable) -> dict:
                        batch_size=stage.eval.batch_size)
         return {f"eval_{k}_{prefix}": v for k, v in preference_metrics(scores, config.beta, kind).items()}
 
-    before = {}
-    if measure:
-        if exp.latest_checkpoint() is None:
-            before = measured("before")
-            exp.log_metrics({"step": 0, **before})
-        else:  # a resumed run measured its start already
-            before = next((r for r in exp.read_metrics() if r.get("step") == 0 and any(k.endswith("_before") for k in r)), {})
-            before = {k: v for k, v in before.items() if k.endswith("_before")}
+    resumed = exp.latest_checkpoint() is not None
+    before = exp.measured_before(lambda: measured("before"), resumed) if measure else {}
 
     trainer, summary = fit(cfg, ctx, model, train_set, eval_set, collator, tokenizer, evaluate=False,
                            trainer_base=trainer_base, ref_model=ref_model, metric_keys=metric_keys, **extra)
