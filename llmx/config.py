@@ -10,7 +10,7 @@ from llmx.schema import (ASSETS_DIR, CONF_DIR, DEVICES, DTYPES, FUSED_OPS, LORA_
                          validate_model, validate_pairs, validate_parallel, validate_peft, validate_preference,
                          validate_train, validate_trainable)
 from llmx.schema.model import model_dim as _model_dim
-from llmx.sources import resolve as resolve_source
+from llmx.schema.model import resolve_source
 
 __all__ = ["ConfigError", "DataError", "UserError", "ASSETS_DIR", "CONF_DIR", "DEVICES", "DTYPES", "FUSED_OPS",
            "LORA_VARIANTS", "LR_SCHEDULERS", "MERGEABLE_METHODS", "PACKAGE_DIR", "PEFT_METHODS", "QUANT_ALGORITHMS",

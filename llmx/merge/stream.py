@@ -3,8 +3,8 @@ tensor computed from the inputs' tensors of that name and written before the nex
 peak memory is a few tensors, not whole models.
 
 A model directory with safetensors weights is read in place; an adapter (merged onto its base) or a
-model saved in another format is first written once as safetensors by `materialize` (which holds
-that one model in memory while it does).
+model saved in another format is first written once as safetensors by stage=merge's `materialize`
+(which builds that one model through the engine, and holds it in memory while it does).
 """
 from __future__ import annotations
 
@@ -99,25 +99,6 @@ def check_tensors(recipe: Recipe, a_name: str, a: Reader, b_name: str, b: Reader
     for n in a.names():
         if a.shape(n) != b.shape(n):
             raise ConfigError(f"{key}: tensor {n} has shape {list(a.shape(n))} in {a_name} but {list(b.shape(n))} in {b_name}")
-
-
-def materialize(inp: Input, model_cfg, tmp: Path) -> Path:
-    """A directory with the input's full weights as safetensors: the model directory itself, or the
-    model built by llmx.engine.model.build_model (an adapter merged onto its base) saved once."""
-    if inp.direct:
-        return Path(inp.source.model_dir)
-    from omegaconf import open_dict
-
-    from llmx.engine.model import build_model, build_tokenizer
-
-    m = model_cfg.copy()
-    with open_dict(m):
-        m.name_or_path, m.tokenizer = inp.name, None
-    model = build_model(m, build_tokenizer(m), 0)
-    out = tmp / f"input{abs(hash(inp.name))}"
-    model.save_pretrained(str(out), safe_serialization=True)
-    del model
-    return out
 
 
 def _layer_count(config: dict) -> int:

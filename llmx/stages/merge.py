@@ -9,13 +9,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from llmx.schema import require
 from llmx.errors import ConfigError
 from llmx.merge.recipe import METHODS, Recipe, check, from_mergekit
+
+if TYPE_CHECKING:
+    from llmx.merge.stream import Input
 
 
 @dataclass
@@ -92,7 +95,7 @@ def run(cfg: DictConfig, ctx) -> dict:
 
     from llmx.console import say
     from llmx.experiment import atomic_dir, atomic_write_json
-    from llmx.merge.stream import content_hash, materialize, merge
+    from llmx.merge.stream import content_hash, merge
 
     recipe, inputs = ctx.inputs["recipe"], ctx.inputs["inputs"]
     out = Path(cfg.stage.output_dir) if cfg.stage.output_dir else ctx.experiment.dir / "model"
@@ -111,3 +114,23 @@ def run(cfg: DictConfig, ctx) -> dict:
     say("merged %d model(s) with %s into %s", len(inputs), recipe.method, out)
     return {"stage": "merge", "method": recipe.method, "models": len(inputs), "tensors": written["tensors"],
             "merge_seconds": round(time.time() - started, 3), "model_dir": str(out)}
+
+
+def materialize(inp: Input, model_cfg, tmp: Path) -> Path:
+    """A directory with the input's full weights as safetensors: the model directory itself, or the
+    model built by llmx.engine.model.build_model (an adapter merged onto its base) saved once. Here, not in
+    llmx.merge: the merge package sits below the engine and only reads and writes tensors."""
+    if inp.direct:
+        return Path(inp.source.model_dir)
+    from omegaconf import open_dict
+
+    from llmx.engine.model import build_model, build_tokenizer
+
+    m = model_cfg.copy()
+    with open_dict(m):
+        m.name_or_path, m.tokenizer = inp.name, None
+    model = build_model(m, build_tokenizer(m), 0)
+    out = tmp / f"input{abs(hash(inp.name))}"
+    model.save_pretrained(str(out), safe_serialization=True)
+    del model
+    return out

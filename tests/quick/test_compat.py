@@ -13,20 +13,6 @@ import pytest
 from helpers import REPO
 
 
-def test_compat_sits_at_the_ground_layer():
-    """Any layer may call a patch: compat imports no llmx package above the ground (llmx.errors and the like)."""
-    import ast
-
-    above = ("llmx.cli", "llmx.run", "llmx.plan", "llmx.stages", "llmx.align", "llmx.rl", "llmx.infer", "llmx.serve",
-             "llmx.engine", "llmx.data", "llmx.convert", "llmx.quant", "llmx.merge", "llmx.ops")
-    for path in sorted((REPO / "llmx" / "compat").glob("*.py")):
-        tree = ast.parse(path.read_text())
-        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert not {m for m in names if m.startswith(above)}, path.name
-    assert not ast.parse((REPO / "llmx" / "compat" / "__init__.py").read_text()).body[1:]  # a docstring only
-
-
 # ---------------------------------------------------------------------------------------- hydra
 def test_hydra_run_and_report_is_the_global_the_patch_replaces(monkeypatch, capsys):
     import hydra._internal.utils as hydra_utils

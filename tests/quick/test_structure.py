@@ -1,5 +1,6 @@
-"""The dependency rules of DESIGN.md's layout, checked on the source: the engine imports no stage and no
-data format; paddle-free modules stay paddle-free; importing a module changes nothing."""
+"""The dependency rules of the layout (README, Architecture), checked on the source: imports run down the
+layers with no circle; the engine imports no stage, algorithm or data format; paddle-free modules stay
+paddle-free; importing a module changes nothing."""
 from __future__ import annotations
 
 import ast
@@ -21,29 +22,68 @@ def _imports(path) -> set[str]:
     return names
 
 
-def test_engine_imports_no_stage_and_no_data_format():
+# The layers of README's Architecture section, top to bottom: a module imports from its own layer and the
+# ones below it, never from one above. Units are llmx's packages and its top-level modules.
+LAYERS = (
+    ("entry", {"__main__", "cli", "run", "plan", "rerun", "sweep", "launcher", "slurm", "diff", "model_choice"}),
+    ("stages", {"stages"}),
+    ("algorithms", {"align", "rl", "merge"}),
+    ("infer/serve", {"serve", "infer"}),
+    ("engine", {"engine"}),
+    ("data/convert/quant/ops", {"data", "convert", "quant", "ops", "sources"}),
+    ("ground", {"schema", "config", "families", "layout", "compat", "errors", "console", "experiment", "tokens",
+                "devices"}),
+)
+# The explained exceptions: validation asks what a checkpoint path holds (its kind, family and config.json,
+# read without converting it; test_paddle_free_validation proves no paddle comes with it).
+UPWARD = {("schema", "sources"), ("schema", "convert")}
+
+
+def _unit(module: str) -> str:
+    return module.split(".")[1]
+
+
+def _layer(unit: str) -> int:
+    found = [i for i, (_, units) in enumerate(LAYERS) if unit in units]
+    assert found, f"llmx.{unit} is in no layer of LAYERS"
+    return found[0]
+
+
+def _llmx_edges():
+    """(importer unit, imported unit, file) for every import of llmx by llmx, at module level or inside a function."""
+    for path in sorted(LLMX.rglob("*.py")):
+        rel = path.relative_to(REPO).with_suffix("")
+        me = rel.parts[1]
+        for m in _imports(path):
+            if m.startswith("llmx.") and _unit(m) != me:
+                yield me, _unit(m), f"{'/'.join(rel.parts)}.py: {m}"
+
+
+def test_imports_run_down_the_layers():
+    up = [where for me, other, where in _llmx_edges() if _layer(other) < _layer(me) and (me, other) not in UPWARD]
+    assert not up, "imports from a higher layer:\n" + "\n".join(up)
+
+
+def test_no_circle_between_units():
+    graph = {}
+    for me, other, _ in _llmx_edges():
+        graph.setdefault(me, set()).add(other)
+
+    def reaches(start, goal, seen):
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and (seen.add(nxt) or reaches(nxt, goal, seen))):
+                return True
+        return False
+
+    circles = sorted(f"{a} -> {b} -> ... -> {a}" for a in graph for b in graph[a] if reaches(b, a, {b}))
+    assert not circles, circles
+
+
+def test_engine_imports_no_stage_algorithm_or_data_format():
     for path in sorted((LLMX / "engine").glob("*.py")):
-        bad = {m for m in _imports(path) if m.startswith(("llmx.stages", "llmx.data"))}
+        bad = {m for m in _imports(path) if m.startswith(("llmx.stages", "llmx.align", "llmx.rl", "llmx.merge",
+                                                          "llmx.data", "llmx.infer", "llmx.serve"))}
         assert not bad, f"{path.name} imports {bad}"
-
-
-def test_infer_and_serve_sit_between_stages_and_engine():
-    """`stages -> serve -> infer -> engine`: the engine imports neither, infer no server, neither a stage."""
-    for path in sorted((LLMX / "engine").glob("*.py")):
-        assert not {m for m in _imports(path) if m.startswith(("llmx.infer", "llmx.serve"))}, path.name
-    for folder, banned in (("infer", ("llmx.serve", "llmx.stages")), ("serve", ("llmx.stages",))):
-        for path in sorted((LLMX / folder).glob("*.py")):
-            assert not {m for m in _imports(path) if m.startswith(banned)}, f"{folder}/{path.name}"
-
-
-def test_schema_sits_at_the_ground():
-    """llmx.schema imports no data reader, engine, stage or algorithm: only the ground beside it, and llmx.sources
-    for what a checkpoint path is (whose family check, llmx.convert.cache's, reads config files only)."""
-    ground = ("llmx.schema", "llmx.errors", "llmx.families", "llmx.layout", "llmx.sources", "llmx.devices",
-              "llmx.convert.cache")
-    for path in sorted((LLMX / "schema").glob("*.py")):
-        bad = {m for m in _imports(path) if m.startswith("llmx") and not m.startswith(ground)}
-        assert not bad, f"schema/{path.name} imports {bad}"
 
 
 def test_stages_do_not_import_each_other():

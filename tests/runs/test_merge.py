@@ -217,7 +217,7 @@ def test_merged_tiny_model_loads_and_generates(tmp_path):
     lora = tmp_path / "lora"
     launch("stage=lora", f"model.name_or_path={dirs[0]}", "stage.train.max_steps=3", "stage.eval.enabled=false",
            "stage.train.progress_bar=false", f"hydra.run.dir={lora}")
-    from llmx.merge.stream import materialize
+    from llmx.stages.merge import materialize
 
     recipe = check(Recipe("task_arithmetic", [str(lora)], dirs[0], [{"weight": 1.0}], {}), "t")
     inputs = inspect(recipe, "t")
