@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from llmx.console import quiet_libraries, say, summary_lines
 from llmx.errors import UserError
 from llmx.experiment import Experiment
-from llmx.stages import stage_module, validate
+from llmx.stages import validate
 
 log = logging.getLogger("llmx")
 
@@ -33,13 +33,12 @@ def wants_more(cfg: DictConfig, done: dict) -> bool:
 
 def run(cfg: DictConfig, run_dir: Path, announce: bool = True) -> dict | None:
     """The job; None when `run_dir` holds a finished run that this config asks nothing more of."""
-    validate(cfg)
+    stage = validate(cfg)
     done = Experiment(run_dir, writer=False).completed_summary()
     if done is not None and not wants_more(cfg, done):
         say("%s is complete (%s steps): nothing to do (raise stage.train.max_steps to continue it, "
             "or choose another hydra.run.dir)", run_dir, done.get("steps", "all"))
         return None
-    stage = stage_module(cfg.stage.runner)
     # Data problems surface here, as one line, before paddle is imported.
     inputs = stage.prepare(cfg) if hasattr(stage, "prepare") else None
     if announce:

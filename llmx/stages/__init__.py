@@ -100,6 +100,7 @@ def validate(cfg: DictConfig) -> None:
             cfg.stage = typed
     if hasattr(module, "validate"):
         module.validate(cfg)
+    return module
 
 
 def describe(name: str, conf_dir: Path) -> str:
