@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -192,7 +193,7 @@ def converted(path: Path, family: Optional[str] = None) -> Path:
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "llmx_converted.json").is_file():
-            import paddlenlp  # noqa: F401  (its logger exists from here on: route it as llmx does)
+            importlib.import_module("paddlenlp")  # its logger exists from here on: route it as llmx does
 
             from llmx.console import ConsoleFilter, quiet_libraries, say
             from llmx.convert.gguf import gguf_to_llmx

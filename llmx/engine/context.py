@@ -1,6 +1,7 @@
 """The context a stage runner receives: config, experiment dir, runtime, checked inputs."""
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ class Context:
 
 
 def create_context(cfg: DictConfig, run_dir: str, inputs: Any) -> Context:
-    import paddlenlp  # noqa: F401  (its logger exists from here on: hand it to llmx.log)
+    importlib.import_module("paddlenlp")  # its logger exists from here on: hand it to llmx.log
 
     quiet_libraries(cfg.verbose)
     runtime = init_runtime(cfg.device, cfg.model.dtype)

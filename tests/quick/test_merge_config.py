@@ -8,7 +8,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import config_error, input_error  # noqa: E402
-from merge_fixtures import NAMES, random_model, write_model  # noqa: E402
+from merge_fixtures import random_model, write_model  # noqa: E402
 
 
 def test_mismatches_fail_with_one_line(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers import launch, read_json  # noqa: E402
-from merge_fixtures import NAMES, random_model, write_model  # noqa: E402
+from merge_fixtures import NAMES, random_model  # noqa: E402
 
 from llmx.merge.recipe import Recipe, check, from_mergekit  # noqa: E402
 from llmx.merge.stream import inspect, merge  # noqa: E402

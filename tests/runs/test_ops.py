@@ -6,7 +6,6 @@ The kernels are built once per session into a session cache (LLMX_OPS_CACHE, inh
 subprocesses, which then only load them)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
