@@ -49,7 +49,7 @@ def install() -> None:
 def model_override(cfg: DictConfig) -> Optional[str]:
     """`model=<family>` where the composed `cfg` should follow its checkpoint's family, None where it
     already does (or names no checkpoint); a ConfigError where the user's own model= contradicts it."""
-    from llmx.families import FAMILIES
+    from llmx.families import share_weights
     from llmx.sources import family_of
 
     path = _select(cfg, "model.name_or_path")
@@ -65,7 +65,7 @@ def model_override(cfg: DictConfig) -> Optional[str]:
     typed = _typed_model(cfg)
     if typed is None:
         return f"model={found}" if (CONF_DIR / "model" / f"{found}.yaml").is_file() else None
-    if typed == "sweep" or (chosen in FAMILIES and FAMILIES[chosen].architecture == FAMILIES[found].architecture):
+    if typed == "sweep" or share_weights(chosen, found):
         return None  # a sweep is checked job by job; Llama and Baichuan load each other's weights
     named = typed if typed.startswith("model.family=") else f"{typed} (model.family={chosen})"
     raise ConfigError(f"{named}: {path} holds a {found} model; "

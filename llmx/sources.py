@@ -179,7 +179,7 @@ def family_of(name_or_path: str) -> Optional[str]:
     directory's config.json (PaddleNLP's, or a Hugging Face one's model_type), an adapter's base, an llmx run's
     exported model, with the family its .hydra/config.yaml recorded where both share a PaddleNLP class (Llama and
     Baichuan). None when the path names none; resolve() reports what is wrong with it."""
-    from llmx.families import FAMILIES
+    from llmx.families import FAMILIES, share_weights
 
     path = Path(name_or_path).expanduser()
     try:
@@ -188,7 +188,7 @@ def family_of(name_or_path: str) -> Optional[str]:
             inner = summary.get("model_dir") or summary.get("base_model") or summary.get("adapter_dir")
             found = family_of(inner) if inner else None
             recorded = _recorded_family(path)
-            if recorded in FAMILIES and (found is None or FAMILIES[found].architecture == FAMILIES[recorded].architecture):
+            if recorded in FAMILIES and (found is None or share_weights(found, recorded)):
                 return recorded
             return found
         if adapter_method(path):
