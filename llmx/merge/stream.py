@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from llmx.convert.tokenizer import NAMED_TEMPLATES
 from llmx.errors import ConfigError
-from llmx.merge.recipe import DEFAULTS, LAYER, Recipe, resolve_param
+from llmx.merge.recipe import DEFAULTS, LAYER, Recipe, defaults, layer_position, resolve_param
 from llmx.merge.safetensors_io import Reader, Writer, weight_files
 from llmx.sources import ModelSource, resolve
 
@@ -105,8 +105,13 @@ def _layer_count(config: dict) -> int:
     return int(config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers") or 1)
 
 
-def _resolved(spec: dict, name: str, layers: int, fill: dict) -> dict:
-    return {k: resolve_param(spec.get(k, fill.get(k)), name, layers) for k in DEFAULTS}
+def _resolved(spec: dict, name: str, position: float, fill: dict) -> dict:
+    """Each parameter of `spec` for tensor `name`; where `spec` has none that applies, `fill`'s."""
+    out = {}
+    for k in DEFAULTS:
+        value = resolve_param(spec[k], name, position) if k in spec else None
+        out[k] = fill[k] if value is None else value
+    return out
 
 
 def merge(recipe: Recipe, inputs: list[Input], dirs: dict[str, Path], out_dir: Path, progress: Callable = lambda n, it: it,
@@ -129,31 +134,42 @@ def merge(recipe: Recipe, inputs: list[Input], dirs: dict[str, Path], out_dir: P
     plan: list[tuple[str, Reader, str, Callable]] = []
 
     if recipe.method == "passthrough":
-        first = readers[recipe.slices[0][0]]
+        def take(r: Reader, n: str, out_name: str, spec: dict, position: float):
+            glob = _resolved(recipe.params, out_name, position, defaults("passthrough"))
+            scale = _resolved(spec, out_name, position, glob)["scale"]
+            return r.get(n) if scale is None else r.get(n) * float(scale)
+
+        # as mergekit: the tensors before the layers (embeddings) from the first slice's model, after them
+        # (final norm, head) from the last slice's
+        slice_params = recipe.slice_params or [{} for _ in recipe.slices]
+        first, last = readers[recipe.slices[0][0]], readers[recipe.slices[-1][0]]
+        head = [n for n in first.names() if not LAYER.match(n) and "embed" in n]
+        tail = [n for n in last.names() if not LAYER.match(n) and "embed" not in n]
+        plan += [(n, first, n, (lambda n=n: take(first, n, n, slice_params[0], 0.0))) for n in head]
         out_layer = 0
-        outside = [n for n in first.names() if not LAYER.match(n)]
-        head = [n for n in outside if "embed" in n]
-        tail = [n for n in outside if n not in head]
-        plan += [(n, first, n, (lambda r=first, n=n: r.get(n))) for n in head]
-        for model, start, end in recipe.slices:
+        for (model, start, end), spec in zip(recipe.slices, slice_params):
             r = readers[model]
             have = _layer_count(by_name[model].config)
             if end > have:
                 raise ConfigError(f"{key}: slice of {model}: layer_range [{start}, {end}] beyond its {have} layers")
             for layer in range(start, end):
+                position = (layer - start) / (end - start - 1) if end - start > 1 else 1.0
                 for n in r.names():
                     mt = LAYER.match(n)
                     if mt and int(mt.group(2)) == layer:
-                        plan.append((f"{mt.group(1)}{out_layer}{mt.group(3)}", r, n, (lambda r=r, n=n: r.get(n))))
+                        out = f"{mt.group(1)}{out_layer}{mt.group(3)}"
+                        plan.append((out, r, n, (lambda r=r, n=n, out=out, spec=spec, position=position:
+                                                 take(r, n, out, spec, position))))
                 out_layer += 1
-        plan += [(n, first, n, (lambda r=first, n=n: r.get(n))) for n in tail]
+        plan += [(n, last, n, (lambda n=n: take(last, n, n, slice_params[-1], 0.0))) for n in tail]
         config["num_hidden_layers"] = out_layer
     else:
         base = readers[recipe.base_model] if recipe.base_model else None
 
         def produce(n: str):
-            glob = _resolved(recipe.params, n, layers, DEFAULTS)
-            per_model = [_resolved(p, n, layers, glob) for p in recipe.model_params] or \
+            position = layer_position(n, layers)
+            glob = _resolved(recipe.params, n, position, defaults(recipe.method))
+            per_model = [_resolved(p, n, position, glob) for p in recipe.model_params] or \
                         [dict(glob) for _ in recipe.models]
             tensors = [readers[m].get(n) for m in recipe.models]
             if not np.issubdtype(tensors[0].dtype, np.floating):

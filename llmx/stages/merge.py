@@ -1,5 +1,5 @@
 """Model merging (stage=merge): linear, slerp, task_arithmetic, ties, dare_linear/dare_ties,
-della/della_linear, breadcrumbs, model_stock and passthrough (layer slices) over full models,
+della/della_linear, breadcrumbs/breadcrumbs_ties, model_stock and passthrough (layer slices) over full models,
 adapters (merged onto their base) or llmx run directories; from the command line or a
 mergekit-style YAML (`stage.config=merge.yaml`). Streams tensor by tensor and writes
 `model/` (a loadable checkpoint) plus `merge.json` (inputs with content hashes, method, parameters).
@@ -30,11 +30,11 @@ class Config:
     base_model: Optional[str] = None
     t: float = 0.5  # slerp
     density: float = 1.0  # ties/dare/della/breadcrumbs: fraction of each task vector kept
-    epsilon: float = 0.14  # della: spread of the drop probabilities
+    epsilon: float = 0.15  # della: spread of the keep probabilities (mergekit's default)
     gamma: float = 0.01  # breadcrumbs: fraction of the largest differences dropped
     consensus: str = "sum"  # ties sign election: sum | count
-    normalize: Optional[bool] = None  # divide by the sum of weights (default true, as mergekit)
-    rescale: bool = True  # dare/della: rescale kept entries by 1/density
+    normalize: Optional[bool] = None  # divide by the sum of weights (default: mergekit's for the method)
+    rescale: Optional[bool] = None  # restore the sparsified task vector's L1 norm (default: mergekit's for the method)
     seed: int = 0  # random drops (dare, della)
     slices: List[Any] = field(default_factory=list)  # passthrough: [{model: A, layer_range: [0, 2]}, ...]
     dtype: Optional[str] = None  # output dtype (default: the base's / first model's)
@@ -69,7 +69,8 @@ def recipe_of(cfg: DictConfig) -> Recipe:
                 "each slice is {model: PATH, layer_range: [start, end]}")
         slices.append((str(sl["model"]), int(rng[0]), int(rng[1])))
     params = {"t": s.t, "density": s.density, "epsilon": s.epsilon, "gamma": s.gamma, "consensus": s.consensus,
-              "normalize": s.normalize, "rescale": s.rescale, "seed": s.seed}
+              "seed": s.seed}
+    params.update({k: v for k, v in (("normalize", s.normalize), ("rescale", s.rescale)) if v is not None})
     return check(Recipe(method=s.method, models=models, base_model=s.base_model, model_params=[{"weight": w} for w in weights],
                         params=params, slices=slices, dtype=s.dtype, tokenizer_source=s.tokenizer_source), "stage")
 
