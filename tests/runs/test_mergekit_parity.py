@@ -21,7 +21,7 @@ import mergekit_ref  # noqa: E402
 torch = pytest.importorskip("torch", reason="torch (CPU build) is a test dependency: pip install -e '.[test]'")
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e '.[test]'")
 
-W = (0.5, 0.3, 0.2)
+W = (0.5, 0.3, 0.4)  # not summing to 1: normalizing shows
 
 
 def _models(weights=W, **per_model):
