@@ -90,7 +90,8 @@ def check(recipe: Recipe, where: str) -> Recipe:
     recipe.model_params = recipe.model_params or [{} for _ in recipe.models]
     if recipe.method == "slerp" and not recipe.base_model and len(recipe.models) == 2:
         recipe.base_model = recipe.models[0]  # models=[A, B]: A is t=0
-    if needs_base and recipe.base_model in recipe.models:  # mergekit's recipes list the base among the models too
+    if needs_base and recipe.base_model in recipe.models and len(set(recipe.models)) > 1:
+        # mergekit's recipes list the base among the models too (only the base: the merge is the base)
         keep = [i for i, m in enumerate(recipe.models) if m != recipe.base_model]
         recipe.models = [recipe.models[i] for i in keep]
         recipe.model_params = [recipe.model_params[i] for i in keep]

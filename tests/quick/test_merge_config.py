@@ -49,3 +49,22 @@ def test_recipe_and_key_errors(tmp_path):
     assert input_error("stage=merge", f"stage.config={recipe}").startswith(f"llmx: config error: {recipe}:")
     line = config_error("stage=merge", f"stage.models=[{a},{tmp_path / 'nope'}]", tmp_path=tmp_path)
     assert line == f"llmx: config error: stage: model {tmp_path / 'nope'}: no such directory (local paths only: llmx never downloads)"
+
+
+def test_mergekit_options_llmx_does_not_do_are_refused_in_one_line(tmp_path):
+    a = tmp_path / "a"
+    random_model(a, 0)
+    recipe = tmp_path / "r.yaml"
+    cases = {
+        f"merge_method: model_stock\nbase_model: {a}\nmodels: [{{model: {a}}}, {{model: {a}}}]\n"
+        "parameters: {filter_wise: true}\n": "llmx does not do mergekit's filter_wise",
+        f"merge_method: linear\nmodules: {{}}\nmodels: [{{model: {a}}}]\n": "llmx does not do mergekit's modules",
+        f"merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 1]}}, "
+        f"{{model: {a}, layer_range: [1, 2]}}]\n": "passthrough takes one source per slice, got 2",
+        f"merge_method: della\nbase_model: {a}\nmodels: [{{model: {a}}}]\n"
+        "parameters: {density: 0.1, epsilon: 0.15}\n": "della: density 0.1 -/+ epsilon 0.15 must lie in (0, 1)",
+    }
+    for text, expected in cases.items():
+        recipe.write_text(text)
+        err = input_error("stage=merge", f"stage.config={recipe}")
+        assert err.startswith(f"llmx: config error: {recipe}: ") and expected in err and "\n" not in err, err
