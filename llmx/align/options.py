@@ -3,6 +3,8 @@ algorithm (paddle-free).
 
 The names users type map to trl's (`orpo` is trl's "or"). SimPO and ORPO are reference-free by
 construction; trl's DPOTrainer refuses reference_free for the losses that compare against the reference.
+Each loss is defined as in Hugging Face TRL (the paper where TRL has none: DPOP); PaddleNLP's trl
+defines two of them otherwise, which `loss_definition=paddlenlp` keeps (llmx.align.losses).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ LOSS_TYPES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "kto_pair": 
 NO_REFERENCE = ("simpo", "orpo")
 NEED_REFERENCE = ("kto_pair", "sppo_hard", "nca_pair", "dpop")
 SMOOTHS_LABELS = ("sigmoid", "simpo")  # the losses with label_smoothing (cDPO)
+LOSS_DEFINITIONS = ("trl", "paddlenlp")  # whose definitions of the losses: TRL's (and the papers') or PaddleNLP's
+PADDLENLP_DIFFERS = ("orpo", "dpop")  # the losses PaddleNLP 3.0.0b4 defines otherwise than TRL / the paper
 
 
 def reference_free(stage) -> bool:

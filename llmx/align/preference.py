@@ -2,13 +2,15 @@
 
 What trl has is used as it is: DPOTrainer/KTOTrainer (through llmx's Trainer mixin, engine.fit),
 DPOCriterion/KTOCriterion (the losses and the log-probabilities of responses). What it lacks is llmx's:
+- the DPO losses trl defines otherwise than TRL / their papers (ORPO, DPOP), in llmx.align.losses;
 - argument objects (`dpo_config`, `kto_config`): the pip package has no DPO/KTO config classes, only
   attribute reads; the loss names and reference rules come from llmx.align.options;
 - trl's encoding, packing and collator as llmx.data.preference writes them (prompts rendered as the SFT
   run saw them, KTO included, and unpacked runs);
 - held-out measurements comparable before and after training (the model's own log-prob preference,
   the implicit reward, and the token-level KL to the reference);
-- fixes of trl's reference handling and KTO loss, in llmx.compat.trl.
+- fixes of trl's reference handling and KTO's reference point (over the batch one process would see),
+  in llmx.compat.trl.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 import paddle
 from omegaconf import DictConfig
-from paddlenlp import trl
 
+from llmx.align.losses import DPOCriterion
 from llmx.align.options import LOSS_TYPES, effective_sft_ratio, reference_free
 from llmx.compat.trl import DPOTrainer, KTOCriterion, KTOTrainer
 from llmx.data.preference import PreferenceCollator, pack
@@ -38,13 +40,29 @@ def dpo_config(stage: DictConfig, lora: bool) -> SimpleNamespace:
     return SimpleNamespace(beta=stage.beta, loss_type=loss, label_smoothing=stage.label_smoothing,
                            simpo_gamma=stage.simpo_gamma, dpop_lambda=stage.dpop_lambda,
                            pref_loss_ratio=stage.pref_loss_ratio, sft_loss_ratio=effective_sft_ratio(stage),
-                           reference_free=reference_free(stage), ref_model_update_steps=-1, lora=lora)
+                           reference_free=reference_free(stage), ref_model_update_steps=-1, lora=lora,
+                           loss_definition=stage.loss_definition)
 
 
 def kto_config(stage: DictConfig, lora: bool) -> SimpleNamespace:
     """trl's kto_config (attributes KTOTrainer and KTOCriterion read) from a validated stage config."""
     return SimpleNamespace(beta=stage.beta, desirable_weight=stage.desirable_weight,
                            undesirable_weight=stage.undesirable_weight, lora=lora)
+
+
+def kl_groups(cfg: DictConfig) -> tuple:
+    """The process groups whose ranks split one micro-batch between them, over which KTO's KL estimate
+    is reduced (so it is the one of the micro-batch one process would see): the data replicas (dp,
+    sharding) when each takes a slice of every micro-batch; none when each takes whole micro-batches
+    of its own (llmx.layout), nor in one process."""
+    from llmx.engine.distributed import hybrid_group
+    from llmx.layout import train_batching
+
+    if train_batching(cfg).micro_batch == cfg.stage.train.batch_size:
+        return ()
+    hcg, p = hybrid_group(), cfg.parallel
+    return tuple(g for g, n in ((hcg.get_data_parallel_group(), p.dp), (hcg.get_sharding_parallel_group(), p.sharding))
+                 if n > 1)
 
 
 # --------------------------------------------------------------------------------- evaluation
@@ -161,11 +179,11 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, encode: Callable) -> dict:
     collator = PreferenceCollator(d.max_length, pointwise=kind == "kto")
 
     if kind == "dpo":
-        criterion = trl.DPOCriterion(model.config, dpo_config=config)
+        criterion = DPOCriterion(model.config, dpo_config=config)
         trainer_base, extra = DPOTrainer, {"dpo_config": config, "dpo_criterion": criterion}
         metric_keys = DPO_METRICS + (f"{config.loss_type}_loss",)
     else:
-        criterion = KTOCriterion(model.config, kto_config=config)
+        criterion = KTOCriterion(model.config, kto_config=config, kl_groups=kl_groups(cfg))
         trainer_base, extra = KTOTrainer, {"kto_config": config, "kto_criterion": criterion}
         metric_keys = KTO_METRICS
     # Held-out measurements need the whole model in this process (no pipeline stages).

@@ -25,21 +25,37 @@ class _ReferenceAsIs:
 
 
 class KTOCriterion(trl.KTOCriterion):
-    """KTO's reference point clipped in one process too.
+    """KTO's reference point over the batch one process would see, clipped at 0 in every layout.
 
     Upstream (paddlenlp 3.0.0b4, KTOCriterion.kto_loss): KTO's reference point is z0 = max(0, KL)
-    (Ethayarajh et al. 2024), but trl clips the KL estimate only when world_size > 1, so one process
-    trains another loss than a data-parallel run whenever the estimate is negative. Clipped here in one
-    process as well (a non-positive estimate is passed as exactly 0 by handing the reference's KL
-    log-probs in for the policy's).
-    Can go when trl's kto_loss clips the estimate in one process."""
+    (Ethayarajh et al. 2024), estimated from the micro-batch's mismatched pairs. trl (1) clips the
+    estimate only when world_size > 1, so one process trains another loss than a data-parallel run
+    whenever it is negative; (2) with several processes, averages the processes' own means (gathered
+    over the last ranks of the pipeline groups): not the mean of a micro-batch the data replicas split
+    when they hold different numbers of examples (llmx's packed sequences do), and a mixture of
+    different micro-batches when each replica takes whole micro-batches of its own. Here the sum and
+    count of the KL terms are all-reduced over `kl_groups` (the groups of replicas that split one
+    micro-batch; none in one process, or when each replica takes whole micro-batches), their mean is
+    clipped at 0, and trl's loss gets that estimate as one term, with its own gather turned off.
+    Can go when trl's kto_loss clips in one process and reduces the KL's sum and count over the
+    replicas that share a micro-batch."""
+
+    def __init__(self, config, kto_config=None, kl_groups=(), **kwargs):
+        super().__init__(config, kto_config=kto_config, **kwargs)
+        self.kl_groups = tuple(kl_groups)
 
     def kto_loss(self, policy_chosen_logps, policy_rejected_logps, policy_kl_logps, reference_chosen_logps,
                  reference_rejected_logps, reference_kl_logps):
-        if paddle.distributed.get_world_size() <= 1 and float((policy_kl_logps - reference_kl_logps).mean()) < 0:
-            policy_kl_logps = reference_kl_logps
-        return super().kto_loss(policy_chosen_logps, policy_rejected_logps, policy_kl_logps, reference_chosen_logps,
-                                reference_rejected_logps, reference_kl_logps)
+        terms = (policy_kl_logps - reference_kl_logps).detach().astype("float64")
+        sum_count = paddle.stack([terms.sum(), paddle.full([], terms.shape[0], dtype="float64")])
+        for group in self.kl_groups:
+            paddle.distributed.all_reduce(sum_count, group=group)
+        z0 = (sum_count[0] / sum_count[1]).clip(min=0).astype(policy_kl_logps.dtype).reshape([1])
+        return super().kto_loss(policy_chosen_logps, policy_rejected_logps, z0, reference_chosen_logps,
+                                reference_rejected_logps, paddle.zeros_like(z0))
+
+    def _nested_gather(self, tensors):
+        return tensors  # kto_loss hands trl the finished estimate: nothing left to gather
 
 
 class DPOTrainer(_ReferenceAsIs, trl.DPOTrainer):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from llmx.align.options import LOSS_TYPES, NEED_REFERENCE, NO_REFERENCE, SMOOTHS_LABELS
+from llmx.align.options import LOSS_DEFINITIONS, LOSS_TYPES, NEED_REFERENCE, NO_REFERENCE, PADDLENLP_DIFFERS, SMOOTHS_LABELS
 from llmx.schema import DataFiles, PeftConfig, TrainConfig, require, validate_preference
 from llmx.data.formats import read_splits
 
@@ -43,7 +43,8 @@ class Config:
     peft: PeftConfig = field(default_factory=PeftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     loss_type: str = "sigmoid"  # one of LOSS_TYPES
-    beta: float = 0.1  # strength of the pull towards the reference (the loss's temperature)
+    loss_definition: str = "trl"  # trl: each loss as TRL (or its paper) defines it; paddlenlp: PaddleNLP's orpo and dpop
+    beta: float = 0.1  # strength of the pull towards the reference (the loss's temperature); orpo: the odds-ratio term's weight
     label_smoothing: float = 0.0  # sigmoid/simpo: probability that a preference label is flipped (cDPO)
     simpo_gamma: float = 0.5  # simpo: target reward margin
     dpop_lambda: float = 50.0  # dpop: weight of the penalty on the chosen response's log-prob falling
@@ -58,6 +59,8 @@ def validate(cfg: DictConfig) -> None:
     s = cfg.stage
     validate_preference(cfg)
     require(s.loss_type in LOSS_TYPES, "stage.loss_type", s.loss_type, f"allowed: {', '.join(LOSS_TYPES)}")
+    require(s.loss_definition in LOSS_DEFINITIONS, "stage.loss_definition", s.loss_definition,
+            f"allowed: {', '.join(LOSS_DEFINITIONS)} (they differ for {', '.join(PADDLENLP_DIFFERS)})")
     if s.loss_type in NO_REFERENCE:
         require(s.reference_free is not False, "stage.reference_free", False,
                 f"loss_type={s.loss_type} is reference-free (it builds no reference model); leave it unset or true")

@@ -1,8 +1,9 @@
 """Preference alignment (stage=dpo, stage=kto) on trl, with the bundled tiny model and demo data.
 
 Cheap by design: one short SFT run shared by the session (the "sft, then dpo on its run dir"
-recipe starts from it), the loss formulas checked on fixed log-probabilities with no training,
-every loss type run for two steps in this process, and a handful of `python launch.py` runs.
+recipe starts from it), KTO's loss formula checked on fixed log-probabilities with no training (the DPO
+losses': tests/quick/test_preference_losses.py), every loss type run for two steps in this process,
+and a handful of `python launch.py` runs.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import FAST, REPO, compose, launch, read_json, read_jsonl, run_in_process, train_losses
+from helpers import FAST, REPO, compose, launch, read_json, read_jsonl, run_in_process, run_matrix, train_losses
 
 LN2 = math.log(2.0)
 STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -26,81 +27,13 @@ STEP_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
 # ----------------------------------------------------------------------- the losses, by formula
 
 
-def _logsig(x):
-    return -np.logaddexp(0, -x)
-
-
 def _sig(x):
     return 1 / (1 + np.exp(-x))
-
-
-def _dpo_criterion(*overrides):
-    import paddlenlp.trl as trl
-
-    from llmx.align.preference import dpo_config
-
-    stage = compose("stage=dpo", *overrides).stage
-    config = dpo_config(stage, lora=False)
-    model_config = SimpleNamespace(tensor_parallel_output=False, tensor_parallel_degree=1)
-    return trl.DPOCriterion(model_config, dpo_config=config), config
 
 
 # policy chosen / rejected, reference chosen / rejected log-probabilities of four pairs
 PC, PR = np.array([-3.0, -5.5, -2.2, -7.0]), np.array([-4.0, -5.0, -6.1, -6.5])
 RC, RR = np.array([-3.5, -5.2, -2.0, -6.0]), np.array([-3.9, -5.6, -5.0, -6.4])
-
-
-@pytest.mark.parametrize("loss_type, overrides, formula", [
-    ("sigmoid", ["stage.beta=0.3", "stage.label_smoothing=0.2"],  # DPO, with cDPO's label smoothing
-     lambda b, h: -(0.8 * _logsig(b * h) + 0.2 * _logsig(-b * h))),
-    ("ipo", ["stage.beta=0.3"], lambda b, h: (h - 1 / (2 * b)) ** 2),
-    ("hinge", ["stage.beta=0.3"], lambda b, h: np.maximum(0, 1 - b * h)),
-    ("dpop", ["stage.beta=0.3", "stage.dpop_lambda=5"], lambda b, h: -_logsig(b * h) + 5 * np.maximum(0, RC - PC)),
-    ("sppo_hard", ["stage.beta=0.3"], lambda b, h: (PC - RC - 0.5 / b) ** 2 + (PR - RR + 0.5 / b) ** 2),
-    ("nca_pair", ["stage.beta=0.3"],
-     lambda b, h: -_logsig(b * (PC - RC)) - 0.5 * _logsig(-b * (PC - RC)) - 0.5 * _logsig(-b * (PR - RR))),
-    ("kto_pair", ["stage.beta=0.3"], lambda b, h: np.concatenate([
-        1 - _sig(b * ((PC - RC) - max(0, np.mean(PR - RR)))), 1 - _sig(b * (max(0, np.mean(PC - RC)) - (PR - RR)))])),
-])
-def test_each_reference_loss_is_its_published_formula(loss_type, overrides, formula):
-    import paddle
-
-    criterion, config = _dpo_criterion(f"stage.loss_type={loss_type}", *overrides, "stage.pref_loss_ratio=0.5")
-    t = [paddle.to_tensor(x, dtype="float64") for x in (PC, PR, RC, RR)]
-    got = float(criterion.dpo_loss(*t))
-    h = (PC - PR) - (RC - RR)
-    assert got == pytest.approx(0.5 * np.mean(formula(config.beta, h)), rel=1e-12)
-
-
-def test_simpo_and_orpo_are_their_published_formulas():
-    import paddle
-
-    # SimPO (reference-free, length-normalised log-probs as given): -log sigmoid(beta (c - r) - gamma)
-    criterion, config = _dpo_criterion("stage.loss_type=simpo", "stage.beta=2", "stage.simpo_gamma=0.7")
-    assert config.reference_free and config.loss_type == "simpo"
-    zeros64 = paddle.zeros([1], dtype="float64")
-    got = float(criterion.dpo_loss(paddle.to_tensor(PC / 4), paddle.to_tensor(PR / 4), zeros64, zeros64))
-    assert got == pytest.approx(np.mean(-_logsig(2 * (PC - PR) / 4 - 0.7)), rel=1e-12)
-
-    # ORPO through the whole criterion on fixed logits: the odds-ratio term on per-token mean
-    # log-probs, plus the chosen response's NLL (weight 1 by default: its SFT term)
-    criterion, config = _dpo_criterion("stage.loss_type=orpo", "stage.pref_loss_ratio=0.25")
-    assert config.reference_free and config.loss_type == "or" and config.sft_loss_ratio == 1.0
-    rng = np.random.RandomState(0)
-    logits = rng.normal(size=(1, 8, 6))
-    chosen, rejected = np.zeros((1, 8), dtype="int64"), np.zeros((1, 8), dtype="int64")
-    chosen[0, 2:5], rejected[0, 5:8] = [3, 1, 4], [5, 2, 2]  # prompt 0..1, chosen 2..4, rejected 5..7
-    index = np.array([[0, 2, 5, 8]], dtype="int64")
-    zeros = paddle.zeros([1])  # a reference-free run's "reference" log-probs (trl's DPOTrainer passes these)
-    out = criterion(paddle.to_tensor(logits, dtype="float32"),
-                    (paddle.to_tensor(chosen), paddle.to_tensor(rejected), paddle.to_tensor(index), zeros, zeros))
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    lc = logp[0, [2, 3, 4], [3, 1, 4]].sum()
-    lr = logp[0, [5, 6, 7], [5, 2, 2]].sum()
-    mc, mr = lc / 3, lr / 3
-    log_odds = (mc - mr) - (np.log1p(-np.exp(mc)) - np.log1p(-np.exp(mr)))
-    expected = 0.25 * -_logsig(log_odds) + 1.0 * (-lc / 3)
-    assert float(out[-1]) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("kl_sign", [1, -1])
@@ -247,3 +180,23 @@ def test_dpo_killed_after_a_checkpoint_resumes_to_the_uninterrupted_losses(singl
     summary = run_in_process(run, *every_step[:-1])  # relaunched into the same directory
     assert summary["resumed_from"] == first
     assert train_losses(run) == [(s, pytest.approx(x, rel=1e-6)) for s, x in train_losses(single)]
+
+
+# KTO's reference point (its KL estimate, clipped at 0) is the one of the micro-batch one process sees:
+# replicas that split each micro-batch reduce their KL terms' sum and count, replicas that take whole
+# micro-batches keep their own. A learning rate that moves the weights (the estimate is positive from step 2).
+KTO_MOVING = ["stage=kto", "stage.train.max_steps=3", "stage.train.save_steps=3", "stage.train.lr=1e-2",
+              "stage.train.warmup_steps=0", "stage.train.lr_scheduler=constant", "stage.eval.enabled=false"]
+KTO_BATCHINGS = {"whole_micro_batches": ["stage.train.batch_size=2", "stage.train.grad_accum=2"],
+                 "split_micro_batches": ["stage.train.batch_size=4", "stage.train.grad_accum=1"]}
+
+
+def test_kto_data_parallel_matches_one_process_as_the_weights_move(tmp_path):
+    one = run_matrix({b: [*KTO_MOVING, *o] for b, o in KTO_BATCHINGS.items()}, tmp_path / "one")
+    dp2 = run_matrix({b: [*KTO_MOVING, *o, "parallel=dp2"] for b, o in KTO_BATCHINGS.items()}, tmp_path / "dp2",
+                     processes=2)
+    for batching in KTO_BATCHINGS:
+        rows = [r for r in read_jsonl(one / batching / "metrics.jsonl") if "loss" in r]
+        assert [r["step"] for r in rows] == [1, 2, 3] and all(r["kl"] > 0.01 for r in rows[1:]), rows
+        ours = train_losses(dp2 / batching)
+        assert ours == [(s, pytest.approx(x, rel=1e-6)) for s, x in train_losses(one / batching)], batching
