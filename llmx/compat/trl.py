@@ -21,6 +21,8 @@ class _ReferenceAsIs:
     forward-only model)."""
 
     def _wrap_ref_model(self, model):
+        if self.args.pipeline_parallel_degree > 1:  # a pipeline's forward is its wrapper's eval_batch
+            return super()._wrap_ref_model(model)
         return model
 
 
