@@ -165,7 +165,7 @@ def target_token_counts(dataset) -> np.ndarray:
     return np.array([int((np.asarray(item["labels"]) != IGNORE_INDEX).sum()) for item in dataset], dtype=np.int64)
 
 
-def _pipeline_layer(model):
+def pipeline_layer(model):
     """The PipelineLayer inside `model` (a PEFT wrapper holds it as .model), or None."""
     from paddle.distributed.fleet.meta_parallel import PipelineLayer
 
@@ -179,7 +179,8 @@ class TokenWeightedLoss(paddle.nn.Layer):
     """A pipeline's loss function, weighed like LlmxTrainerMixin.compute_loss weighs the others:
     the model's own mean over this micro-batch's target tokens, times those tokens, over the
     step's target tokens (scaled back for the pipeline's 1/accumulate_steps and the data-parallel
-    average). Outside a training step (`step_targets` None) it is the model's own."""
+    average). Outside a training step (`step_targets` None) it is the model's own. A criterion whose
+    labels are not token labels counts its micro-batch's targets itself (`targets(labels)`)."""
 
     def __init__(self, criterion, scale: float) -> None:
         super().__init__()
@@ -189,7 +190,8 @@ class TokenWeightedLoss(paddle.nn.Layer):
         loss = self.criterion(logits, labels)
         if self.step_targets is None:
             return loss
-        mine = (labels != IGNORE_INDEX).astype(loss.dtype).sum()
+        count = getattr(self.criterion, "targets", None)
+        mine = count(labels) if count is not None else (labels != IGNORE_INDEX).astype(loss.dtype).sum()
         return loss * mine * (self.scale / self.step_targets)
 
 
@@ -273,7 +275,7 @@ class LlmxTrainerMixin:
         self.loss_scale = self.args.gradient_accumulation_steps * self.args.dataset_world_size
         if self.token_weighted:
             self.train_dataset = StepTargets(self.train_dataset)
-            pipeline = _pipeline_layer(self.model)
+            pipeline = pipeline_layer(self.model)
             if pipeline is not None:
                 pipeline._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f
                                      for f in pipeline._loss_fn]
