@@ -64,6 +64,7 @@ class Family:
     # position_ids or the mask's running count, and pads are masked out): what runs a padded batch without a
     # cache (static mode, adapters run without a KV cache) is refused.
     no_padded_batch: str = ""
+    no_static: str = ""  # why the engine's static mode (llmx.infer.export) cannot export it ("" = it can)
     # Canonical names of the hyperparameters layouts depend on (after `aliases`).
     heads: str = "num_attention_heads"
     kv_heads: Optional[str] = "num_key_value_heads"  # None: one KV head per query head

@@ -5,6 +5,7 @@ from typing import Optional
 
 from llmx.data.chat import ChatFormat
 from llmx.engine.peft import SAME_FORWARD_WRAPPERS
+from llmx import families
 from llmx.families import FAMILIES, Family
 from llmx.infer.engine import Engine
 from llmx.infer.runners import RUNNERS, RecomputeRunner, StaticRunner
@@ -39,8 +40,10 @@ def can_run(model, family: str) -> bool:
 
     from llmx.infer.support import engine_problem
 
+    if type(model).__name__ in RECOMPUTE_WRAPPERS:
+        return engine_problem(family) is None and not families.family(family).no_padded_batch
     return engine_problem(family) is None and (isinstance(model, PretrainedModel)
-                                               or type(model).__name__ in SAME_FORWARD_WRAPPERS + RECOMPUTE_WRAPPERS)
+                                               or type(model).__name__ in SAME_FORWARD_WRAPPERS)
 
 
 def family_record(model) -> Optional[Family]:

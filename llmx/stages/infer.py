@@ -54,7 +54,7 @@ def sampling_params(s, seed: Optional[int] = None):
 
 
 def validate(cfg: DictConfig) -> None:
-    from llmx.infer.support import engine_problem, kept_adapter_problem
+    from llmx.infer.support import engine_problem, kept_adapter_problem, static_problem
 
     s, p = cfg.stage, cfg.parallel
     one_of("stage.task", s.task, TASKS)
@@ -81,6 +81,9 @@ def validate(cfg: DictConfig) -> None:
     existing("stage.static_dir", s.static_dir, "directory")
     problem = engine_problem(cfg.model.family)
     require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
+    problem = static_problem(cfg.model.family) if s.mode == "static" else None
+    require(problem is None, "stage.mode", s.mode, f"model.family={cfg.model.family} does not run as a static program: "
+            f"{problem}")
     problem = kept_adapter_problem(cfg)
     require(problem is None, "model.name_or_path", cfg.model.name_or_path, problem or "")
     require(p.pp == 1 and p.dp == 1 and p.sharding == 1, "parallel", f"dp={p.dp} pp={p.pp} sharding={p.sharding}",

@@ -34,7 +34,7 @@ class Config:
 
 
 def validate(cfg: DictConfig) -> None:
-    from llmx.infer.support import engine_problem, kept_adapter_problem
+    from llmx.infer.support import engine_problem, kept_adapter_problem, static_problem
 
     s, p = cfg.stage, cfg.parallel
     one_of("stage.mode", s.mode, ("dynamic", "static"))
@@ -47,6 +47,9 @@ def validate(cfg: DictConfig) -> None:
         positive(f"stage.{key}", s[key])
     problem = engine_problem(cfg.model.family)
     require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
+    problem = static_problem(cfg.model.family) if s.mode == "static" else None
+    require(problem is None, "stage.mode", s.mode, f"model.family={cfg.model.family} does not run as a static program: "
+            f"{problem}")
     problem = kept_adapter_problem(cfg)
     require(problem is None, "model.name_or_path", cfg.model.name_or_path, problem or "")
     require(p.dp * p.tp * p.pp * p.sharding == 1, "parallel",
