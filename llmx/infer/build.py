@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+from llmx import families
 from llmx.data.chat import ChatFormat
 from llmx.engine.peft import SAME_FORWARD_WRAPPERS
-from llmx import families
 from llmx.families import FAMILIES, Family
 from llmx.infer.engine import Engine
 from llmx.infer.runners import RUNNERS, RecomputeRunner, StaticRunner

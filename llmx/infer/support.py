@@ -19,6 +19,20 @@ def static_problem(family: str) -> Optional[str]:
     return record.no_static or record.no_padded_batch or None
 
 
+def check_model(cfg) -> None:
+    """stage=infer and stage=serve: refuse, in one line, a family the engine does not run, one static mode cannot
+    run, and an adapter it cannot run on this family or layout."""
+    from llmx.schema import require
+
+    m, mode = cfg.model, cfg.stage.mode
+    problem = engine_problem(m.family)
+    require(problem is None, "model.family", m.family, f"llmx's inference engine does not run it: {problem}")
+    problem = static_problem(m.family) if mode == "static" else None
+    require(problem is None, "stage.mode", mode, f"model.family={m.family} does not run as a static program: {problem}")
+    problem = kept_adapter_problem(cfg)
+    require(problem is None, "model.name_or_path", m.name_or_path, problem or "")
+
+
 def kept_adapter(m) -> bool:
     """Whether `model.name_or_path` holds an adapter that cannot fold into its base (prefix tuning, ReFT): the
     engine then runs the base with the adapter on it, without a KV cache (llmx.infer.runners.RecomputeRunner)."""
