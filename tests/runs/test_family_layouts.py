@@ -78,7 +78,11 @@ def test_every_family_matches_one_process(layout, single, tmp_path):
         family = _cell(cell)[0]
         merged = saved_model_loss(out / cell / "model", family=family, examples=8)
         reference = saved_model_loss(single / cell / "model", family=family, examples=8)
-        if merged != pytest.approx(reference, rel=1e-5):
+        # The export holds the weights after the third update, one more than the step-3 loss has seen, so one
+        # more step of the layouts' float32 rounding grows: tensor parallelism sums in another order, and Adam's
+        # first steps turn rounding-sized gradients into lr-sized updates (qwen tp2: 3.8e-6 at step 3, 2.3e-5
+        # here; as much with clipping off). A wrong merge is off by far more.
+        if merged != pytest.approx(reference, rel=1e-4):
             problems.append(f"{cell}: exported model's loss {merged} vs one process's {reference}")
     assert not problems, "\n".join(problems)
     counters = read_json(out / _cells(layout)[0] / f"cpu_parallel_counters.rank{processes - 1}.json")
