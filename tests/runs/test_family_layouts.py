@@ -15,6 +15,8 @@ and computes the single run's loss on a fixed batch.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from helpers import input_error, read_json, run_matrix, saved_model_loss, train_losses
@@ -61,6 +63,11 @@ def single(tmp_path_factory):
     return _matrix("single", tmp_path_factory.mktemp("matrix") / "single")
 
 
+@functools.cache
+def _exported_loss(model_dir, family: str) -> float:  # each one-process export is read once, not once per layout
+    return saved_model_loss(model_dir, family=family, examples=8)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_every_family_matches_one_process(layout, single, tmp_path):
@@ -76,8 +83,7 @@ def test_every_family_matches_one_process(layout, single, tmp_path):
         if not part < whole:
             problems.append(f"{cell}: rank 0 holds {part} of {whole} parameters")
         family = _cell(cell)[0]
-        merged = saved_model_loss(out / cell / "model", family=family, examples=8)
-        reference = saved_model_loss(single / cell / "model", family=family, examples=8)
+        merged, reference = _exported_loss(out / cell / "model", family), _exported_loss(single / cell / "model", family)
         # The export holds the weights after the third update, one more than the step-3 loss has seen, so one
         # more step of the layouts' float32 rounding grows: tensor parallelism sums in another order, and Adam's
         # first steps turn rounding-sized gradients into lr-sized updates (qwen tp2: 3.8e-6 at step 3, 2.3e-5
