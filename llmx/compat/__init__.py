@@ -18,7 +18,8 @@ Rules:
 The patches:
 - paddle (paddlepaddle 3.3.1), `install(run_dir, rank)` for multi-process runs on CPU: gloo's missing
   collectives, per-group gloo stores, CPU model-parallel ops, fleet's GPU-only wrappers (sharding
-  stage 2, tensor-parallel input broadcast, pipeline device id); counters per rank.
+  stage 2, tensor-parallel input broadcast, pipeline device id); counters per rank. On every device,
+  `count_shared_weights_once(model)`: a pipeline-shared (tied) weight counts once in the gradient norm.
 - paddlenlp (paddlenlp 3.0.0b4): LoKr and MoRA adapter merges (`merge_adapter_layer`); bool
   attention masks for Llama's pipeline stages (`bool_pipeline_attention_masks`).
 - trl (PaddleNLP's trl, paddlenlp 3.0.0b4): see llmx.compat.trl.

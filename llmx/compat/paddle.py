@@ -22,7 +22,17 @@ fails when the upstream behaviour a patch relies on changes.
   (`group_sharded_parallel(level="os_g")`) asserts a GPU, and its ParamStorage does
   `param.cpu(); param._clear_data()`, which on CPU wipes the param itself (`.cpu()` returns the
   same tensor). Can go when fleet's wrappers accept a CPU place.
-DP and sharding stage 1 run as they are. `COUNTERS` counts every patched call per kind, and each
+DP and sharding stage 1 run as they are.
+
+On every device (not only CPU), for a pipeline model:
+- `count_shared_weights_once(model)`: the global gradient norm (HybridParallelClipGrad) skips a
+  pipeline-shared parameter (SharedLayerDesc: a tied embedding and head, held by the first and the
+  last stage, its gradient all-reduced between them) where `is_firstly_shared` is False, but
+  PipelineLayer sets that flag by comparing parameter *names* (`embedding_0.w_0`) with attribute
+  names (`embedding_weight`), which never match: every holder counts the summed gradient, and
+  clipping scales by a norm that is too large (llama tiny, tied, pp2, lr 5e-2: 1% off one process
+  at step 3). Marks the shared parameter of every stage but the group's first. Can go when
+  `_synchronize_shared_weights` looks the parameter up by its attribute. `COUNTERS` counts every patched call per kind, and each
 rank writes them to `<run dir>/cpu_parallel_counters.rank<N>.json` at exit, so tests can prove
 that the parallel path really ran (mp collectives for tp, send/recv for pp, ...).
 """
@@ -364,6 +374,16 @@ def _patch_fleet() -> None:
         return forward(self, *inputs, **kwargs)
 
     paddle.DataParallel.forward = dp_forward
+
+
+# ----------------------------------------------------------------- pipeline-shared weights
+def count_shared_weights_once(model) -> None:
+    """Let the gradient norm count each pipeline-shared parameter once (module docstring): on the
+    first rank of its shared group only. A no-op for a model that is not a PipelineLayer."""
+    for comm in getattr(model, "shared_comm", {}).values():
+        if model.global_rank != min(comm["ranks"]):
+            for attr in comm["weight_attr"]:
+                getattr(comm["layer"], attr).is_firstly_shared = False
 
 
 # ------------------------------------------------------------------------ entry

@@ -158,9 +158,11 @@ def _build_parallel_model(m: DictConfig, fam: Family, model_cls, config, tokeniz
         model = part_cls.from_config(part_config, dtype=m.dtype)
         _load_part(model, state, model_cls.base_model_prefix)
     if pp > 1:
+        from llmx.compat.paddle import count_shared_weights_once
         from llmx.compat.paddlenlp import bool_pipeline_attention_masks
 
         bool_pipeline_attention_masks(model)  # our 0/1 int64 masks would be read as position ids
+        count_shared_weights_once(model)  # a tied embedding and head: once in the gradient norm
     log.info("%s part (tp rank %d of %d, pp stage %d of %d): %d parameters, split from %s", part_cls.__name__,
              part_config.tensor_parallel_rank, tp, hcg.get_stage_id(), pp, count_parameters(model), source)
     return model

@@ -42,6 +42,7 @@ class Family:
     config_class: str  # class in paddlenlp.transformers
     lora_targets: Tuple[str, ...]  # module-name regexes LoRA wraps by default
     pipeline_class: Optional[str] = None  # PaddleNLP's pipeline-parallel class, if it has one
+    pipeline_ties: bool = False  # that class ties the head to the embedding whatever tie_word_embeddings says
     # Prefix tuning: how this family's attention takes a past key/value cache (a layout name in
     # llmx.engine.prefix_hooks), or None with the reason in `no_prefix`.
     prefix_cache: Optional[str] = None

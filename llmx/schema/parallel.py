@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llmx.errors import ConfigError
 from llmx.schema.checks import positive, require
-from llmx.schema.model import model_family, model_hparams, quantized
+from llmx.schema.model import model_dim, model_family, model_hparams, quantized
 
 
 @dataclass
@@ -54,6 +54,9 @@ def validate_parallel(cfg: DictConfig) -> None:
     if p.pp > 1:
         require(fam.pipeline_class is not None, "parallel.pp", p.pp,
                 f"model family {m.family} has no pipeline class in PaddleNLP")
+        require(not fam.pipeline_ties or model_dim(m, "tie_word_embeddings") is not False, "parallel.pp", p.pp,
+                f"model family {m.family}'s pipeline class in PaddleNLP ties the head to the embedding whatever "
+                "the config says: an untied model (tie_word_embeddings=false) runs with parallel.pp=1")
         require(p.sharding_stage not in (2, 3), "parallel.sharding_stage", p.sharding_stage,
                 "pp>1 needs sharding stage1 (Paddle has no pipeline with sharding stage 2/3)")
     require(p.vpp == 1 or p.pp > 2, "parallel.vpp", p.vpp,

@@ -173,6 +173,56 @@ def test_paddle_parallel_env_has_no_device_id_on_cpu():
     assert out.stdout.split() == ["missing"], out.stderr[-2000:]
 
 
+def test_paddle_pipeline_still_counts_a_shared_weight_on_every_stage(monkeypatch):
+    """PipelineLayer marks a SharedLayerDesc's weight on the later stages by comparing parameter names with
+    attribute names (never equal), so the gradient norm counts it on every stage; the patch marks it, and
+    HybridParallelClipGrad leaves a marked parameter out of the norm (and still clips its gradient)."""
+    import types
+
+    import numpy as np
+    import paddle
+    from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.hybrid_parallel_optimizer import (
+        HybridParallelClipGrad)
+    from paddle.distributed.fleet.meta_parallel.parallel_layers.pp_layers import PipelineLayer
+
+    from llmx.compat.paddle import count_shared_weights_once
+
+    class Head(paddle.nn.Layer):  # as PaddleNLP's pipelines name the shared weight: `embedding_weight`
+        def __init__(self):
+            super().__init__()
+            self.weight = self.create_parameter([2, 2])
+
+        @property
+        def embedding_weight(self):
+            return self.weight
+
+    def stage(rank):
+        comm = {"ranks": [0, 1], "group": None, "weight_attr": ["embedding_weight"], "layer": Head()}
+        return types.SimpleNamespace(global_rank=rank, shared_comm={"shared": comm})
+
+    monkeypatch.setattr(paddle.distributed, "broadcast", lambda *args, **kwargs: None)
+    first, last = stage(0), stage(1)
+    for part in (first, last):
+        PipelineLayer._synchronize_shared_weights(part)
+    shared = last.shared_comm["shared"]["layer"].weight
+    assert getattr(shared, "is_firstly_shared", True) is not False  # upstream: the last stage counts it too
+    for part in (first, last):
+        count_shared_weights_once(part)
+    assert getattr(first.shared_comm["shared"]["layer"].weight, "is_firstly_shared", True) is not False
+    assert shared.is_firstly_shared is False
+
+    # the clip of a stage holding the shared weight (gradient norm 4) and its own (norm 3), to a norm of 3
+    alone = {"get_sharding_parallel_world_size": 1, "get_data_parallel_world_size": 1,
+             "get_model_parallel_world_size": 1, "get_pipe_parallel_world_size": 1}
+    hcg = types.SimpleNamespace(**{name: (lambda n=n: n) for name, n in alone.items()})
+    clip = HybridParallelClipGrad(paddle.nn.ClipGradByGlobalNorm(3.0), hcg)
+    own = paddle.create_parameter([1], "float32")
+    grads = [(own, paddle.to_tensor([3.0])), (shared, paddle.to_tensor([[4.0, 0.0], [0.0, 0.0]]))]
+    (_, own_grad), (_, shared_grad) = clip(grads)
+    np.testing.assert_allclose(own_grad.numpy(), [3.0], rtol=1e-5)  # the norm left the shared weight out
+    np.testing.assert_allclose(shared_grad.numpy()[0, 0], 4.0, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------- paddlenlp
 def _merged_matches_forward(layer, merge) -> bool:
     import numpy as np
