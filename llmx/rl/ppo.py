@@ -45,8 +45,9 @@ class PPO(Algorithm):
         if s.reward_model is not None:  # the critic starts as the reward model (its own trainable copy)
             self.critic = load_score_model(cfg.model, s.reward_model, policy.tokenizer, cfg.seed)
         else:
-            paddle.seed(cfg.seed)
-            self.critic = ScoreModel(models.build_model(cfg.model, policy.tokenizer, cfg.seed))
+            backbone = models.build_model(cfg.model, policy.tokenizer, cfg.seed)
+            paddle.seed(cfg.seed)  # the head's init, as stage=rm's: not what building the backbone drew (layouts differ)
+            self.critic = ScoreModel(backbone)
         self.critic.train()
         self.critic_params = [p for p in self.critic.parameters() if not p.stop_gradient]
         t = s.train.copy()
