@@ -101,7 +101,8 @@ class Algorithm:
         raise NotImplementedError
 
     def save(self, folder) -> None:
-        """Write the algorithm's own state into a checkpoint being written (the actor's is the loop's)."""
+        """Write the algorithm's own state into a checkpoint being written (the actor's is the loop's); called
+        on each tensor-parallel rank of the first data-parallel rank (llmx.rl.loop.shard names its files)."""
 
     def load(self, folder) -> None:
         """Read back what save wrote."""

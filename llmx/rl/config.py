@@ -58,9 +58,12 @@ def validate_rl(cfg: DictConfig) -> None:
     require(d.eval_prompts == -1 or d.eval_prompts >= 1, "stage.data.eval_prompts", d.eval_prompts, "must be >= 1 or -1 (all)")
     require(s.peft.method in ("none", "lora"), "stage.peft.method", s.peft.method,
             f"stage={s.runner} trains full weights (none) or LoRA adapters (lora)")
-    require(p.tp == 1 and p.pp == 1 and p.sharding == 1, "parallel", f"tp={p.tp} pp={p.pp} sharding={p.sharding}",
-            f"stage={s.runner} runs in one process or data parallel (parallel=single or dp2): each rank generates "
-            "its share of the rollouts with the whole model")
+    require(p.pp == 1, "parallel.pp", p.pp, f"stage={s.runner} generates its rollouts with llmx's inference "
+            "engine, which does not run pipeline-parallel models (parallel=single, dp2 or tp2)")
+    require(p.sharding == 1, "parallel.sharding", p.sharding, f"stage={s.runner} steps its own optimizer, "
+            "without sharding's (parallel=single, dp2 or tp2)")
+    require(not p.sequence_parallel, "parallel.sequence_parallel", True, f"stage={s.runner}'s rollouts decode one "
+            "token at a time, which sequence parallelism cannot split")
     for key in ("prompts_per_step", "max_new_tokens", "max_batch"):
         positive(f"stage.rollout.{key}", r[key])
     require(0 < r.temperature <= 100, "stage.rollout.temperature", r.temperature,

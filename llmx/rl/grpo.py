@@ -9,7 +9,7 @@ import paddle
 
 from llmx.rl import losses as L
 from llmx.rl.algorithm import Algorithm, Experience, mini_batch_tokens, response_stats, rollout_logps, step
-from llmx.rl.loop import all_sum
+from llmx.rl.loop import all_sum, world
 from llmx.rl.rollout import logits_of
 
 
@@ -34,7 +34,7 @@ class GRPO(Algorithm):
         logp = L.token_logps(logits, mb.input_ids[:, 1:])
         surrogate, clipped = L.clipped_surrogate(logp, old_logp, adv, s.clip_range_ratio)
         kl = L.kl_estimate(logp, ref_logp, s.kl_estimator)
-        rows_global = len(rows) * paddle.distributed.get_world_size()
+        rows_global = len(rows) * world()[1]
         loss = L.sequence_mean(surrogate + s.kl_coeff * kl, mb.actions, rows_global)
         step(loss, policy.params, policy.optimizer, policy.scheduler)
         with paddle.no_grad():

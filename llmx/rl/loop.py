@@ -6,6 +6,12 @@ Data parallel (`parallel=dp2`): each rank generates and trains on its share of e
 are sums over the rank's rows divided by global counts, and gradients are summed over ranks before the
 step, so a step computes what one process computes on the whole batch. Held-out measurements are split
 over ranks the same way and summed.
+
+Tensor parallel (`parallel=tp2`, with dp): the ranks of a tensor-parallel group hold one model split in
+two; they roll out the same prompts with the same seeds through the engine (whose logits gather the whole
+vocabulary), so they see the same rows, and the losses read whole-vocabulary logits too. "Ranks" above are
+the data-parallel ranks; the global gradient norm sums the split parameters' squares over the group and
+counts a replicated parameter once.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from omegaconf import DictConfig
 
 from llmx.console import say
 from llmx.engine.distributed import barrier
-from llmx.engine.logits import token_kl
+from llmx.ops import vocab
 from llmx.rl.config import rollout_n
 from llmx.rl.rollout import Batch, generate, logits_of, make_batch, sample_seed
 
@@ -29,26 +35,40 @@ from llmx.rl.rollout import Batch, generate, logits_of, make_batch, sample_seed
 
 
 def world() -> tuple[int, int]:
-    return dist.get_rank(), dist.get_world_size()
+    """This process's data-parallel rank and the number of data-parallel ranks (the ranks of one
+    tensor-parallel group share a rank: they hold one model between them)."""
+    from llmx.engine.distributed import hybrid_group
+
+    hcg = hybrid_group()
+    if hcg is None:
+        return dist.get_rank(), dist.get_world_size()
+    return hcg.get_data_parallel_rank(), hcg.get_data_parallel_world_size()
+
+
+def _dp_group():
+    from llmx.engine.distributed import hybrid_group
+
+    hcg = hybrid_group()
+    return None if hcg is None else hcg.get_data_parallel_group()
 
 
 def all_sum(x):
     """Sum of a tensor (or number) over the data-parallel ranks; the value itself in one process."""
-    if dist.get_world_size() == 1:
+    if world()[1] == 1:
         return x
     t = x if isinstance(x, paddle.Tensor) else paddle.to_tensor(np.asarray(x, "float64"))
     t = t.detach().clone()
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=_dp_group())
     return t if isinstance(x, paddle.Tensor) else t.numpy()
 
 
 def sync_grads(params: list) -> None:
-    """Sum every gradient over the ranks (one flat all-reduce)."""
-    if dist.get_world_size() == 1:
+    """Sum every gradient over the data-parallel ranks (one flat all-reduce)."""
+    if world()[1] == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
     flat = paddle.concat([g.reshape([-1]) for g in grads])
-    dist.all_reduce(flat)
+    dist.all_reduce(flat, group=_dp_group())
     offset = 0
     for g in grads:
         n = int(np.prod(g.shape))
@@ -113,8 +133,35 @@ def optimizer(t: DictConfig, params: list, total: int):
     scheduler = get_scheduler(t.lr_scheduler, learning_rate=t.lr, num_warmup_steps=t.warmup_steps,
                               num_training_steps=max(total, 1))
     clip = paddle.nn.ClipGradByGlobalNorm(t.max_grad_norm) if t.max_grad_norm > 0 else None
+    hcg = _tensor_parallel_group()
+    if clip is not None and hcg is not None:
+        clip = TensorParallelClip(t.max_grad_norm, hcg)
     return paddle.optimizer.AdamW(learning_rate=scheduler, parameters=params, weight_decay=t.weight_decay,
                                   grad_clip=clip), scheduler
+
+
+class TensorParallelClip(paddle.nn.ClipGradByGlobalNorm):
+    """Clipping by the global norm of a tensor-parallel model: a split parameter's squares are summed over the
+    group, a replicated one counted once. fleet's HybridParallelClipGrad computes it; the optimizer takes
+    only ClipGradBase's subclasses, hence this wrapper."""
+
+    def __init__(self, max_norm: float, hcg) -> None:
+        from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.hybrid_parallel_optimizer import (
+            HybridParallelClipGrad)
+
+        super().__init__(max_norm)
+        self.hybrid = HybridParallelClipGrad(paddle.nn.ClipGradByGlobalNorm(max_norm), hcg)
+
+    def _dygraph_clip(self, params_grads):
+        return self.hybrid._dygraph_clip(params_grads)
+
+
+def _tensor_parallel_group():
+    """fleet's groups when the model is split over tensor-parallel ranks; None otherwise."""
+    from llmx.engine.distributed import hybrid_group
+
+    hcg = hybrid_group()
+    return hcg if hcg is not None and hcg.get_model_parallel_world_size() > 1 else None
 
 
 # ------------------------------------------------------------------------------------------ prompts
@@ -158,7 +205,9 @@ def measure(policy: Policy, algo, prompts: Prompts, cfg: DictConfig) -> dict:
     refs = [prompts.references[i] for i in mine]
     with paddle.no_grad():
         rewards = algo.rewards([prompts.texts[i] for i in mine], out.texts, refs, batch, policy)
-        kl, kl_tokens = token_kl(logits_of(policy.model, batch), policy.reference_logits(batch), batch.actions)
+        # (logits_of's logits hold the whole vocabulary already: engine.logits.token_kl would gather them again)
+        per_token = vocab.kl(logits_of(policy.model, batch), policy.reference_logits(batch))
+        kl, kl_tokens = float((per_token * batch.actions.astype(per_token.dtype)).sum()), int(batch.actions.sum())
     from llmx.rl.rewards import exact_match
 
     matches = exact_match(None, out.texts, refs)
@@ -189,7 +238,7 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
     start = 0
     resume = resume_point(exp)
     if resume is not None:
-        start = load_checkpoint(resume, policy, algo, rank)
+        start = load_checkpoint(resume, policy, algo)
     before = {}
     if len(eval_prompts):
         before = exp.measured_before(lambda: {f"eval_{k}_before": v for k, v in
@@ -225,7 +274,7 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
                 step + 1, t.max_steps, record["reward_mean"], record["kl"], record["policy_loss"],
                 record["response_length"], t1 - t0, t2 - t1)
         if (step + 1) % t.save_steps == 0 or step + 1 == t.max_steps:
-            save_checkpoint(exp, step + 1, policy, algo, t.keep_checkpoints, rank)
+            save_checkpoint(exp, step + 1, policy, algo, t.keep_checkpoints)
 
     summary = {"stage": s.runner + ("-lora" if policy.lora else ""), "steps": t.max_steps,
                "resumed_from": resume.name if resume else None,
@@ -274,10 +323,19 @@ def load_optimizer_state(opt, named: dict, state: dict) -> None:
     opt.set_state_dict(renamed)
 
 
+def shard(stem: str) -> str:
+    """The file name of this process's part of a split model's state: `actor.pdparams` whole, and
+    `actor.tp01.pdparams` for tensor-parallel rank 1 of 2 (a checkpoint resumes under its own layout)."""
+    hcg = _tensor_parallel_group()
+    name, ext = stem.split(".", 1)
+    return stem if hcg is None else f"{name}.tp{hcg.get_model_parallel_rank():02d}.{ext}"
 
-def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int, rank: int) -> None:
+
+def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int) -> None:
     """Actor (trainable weights), optimizer and scheduler, the algorithm's state (critic, KL coefficient,
-    reward statistics) and each rank's RNG, written to a staging dir and committed by rank 0."""
+    reward statistics) and each rank's RNG, written to a staging dir and committed by rank 0. Model state is
+    written by the first data-parallel rank (each tensor-parallel rank its shard: llmx.rl.loop.shard)."""
+    rank, first_dp = dist.get_rank(), world()[0] == 0
     staging = exp.staging_dir() / f"step-{step}"
     if rank == 0:
         import shutil
@@ -285,11 +343,12 @@ def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int, rank: int) 
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     barrier()
-    if rank == 0:
-        paddle.save(policy.trainable_state(), str(staging / "actor.pdparams"))
-        paddle.save(optimizer_state(policy.optimizer, policy.trainable_state()), str(staging / "actor.pdopt"))
-        paddle.save(policy.scheduler.state_dict(), str(staging / "scheduler.pdparams"))
+    if first_dp:
+        paddle.save(policy.trainable_state(), str(staging / shard("actor.pdparams")))
+        paddle.save(optimizer_state(policy.optimizer, policy.trainable_state()), str(staging / shard("actor.pdopt")))
         algo.save(staging)
+    if rank == 0:
+        paddle.save(policy.scheduler.state_dict(), str(staging / "scheduler.pdparams"))
     with open(staging / f"rng.rank{rank}.pkl", "wb") as f:
         pickle.dump({"paddle": paddle.get_rng_state(), "numpy": np.random.get_state()}, f)
     barrier()
@@ -299,16 +358,16 @@ def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int, rank: int) 
     barrier()
 
 
-def load_checkpoint(path: Path, policy: Policy, algo, rank: int) -> int:
+def load_checkpoint(path: Path, policy: Policy, algo) -> int:
     from llmx.experiment import Experiment
 
-    state = paddle.load(str(path / "actor.pdparams"))
+    state = paddle.load(str(path / shard("actor.pdparams")))
     for name, param in policy.trainable_state().items():
         param.set_value(state[name])
-    load_optimizer_state(policy.optimizer, policy.trainable_state(), paddle.load(str(path / "actor.pdopt")))
+    load_optimizer_state(policy.optimizer, policy.trainable_state(), paddle.load(str(path / shard("actor.pdopt"))))
     policy.scheduler.set_state_dict(paddle.load(str(path / "scheduler.pdparams")))
     algo.load(path)
-    rng_file = path / f"rng.rank{rank}.pkl"
+    rng_file = path / f"rng.rank{dist.get_rank()}.pkl"
     if rng_file.is_file():
         with open(rng_file, "rb") as f:
             rng = pickle.load(f)

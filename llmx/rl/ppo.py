@@ -13,7 +13,7 @@ import paddle
 
 from llmx.rl import losses as L
 from llmx.rl.algorithm import Algorithm, Experience, global_mean, mini_batch_tokens, response_stats, rollout_logps, step
-from llmx.rl.loop import all_sum, load_optimizer_state, optimizer, optimizer_state, total_updates
+from llmx.rl.loop import all_sum, load_optimizer_state, optimizer, optimizer_state, shard, total_updates, world
 from llmx.rl.rollout import logits_of
 
 
@@ -45,8 +45,9 @@ class PPO(Algorithm):
         if s.reward_model is not None:  # the critic starts as the reward model (its own trainable copy)
             self.critic = load_score_model(cfg.model, s.reward_model, policy.tokenizer, cfg.seed)
         else:
-            paddle.seed(cfg.seed)
-            self.critic = ScoreModel(models.build_model(cfg.model, policy.tokenizer, cfg.seed))
+            backbone = models.build_model(cfg.model, policy.tokenizer, cfg.seed)
+            paddle.seed(cfg.seed)  # the head's init, as stage=rm's: not what building the backbone drew (layouts differ)
+            self.critic = ScoreModel(backbone)
         self.critic.train()
         self.critic_params = [p for p in self.critic.parameters() if not p.stop_gradient]
         t = s.train.copy()
@@ -59,7 +60,7 @@ class PPO(Algorithm):
 
             encoder = SftEncoder(policy.tokenizer, s.ptx_max_length, s.ptx_max_length - 1)
             self.ptx = [encoder.encode(c) for c in read_sft(s.ptx_data)]
-            self.ptx_position = paddle.distributed.get_rank()
+            self.ptx_position = world()[0]
 
     def experience(self, batch, scores: np.ndarray, policy) -> Experience:
         s = self.s
@@ -87,7 +88,7 @@ class PPO(Algorithm):
     def _ptx_loss(self, policy, rows: int):
         from llmx.tokens import pad_batch
 
-        size = paddle.distributed.get_world_size()
+        size = world()[1]
         take = [self.ptx[(self.ptx_position + i * size) % len(self.ptx)] for i in range(rows)]
         self.ptx_position += rows * size
         b = pad_batch(take, policy.tokenizer.pad_token_id)
@@ -108,7 +109,7 @@ class PPO(Algorithm):
         actor_loss = pg_loss
         ptx = paddle.zeros([])
         if self.ptx is not None:
-            ptx = self._ptx_loss(policy, len(rows)) / paddle.distributed.get_world_size()
+            ptx = self._ptx_loss(policy, len(rows)) / world()[1]
             actor_loss = actor_loss + s.ptx_coeff * ptx
         step(actor_loss, policy.params, policy.optimizer, policy.scheduler)
         values = self.critic(mb.input_ids, attention_mask=mb.attention_mask)[:, :-1]
@@ -127,18 +128,20 @@ class PPO(Algorithm):
         return {n: p for n, p in self.critic.named_parameters() if not p.stop_gradient}
 
     def save(self, folder) -> None:
-        paddle.save(self._critic_state(), str(folder / "critic.pdparams"))
-        paddle.save(optimizer_state(self.critic_opt, self._critic_state()), str(folder / "critic.pdopt"))
+        paddle.save(self._critic_state(), str(folder / shard("critic.pdparams")))
+        paddle.save(optimizer_state(self.critic_opt, self._critic_state()), str(folder / shard("critic.pdopt")))
+        if paddle.distributed.get_rank() != 0:  # the rest is the same on every rank
+            return
         paddle.save(self.critic_sched.state_dict(), str(folder / "critic_scheduler.pdparams"))
         (folder / "ppo_state.json").write_text(json.dumps({
             "kl_coeff": self.kl.value, "moments": [self.moments.count, self.moments.mean, self.moments.var],
             "ptx_position": getattr(self, "ptx_position", 0)}))
 
     def load(self, folder) -> None:
-        state = paddle.load(str(folder / "critic.pdparams"))
+        state = paddle.load(str(folder / shard("critic.pdparams")))
         for n, p in self._critic_state().items():
             p.set_value(state[n])
-        load_optimizer_state(self.critic_opt, self._critic_state(), paddle.load(str(folder / "critic.pdopt")))
+        load_optimizer_state(self.critic_opt, self._critic_state(), paddle.load(str(folder / shard("critic.pdopt"))))
         self.critic_sched.set_state_dict(paddle.load(str(folder / "critic_scheduler.pdparams")))
         saved = json.loads((folder / "ppo_state.json").read_text())
         self.kl.value = saved["kl_coeff"]

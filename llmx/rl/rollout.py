@@ -72,7 +72,10 @@ def make_batch(prompts: list, responses: list, pad_id: int) -> Batch:
 
 
 def logits_of(model, batch: Batch):
-    """The logits at every position but the last: position t predicts token t+1."""
+    """The logits at every position but the last: position t predicts token t+1. A tensor-parallel model's
+    are gathered over the whole vocabulary (the gather's backward splits the gradient again)."""
+    from llmx.engine.generate import whole_vocab_logits
     from llmx.engine.logits import forward_logits
 
-    return forward_logits(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask)[:, :-1]
+    with whole_vocab_logits(model):
+        return forward_logits(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask)[:, :-1]

@@ -34,7 +34,14 @@ BAD = {
     "grpo_reward_model_missing": (["stage=grpo", "stage.reward=model"],
                                   "stage.reward_model=None: stage.reward=model needs a reward model"),
     "grpo_kl_target": (["stage=grpo", "stage.kl_target=0.1"], "stage.kl_target=0.1: GRPO keeps kl_coeff fixed"),
-    "grpo_tensor_parallel": (["stage=grpo", "parallel=tp2"], "stage=grpo runs in one process or data parallel"),
+    "grpo_pipeline": (["stage=grpo", "parallel=pp2"], "parallel.pp=2: stage=grpo generates its rollouts with "
+                      "llmx's inference engine, which does not run pipeline-parallel models"),
+    "ppo_tensor_and_pipeline": (["stage=ppo", "stage.reward=exact_match", "parallel=tp2pp2"],
+                                "parallel.pp=2: stage=ppo generates its rollouts with llmx's inference engine"),
+    "grpo_sharding": (["stage=grpo", "parallel=sharding_stage1"], "parallel.sharding=2: stage=grpo steps its own "
+                      "optimizer, without sharding's"),
+    "grpo_sequence_parallel": (["stage=grpo", "parallel=tp2", "parallel.sequence_parallel=true"],
+                               "parallel.sequence_parallel=True: stage=grpo's rollouts decode one token at a time"),
     "grpo_prefix": (["stage=grpo", "stage.peft.method=prefix"], "stage=grpo trains full weights (none) or LoRA"),
     "grpo_temperature_zero": (["stage=grpo", "stage.rollout.temperature=0"], "rollouts sample: must be in (0, 100]"),
     "grpo_dp_uneven": (["stage=grpo", "parallel=dp2", "stage.train.batch_size=4", "stage.rollout_n=4"],

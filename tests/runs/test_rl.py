@@ -2,7 +2,7 @@
 
 Cheap by design: the reward model is trained once (module fixture) and is the PPO critic's start and the
 scorer of `stage=infer stage.task=score`; most runs go in this process (helpers.run_in_process); only the
-data-parallel run and the SIGKILL-resume test start `launch.py`."""
+data-parallel and tensor-parallel runs and the SIGKILL-resume test start `launch.py`."""
 from __future__ import annotations
 
 import os
@@ -209,3 +209,92 @@ def test_ppo_resumes_critic_optimizers_and_kl_state(sft_run, rm_run, tmp_path):
         for key in ("reward_mean", "kl", "kl_coeff", "policy_loss", "value_loss", "value_mean", "ptx_loss"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
     assert want[2]["kl_coeff"] != want[0]["kl_coeff"]  # the adaptive coefficient moved (and was restored)
+
+
+# ------------------------------------------------------------------------------------------ layouts
+# Tensor parallelism (parallel=tp2): rollouts through the inference engine on the split model, 3 steps at a
+# learning rate that moves the weights (no warmup, clipping on), equal to one process step for step. Pipeline
+# layouts, sharding and sequence parallelism are refused before launch (tests/quick/test_rl_inputs.py).
+
+MOVING = ("stage.train.max_steps=3", "stage.train.lr=1e-3", "stage.train.warmup_steps=0",
+          "stage.rollout.prompts_per_step=4", "stage.rollout.max_new_tokens=8", "stage.data.eval_prompts=4")
+
+
+def _launch(*overrides: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    launch(*overrides, *FAST, env=env)
+
+
+def _same_steps(one: Path, other: Path, keys: tuple) -> None:
+    a, b = ([r for r in read_jsonl(d / "metrics.jsonl") if "policy_loss" in r] for d in (one, other))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in keys:
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=_floor(key)), (ra["step"], key)
+    sa, sb = read_json(one / "summary.json"), read_json(other / "summary.json")
+    for key in ("eval_reward_after", "eval_kl_after"):
+        assert sb[key] == pytest.approx(sa[key], rel=1e-5, abs=_floor(key)), key
+
+
+def _floor(key: str) -> float:
+    """The absolute tolerance near zero. A KL estimate is a sum over a response's tokens of differences of
+    nearly equal log-probabilities (about 5 each): split matmuls round them differently by ~1e-7 each, so a
+    small KL (0.005 after one step) carries a few 1e-6 of rounding in either layout."""
+    return 1e-5 if "kl" in key else 1e-6
+
+
+def _tensors(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))
+    import paddle
+
+    return {k: v.numpy() for k, v in paddle.load(str(path)).items()}
+
+
+def _same_weights(one: Path, other: Path, name: str, start: Path | None = None) -> None:
+    """The two runs' weights moved the same way: the distance between them is under 1e-4 of how far they moved
+    from `start` (of their norm without one). Not 1e-5 per element: an element whose gradient is ~0 takes an
+    Adam step of ±lr whose sign is the rounding's, in either layout (2 of 140k elements here)."""
+    wa, wb = (_tensors(d / name) for d in (one, other))
+    assert sorted(wa) == sorted(wb)
+    w0 = _tensors(start) if start is not None else {k: np.zeros_like(v) for k, v in wa.items()}
+    apart = np.sqrt(sum(float(((wa[k] - wb[k]) ** 2).sum()) for k in wa))
+    moved = np.sqrt(sum(float(((wa[k] - w0[k]) ** 2).sum()) for k in wa))
+    assert moved > 0 and apart < 1e-4 * moved, (apart, moved)
+
+
+def test_grpo_tp2_equals_one_process_and_resumes(sft_run, tmp_path, monkeypatch):
+    """Same sampled tokens, rewards, losses and KL per step; same weights after 3 steps. The tp2 run stops after
+    step 2 and is continued to step 3 from its checkpoint (one file per shard)."""
+    monkeypatch.syspath_prepend(str(HERE))
+    common = ("stage=grpo", f"model.name_or_path={sft_run}", UPPERCASE,
+              "stage.train.batch_size=8", "stage.train.save_steps=2", *MOVING)
+    one = tmp_path / "one"
+    run_in_process(one, *common)
+    tp2 = tmp_path / "tp2"
+    _launch(*common, "parallel=tp2", "stage.train.max_steps=2", f"hydra.run.dir={tp2}")
+    assert (tp2 / "checkpoints" / "step-2" / "actor.tp01.pdparams").is_file()
+    _launch(*common, "parallel=tp2", f"hydra.run.dir={tp2}")
+    assert read_json(tp2 / "summary.json")["resumed_from"] == "step-2"
+    _same_steps(one, tp2, ("reward_mean", "reward_std", "kl", "policy_loss", "surrogate", "kl_loss", "entropy",
+                           "response_length", "generated_tokens"))
+    _same_weights(one, tp2, "model/model.safetensors", sft_run / "model" / "model.safetensors")
+
+
+def test_ppo_tp2_equals_one_process(sft_run, rm_run, tmp_path):
+    """A LoRA actor (reference: adapters off), the reward model, a critic started from it, PTX loss and the
+    adaptive KL coefficient, all split over 2 ranks: the same steps, and the same critic and adapter.
+    (value_clipfrac is left out: it counts ties between clipped and unclipped values, which rounding breaks.)"""
+    common = ("stage=ppo", "stage.peft.method=lora", f"model.name_or_path={sft_run}", f"stage.reward_model={rm_run}",
+              "stage.train.batch_size=2", "stage.ptx_coeff=0.5", "stage.kl_target=0.05", "stage.kl_horizon=100",
+              *MOVING)
+    one = tmp_path / "one"
+    run_in_process(one, *common)
+    tp2 = tmp_path / "tp2"
+    _launch(*common, "parallel=tp2", f"hydra.run.dir={tp2}")
+    _same_steps(one, tp2, ("reward_mean", "kl", "kl_coeff", "policy_loss", "value_loss", "value_mean", "ptx_loss",
+                           "entropy", "response_length"))
+    _same_weights(one, tp2, "critic/model.safetensors", rm_run / "model" / "model.safetensors")
+    _same_weights(one, tp2, "adapter/lora_model_state.pdparams")
