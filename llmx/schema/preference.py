@@ -27,7 +27,7 @@ def validate_pairs(cfg: DictConfig) -> None:
     # llmx.align.preference; rm puts its score head there, llmx.align.reward)
     require(p.pp == 1 or s.runner != "rm" or s.peft.method == "none", "stage.peft.method", s.peft.method,
             "stage=rm under pipeline parallelism trains full weights (the score head replaces the last stage's LM "
-            "head inside the pipeline; an adapter wrapper would hide it); use stage.peft.method=none, or dp/tp")
+            "head inside the pipeline; an adapter wrapper would hide it); use stage.peft.method=none, or dp/sharding")
     require(not p.sequence_parallel, "parallel.sequence_parallel", True,
             "trl's packed preference batches are not cut along the sequence here")
     # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters
