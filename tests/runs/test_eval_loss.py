@@ -62,3 +62,21 @@ def test_pretrain_eval_loss_and_perplexity(tmp_path):
     assert runs[3]["eval_loss"] == pytest.approx(runs[16]["eval_loss"], rel=1e-6)
     for summary in runs.values():
         assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]), rel=1e-12)
+
+
+def test_quantize_perplexity_is_exp_of_the_token_mean(tiny_model_dir):
+    """stage=quantize's perplexity (llmx.quant.ptq): exp of the token mean over the set, at any batch size."""
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
+    from llmx.quant.ptq import perplexity
+    from llmx.schema import asset_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    encoder = SftEncoder(tokenizer, 128, 96)
+    examples = [encoder.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))]
+    want = math.exp(token_mean_eval_loss(tiny_model_dir))
+    for size in BATCH_SIZES:
+        assert perplexity(model, examples, batch_size=size) == pytest.approx(want, rel=1e-6), size
