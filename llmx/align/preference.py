@@ -65,6 +65,41 @@ def kl_groups(cfg: DictConfig) -> tuple:
                  if n > 1)
 
 
+class PipelineLoss(paddle.nn.Layer):
+    """llmx's criterion as a pipeline's last-stage loss, in trl's pipeline protocol: a reference pass
+    (labels without reference log-probs) files its log-probs in trl's infohub, a policy pass its metrics.
+
+    PaddleNLP's pipeline classes build their own loss from the model config (Llama's: PaddleNLP's
+    DPOCriterion when `config.dpo_config` is set, else the language-model loss; none has a KTO loss), so
+    the criterion llmx hands trl would never run on a pipeline; `into_pipeline` puts this one there."""
+
+    def __init__(self, criterion) -> None:
+        super().__init__()
+        criterion.use_infohub = True
+        self.criterion = criterion
+
+    def forward(self, logits, labels):
+        return self.criterion(logits, labels)
+
+    @staticmethod
+    def targets(labels) -> int:
+        """The micro-batch's pairs (DPO) or responses (KTO), its rows of response_indexs: what one
+        process weighs a micro-batch's loss by (engine.trainer's TokenWeightedLoss asks)."""
+        rows = labels[2]
+        return rows.shape[-2] if len(rows.shape) > 1 else 1
+
+
+def into_pipeline(criterion, *models) -> None:
+    """`criterion` as the last-stage loss of every pipeline model among `models` (the policy, the
+    reference; None and one-process models are skipped)."""
+    from llmx.engine.trainer import pipeline_layer
+
+    for model in models:
+        pipeline = pipeline_layer(model)
+        if pipeline is not None:
+            pipeline._loss_fn = [PipelineLoss(criterion)]
+
+
 # --------------------------------------------------------------------------------- evaluation
 
 
@@ -186,6 +221,7 @@ def run_alignment(cfg: DictConfig, ctx, kind: str, encode: Callable) -> dict:
         criterion = KTOCriterion(model.config, kto_config=config, kl_groups=kl_groups(cfg))
         trainer_base, extra = KTOTrainer, {"kto_config": config, "kto_criterion": criterion}
         metric_keys = KTO_METRICS
+    into_pipeline(criterion, model, ref_model)
     # Held-out measurements need the whole model in this process (no pipeline stages).
     measure = bool(eval_set) and stage.eval.enabled and cfg.parallel.pp == 1
 

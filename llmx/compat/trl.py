@@ -16,11 +16,14 @@ class _ReferenceAsIs:
     with paddle.amp.decorate + fleet.distributed_model. Without fleet initialised (one process) that fails
     ('Fleet' object has no attribute '_user_defined_strategy'), and a model that only runs forward under
     no_grad needs no data-parallel wrapper, nor (float32) AMP decoration. evaluate() passes the policy
-    through the same hook: it stays as it is too.
+    through the same hook: it stays as it is too. Under pipeline parallelism trl's wrapper is kept: a
+    pipeline's forward is the PipelineParallel wrapper's eval_batch.
     Can go when trl's _wrap_ref_model works in one process without fleet (or trl stops wrapping a
     forward-only model)."""
 
     def _wrap_ref_model(self, model):
+        if self.args.pipeline_parallel_degree > 1:  # a pipeline's forward is its wrapper's eval_batch
+            return super()._wrap_ref_model(model)
         return model
 
 

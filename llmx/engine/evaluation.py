@@ -71,9 +71,10 @@ class HeldOutShare:
 
 
 def target_tokens(inputs: dict) -> int:
-    """The batch's target (loss-bearing) tokens; 0 for a batch without `labels`."""
-    labels = inputs.get("labels")
-    return 0 if labels is None else int((labels != IGNORE_INDEX).sum())
+    """The batch's target (loss-bearing) tokens; 0 for a batch without token `labels` (preference
+    batches: their losses are not token means)."""
+    labels = inputs.get("labels") if isinstance(inputs, dict) else None
+    return int((labels != IGNORE_INDEX).sum()) if hasattr(labels, "shape") else 0
 
 
 class TokenTally:

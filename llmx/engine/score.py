@@ -29,20 +29,31 @@ def backbone(model):
     return inner.base_model
 
 
+def score_head(hidden: int, head_state: dict | None = None) -> paddle.nn.Linear:
+    """The scalar head: Linear(hidden, 1), from `head_state` or freshly drawn (from the global generator)."""
+    head = paddle.nn.Linear(hidden, 1)
+    with paddle.no_grad():
+        if head_state is None:  # small outputs at the start: the pairwise loss starts near ln 2
+            head.weight.set_value(paddle.normal(0.0, 1.0 / (hidden + 1) ** 0.5, [hidden, 1]))
+            head.bias.set_value(paddle.zeros([1]))
+        else:
+            head.weight.set_value(paddle.to_tensor(head_state["weight"]))
+            head.bias.set_value(paddle.to_tensor(head_state["bias"]))
+    return head
+
+
+def at_last_token(values, attention_mask):
+    """One value per row of per-position `values`: at its last real token (rows padded on the right)."""
+    last = attention_mask.astype("int64").sum(axis=-1) - 1
+    return paddle.take_along_axis(values, last.unsqueeze(-1), axis=-1).squeeze(-1)
+
+
 class ScoreModel(paddle.nn.Layer):
     def __init__(self, lm, head_state: dict | None = None) -> None:
         super().__init__()
         self.lm = lm
         self.config = lm.config  # PaddleNLP's Trainer reads the model's config
-        hidden = lm.config.hidden_size
-        self.head = paddle.nn.Linear(hidden, 1)
-        with paddle.no_grad():
-            if head_state is None:  # small outputs at the start: the pairwise loss starts near ln 2
-                self.head.weight.set_value(paddle.normal(0.0, 1.0 / (hidden + 1) ** 0.5, [hidden, 1]))
-                self.head.bias.set_value(paddle.zeros([1]))
-            else:
-                self.head.weight.set_value(paddle.to_tensor(head_state["weight"]))
-                self.head.bias.set_value(paddle.to_tensor(head_state["bias"]))
+        self.head = score_head(lm.config.hidden_size, head_state)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
         """Per-position values [rows, T] (float32)."""
@@ -53,13 +64,12 @@ class ScoreModel(paddle.nn.Layer):
 
     def score(self, input_ids, attention_mask):
         """One value per row: at its last real token (rows padded on the right)."""
-        values = self(input_ids, attention_mask=attention_mask)
-        last = attention_mask.astype("int64").sum(axis=-1) - 1
-        return paddle.take_along_axis(values, last.unsqueeze(-1), axis=-1).squeeze(-1)
+        return at_last_token(self(input_ids, attention_mask=attention_mask), attention_mask)
 
 
-def save_head(model: ScoreModel, out_dir: Path) -> Path:
-    """score_head.safetensors into `out_dir` (an exported model or adapter dir), written to a temp name first."""
+def save_head(model, out_dir: Path) -> Path:
+    """score_head.safetensors of `model` (a ScoreModel, or anything holding the head as `.head`) into `out_dir`
+    (an exported model or adapter dir), written to a temp name first."""
     from safetensors.numpy import save_file
 
     path = Path(out_dir) / SCORE_HEAD

@@ -168,7 +168,7 @@ def target_token_counts(dataset) -> np.ndarray:
     return np.array([int((np.asarray(item["labels"]) != IGNORE_INDEX).sum()) for item in dataset], dtype=np.int64)
 
 
-def _pipeline_layer(model):
+def pipeline_layer(model):
     """The PipelineLayer inside `model` (a PEFT wrapper holds it as .model), or None."""
     from paddle.distributed.fleet.meta_parallel import PipelineLayer
 
@@ -182,9 +182,10 @@ class TokenWeightedLoss(paddle.nn.Layer):
     """A pipeline's loss function, weighed like LlmxTrainerMixin.compute_loss weighs the others:
     the model's own mean over this micro-batch's target tokens, times those tokens, over the
     step's target tokens (scaled back for the pipeline's 1/accumulate_steps and the data-parallel
-    average). An eval batch is weighed the same way, over its own target tokens (scaled back for
-    1/accumulate_steps only), so the pipeline returns the batch's token mean. Otherwise
-    (`step_targets` None) it is the model's own."""
+    average). Outside a training step (`step_targets` None) it is the model's own. A criterion whose
+    labels are not token labels counts its micro-batch's targets itself (`targets(labels)`). An eval
+    batch is weighed the same way, over its own target tokens (scaled back for 1/accumulate_steps
+    only), so the pipeline returns the batch's token mean."""
 
     def __init__(self, criterion, scale: float) -> None:
         super().__init__()
@@ -194,7 +195,8 @@ class TokenWeightedLoss(paddle.nn.Layer):
         loss = self.criterion(logits, labels)
         if self.step_targets is None:
             return loss
-        mine = (labels != IGNORE_INDEX).astype(loss.dtype).sum()
+        count = getattr(self.criterion, "targets", None)
+        mine = count(labels) if count is not None else (labels != IGNORE_INDEX).astype(loss.dtype).sum()
         return loss * mine * (self.scale / self.step_targets)
 
 
@@ -279,7 +281,7 @@ class LlmxTrainerMixin:
         self.loss_scale = self.args.gradient_accumulation_steps * self.args.dataset_world_size
         if self.token_weighted:
             self.train_dataset = StepTargets(self.train_dataset)
-        pipeline = _pipeline_layer(self.model)
+        pipeline = pipeline_layer(self.model)
         if pipeline is not None:  # weighed in token-weighted training steps and in evaluation
             pipeline._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f
                                  for f in pipeline._loss_fn]
@@ -316,12 +318,14 @@ class LlmxTrainerMixin:
         inputs.pop(GLOBAL_TARGETS, None)
         inputs.pop(LOCAL_TARGETS, None)
         tokens = target_tokens(inputs)
-        for f in self._weighted_losses:  # a pipeline: the batch's token mean, not its micro-batches' mean
-            f.step_targets, f.scale = max(tokens, 1), self.args.gradient_accumulation_steps
+        # a pipeline: the batch's token mean, not its micro-batches' mean (criterions of token labels)
+        weighed = [f for f in self._weighted_losses if tokens and getattr(f.criterion, "targets", None) is None]
+        for f in weighed:
+            f.step_targets, f.scale = tokens, self.args.gradient_accumulation_steps
         try:
             result = super().prediction_step(model, inputs, *args, **kwargs)
         finally:
-            for f in self._weighted_losses:
+            for f in weighed:
                 f.step_targets, f.scale = None, self.loss_scale
         if result[0] is not None:
             self._held_out.add(result[0], tokens)

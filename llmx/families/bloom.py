@@ -35,7 +35,10 @@ FAMILY = Family(
     "bloom", "BloomForCausalLM", "BloomConfig",
     (".*query_key_value.*", ".*dense.*", ".*dense_h_to_4h.*", ".*dense_4h_to_h.*"),
     prefix_cache="batch_seq_heads", packing=True, heads="n_head", kv_heads=None, layers="n_layer",
-    no_engine="PaddleNLP's Bloom takes its cache as `cache=` and positions from ALiBi over the mask, not position_ids",
+    # ALiBi biases by the mask's running count: a left-padded row computes what it computes alone.
+    engine_cache="cache",
+    no_static="paddle.jit.to_static (paddle 3.3.1) fails in PaddleNLP's BloomModel._prepare_attn_mask; "
+              "use stage.mode=dynamic",
     defaults=dict(vocab_size=250880, hidden_size=64, n_layer=2, n_head=8),
     aliases={"num_attention_heads": "n_head", "num_hidden_layers": "n_layer", "n_embed": "hidden_size"},
     count_params=count_params, fixes=(bloom_zeroed_linears,), hf_model_type="bloom",

@@ -57,8 +57,11 @@ FAMILY = Family(
     (".*project_in.*", ".*project_out.*", ".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*qkv_proj.*",
      ".*out_proj.*", ".*linear1.*", ".*linear2.*"),
     prefix_cache="opt_cache", kv_heads=None, fixes=(opt_missing_attributes, opt_loss_over_target_tokens),
-    no_engine="PaddleNLP's OPT derives positions from the attention mask itself and ignores position_ids: "
-              "a left-padded row would not compute what it computes alone",
+    # Positions come from the mask's running count (position_ids are ignored): a left-padded row computes what it
+    # computes alone.
+    engine_cache="cache",
+    no_static="paddle.jit.to_static (paddle 3.3.1) fails in PaddleNLP's OPTModel._prepare_decoder_attention_mask; "
+              "use stage.mode=dynamic",
     defaults=dict(vocab_size=50272, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
                   intermediate_size=8192, max_position_embeddings=2048, word_embed_proj_dim=2048,
                   normalize_before=True),

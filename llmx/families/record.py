@@ -56,6 +56,15 @@ class Family:
     # Why llmx's inference engine (llmx.infer) does not run it ("" = it does: checked at the tiny sizes, the
     # engine's batched greedy tokens equal PaddleNLP's `generate` one prompt at a time).
     no_engine: str = ""
+    # How the family's forward takes its KV cache, a runner in llmx.infer.runners.RUNNERS: `past_key_values`
+    # (new tokens only), `cache` (the same as `cache=`: PaddleNLP's Bloom and OPT), `whole_sequence` (Yuan: each
+    # step's whole sequence of ids, rows run one at a time). What each layer's entry holds the engine reads off it.
+    engine_cache: str = "past_key_values"
+    # Why a left-padded prompt does not compute what it computes alone ("" = it does: positions come from
+    # position_ids or the mask's running count, and pads are masked out): what runs a padded batch without a
+    # cache (static mode, adapters run without a KV cache) is refused.
+    no_padded_batch: str = ""
+    no_static: str = ""  # why the engine's static mode (llmx.infer.export) cannot export it ("" = it can)
     # Canonical names of the hyperparameters layouts depend on (after `aliases`).
     heads: str = "num_attention_heads"
     kv_heads: Optional[str] = "num_key_value_heads"  # None: one KV head per query head

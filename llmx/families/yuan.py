@@ -33,7 +33,9 @@ FAMILY = Family(
                        "checkpoint fails to load split; a split random init computes other attention than one "
                        "process); use dp or sharding",
     no_prefix="in training Yuan builds its own attention mask and rejects a prefix cache",
-    no_engine="PaddleNLP's Yuan keeps extra recurrent state beside its KV cache",
+    engine_cache="whole_sequence",
+    no_padded_batch="Yuan's localized filtering convolves each token with the two before it, pad tokens included, "
+                    "and with reset_position_ids it builds its own causal mask, ignoring the attention mask",
     defaults=dict(vocab_size=135040, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
                   num_attention_heads=32, num_key_value_heads=None),
     count_params=count_params, fixes=(yuan_loss_over_target_tokens,),

@@ -1,10 +1,14 @@
 """Engines over a built model (dynamic) or an exported program (static)."""
 from __future__ import annotations
 
+from typing import Optional
+
+from llmx import families
 from llmx.data.chat import ChatFormat
 from llmx.engine.peft import SAME_FORWARD_WRAPPERS
+from llmx.families import FAMILIES, Family
 from llmx.infer.engine import Engine
-from llmx.infer.runners import DynamicRunner, RecomputeRunner, StaticRunner
+from llmx.infer.runners import RUNNERS, RecomputeRunner, StaticRunner
 
 
 def eos_ids(config, tokenizer) -> list[int]:
@@ -36,17 +40,35 @@ def can_run(model, family: str) -> bool:
 
     from llmx.infer.support import engine_problem
 
+    if type(model).__name__ in RECOMPUTE_WRAPPERS:
+        return engine_problem(family) is None and not families.family(family).no_padded_batch
     return engine_problem(family) is None and (isinstance(model, PretrainedModel)
-                                               or type(model).__name__ in SAME_FORWARD_WRAPPERS + RECOMPUTE_WRAPPERS)
+                                               or type(model).__name__ in SAME_FORWARD_WRAPPERS)
+
+
+def family_record(model) -> Optional[Family]:
+    """The record of the family whose PaddleNLP class `model` is, bare or inside an adapter wrapper (a class two
+    families build reads as its owner's), or None."""
+    from paddlenlp.transformers import PretrainedModel
+
+    inner = model
+    while not isinstance(inner, PretrainedModel) and getattr(inner, "model", None) is not None:
+        inner = inner.model
+    name = type(inner).__name__
+    return next((f for f in FAMILIES.values() if f.architecture == name and f.owns_architecture), None)
 
 
 def dynamic_engine(model, tokenizer, max_batch: int = 8, max_tokens_in_cache: int = 65536, seed: int = 0,
                    static_batching: bool = False) -> Engine:
     model.eval()
     config = model.config
-    runner_cls = RecomputeRunner if type(model).__name__ in RECOMPUTE_WRAPPERS else DynamicRunner
-    return Engine(runner_cls(model, tokenizer.pad_token_id), tokenizer, max_batch, max_tokens_in_cache,
-                  context_length(config), seed, eos_ids(config, tokenizer), static_batching)
+    if type(model).__name__ in RECOMPUTE_WRAPPERS:
+        runner = RecomputeRunner(model, tokenizer.pad_token_id)
+    else:
+        record = family_record(model)  # (a class no family builds: PaddleNLP's usual past_key_values)
+        runner = RUNNERS[record.engine_cache if record else "past_key_values"](model, tokenizer.pad_token_id)
+    return Engine(runner, tokenizer, max_batch, max_tokens_in_cache, context_length(config), seed,
+                  eos_ids(config, tokenizer), static_batching)
 
 
 def static_engine(program_dir, tokenizer, config, device: str = "cpu", max_batch: int = 8,

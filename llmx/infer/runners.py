@@ -2,10 +2,13 @@
 two operations the engine needs: `prefill` (new prompts -> their batch, last logits) and `decode` (one
 token per row -> next logits). Rows are reordered, dropped and joined with `take` and `join`.
 
-DynamicRunner keeps a KV cache: the model's own `past_key_values` (a (key, value) pair per layer,
-[batch, seq, heads, head_dim], as PaddleNLP's decoder layers concatenate them), padded on the left;
-a row's padding is masked out by the 2-D attention mask and its positions are counted from its first
-real token, so each row computes what it would alone. StaticRunner runs an exported program
+DynamicRunner keeps a KV cache: the model's own (a (key, value) pair per layer, [batch, seq, heads,
+head_dim], as PaddleNLP's decoder layers concatenate them; Bloom's and OPT's passed as `cache=`, OPT's
+as named pairs; Yuan's with a third tensor, each row's last two hidden states, which has no sequence
+axis), padded on the left; a row's padding is masked out by the 2-D attention mask and its positions
+are counted from its first real token, so each row computes what it would alone; where it would not
+(Yuan), each row runs alone and the batch only holds them together. The family record names the runner
+(`Family.engine_cache`, RUNNERS). StaticRunner runs an exported program
 (llmx.infer.export) through Paddle Inference; that program has no cache inputs, so each step
 recomputes the whole (padded) sequence.
 """
@@ -41,8 +44,8 @@ class Batch:
         return int(self.mask.size)
 
 
-def _pad_left(x, n: int, axis: int = 1):
-    if n == 0:
+def _pad_left(x, n: int, axis: Optional[int] = 1):
+    if n == 0 or axis is None:  # (a per-row state without positions: nothing to pad)
         return x
     shape = list(x.shape)
     shape[axis] = n
@@ -55,7 +58,7 @@ def _take(x, rows: np.ndarray, first_col: int, batch_axis: int = 0, seq_axis: in
     if isinstance(x, np.ndarray):
         return x[rows, first_col:]
     x = paddle.index_select(x, paddle.to_tensor(rows, dtype="int64"), axis=batch_axis)
-    return x if first_col == 0 else paddle.slice(x, [seq_axis], [first_col], [x.shape[seq_axis]])
+    return x if first_col == 0 or seq_axis is None else paddle.slice(x, [seq_axis], [first_col], [x.shape[seq_axis]])
 
 
 def _concat(a, b, axis: int = 0):
@@ -64,7 +67,7 @@ def _concat(a, b, axis: int = 0):
 
 def take(batch: Batch, rows: list[int], axes=None) -> Optional[Batch]:
     """The batch of these rows (in this order, repeats allowed), without columns all of them pad.
-    `axes`: (batch axis, sequence axis) of each cache tensor; default (0, 1)."""
+    `axes`: (batch axis, sequence axis or None) of each cache tensor; default (0, 1)."""
     if not rows:
         return None
     idx = np.asarray(rows, dtype="int64")
@@ -89,27 +92,35 @@ def join(a: Optional[Batch], b: Optional[Batch], axes=None) -> Optional[Batch]:
 
 
 class DynamicRunner:
-    """A PaddleNLP causal LM in dynamic mode, with its KV cache."""
+    """A PaddleNLP causal LM in dynamic mode, with its KV cache given as `past_key_values=`, new tokens only."""
+
+    cache_keyword = "past_key_values"
 
     def __init__(self, model, pad_id: int) -> None:
         self.model, self.pad_id = model, pad_id
-        self.axes = None  # (batch axis, sequence axis) of each cache tensor: found by a probe
+        self.axes = None  # (batch axis, sequence axis or None) of each cache tensor: found by a probe
+        self.layer_entry = None  # how the model groups one layer's tensors (tuple, named pair): `_make` or the type
+        self.per_layer = 2
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: Optional[list]):
         from llmx.engine.generate import whole_vocab_logits
 
-        pairs = None if past is None else [tuple(past[i:i + 2]) for i in range(0, len(past), 2)]
+        n = self.per_layer
+        layers = None if past is None else [self.layer_entry(past[i:i + n]) for i in range(0, len(past), n)]
         with whole_vocab_logits(self.model):
             out = self.model(input_ids=paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask),
-                             position_ids=paddle.to_tensor(positions), past_key_values=pairs, use_cache=True,
-                             return_dict=True)
+                             position_ids=paddle.to_tensor(positions), use_cache=True, return_dict=True,
+                             **{self.cache_keyword: layers})
         logits, past = (out[0], out[1]) if isinstance(out, tuple) else (out.logits, out.past_key_values)
-        cache = [t for pair in past for t in pair]
+        self.per_layer = len(past[0])
+        self.layer_entry = getattr(type(past[0]), "_make", type(past[0]))
+        cache = [t for layer in past for t in layer]
         return logits[:, -1].astype("float32").numpy(), cache
 
     def _find_axes(self) -> None:
         """Where each cache tensor keeps rows and positions (families differ: [batch, seq, heads, dim],
-        [batch, heads, seq, dim], [seq, batch, ...]): a probe of 3 prompts x 7 tokens shows it."""
+        [batch, heads, seq, dim], [seq, batch, ...]; Yuan's hidden-state memory has no positions): a probe of
+        3 prompts x 7 tokens shows it."""
         rows, width = 3, 7
         ids = np.full((rows, width), self.pad_id, "int64")
         mask = np.ones((rows, width), "int64")
@@ -119,10 +130,10 @@ class DynamicRunner:
             shape = list(t.shape)
             b = [i for i in (0, 1) if shape[i] == rows]
             s = [i for i in range(len(shape)) if shape[i] == width and i not in b[:1]]
-            if len(b) != 1 or len(s) != 1:
+            if len(b) != 1 or len(s) > 1:
                 raise NotImplementedError(f"{type(self.model).__name__}: cannot tell the batch and sequence axes of "
                                           f"its KV cache (shape {shape} for {rows} prompts of {width} tokens)")
-            self.axes.append((b[0], s[0]))
+            self.axes.append((b[0], s[0] if s else None))
 
     @paddle.no_grad()
     def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, Batch]:
@@ -140,6 +151,55 @@ class DynamicRunner:
         mask = np.concatenate([batch.mask, np.ones((batch.rows, 1), "int64")], axis=1)
         logits, cache = self._forward(tokens.reshape(-1, 1).astype("int64"), mask, positions, batch.cache)
         return logits, Batch(mask, cache)
+
+
+class CacheArgumentRunner(DynamicRunner):
+    """Bloom and OPT: the KV cache goes in as `cache=` (OPT's as named pairs, [batch, heads, seq, dim]). Their
+    positions come from the 2-D mask's running count (Bloom's ALiBi, OPT's learned positions; position_ids are
+    ignored), which for a left-padded row counts from its first real token, as alone."""
+
+    cache_keyword = "cache"
+
+
+class WholeSequenceRunner(DynamicRunner):
+    """Yuan: every row runs alone (its localized filtering would convolve a left-padded prompt's pads into its
+    first tokens, and in its published configs, reset_position_ids, it builds its own causal mask from the ids,
+    blocked at each eod token, and ignores the attention mask), given its whole sequence each step: the model
+    keeps only the new token but builds that mask from all of them, as PaddleNLP's `generate` gives them. Its
+    cache holds each layer's last two hidden states (no positions) beside the keys and values; the batch's
+    last cache entry is the token ids."""
+
+    def _alone(self, ids: np.ndarray, past: Optional[list]) -> tuple[np.ndarray, Batch]:
+        ones = np.ones_like(ids)
+        positions = np.arange(ids.shape[1])[None] if past is None else np.asarray([[ids.shape[1] - 1]])
+        logits, cache = self._forward(ids, ones, positions, past)
+        return logits, Batch(ones, cache + [ids])
+
+    def _rows(self, results: list) -> tuple[np.ndarray, Batch]:
+        batch = None
+        for _, part in results:
+            batch = join(batch, part, self.axes)
+        return np.concatenate([logits for logits, _ in results], axis=0), batch
+
+    @paddle.no_grad()
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, Batch]:
+        if self.axes is None:
+            self._find_axes()
+            self.axes.append((0, 1))  # the token ids
+        return self._rows([self._alone(np.asarray([p], "int64"), None) for p in prompts])
+
+    @paddle.no_grad()
+    def decode(self, batch: Batch, tokens: np.ndarray) -> tuple[np.ndarray, Batch]:
+        results = []
+        for i, token in enumerate(tokens.tolist()):
+            row = take(batch, [i], self.axes)  # (without its padding)
+            ids = np.concatenate([row.cache[-1], [[token]]], axis=1).astype("int64")
+            results.append(self._alone(ids, row.cache[:-1]))
+        return self._rows(results)
+
+
+# The runner of each way a family's forward takes its KV cache (llmx.families.record.Family.engine_cache).
+RUNNERS = {"past_key_values": DynamicRunner, "cache": CacheArgumentRunner, "whole_sequence": WholeSequenceRunner}
 
 
 class StaticRunner:

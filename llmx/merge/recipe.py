@@ -98,7 +98,8 @@ def check(recipe: Recipe, where: str) -> Recipe:
     if needs_base and not recipe.base_model:
         raise _where(where, f"{recipe.method} needs a base model (stage.base_model / base_model:)")
     if len(recipe.models) < fewest:
-        raise _where(where, f"{recipe.method} needs at least {fewest} model(s) besides the base, got {len(recipe.models)}")
+        raise _where(where, f"{recipe.method} needs at least {fewest} model(s)"
+                     f"{' besides the base' if needs_base else ''}, got {len(recipe.models)}")
     if recipe.method == "slerp" and len(recipe.models) != 1:
         raise _where(where, f"slerp merges two models (base_model and one other), got {len(recipe.models) + 1}")
     if recipe.method == "passthrough":

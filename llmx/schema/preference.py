@@ -23,12 +23,11 @@ def validate_pairs(cfg: DictConfig) -> None:
     positive("stage.data.max_length", d.max_length, 4)
     require(1 <= d.max_prompt_length < d.max_length, "stage.data.max_prompt_length", d.max_prompt_length,
             f"must be between 1 and stage.data.max_length-1 ({d.max_length - 1})")
-    # trl's pipeline path needs the family's pipeline class built with trl's criterion as its loss
-    # (config.dpo_config / kto_config) and its own micro-batch schedule; llmx builds pipeline parts with
-    # the language-model loss (and a reward model's loss compares whole sequences).
-    require(p.pp == 1, "parallel.pp", p.pp, f"stage={s.runner} does not run under pipeline parallelism "
-            "(its loss compares whole sequences; llmx's pipeline parts carry the language-model loss); "
-            "use dp, tp or sharding")
+    # (pipeline layouts: dpo and kto run trl's schedule with llmx's criterion as the last stage's loss,
+    # llmx.align.preference; rm puts its score head there, llmx.align.reward)
+    require(p.pp == 1 or s.runner != "rm" or s.peft.method == "none", "stage.peft.method", s.peft.method,
+            "stage=rm under pipeline parallelism trains full weights (the score head replaces the last stage's LM "
+            "head inside the pipeline; an adapter wrapper would hide it); use stage.peft.method=none, or dp/tp")
     require(not p.sequence_parallel, "parallel.sequence_parallel", True,
             "trl's packed preference batches are not cut along the sequence here")
     # (LoRA's reference is the base with its adapters switched off, the switch trl flips; other adapters

@@ -54,7 +54,7 @@ def sampling_params(s, seed: Optional[int] = None):
 
 
 def validate(cfg: DictConfig) -> None:
-    from llmx.infer.support import engine_problem, kept_adapter_problem
+    from llmx.infer.support import check_model
 
     s, p = cfg.stage, cfg.parallel
     one_of("stage.task", s.task, TASKS)
@@ -79,10 +79,7 @@ def validate(cfg: DictConfig) -> None:
     require(not s.export_only or s.mode == "static", "stage.export_only", True, "exports a static program: "
             "needs stage.mode=static")
     existing("stage.static_dir", s.static_dir, "directory")
-    problem = engine_problem(cfg.model.family)
-    require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
-    problem = kept_adapter_problem(cfg)
-    require(problem is None, "model.name_or_path", cfg.model.name_or_path, problem or "")
+    check_model(cfg)
     require(p.pp == 1 and p.dp == 1 and p.sharding == 1, "parallel", f"dp={p.dp} pp={p.pp} sharding={p.sharding}",
             "generation runs in one process or under tensor parallelism only (parallel=single or tp2)")
     require(p.tp == 1 or s.mode == "dynamic", "stage.mode", s.mode, "static mode runs in one process "

@@ -34,7 +34,7 @@ class Config:
 
 
 def validate(cfg: DictConfig) -> None:
-    from llmx.infer.support import engine_problem, kept_adapter_problem
+    from llmx.infer.support import check_model
 
     s, p = cfg.stage, cfg.parallel
     one_of("stage.mode", s.mode, ("dynamic", "static"))
@@ -45,10 +45,7 @@ def validate(cfg: DictConfig) -> None:
     require(0 <= s.port < 65536, "stage.port", s.port, "must be a TCP port (0-65535; 0 = any free port)")
     for key in ("max_batch", "max_tokens_in_cache", "max_queue", "max_tokens"):
         positive(f"stage.{key}", s[key])
-    problem = engine_problem(cfg.model.family)
-    require(problem is None, "model.family", cfg.model.family, f"llmx's inference engine does not run it: {problem}")
-    problem = kept_adapter_problem(cfg)
-    require(problem is None, "model.name_or_path", cfg.model.name_or_path, problem or "")
+    check_model(cfg)
     require(p.dp * p.tp * p.pp * p.sharding == 1, "parallel",
             f"dp={p.dp} tp={p.tp} pp={p.pp}", "the server runs in one process (parallel=single)")
     if s.port:  # last: the other problems do not depend on what else runs here

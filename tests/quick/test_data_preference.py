@@ -139,7 +139,9 @@ def test_bad_data_line_is_one_line_before_paddle(tmp_path):
     (["stage=dpo", "stage.loss_type=ipo", "stage.label_smoothing=0.1"], "only the sigmoid and simpo losses"),
     (["stage=dpo", "stage.beta=0"], "stage.beta=0.0: must be > 0"),
     (["stage=dpo", "stage.merge_adapter=true"], "stage.merge_adapter=True: needs stage.peft.method=lora"),
-    (["stage=dpo", "parallel=pp2"], "parallel.pp=2: stage=dpo does not run under pipeline parallelism"),
+    (["stage=rm", "parallel=pp2", "stage.peft.method=lora"],
+     "stage.peft.method='lora': stage=rm under pipeline parallelism trains full weights"),
+    (["stage=rm", "parallel=tp2pp2"], "parallel.tp=2: stage=rm runs under dp and sharding"),
     (["stage=kto", "stage.desirable_weight=0"], "stage.desirable_weight=0.0: must be > 0"),
     (["stage=kto", "stage.peft.method=prefix"], "preference stages train full weights (none) or LoRA adapters"),
 ])

@@ -1,6 +1,7 @@
 """llmx.families: what llmx knows per family (one module each), checked against PaddleNLP itself."""
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -32,6 +33,7 @@ def test_table_classes_exist_in_paddlenlp():
     import paddlenlp.transformers as pnt
 
     from llmx.engine.prefix_hooks import CACHE_LAYOUTS, MASK_PADDERS
+    from llmx.infer.runners import RUNNERS
     from llmx.families import fixes
 
     for f in FAMILIES.values():
@@ -40,6 +42,9 @@ def test_table_classes_exist_in_paddlenlp():
         assert f.prefix_cache is None or f.prefix_cache in CACHE_LAYOUTS, f.name
         assert f.prefix_mask is None or f.prefix_mask in MASK_PADDERS, f.name
         assert (f.prefix_cache is None) == bool(f.no_prefix), f.name  # refused with a reason, or supported
+        # the engine's runner passes the cache under this keyword: the class's forward must take it
+        keyword = RUNNERS[f.engine_cache].cache_keyword
+        assert f.no_engine or keyword in inspect.signature(getattr(pnt, f.architecture).forward).parameters, f.name
         assert all(fix.phase in (fixes.BEFORE_BUILD, fixes.AFTER_RANDOM_INIT) for fix in f.fixes), f.name
         assert all(fix.__module__ == f"llmx.families.{f.name}" and fix.__doc__ for fix in f.fixes), f.name
 

@@ -3,7 +3,8 @@
 Continuous batching must not change what a prompt generates: 16 prompts of very different lengths,
 fewer slots than prompts, give the greedy tokens of one-by-one generation (the engine alone, and
 PaddleNLP's own `generate`); so do static mode (Paddle Inference), tensor parallelism and a base +
-LoRA adapter given as model.name_or_path."""
+LoRA adapter given as model.name_or_path. Bloom, OPT and Yuan, each taking its cache its own way
+(llmx.infer.runners.RUNNERS), give PaddleNLP's `generate` under stage=infer and stage=serve."""
 from __future__ import annotations
 
 import json
@@ -186,3 +187,50 @@ def test_stage_infer_takes_the_family_from_a_run_without_model(tmp_path):
     answers = [read_jsonl(tmp_path / run / "output.jsonl") for run in ("with", "without")]
     assert answers[0] == answers[1] and len(answers[0]) == 4
     assert "family: qwen" in (tmp_path / "without" / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("family", ["bloom", "opt", "yuan"])
+def test_families_with_their_own_cache_generate_what_paddlenlp_generates(family, tmp_path):
+    """stage=infer over prompts of different lengths, batched in fewer rows than prompts, and one stage=serve
+    completion: the greedy tokens of PaddleNLP's `generate`, one prompt at a time."""
+    import httpx
+    import paddle
+    from helpers import compose, start_server
+
+    from llmx.engine.model import build_model, build_tokenizer
+
+    paddle.set_device("cpu")
+    cfg = compose(f"model={family}", "model.size=tiny", "+model.overrides.initializer_range=0.5")  # (peaked: no ties)
+    tokenizer = build_tokenizer(cfg.model)
+    model = build_model(cfg.model, tokenizer, seed=0)
+    model.eval()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    eos = tokenizer.eos_token_id
+
+    def generate(prompt):
+        out = model.generate(input_ids=paddle.to_tensor([prompt]), attention_mask=paddle.ones([1, len(prompt)], "int64"),
+                             max_new_tokens=16, decode_strategy="greedy_search", eos_token_id=eos,
+                             pad_token_id=tokenizer.pad_token_id)[0].numpy()[0].tolist()
+        tokens = out[:out.index(eos)] if eos in out else out
+        return tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False), len(tokens)
+
+    texts = _texts(6)
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"src": t}) + "\n" for t in texts))
+    common = [f"model={family}", f"model.name_or_path={model_dir}"]
+    launch("stage=infer", *common, f"stage.input={prompts_file}", "stage.max_new_tokens=16", "stage.max_batch=4",
+           "stage.progress_bar=false", f"hydra.run.dir={tmp_path / 'infer'}")
+    rows = read_jsonl(tmp_path / "infer" / "output.jsonl")
+    assert [(r["output"], r["generated_tokens"]) for r in rows] == [generate(p) for p in _prompt_ids(tokenizer, texts)]
+    assert sum(r["generated_tokens"] for r in rows) > 6 * 8  # (not all ending at once)
+
+    server = start_server(["launch.py", *common], tmp_path / "serve")
+    try:
+        reply = httpx.post(server["base"] + "/v1/completions", headers={"Authorization": "Bearer test-key"},
+                           json={"model": "paddlenlp", "prompt": texts[1], "max_tokens": 16, "temperature": 0}, timeout=60).json()
+    finally:
+        server["proc"].kill()
+        server["proc"].wait()
+    assert (reply["choices"][0]["text"], reply["usage"]["completion_tokens"]) == generate(tokenizer(texts[1])["input_ids"])
