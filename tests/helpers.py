@@ -101,6 +101,47 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
     return float(out[0] if isinstance(out, tuple) else out.loss)
 
 
+def token_nll(logits, labels) -> tuple[float, int]:
+    """Numpy, in float64: the sum of -log p(label) over the positions whose label is not ignored (labels
+    already shifted: position i predicts labels[i]), and the number of those positions."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    keep = labels != -100
+    z = np.asarray(logits, dtype="float64")[keep]
+    z = z - z.max(axis=-1, keepdims=True)
+    logp = z[np.arange(len(z)), labels[keep]] - np.log(np.exp(z).sum(axis=-1))
+    return float(-logp.sum()), int(keep.sum())
+
+
+def token_mean_eval_loss(model_dir, batch_size: int = 16) -> float:
+    """The mean over every target token of the demo SFT eval file (as the sft stage encodes it) of a saved
+    model's loss, in this process: PaddleNLP's logits, numpy's cross-entropy."""
+    import paddle
+    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmx.schema import asset_path
+    from llmx.data.formats import read_sft
+    from llmx.data.sft import SftEncoder
+    from llmx.tokens import pad_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model.eval()
+    encoder = SftEncoder(tokenizer, 128, 96)
+    examples = [encoder.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))]
+    total, count = 0.0, 0
+    with paddle.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = pad_batch(examples[i:i + batch_size], tokenizer.pad_token_id)
+            out = model(input_ids=paddle.to_tensor(batch["input_ids"]),
+                        attention_mask=paddle.to_tensor(batch["attention_mask"]))
+            logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)
+            s, n = token_nll(logits.astype("float32").numpy(), batch["labels"])
+            total, count = total + s, count + n
+    return total / count
+
+
 def input_error(*overrides: str) -> str:
     """The one line launch.py prints for a bad config or bad data, found in this process: compose,
     validate, then the stage's paddle-free prepare (the same code launch.py runs before paddle)."""

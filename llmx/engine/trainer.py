@@ -13,6 +13,8 @@ uses (`trainer_class(base)`):
   batch is cut into micro-batches, accumulation steps and data-parallel replicas (PaddleNLP
   averages per-micro-batch means: a replica or micro-batch with fewer target tokens would
   weigh more; the normalisation bug Hugging Face transformers fixed in 4.46);
+- an eval loss that is the mean over every target token of the eval set, whatever the eval batch
+  size and layout (engine.evaluation);
 - metrics.jsonl with tokens/s counted from real (non-pad) tokens, plus whichever further keys of
   the Trainer's logs a stage names (`metric_keys`, e.g. trl's rewards/*).
 """
@@ -33,6 +35,7 @@ from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
 from llmx.console import say
 from llmx.engine.checkpoint import name_single_model_class
+from llmx.engine.evaluation import HeldOutSampler, HeldOutShare, TokenTally, target_tokens
 from llmx.experiment import Experiment
 from llmx.layout import Layout, train_batching
 from llmx.tokens import GLOBAL_TARGETS, IGNORE_INDEX, LOCAL_TARGETS, NUM_TOKENS
@@ -180,7 +183,9 @@ class TokenWeightedLoss(paddle.nn.Layer):
     the model's own mean over this micro-batch's target tokens, times those tokens, over the
     step's target tokens (scaled back for the pipeline's 1/accumulate_steps and the data-parallel
     average). Outside a training step (`step_targets` None) it is the model's own. A criterion whose
-    labels are not token labels counts its micro-batch's targets itself (`targets(labels)`)."""
+    labels are not token labels counts its micro-batch's targets itself (`targets(labels)`). An eval
+    batch is weighed the same way, over its own target tokens (scaled back for 1/accumulate_steps
+    only), so the pipeline returns the batch's token mean."""
 
     def __init__(self, criterion, scale: float) -> None:
         super().__init__()
@@ -195,13 +200,13 @@ class TokenWeightedLoss(paddle.nn.Layer):
         return loss * mine * (self.scale / self.step_targets)
 
 
-def _over_data_replicas(args, tokens: int) -> int:
-    """Tokens of all data-parallel replicas (dp x sharding ranks read different data; tp and pp
-    ranks of one replica read the same). Every rank logs at the same steps, so this collective
-    is safe here."""
+def _over_data_replicas(args, values):
+    """`values` (a number or an array) summed over all data-parallel replicas (dp x sharding ranks
+    read different data; tp and pp ranks of one replica read the same). Every rank logs and
+    evaluates at the same steps, so this collective is safe there."""
     if args.dataset_world_size <= 1:
-        return tokens
-    total = paddle.to_tensor([tokens], dtype="int64")
+        return values
+    total = paddle.to_tensor(np.atleast_1d(values))
     if args.use_hybrid_parallel:
         from paddle.distributed import fleet
 
@@ -212,7 +217,7 @@ def _over_data_replicas(args, tokens: int) -> int:
         groups = [None]
     for group in groups:
         paddle.distributed.all_reduce(total, group=group)
-    return int(total.item())
+    return total.numpy() if np.ndim(values) else total.numpy()[0].item()
 
 
 class MetricsCallback(TrainerCallback):
@@ -268,6 +273,7 @@ class LlmxTrainerMixin:
         self.tokens_trained = 0  # real tokens of the micro-batches trained on, this process
         self.add_callback(MetricsCallback(experiment, self, elapsed_before, metric_keys))
         self._step_targets, self._local_targets, self._weighted_losses = None, None, []
+        self._held_out = TokenTally()  # the running evaluation's token losses
         # The step's loss as the mean over its target tokens, where the collator carries their count.
         self.token_weighted = bool(getattr(self.data_collator, "carries_global_targets", False)) and \
             self.train_dataset is not None
@@ -275,11 +281,11 @@ class LlmxTrainerMixin:
         self.loss_scale = self.args.gradient_accumulation_steps * self.args.dataset_world_size
         if self.token_weighted:
             self.train_dataset = StepTargets(self.train_dataset)
-            pipeline = pipeline_layer(self.model)
-            if pipeline is not None:
-                pipeline._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f
-                                     for f in pipeline._loss_fn]
-                self._weighted_losses = [f for f in pipeline._loss_fn if isinstance(f, TokenWeightedLoss)]
+        pipeline = pipeline_layer(self.model)
+        if pipeline is not None:  # weighed in token-weighted training steps and in evaluation
+            pipeline._loss_fn = [TokenWeightedLoss(f, self.loss_scale) if f is not None else f
+                                 for f in pipeline._loss_fn]
+            self._weighted_losses = [f for f in pipeline._loss_fn if isinstance(f, TokenWeightedLoss)]
 
     def training_step(self, model, inputs, *args, **kwargs):
         self.tokens_trained += inputs.pop(NUM_TOKENS, 0)
@@ -311,7 +317,37 @@ class LlmxTrainerMixin:
         inputs.pop(NUM_TOKENS, None)
         inputs.pop(GLOBAL_TARGETS, None)
         inputs.pop(LOCAL_TARGETS, None)
-        return super().prediction_step(model, inputs, *args, **kwargs)
+        tokens = target_tokens(inputs)
+        # a pipeline: the batch's token mean, not its micro-batches' mean (criterions of token labels)
+        weighed = [f for f in self._weighted_losses if tokens and getattr(f.criterion, "targets", None) is None]
+        for f in weighed:
+            f.step_targets, f.scale = tokens, self.args.gradient_accumulation_steps
+        try:
+            result = super().prediction_step(model, inputs, *args, **kwargs)
+        finally:
+            for f in weighed:
+                f.step_targets, f.scale = None, self.loss_scale
+        if result[0] is not None:
+            self._held_out.add(result[0], tokens)
+        return result
+
+    def evaluation_loop(self, *args, **kwargs):
+        """PaddleNLP's loop, with `<prefix>_loss` the mean over every target token of the eval set
+        (of every replica), where the batches have labels."""
+        self._held_out = TokenTally()
+        output = super().evaluation_loop(*args, **kwargs)
+        loss_sum, tokens = _over_data_replicas(self.args, self._held_out.totals())
+        if tokens > 0:
+            output.metrics[f"{kwargs.get('metric_key_prefix', 'eval')}_loss"] = float(loss_sum / tokens)
+        return output
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        return super().get_eval_dataloader(HeldOutShare(eval_dataset) if eval_dataset is not None else None)
+
+    def _get_eval_sampler(self, eval_dataset):
+        return HeldOutSampler(eval_dataset, self.args.per_device_eval_batch_size, self.args.dataset_world_size,
+                              self.args.dataset_rank, full=self.args.pipeline_parallel_degree > 1)
 
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)

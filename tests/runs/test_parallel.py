@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl, train_losses
+from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl, token_mean_eval_loss, train_losses
 
 STEPS = 3
 COMMON = [*FAST, f"stage.train.max_steps={STEPS}", "stage.train.logging_steps=1", "stage.train.batch_size=4",
@@ -69,31 +69,6 @@ def test_data_parallel_layouts_match_one_process(tmp_path, reference, layout):
             assert c["collective.reduce"] >= STEPS and c["collective.broadcast"] >= STEPS
         if layout == "sharding_stage2":
             assert c["sharding.stage2_wrap"] == 1
-
-
-def _eval_loss(model_dir) -> float:
-    """Eval loss of a saved model in this (single) process, batched as the Trainer's evaluate."""
-    import numpy as np
-    import paddle
-    from paddlenlp.transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llmx.schema import asset_path
-    from llmx.data.formats import read_sft
-    from llmx.data.sft import SftEncoder
-    from llmx.tokens import pad_batch
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()
-    encoder = SftEncoder(tokenizer, 128, 96)
-    examples = [encoder.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))]
-    losses = []
-    with paddle.no_grad():
-        for i in range(0, len(examples), 16):
-            batch = {k: paddle.to_tensor(v) for k, v in pad_batch(examples[i:i + 16], tokenizer.pad_token_id).items()}
-            out = model(**batch)
-            losses.append(float(out[0] if isinstance(out, tuple) else out.loss))
-    return float(np.mean(losses))
 
 
 def _generations(model_dir, n: int) -> list[str]:
@@ -149,11 +124,11 @@ def test_model_parallel_checkpoints_load_into_one_process(model_parallel_runs, r
     ckpt = run / "checkpoints" / f"step-{STEPS}"
     config = read_json(ckpt / "config.json")
     assert config["architectures"] == ["LlamaForCausalLM"]
-    got, want = _eval_loss(ckpt), _eval_loss(reference / "checkpoints" / f"step-{STEPS}")
+    got, want = token_mean_eval_loss(ckpt), token_mean_eval_loss(reference / "checkpoints" / f"step-{STEPS}")
     assert got == pytest.approx(want, rel=1e-5)
-    assert _eval_loss(run / "model") == pytest.approx(got, rel=1e-6)  # the exported model: the same weights
-    if layout == "tp2":  # same eval batching as one process: the run's own eval agrees too
-        assert read_json(run / "summary.json")["eval_loss"] == pytest.approx(got, rel=1e-5)
+    assert token_mean_eval_loss(run / "model") == pytest.approx(got, rel=1e-6)  # the exported model: the same weights
+    # the run's own eval loss is the token mean over the eval file, however the layout batches it
+    assert read_json(run / "summary.json")["eval_loss"] == pytest.approx(got, rel=1e-5)
 
 
 def test_pretrained_weights_are_split_by_the_loader(tmp_path, reference):

@@ -101,7 +101,7 @@ CHECK = r"""
 import json, sys
 import numpy as np, paddle
 sys.path.insert(0, "tests")
-from helpers import compose
+from helpers import compose, token_nll
 from llmx.schema import asset_path
 from llmx.data.formats import read_sft
 from llmx.data.sft import SftEncoder
@@ -120,17 +120,18 @@ for method, mergeable in json.loads(sys.argv[2]).items():
     collate = PadCollator(tok.pad_token_id)
     if method == "reft":
         collate = ReftCollator(collate, model)
-    losses, logits = [], None
+    nll, tokens, logits = 0.0, 0, None
     with paddle.no_grad():
-        for start in range(0, len(examples), 16):  # as the Trainer evaluates: batches of stage.eval.batch_size
+        for start in range(0, len(examples), 16):
             batch = {k: v for k, v in collate(examples[start:start + 16]).items()
                      if k in ("input_ids", "attention_mask", "labels", "intervention_locations")}
             result = model(**batch)
-            losses.append(float(result[0]))
+            s, n = token_nll(result[1].astype("float32").numpy(), batch["labels"].numpy())
+            nll, tokens = nll + s, tokens + n
             if logits is None:
                 logits = result[1].numpy()
                 first = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        row = {"eval_loss": float(np.mean(losses))}
+        row = {"eval_loss": nll / tokens}  # the token mean over the eval file, as the Trainer's evaluate
         if not mergeable:  # llmx's engine without a KV cache (RecomputeRunner) vs PaddleNLP's generate
             from llmx.engine.generate import greedy_generate
             from llmx.infer.build import dynamic_engine
