@@ -73,9 +73,8 @@ def paddle_names(fam: Family, hf_config: dict) -> dict:
 
 def paddle_config(fam: Family, hf_config: dict):
     """The PaddleNLP config of an HF config.json (keys renamed as the family's record says)."""
-    import paddlenlp.transformers as pnt
 
-    config = getattr(pnt, fam.config_class).from_dict(paddle_names(fam, hf_config))
+    config = fam.load_class("config_class").from_dict(paddle_names(fam, hf_config))
     config.architectures = [fam.architecture]
     return config
 
@@ -106,9 +105,8 @@ def hf_config(fam: Family, config: dict, dtype: str) -> dict:
 # ----------------------------------------------------------------------------- name maps
 def moves(fam: Family, config) -> List[Move]:
     """PaddleNLP's own name map of the family's class, as Moves."""
-    import paddlenlp.transformers as pnt
 
-    cls = getattr(pnt, fam.architecture)
+    cls = fam.load_class()
     out = []
     try:
         mappings = cls._get_name_mappings(config)
@@ -142,7 +140,6 @@ def expected_tensors(fam: Family, config) -> Tuple[Dict[str, Tuple[int, ...]], D
     """The PaddleNLP model's tensors (name -> shape), built without memory (paddle.LazyGuard), and its
     tied names (alias -> the name its tensor is saved under)."""
     import paddle
-    import paddlenlp.transformers as pnt
 
     from llmx.families import fixes
 
@@ -150,7 +147,7 @@ def expected_tensors(fam: Family, config) -> Tuple[Dict[str, Tuple[int, ...]], D
 
     fixes.apply(fam.fixes, fixes.BEFORE_BUILD)
     with no_init_weights(), paddle.LazyGuard():  # (some classes' init writes into parameters)
-        model = getattr(pnt, fam.architecture)(config)
+        model = fam.load_class()(config)
     state = model.state_dict()
     by_id: Dict[int, str] = {}
     shapes, aliases = {}, {}
@@ -303,9 +300,8 @@ def llmx_to_hf(src: Path, out: Path, fam_name: Optional[str] = None, dtype: Opti
         raise CheckpointError(f"{src}/config.json: a {found} model (architectures={pconf.get('architectures')}), "
                               f"but model family {fam_name} was asked for")
     fam = family(fam_name or found or "")
-    import paddlenlp.transformers as pnt
 
-    config = getattr(pnt, fam.config_class).from_pretrained(str(src))
+    config = fam.load_class("config_class").from_pretrained(str(src))
     config.architectures = [fam.architecture]
     config.tensor_parallel_degree = 1
     index = TensorIndex(src)

@@ -30,13 +30,6 @@ log = logging.getLogger(__name__)
 TINY_TOKENIZER = "tiny_tokenizer"
 
 
-def _paddlenlp_class(name: str):
-    cls = getattr(pnt, name, None)
-    if cls is None:  # the family table names a class this paddlenlp lacks
-        raise ConfigError(f"paddlenlp.transformers has no class {name!r} (llmx.families expects paddlenlp==3.0.0b4)")
-    return cls
-
-
 def model_source(m: DictConfig) -> Optional[ModelSource]:
     """What `model.name_or_path` points at (a model, adapter or run directory); None = random init."""
     return resolve(m.name_or_path) if m.name_or_path else None
@@ -61,7 +54,7 @@ def build_tokenizer(m: DictConfig):
 
 def family_config(m: DictConfig, tokenizer=None):
     """The PaddleNLP config of `m` at its size, without building weights."""
-    config_cls = _paddlenlp_class(family(m.family).config_class)
+    config_cls = family(m.family).load_class("config_class")
     overrides = OmegaConf.to_container(m.overrides)
     if m.name_or_path:
         config = config_cls.from_pretrained(model_source(m).model_dir)
@@ -89,7 +82,7 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
     merged into it, or with keep_adapter (one process only) returned as the peft model."""
     fam = family(m.family)
     fixes.apply(fam.fixes, fixes.BEFORE_BUILD)
-    model_cls = _paddlenlp_class(fam.architecture)
+    model_cls = fam.load_class()
     config = family_config(m, tokenizer)
     hcg = hybrid_group()
     tp, pp = (hcg.get_model_parallel_world_size(), hcg.get_pipe_parallel_world_size()) if hcg else (1, 1)
@@ -141,7 +134,7 @@ def _build_parallel_model(m: DictConfig, fam: Family, model_cls, config, tokeniz
     part_config.tensor_parallel_output = True  # logits stay split: the loss is the vocab-parallel one
     part_config.sequence_parallel = bool(parallel is not None and parallel.sequence_parallel)
     part_config.virtual_pp_degree = parallel.vpp if parallel is not None else 1
-    part_cls = _paddlenlp_class(fam.pipeline_class) if pp > 1 else model_cls
+    part_cls = fam.load_class("pipeline_class") if pp > 1 else model_cls
     pretrained = model_source(m) if m.name_or_path and load_weights else None
     if pretrained and not pretrained.adapter:
         model = part_cls.from_pretrained(pretrained.model_dir, config=part_config, dtype=m.dtype)

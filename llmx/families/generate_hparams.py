@@ -36,9 +36,7 @@ def read_by_model(model_class) -> set:
 
 def generate() -> dict:
     logging.disable(logging.WARNING)
-    import paddlenlp.transformers as pnt
-
-    return {name: sorted(accepted_names(getattr(pnt, f.config_class)) | read_by_model(getattr(pnt, f.architecture)))
+    return {name: sorted(accepted_names(f.load_class("config_class")) | read_by_model(f.load_class()))
             for name, f in sorted(FAMILIES.items())}
 
 

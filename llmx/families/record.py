@@ -102,6 +102,23 @@ class Family:
     # owns the class (Baichuan loads as Llama's class: a saved Baichuan reads as Llama).
     owns_architecture: bool = True
     sp_tokenizer: Optional[str] = None  # PaddleNLP class that reads the family's SentencePiece tokenizer.model
+    # The module holding `architecture`, `config_class` and `pipeline_class`: paddlenlp.transformers, or for a
+    # family PaddleNLP has no model code for, the module llmx writes it in (llmx.models.<family>) on PaddleNLP's
+    # building blocks.
+    classes: str = "paddlenlp.transformers"
+
+    # -------------------------------------------------------------- classes
+    def load_class(self, which: str = "architecture"):
+        """The class the record names in `which` (architecture, config_class, pipeline_class), imported from
+        `classes` (paddle comes with it)."""
+        import importlib
+
+        name = getattr(self, which)
+        found = getattr(importlib.import_module(self.classes), name, None) if name else None
+        if found is None:  # the record names a class the pinned library lacks
+            raise ConfigError(f"model family {self.name}: {self.classes} has no class {name!r} "
+                              f"(llmx.families expects paddlenlp==3.0.0b4)")
+        return found
 
     # -------------------------------------------------------------- hyperparameters
     def hyperparameters(self, given: Mapping[str, Any]) -> Dict[str, Any]:

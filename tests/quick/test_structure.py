@@ -30,7 +30,7 @@ LAYERS = (
     ("algorithms", {"align", "rl", "merge"}),
     ("infer/serve", {"serve", "infer"}),
     ("engine", {"engine"}),
-    ("data/convert/quant/ops", {"data", "convert", "quant", "ops", "sources"}),
+    ("data/convert/quant/ops", {"data", "convert", "quant", "ops", "sources", "models"}),
     ("ground", {"schema", "config", "families", "layout", "compat", "errors", "console", "experiment", "tokens",
                 "devices"}),
 )
