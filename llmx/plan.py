@@ -61,7 +61,7 @@ def estimate(cfg: DictConfig) -> Dict[str, Any]:
     # vocabulary of the embedding and the lm_head by tp; we divide everything by tp, which slightly
     # undercounts what TP replicates (norm weights, row-parallel biases, position embeddings, the MoE router).
     ends = params.embed + params.head - params.shared if p.pp == 1 else max(params.embed, params.head)
-    per_device = (params.layers // p.pp * params.layer + ends) / p.tp
+    per_device = (params.layers // p.pp * params.layer + params.other_layers // p.pp + ends) / p.tp
 
     # ZeRO over the sharding group: stage 1 shards the optimizer states, stage 2 also the gradients,
     # stage 3 also the parameters. Data parallelism (dp) replicates everything.
@@ -112,7 +112,7 @@ def estimate(cfg: DictConfig) -> Dict[str, Any]:
     memory = cfg.get("device_memory_gb")
     return {
         "model": {"family": m.family, "size": m.size, "dtype": m.dtype, "parameters": params.total,
-                  "parameters_per_device": round(per_device)},
+                  "active_parameters": params.active, "parameters_per_device": round(per_device)},
         "layout": {"dp": p.dp, "tp": p.tp, "pp": p.pp, "vpp": p.vpp, "sharding": p.sharding,
                    "sharding_stage": p.sharding_stage, "sequence_parallel": bool(p.sequence_parallel),
                    "devices": p.dp * p.tp * p.pp * p.sharding},
@@ -140,7 +140,8 @@ def render(plan: Dict[str, Any]) -> str:
     rows = [("parameters", g["parameters"]), ("gradients", g["gradients"]), ("optimizer states (AdamW)", g["optimizer"]),
             ("activations, no recompute", g["activations"]), ("activations, full recompute", g["activations_recompute"]),
             ("total, no recompute", g["total"]), ("total, full recompute", g["total_recompute"])]
-    lines = [f"plan: {m['family']} {m['size']} ({m['parameters'] / 1e9:.3g}B parameters, {m['dtype']}), "
+    active = f", {m['active_parameters'] / 1e9:.3g}B active per token" if m["active_parameters"] != m["parameters"] else ""
+    lines = [f"plan: {m['family']} {m['size']} ({m['parameters'] / 1e9:.3g}B parameters{active}, {m['dtype']}), "
              f"tp={lay['tp']} pp={lay['pp']} dp={lay['dp']} sharding={lay['sharding']} "
              f"(stage {lay['sharding_stage']}) on {lay['devices']} devices",
              f"busiest device: {m['parameters_per_device'] / 1e9:.3g}B parameters, micro-batch {bt['micro_batch']} x "

@@ -12,7 +12,7 @@ from llmx.families.record import Family, Params
 
 def count_params(hp: Dict[str, Any]) -> Params:
     """num_local_experts gated MLPs and a router per layer; its class always builds its own lm_head."""
-    return llama_like(hp, experts=hp["num_local_experts"], ties=False)
+    return llama_like(hp, experts=hp["num_local_experts"], ties=False, active_experts=hp["num_experts_per_tok"])
 
 
 @before_build
@@ -50,6 +50,6 @@ FAMILY = Family(
     "mixtral", "MixtralForCausalLM", "MixtralConfig",
     (".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*w1.*", ".*w2.*", ".*w3.*"),
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
-    defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8),
+    defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2),
     count_params=count_params, fixes=(mixtral_moe_routing,),
     hf_model_type="mixtral", hf_architecture="MixtralForCausalLM", sp_tokenizer="LlamaTokenizer")

@@ -29,10 +29,21 @@ class Params:
     embed: int
     head: int
     shared: int = 0
+    # Mixture-of-experts: what one token uses of a layer (the router's top-k experts, shared experts, attention);
+    # None = all of it.
+    active_layer: Optional[int] = None
+    # Decoder layers unlike `layer` (DeepSeek-V3's leading dense layers), all their parameters together.
+    other_layers: int = 0
 
     @property
     def total(self) -> int:
-        return self.layers * self.layer + self.embed + self.head - self.shared
+        return self.layers * self.layer + self.other_layers + self.embed + self.head - self.shared
+
+    @property
+    def active(self) -> int:
+        """The parameters one token's forward uses (= total but for mixtures of experts)."""
+        per_layer = self.layer if self.active_layer is None else self.active_layer
+        return self.layers * per_layer + self.other_layers + self.embed + self.head - self.shared
 
 
 @dataclass(frozen=True)

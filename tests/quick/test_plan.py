@@ -40,6 +40,18 @@ def test_real_sizes_match_published_totals(family, size):
     assert abs(counted - PUBLISHED[family, size]) / PUBLISHED[family, size] < 0.01, counted
 
 
+# Published active parameters per token of mixtures of experts (the model cards' figures).
+PUBLISHED_ACTIVE = {("mixtral", "8x7b"): 12.9e9, ("mixtral", "8x22b"): 39.1e9}
+
+
+@pytest.mark.parametrize("family,size", sorted(PUBLISHED_ACTIVE))
+def test_moe_sizes_match_published_active_parameters(family, size):
+    m = _compose(f"model={family}", f"model.size={size}").model
+    params = count_params(family, model_hparams(m))
+    assert abs(params.active - PUBLISHED_ACTIVE[family, size]) / PUBLISHED_ACTIVE[family, size] < 0.01, params.active
+    assert params.active < params.total
+
+
 def test_memory_formulas():
     """The per-device terms, recomputed by hand for qwen2 7b (h 3584, 28 heads, 28 layers) on tp4pp2, bf16."""
     cfg = _compose("model=qwen2", "model.size=7b", "parallel=tp4pp2", "model.dtype=bfloat16",
