@@ -63,6 +63,9 @@ class Family:
     # position ids, so a packed forward equals separate ones (tests/test_packing.py).
     packing: bool = False
     packing_with_prefix: bool = False  # and still so behind a prefix cache
+    # Why the model takes no 4-D attention mask ("" = it does): DPO/KTO's rows (trl's: prompt, chosen and
+    # rejected in one row, the rejected answer blind to the chosen one) need one.
+    no_4d_mask: str = ""
     not_trainable: str = ""  # why llmx cannot train it yet ("" = it can)
     no_tensor_parallel: str = ""  # why it cannot be split over tensor-parallel ranks ("" = it can)
     # Why llmx's inference engine (llmx.infer) does not run it ("" = it does: checked at the tiny sizes, the
@@ -76,6 +79,9 @@ class Family:
     # position_ids or the mask's running count, and pads are masked out): what runs a padded batch without a
     # cache (static mode, adapters run without a KV cache) is refused.
     no_padded_batch: str = ""
+    # The base model (`base_model`, under the LM head) answers hidden states [seq, batch, hidden] (ChatGLM's),
+    # not [batch, seq, hidden]: what reads them besides the family's own head (llmx.engine.score) transposes.
+    hidden_seq_first: bool = False
     no_static: str = ""  # why the engine's static mode (llmx.infer.export) cannot export it ("" = it can)
     # Canonical names of the hyperparameters layouts depend on (after `aliases`).
     heads: str = "num_attention_heads"
