@@ -67,7 +67,7 @@ def family_config(m: DictConfig, tokenizer=None):
             for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
                 if getattr(tokenizer, name, None) is not None:
                     setattr(config, name, getattr(tokenizer, name))
-    if m.get("rope_scaling") is not None:  # over the checkpoint's own (llmx.rope; validated with the model group)
+    if m.get("rope_scaling"):  # over the checkpoint's own (llmx.rope; validated with the model group)
         config.rope_scaling = OmegaConf.to_container(m.rope_scaling)
     config.dtype = m.dtype
     # Our batches mark unlearned positions with IGNORE_INDEX; some criterions (GPT's) read

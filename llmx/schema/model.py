@@ -34,9 +34,9 @@ class ModelConfig:
     # (static export through the wrapped forward, callers reading logits next to a loss, ...).
     fused_ops: str = "off"
     # RoPE scaling for long context (llmx.rope): {rope_type: linear|dynamic|yarn|llama3, factor: ..., ...} with the
-    # keys transformers names (`type` is read as rope_type). None = the checkpoint's config.json rope_scaling, if
+    # keys transformers names (`type` is read as rope_type). Empty = the checkpoint's config.json rope_scaling, if
     # any; {rope_type: default} = none even where the checkpoint has one.
-    rope_scaling: Optional[Dict[str, Any]] = None
+    rope_scaling: Dict[str, Any] = field(default_factory=dict)
 
 
 def model_family(m: DictConfig):
@@ -65,7 +65,7 @@ def validate_rope_scaling(m: DictConfig, fam) -> None:
     computes, for a family whose rotary layers llmx scales."""
     given = m.get("rope_scaling")
     raw = model_hparams(m)
-    if given is not None:
+    if given:
         scaling, where = OmegaConf.to_container(given), "model.rope_scaling"
     else:
         scaling = raw.get("rope_scaling")
