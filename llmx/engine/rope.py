@@ -12,6 +12,7 @@ traces tables built for max_position_embeddings (dynamic NTK refits in dynamic m
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Optional
 
@@ -32,13 +33,22 @@ ROTARY_LAYER = "rotary_emb"  # the attribute PaddleNLP's attentions keep their r
 
 
 class ScaledTables:
-    """The cos/sin tables of one head size and base under one scaling, shared by every layer that has them."""
+    """The cos/sin tables of one head size and base under one scaling, shared by every rotary layer that has
+    them. Each layer holds them as its own tensor attributes (non-persistable buffers, as PaddleNLP's cached
+    tables are): a static export (llmx.infer.export) finds them there, and checkpoints do not save them."""
 
     def __init__(self, scaling: dict, dim: int, base: float, max_positions: int, layout: str):
         self.scaling, self.dim, self.base, self.max_positions = scaling, dim, base, max_positions
         self.shape = LAYOUTS[layout]
         self.dynamic = rope.scaling_type(scaling) == "dynamic"
+        self.layers = []
         self._fit(max_positions)
+
+    def attach(self, layer) -> None:
+        """Make `layer`'s forward hand out these tables (its __call__ runs the instance's forward)."""
+        self.layers.append(layer)
+        layer.llmx_rope_cos, layer.llmx_rope_sin = self.cos, self.sin
+        layer.forward = functools.partial(self.forward, layer)
 
     def _fit(self, length: int) -> None:
         """Frequencies for sequences of `length` (dynamic NTK's depend on it), tables for that many positions."""
@@ -49,17 +59,19 @@ class ScaledTables:
         angles = np.concatenate([angles, angles], axis=-1)  # rotate_half pairs dimension i with i + dim/2
         self.cos = paddle.to_tensor((np.cos(angles) * attention).astype(np.float32))
         self.sin = paddle.to_tensor((np.sin(angles) * attention).astype(np.float32))
+        for layer in self.layers:
+            layer.llmx_rope_cos, layer.llmx_rope_sin = self.cos, self.sin
 
-    def __call__(self, x, seq_len=None):
+    def forward(self, layer, x, seq_len=None):
         if isinstance(seq_len, int):  # (a traced static program passes a symbolic length: the tables as they are)
             if self.dynamic:
                 # transformers' rule: refit when a sequence is longer than the one fitted to, and back to the
                 # original frequencies when one fits the context while the fit is for a longer one.
                 if seq_len > self.fitted_to or seq_len < self.max_positions < self.fitted_to:
                     self._fit(max(seq_len, self.max_positions))
-            elif seq_len > self.cos.shape[0]:  # the same frequencies over more positions
+            elif seq_len > self.fitted_to:  # the same frequencies over more positions
                 self._fit(seq_len)
-        cos, sin = self.shape(self.cos[:seq_len]), self.shape(self.sin[:seq_len])
+        cos, sin = self.shape(layer.llmx_rope_cos[:seq_len]), self.shape(layer.llmx_rope_sin[:seq_len])
         return cos.cast(x.dtype), sin.cast(x.dtype)
 
 
@@ -79,7 +91,7 @@ def scale_rotary_layers(model, fam, config) -> int:
         if key not in shared:
             shared[key] = ScaledTables(dict(scaling), key[0], key[1], int(config.max_position_embeddings),
                                        fam.rope_layout)
-        layer.forward = shared[key]  # the instance's forward: what the layer's __call__ runs
+        shared[key].attach(layer)
     if not layers:  # a record naming a layout for a model without such layers: fail loudly, not silently unscaled
         raise ValueError(f"model family {fam.name}: {type(model).__name__} has no {ROTARY_LAYER} layers to scale")
     log.info("RoPE scaling %s in %d rotary layers", scaling, len(layers))
