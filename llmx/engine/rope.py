@@ -29,6 +29,7 @@ LAYOUTS = {
     "batch_seq_heads_dim": lambda t: t[None, :, None, :],  # Llama, Qwen2, Mixtral, Gemma: [1, seq, 1, dim]
     "batch_heads_seq_dim": lambda t: t[None, None, :, :],  # Yuan: [1, 1, seq, dim]
 }
+UNUSED_TABLES = ("cos_cached", "sin_cached", "cos_sin_table")
 ROTARY_LAYER = "rotary_emb"  # the attribute PaddleNLP's attentions keep their rotary layer under
 
 
@@ -47,6 +48,9 @@ class ScaledTables:
     def attach(self, layer) -> None:
         """Make `layer`'s forward hand out these tables (its __call__ runs the instance's forward)."""
         self.layers.append(layer)
+        for own in UNUSED_TABLES:  # PaddleNLP's tables (up to max_position_embeddings per layer) are not read now
+            if getattr(layer, own, None) is not None:
+                setattr(layer, own, None)
         layer.llmx_rope_cos, layer.llmx_rope_sin = self.cos, self.sin
         layer.forward = functools.partial(self.forward, layer)
 
