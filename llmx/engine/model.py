@@ -21,6 +21,7 @@ from llmx.schema import asset_path
 from llmx.convert.tokenizer import chat_template_in
 from llmx.engine.distributed import hybrid_group
 from llmx.engine.peft import count_parameters, load_adapter
+from llmx.engine.rope import scale_rotary_layers
 from llmx.families import Family, family, fixes
 from llmx.ops import patch as ops_patch
 from llmx.sources import ModelSource, resolve
@@ -66,6 +67,8 @@ def family_config(m: DictConfig, tokenizer=None):
             for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
                 if getattr(tokenizer, name, None) is not None:
                     setattr(config, name, getattr(tokenizer, name))
+    if m.get("rope_scaling"):  # over the checkpoint's own (llmx.rope; validated with the model group)
+        config.rope_scaling = OmegaConf.to_container(m.rope_scaling)
     config.dtype = m.dtype
     # Our batches mark unlearned positions with IGNORE_INDEX; some criterions (GPT's) read
     # their ignore index from the config and default to 0, a real token id.
@@ -88,6 +91,7 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
     tp, pp = (hcg.get_model_parallel_world_size(), hcg.get_pipe_parallel_world_size()) if hcg else (1, 1)
     if tp > 1 or pp > 1:
         model = _build_parallel_model(m, fam, model_cls, config, tokenizer, seed, hcg, parallel, load_weights)
+        scale_rotary_layers(model, fam, config)
         if m.fused_ops != "off":  # the split and pipeline layers are other classes: not matched
             log.info("model.fused_ops=%s: not applied under tensor/pipeline parallelism", m.fused_ops)
         ops_patch.enable(model, "off")
@@ -96,6 +100,7 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
         model = _pretrained(m, fam, model_cls, config, merge=not keep_adapter)
     else:
         model = _random_init(m, fam, model_cls, config, tokenizer, seed)
+    scale_rotary_layers(model, fam, config)
     ops_patch.enable(model, m.fused_ops)  # llmx.ops' kernels into the layers that match (model.fused_ops)
     return model
 

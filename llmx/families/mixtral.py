@@ -49,6 +49,7 @@ def mixtral_moe_routing(model=None) -> None:
 FAMILY = Family(
     "mixtral", "MixtralForCausalLM", "MixtralConfig",
     (".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*w1.*", ".*w2.*", ".*w3.*"),
+    rope_layout="batch_seq_heads_dim",
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2),
     count_params=count_params, fixes=(mixtral_moe_routing,),

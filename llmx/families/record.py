@@ -83,6 +83,14 @@ class Family:
     # not [batch, seq, hidden]: what reads them besides the family's own head (llmx.engine.score) transposes.
     hidden_seq_first: bool = False
     no_static: str = ""  # why the engine's static mode (llmx.infer.export) cannot export it ("" = it can)
+    # RoPE scaling (model.rope_scaling, or a checkpoint's config.json rope_scaling; llmx.rope): how the family's
+    # rotary layers lay out the cos/sin tables they return, a name in llmx.engine.rope.LAYOUTS. llmx.engine.rope
+    # recomputes the tables of every sublayer named `rotary_emb` that has PaddleNLP's Llama-style interface
+    # (attributes `dim` and `base`, `forward(x, seq_len) -> (cos, sin)`: Llama's, Qwen2's, Qwen2-MoE's, Mistral's,
+    # Mixtral's, Gemma's and Yuan's classes), so a family built on one of those classes names its layout here and
+    # takes every scaling type. None: a scaling is refused, with the reason in `no_rope_scaling`.
+    rope_layout: Optional[str] = None
+    no_rope_scaling: str = ""
     # Canonical names of the hyperparameters layouts depend on (after `aliases`).
     heads: str = "num_attention_heads"
     kv_heads: Optional[str] = "num_key_value_heads"  # None: one KV head per query head
