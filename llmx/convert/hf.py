@@ -67,8 +67,9 @@ def paddle_names(fam: Family, hf_config: dict) -> dict:
     """An HF config.json's values under PaddleNLP's key names (as the family table says), less HF's class
     markers: what the converted model's config is made from (paddle-free)."""
     renamed = {v: k for k, v in fam.hf_config_keys.items()}
-    return {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
-                                                                         "auto_map", "torch_dtype")}
+    out = {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
+                                                                        "auto_map", "torch_dtype")}
+    return {**out, **fam.hf_config_in(hf_config)} if fam.hf_config_in else out
 
 
 def paddle_config(fam: Family, hf_config: dict):
@@ -99,7 +100,7 @@ def hf_config(fam: Family, config: dict, dtype: str) -> dict:
     out["architectures"] = [fam.hf_architecture]
     out["torch_dtype"] = dtype
     out["use_cache"] = True
-    return dict(sorted(out.items()))
+    return dict(sorted((fam.hf_config_out(out) if fam.hf_config_out else out).items()))
 
 
 # ----------------------------------------------------------------------------- name maps
