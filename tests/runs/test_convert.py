@@ -35,9 +35,10 @@ HF_CONFIGS = {
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
-OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan")
+OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2")
 OWN_CODE_EMBEDDINGS = {"qwen": "transformer.wte.weight", "baichuan": "model.layers.0.self_attn.W_pack.weight",
-                       "chatglm2": "transformer.embedding.word_embeddings.weight", "yuan": "model.embed_tokens.weight"}
+                       "chatglm2": "transformer.embedding.word_embeddings.weight", "yuan": "model.embed_tokens.weight",
+                       "baichuan2": "model.layers.0.self_attn.W_pack.weight"}
 
 
 def _tree_state(d: Path) -> dict:
@@ -143,7 +144,7 @@ def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, co
 
 
 def test_families_without_transformers_classes_round_trip_through_hf_names(tmp_path):
-    """qwen, baichuan, chatglm2, yuan ship their own modeling code with their checkpoints: llmx writes their
+    """qwen, baichuan(2), chatglm2, yuan ship their own modeling code with their checkpoints: llmx writes their
     HF names and config (model_type, architecture) and reads them back to the same tensors."""
     from helpers import compose
 
