@@ -31,6 +31,8 @@ TRAINABLE = sorted(name for name, f in FAMILIES.items() if not f.not_trainable)
 VARIANTS = {
     "llama-tied": ("llama", ["model.overrides.tie_word_embeddings=true"], ("pp2", "tp2pp2")),
     "gemma-untied": ("gemma", ["model.overrides.tie_word_embeddings=false"], ("tp2",)),
+    # ALiBi instead of RoPE (Baichuan 2's 13B): tensor-parallel ranks take their heads' slopes
+    "baichuan2-alibi": ("baichuan2", ["model.overrides.alibi=true"], ("tp2", "pp2")),
 }
 LAYOUTS = {  # layout -> (processes, the families that support it)
     "tp2": (2, [f for f in TRAINABLE if not FAMILIES[f].no_tensor_parallel]),
