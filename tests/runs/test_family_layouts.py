@@ -5,7 +5,7 @@ with one line naming the family and why.
 The weights move: lr 5e-2 without warmup, gradient clipping on (the default max_grad_norm), so a
 layout that computes a different gradient norm or update shows within three steps. Besides each
 family's tiny default, a tied llama (its pipeline shares the embedding with the head between the first
-and the last stage: the shared weight counts once in the gradient norm) and an untied gemma (refused
+and the last stage: the shared weight counts once in the gradient norm), baichuan2 with ALiBi and an untied gemma (refused
 under pp: its pipeline class always ties) run where they differ from the defaults.
 
 Each layout launches its ranks once and trains every cell in turn (tests/runs/run_matrix.py runs
