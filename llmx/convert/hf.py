@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -134,7 +134,14 @@ def moves(fam: Family, config) -> List[Move]:
 
 
 def _rotary_buffer(name: str) -> bool:
-    return name.endswith("rotary_emb.inv_freq")  # recomputed from the config by both libraries
+    # recomputed from the config by both libraries: rotary frequencies, GPT-2's causal mask (older files keep it)
+    return name.endswith(("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias"))
+
+
+def _as_saved(mv: Move, index: TensorIndex) -> Move:
+    """transformers saves a base model (GPT2Model: the original GPT-2 files) without its prefix (`transformer.`)."""
+    bare = mv.hf.split(".", 1)[-1]
+    return replace(mv, hf=bare) if mv.hf not in index and bare in index else mv
 
 
 def expected_tensors(fam: Family, config) -> Tuple[Dict[str, Tuple[int, ...]], Dict[str, str]]:
@@ -224,7 +231,7 @@ def _plan_from_hf(fam: Family, config, index: TensorIndex, shapes, aliases, hf: 
     tensor present with its shape, nothing left over."""
     by_target: Dict[str, List[Move]] = {}
     for mv in moves(fam, config):
-        by_target.setdefault(mv.paddle, []).append(mv)
+        by_target.setdefault(mv.paddle, []).append(_as_saved(mv, index))
     plan: Dict[str, List[Move]] = {}
     used = set()
     tied = bool(getattr(config, "tie_word_embeddings", False))

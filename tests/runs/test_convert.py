@@ -251,6 +251,36 @@ def test_bad_checkpoints_fail_with_one_line_naming_tensor_and_shapes(hf_models, 
         assert not (tmp_path / f"{case}-out").exists(), "nothing is left behind"
 
 
+def test_gpt2_files_of_the_base_model_convert_alike_and_what_gpt3_cannot_compute_is_refused(hf_models, converted,
+                                                                                              tmp_path):
+    """The original GPT-2 files hold GPT2Model's tensors (no `transformer.` prefix) and its causal-mask buffers;
+    GPT-2 settings PaddleNLP's GPT cannot compute stop in one line."""
+    from llmx.convert.hf import hf_to_llmx
+    from llmx.errors import ConfigError
+
+    def as_base_model(state):
+        for name in list(state):
+            state[name[len("transformer."):]] = state.pop(name)
+        for n in range(2):
+            state[f"h.{n}.attn.bias"] = np.tril(np.ones((64, 64), np.uint8))[None, None]
+            state[f"h.{n}.attn.masked_bias"] = np.array(-1e4, np.float32)
+
+    _rewrite(hf_models["gpt3"][0], tmp_path / "base", as_base_model)
+    hf_to_llmx(tmp_path / "base", tmp_path / "base-llmx")
+    a, b = _st(converted["gpt3"] / "model.safetensors"), _st(tmp_path / "base-llmx" / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    refused = {"activation_function": "gelu", "layer_norm_epsilon": 1e-6, "scale_attn_weights": False,
+               "scale_attn_by_inverse_layer_idx": True, "tie_word_embeddings": False}
+    for key, value in refused.items():
+        bad = tmp_path / key
+        shutil.copytree(hf_models["gpt3"][0], bad)
+        config = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ConfigError) as err:
+            hf_to_llmx(bad, tmp_path / f"{key}-out")
+        assert key in str(err.value) and "\n" not in str(err.value) and "gpt3" in str(err.value), str(err.value)
+
+
 # ----------------------------------------------------------------------------- stages, cache, LoRA export
 def _run_stage(run_dir: Path, *overrides: str) -> dict:
     """What launch.py does with a config, in this process: validate, prepare, run."""
