@@ -148,6 +148,27 @@ def test_tiny_alibi_model_equals_the_published_forward_and_caches_the_same():
     assert gen[0].numpy().tolist() == seq[0, 9:].tolist()
 
 
+def test_inference_engine_batches_alibi_prompts_as_the_published_forward_decodes_them():
+    """llmx's engine (KV cache, prompts of several lengths left-padded in one batch): the greedy tokens of the
+    published forward over each whole sequence."""
+    from llmx.engine.model import build_tokenizer
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+
+    model, paddle = _model("model.overrides.alibi=true")
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    tokenizer = build_tokenizer(compose("model=baichuan2").model)
+    rng = np.random.RandomState(2)
+    prompts = [rng.randint(4, 500, size=n).tolist() for n in (5, 9, 3)]
+    done = dynamic_engine(model, tokenizer, max_batch=3).generate(prompts, SamplingParams(max_new_tokens=6,
+                                                                                           ignore_eos=True))
+    for prompt, req in zip(prompts, done):
+        seq = np.array([prompt])
+        for _ in range(6):
+            seq = np.concatenate([seq, reference_logits(state, model.config, seq)[:, -1].argmax(-1)[:, None]], axis=1)
+        assert req.tokens == seq[0, len(prompt):].tolist()
+
+
 def test_hf_layout_round_trip_keeps_alibi_and_tells_baichuan2_from_baichuan(tmp_path):
     """The 13B's config.json has no max_position_embeddings (its code is ALiBi's) and Baichuan 2's has
     z_loss_weight; llmx writes both that way and reads them back to the same model."""
