@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 
 from llmx.data.dialogue import Dialogue
 from llmx.data.formats import read_splits
-from llmx.schema import (DataFiles, MERGEABLE_METHODS, PeftConfig, TrainConfig, model_family, positive, require,
-                         validate_training)
+from llmx.schema import (DataFiles, MERGEABLE_METHODS, PeftConfig, TrainConfig, model_family, model_hparams, positive,
+                         require, validate_training)
 from llmx.families import FAMILIES
 
 
@@ -67,7 +67,9 @@ def validate(cfg: DictConfig) -> None:
             f"model family {m.family} cannot keep packed examples apart; supported: {', '.join(packing)}")
     require(not (s.zero_padding and p.method == "reft"), "stage.zero_padding", True,
             "not with ReFT (its interventions act at each example's prompt positions, one example per row)")
-    require(not (s.zero_padding and p.method == "prefix" and not fam.packing_with_prefix), "stage.zero_padding", True,
+    # (ALiBi's biases, Baichuan's 13B's, count key positions from the prefix cache on, as Bloom's do)
+    prefix_shifts = not fam.packing_with_prefix or bool(s.zero_padding and model_hparams(m).get("alibi"))
+    require(not (s.zero_padding and p.method == "prefix" and prefix_shifts), "stage.zero_padding", True,
             f"not with prefix tuning for model family {m.family} (positions or biases follow the prefix cache)")
     # PaddleNLP's sequence-parallel decoders reshape activations to [-1, seq_length, ...]: every
     # batch must be exactly seq_length tokens long, which padded SFT batches are not.

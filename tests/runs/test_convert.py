@@ -33,11 +33,14 @@ HF_CONFIGS = {
     "opt": lambda: transformers.OPTConfig(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                           num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64,
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "gpt3": lambda: transformers.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                            bos_token_id=1, eos_token_id=2, pad_token_id=0),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
-OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan")
+OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2")
 OWN_CODE_EMBEDDINGS = {"qwen": "transformer.wte.weight", "baichuan": "model.layers.0.self_attn.W_pack.weight",
-                       "chatglm2": "transformer.embedding.word_embeddings.weight", "yuan": "model.embed_tokens.weight"}
+                       "chatglm2": "transformer.embedding.word_embeddings.weight", "yuan": "model.embed_tokens.weight",
+                       "baichuan2": "model.layers.0.self_attn.W_pack.weight"}
 
 
 def _tree_state(d: Path) -> dict:
@@ -143,7 +146,7 @@ def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, co
 
 
 def test_families_without_transformers_classes_round_trip_through_hf_names(tmp_path):
-    """qwen, baichuan, chatglm2, yuan ship their own modeling code with their checkpoints: llmx writes their
+    """qwen, baichuan(2), chatglm2, yuan ship their own modeling code with their checkpoints: llmx writes their
     HF names and config (model_type, architecture) and reads them back to the same tensors."""
     from helpers import compose
 
@@ -246,6 +249,36 @@ def test_bad_checkpoints_fail_with_one_line_naming_tensor_and_shapes(hf_models, 
         message = str(err.value)
         assert expected in message and "\n" not in message, message
         assert not (tmp_path / f"{case}-out").exists(), "nothing is left behind"
+
+
+def test_gpt2_files_of_the_base_model_convert_alike_and_what_gpt3_cannot_compute_is_refused(hf_models, converted,
+                                                                                              tmp_path):
+    """The original GPT-2 files hold GPT2Model's tensors (no `transformer.` prefix) and its causal-mask buffers;
+    GPT-2 settings PaddleNLP's GPT cannot compute stop in one line."""
+    from llmx.convert.hf import hf_to_llmx
+    from llmx.errors import ConfigError
+
+    def as_base_model(state):
+        for name in list(state):
+            state[name[len("transformer."):]] = state.pop(name)
+        for n in range(2):
+            state[f"h.{n}.attn.bias"] = np.tril(np.ones((64, 64), np.uint8))[None, None]
+            state[f"h.{n}.attn.masked_bias"] = np.array(-1e4, np.float32)
+
+    _rewrite(hf_models["gpt3"][0], tmp_path / "base", as_base_model)
+    hf_to_llmx(tmp_path / "base", tmp_path / "base-llmx")
+    a, b = _st(converted["gpt3"] / "model.safetensors"), _st(tmp_path / "base-llmx" / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    refused = {"activation_function": "gelu", "layer_norm_epsilon": 1e-6, "scale_attn_weights": False,
+               "scale_attn_by_inverse_layer_idx": True, "tie_word_embeddings": False}
+    for key, value in refused.items():
+        bad = tmp_path / key
+        shutil.copytree(hf_models["gpt3"][0], bad)
+        config = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ConfigError) as err:
+            hf_to_llmx(bad, tmp_path / f"{key}-out")
+        assert key in str(err.value) and "\n" not in str(err.value) and "gpt3" in str(err.value), str(err.value)
 
 
 # ----------------------------------------------------------------------------- stages, cache, LoRA export
