@@ -65,10 +65,12 @@ def read_json(path: Path) -> dict:
 
 def paddle_names(fam: Family, hf_config: dict) -> dict:
     """An HF config.json's values under PaddleNLP's key names (as the family table says), less HF's class
-    markers: what the converted model's config is made from (paddle-free)."""
+    markers, over what its absent keys imply (`Family.hf_config_implied`): what the converted model's config
+    is made from (paddle-free)."""
     renamed = {v: k for k, v in fam.hf_config_keys.items()}
-    return {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
-                                                                         "auto_map", "torch_dtype")}
+    given = {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
+                                                                          "auto_map", "torch_dtype")}
+    return {**fam.hf_config_implied, **given}
 
 
 def paddle_config(fam: Family, hf_config: dict):

@@ -106,6 +106,9 @@ class Family:
     hf_tied_head: Optional[Tuple[str, str, str]] = None
     hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
     hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three
+    # What an HF config.json that leaves these keys out means, where PaddleNLP's default differs (PaddleNLP key ->
+    # value; transformers' DeepseekV3 routes as noaux_tc with sigmoid scores and has no keys for it).
+    hf_config_implied: Mapping[str, Any] = field(default_factory=dict)
     # A key every PaddleNLP config.json of this family holds, where another family's class has the same name
     # in `architectures` (ChatGLM v1's inner_hidden_size).
     paddle_marker: Optional[str] = None
