@@ -137,6 +137,30 @@ def deepseek_generation_inputs(model=None) -> None:
     DeepseekV3ForCausalLM.prepare_inputs_for_generation = LlamaForCausalLM.prepare_inputs_for_generation
 
 
+@before_build
+def deepseek_pad_embedding(model=None) -> None:
+    """PaddleNLP's DeepseekV2Model builds its embedding with padding_idx=pad_token_id, and paddle's embedding
+    returns zeros for that id whatever its row holds (torch's does not, nor PaddleNLP's own pipeline
+    embedding): a pad id the model reads as a token (a generated one, or eos standing in for pad) reads as
+    nothing (paddlenlp 3.0.0b4). Read the pad row like any other. Can go when upstream drops the padding_idx."""
+    import functools
+
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2Model
+
+    init = DeepseekV2Model.__init__
+    if getattr(init, "llmx_fixed", False):
+        return
+
+    @functools.wraps(init)
+    def fixed(self, config, *args, **kwargs):
+        init(self, config, *args, **kwargs)
+        if hasattr(self.embed_tokens, "_padding_idx"):
+            self.embed_tokens._padding_idx = None
+
+    fixed.llmx_fixed = True
+    DeepseekV2Model.__init__ = fixed
+
+
 @after_random_init
 def deepseek_router_init(model) -> None:
     """PaddleNLP's DeepseekV2PretrainedModel._init_weights returns at once, so a random model's routers keep
@@ -163,7 +187,8 @@ FAMILY = Family(
     no_prefix="multi-head latent attention caches keys and values of different head sizes (qk_nope_head_dim + "
               "qk_rope_head_dim, v_head_dim); PaddleNLP's prefix encoder makes one",
     defaults=DEFAULTS, count_params=count_params,
-    fixes=(deepseek_rotary_tables, deepseek_moe_routing, deepseek_generation_inputs, deepseek_router_init),
+    fixes=(deepseek_rotary_tables, deepseek_moe_routing, deepseek_generation_inputs, deepseek_pad_embedding,
+           deepseek_router_init),
     hf_model_type="deepseek_v3", hf_architecture="DeepseekV3ForCausalLM",
     # transformers' DeepseekV3 routes by sigmoid scores with noaux_tc whatever config.json says (it has no
     # such keys); PaddleNLP's config defaults to DeepSeek-V2's softmax greedy routing.
