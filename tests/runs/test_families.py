@@ -163,6 +163,9 @@ VARIANTS = [
     ("qwen2", ["model.overrides.tie_word_embeddings=true"]),
     ("gemma", ["model.overrides.num_key_value_heads=1", "model.overrides.head_dim=32"]),
     ("qwen", ["model.overrides.no_bias=false"]),
+    ("deepseek_v3", ["model.overrides.q_lora_rank=null", "model.overrides.attention_bias=true",
+                     "model.overrides.first_k_dense_replace=0", "model.overrides.topk_method=greedy",
+                     "model.overrides.scoring_func=softmax", "model.overrides.n_shared_experts=null"]),
     ("chatglm2", ["model.overrides.add_bias_linear=true", "model.overrides.multi_query_group_num=1"]),
     ("opt", ["model.overrides.word_embed_proj_dim=32", "model.overrides.normalize_before=false"]),
 ]
