@@ -112,18 +112,30 @@ def deepseek_moe_routing(model=None) -> None:
     (in training as in inference), mix the experts per token, add the shared experts; keep the router's
     correction bias out of the gradient (a buffer in transformers). Can go when a DeepseekV3ForCausalLM MoE
     forward runs on the pinned paddle and weighs as transformers' DeepseekV3MoE."""
+    import functools
+
     from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2MoE
+
+    init = DeepseekV2MoE.__init__
+    if getattr(init, "llmx_fixed", False):
+        return
+
+    @functools.wraps(init)
+    def fixed_init(self, config, *args, **kwargs):
+        init(self, config, *args, **kwargs)
+        bias = getattr(self.gate, "e_score_correction_bias", None)
+        if bias is not None:  # before any optimizer lists it
+            bias.stop_gradient = True
 
     def forward(self, hidden_states):
         x = hidden_states.reshape([-1, hidden_states.shape[-1]])
-        bias = getattr(self.gate, "e_score_correction_bias", None)
-        if bias is not None:
-            bias.stop_gradient = True
         out = mix_experts(x, self.experts, *route(self.gate, x)).reshape(hidden_states.shape)
         if self.config.n_shared_experts is not None:
             out = out + self.shared_experts(hidden_states)
         return out
 
+    fixed_init.llmx_fixed = True
+    DeepseekV2MoE.__init__ = fixed_init
     DeepseekV2MoE.forward = forward
 
 
@@ -161,6 +173,42 @@ def deepseek_pad_embedding(model=None) -> None:
     DeepseekV2Model.__init__ = fixed
 
 
+@before_build
+def deepseek_tensor_parallel_rope_key(model=None) -> None:
+    """Under tensor parallelism each rank attends with its own heads, and all heads read the one RoPE key
+    (k_pe) of kv_a_proj_with_mqa, which is not split; PaddleNLP hands it to the heads without summing the
+    ranks' gradients, so that projection trains on its own rank's heads' share (paddlenlp 3.0.0b4: tp2 drifts
+    from one process from the second step). Pass k_pe through the model-parallel identity, whose backward
+    sums them, as the column-parallel projections do with their inputs. Can go when tp2 trains as one
+    process without it."""
+    import functools
+
+    import paddle
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2Attention
+
+    init = DeepseekV2Attention.__init__
+    if getattr(init, "llmx_fixed", False):
+        return
+
+    def sum_rope_key_gradients(layer, inputs, output):
+        from paddle.distributed import fleet
+        from paddle.distributed.fleet.layers.mpu import mp_ops  # (looked up now: llmx.compat replaces it on CPU)
+
+        latent, rope = paddle.split(output, [output.shape[-1] - layer.llmx_rope_dim, layer.llmx_rope_dim], axis=-1)
+        group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
+        return paddle.concat([latent, mp_ops._c_identity(rope, group=group)], axis=-1)
+
+    @functools.wraps(init)
+    def fixed(self, config, *args, **kwargs):
+        init(self, config, *args, **kwargs)
+        if config.tensor_parallel_degree > 1:
+            self.kv_a_proj_with_mqa.llmx_rope_dim = config.qk_rope_head_dim
+            self.kv_a_proj_with_mqa.register_forward_post_hook(sum_rope_key_gradients)
+
+    fixed.llmx_fixed = True
+    DeepseekV2Attention.__init__ = fixed
+
+
 @after_random_init
 def deepseek_router_init(model) -> None:
     """PaddleNLP's DeepseekV2PretrainedModel._init_weights returns at once, so a random model's routers keep
@@ -188,7 +236,7 @@ FAMILY = Family(
               "qk_rope_head_dim, v_head_dim); PaddleNLP's prefix encoder makes one",
     defaults=DEFAULTS, count_params=count_params,
     fixes=(deepseek_rotary_tables, deepseek_moe_routing, deepseek_generation_inputs, deepseek_pad_embedding,
-           deepseek_router_init),
+           deepseek_tensor_parallel_rope_key, deepseek_router_init),
     hf_model_type="deepseek_v3", hf_architecture="DeepseekV3ForCausalLM",
     # transformers' DeepseekV3 routes by sigmoid scores with noaux_tc whatever config.json says (it has no
     # such keys); PaddleNLP's config defaults to DeepSeek-V2's softmax greedy routing.

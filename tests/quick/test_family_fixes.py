@@ -277,8 +277,29 @@ def _probe_deepseek_moe_routing() -> dict:
         inferred = block(x)
         block.train()
         trained = block(x)
+    rebuilt = DeepseekV2MoE(_tiny_deepseek_config(moe=True))  # (the fix marks the bias as it builds)
     return {"upstream": upstream, "fixed_vs_per_token": _max_diff(inferred.reshape([10, 16]), dense),
-            "train_vs_eval": _max_diff(trained, inferred), "bias_trained": not block.gate.e_score_correction_bias.stop_gradient}
+            "train_vs_eval": _max_diff(trained, inferred),
+            "bias_trained": not rebuilt.gate.e_score_correction_bias.stop_gradient}
+
+
+def _probe_deepseek_tensor_parallel_rope_key() -> dict:
+    """Upstream's attention source (a tp run needs several processes: tests/runs/test_family_layouts.py shows the
+    fix at work), and that one process is left as it was."""
+    import inspect
+
+    import paddle
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2Attention
+
+    from llmx.families.deepseek_v3 import deepseek_tensor_parallel_rope_key
+
+    source = inspect.getsource(DeepseekV2Attention)
+    deepseek_tensor_parallel_rope_key()
+    paddle.seed(0)
+    attention = DeepseekV2Attention(_tiny_deepseek_config())
+    return {"upstream_identities": source.count("_c_identity") + source.count("c_identity("),
+            "upstream_rope_key_expanded": "k_pe.reshape([-1, q_len, 1, self.qk_rope_head_dim]).expand(" in source,
+            "fixed_hooks_in_one_process": len(attention.kv_a_proj_with_mqa._forward_post_hooks)}
 
 
 def _probe_deepseek_generation_inputs() -> dict:
@@ -490,3 +511,13 @@ def test_deepseek_router_init(probes):
     answer = _probed(probes, "deepseek_router_init")
     assert answer["upstream_values"] == [1.0]
     assert abs(answer["fixed_std"] - answer["initializer_range"]) < 0.005
+
+
+def test_deepseek_tensor_parallel_rope_key(probes):
+    """Upstream DeepseekV2Attention still expands k_pe over its rank's heads with no model-parallel identity
+    (so its gradient is not summed over the ranks); when this fails, llmx.families.deepseek_v3.
+    deepseek_tensor_parallel_rope_key may go: drop it, and the deepseek_v3 tp2 cell of
+    tests/runs/test_family_layouts.py tells."""
+    answer = _probed(probes, "deepseek_tensor_parallel_rope_key")
+    assert answer["upstream_identities"] == 0 and answer["upstream_rope_key_expanded"] is True
+    assert answer["fixed_hooks_in_one_process"] == 0
