@@ -65,7 +65,8 @@ def read_json(path: Path) -> dict:
 
 def paddle_names(fam: Family, hf_config: dict) -> dict:
     """An HF config.json's values under PaddleNLP's key names (as the family table says), less HF's class
-    markers: what the converted model's config is made from (paddle-free)."""
+    markers, with what it implies rather than states (`Family.hf_config_in`): what the converted model's config
+    is made from (paddle-free)."""
     renamed = {v: k for k, v in fam.hf_config_keys.items()}
     out = {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
                                                                         "auto_map", "torch_dtype")}

@@ -121,7 +121,8 @@ class Family:
     hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
     hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three
     # Config values that HF's config.json implies rather than states (Baichuan: ALiBi where it has no
-    # max_position_embeddings): HF config -> PaddleNLP keys to set; and its inverse, the HF config.json (as
+    # max_position_embeddings; DeepSeek-V3: noaux_tc routing on sigmoid scores, which transformers has no keys
+    # for): HF config -> PaddleNLP keys to set; and its inverse, the HF config.json (as
     # hf_config made it) -> the one the checkpoint's own code reads.
     hf_config_in: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
     hf_config_out: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None

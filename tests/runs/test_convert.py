@@ -35,6 +35,12 @@ HF_CONFIGS = {
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0),
     "gpt3": lambda: transformers.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                                             bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    # MLA with a query bottleneck, a dense first layer, then 8 routed experts in 4 groups (2 chosen) and a shared one
+    "deepseek_v3": lambda: transformers.DeepseekV3Config(**_C, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16,
+                                                         qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+                                                         n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+                                                         moe_intermediate_size=16, n_group=4, topk_group=2,
+                                                         first_k_dense_replace=1),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
 OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2")
@@ -121,6 +127,29 @@ def test_from_hf_logits_and_greedy_generation_equal_transformers(name, hf_models
                                 eos_token_id=2, pad_token_id=0)
     assert np.abs(ours - ref).max() < 1e-4, f"{name}: logits differ by {np.abs(ours - ref).max()}"
     assert gen[0].numpy().tolist() == hf_gen, name
+
+
+def test_engine_greedy_tokens_of_converted_deepseek_v3_equal_transformers(hf_models, converted):
+    """llmx's inference engine (llmx.infer, KV cache of multi-head latent attention: keys and values of different
+    head sizes) on the converted DeepSeek-V3: prompts of different lengths, fewer rows than prompts, 16 greedy
+    tokens each, as transformers' generate gives them one prompt at a time."""
+    from helpers import compose
+
+    from llmx.engine.model import build_tokenizer
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+
+    _, hf_model = hf_models["deepseek_v3"]
+    model, _ = _paddle_model("deepseek_v3", converted["deepseek_v3"])
+    rng = np.random.RandomState(2)
+    prompts = [rng.randint(3, 128, size=n).tolist() for n in (3, 11, 6, 1)]
+    engine = dynamic_engine(model, build_tokenizer(compose().model), max_batch=3)  # (ids only: any tokenizer)
+    got = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16, ignore_eos=True))]
+    with torch.no_grad():
+        expected = [hf_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                      max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                                      pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    assert got == expected
 
 
 def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, converted, tmp_path):
