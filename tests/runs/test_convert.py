@@ -33,6 +33,14 @@ HF_CONFIGS = {
     "opt": lambda: transformers.OPTConfig(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                           num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64,
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    # A window (4) shorter than the prompts (10 tokens); eager: transformers' sdpa attention drops soft-capping.
+    "gemma2": lambda: transformers.Gemma2Config(**_C, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                query_pre_attn_scalar=6, attn_logit_softcapping=5.0,
+                                                final_logit_softcapping=5.0, attn_implementation="eager"),
+    "gemma3": lambda: transformers.Gemma3TextConfig(**_C, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                    sliding_window_pattern=2, query_pre_attn_scalar=6,
+                                                    rope_local_base_freq=100.0,
+                                                    rope_scaling={"rope_type": "linear", "factor": 2.0}),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
 OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan")
@@ -84,12 +92,11 @@ def converted(hf_models, tmp_path_factory):
 
 def _paddle_model(name: str, model_dir: Path):
     import paddle
-    from paddlenlp.transformers import AutoModelForCausalLM
 
     from llmx.families import FAMILIES, fixes
 
     fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    model = FAMILIES[name].load_class().from_pretrained(str(model_dir), dtype="float32")
     model.eval()
     return model, paddle
 
@@ -120,6 +127,33 @@ def test_from_hf_logits_and_greedy_generation_equal_transformers(name, hf_models
     assert gen[0].numpy().tolist() == hf_gen, name
 
 
+@pytest.mark.parametrize("name", ["gemma2", "gemma3"])
+def test_engine_greedy_tokens_with_a_sliding_window_equal_transformers(name, hf_models, converted):
+    """llmx's engine (KV cache, prompts of different lengths left-padded in one batch) past the window of the
+    sliding layers (4 tokens; 3 to 10-token prompts + 16 new): each prompt's greedy tokens are transformers'."""
+    import paddle
+    from helpers import compose
+
+    from llmx.engine.model import build_tokenizer
+    from llmx.infer.engine import Engine
+    from llmx.infer.runners import DynamicRunner
+    from llmx.infer.sampling import SamplingParams
+
+    _, hf_model = hf_models[name]
+    prompts = [list(range(20, 30)), [77, 5, 91, 13, 40, 66], [9, 100, 31]]
+    expected = []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                    max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
+        expected.append(out[0, len(prompt):].tolist())
+    model, _ = _paddle_model(name, converted[name])
+    paddle.set_device("cpu")
+    engine = Engine(DynamicRunner(model, 0), build_tokenizer(compose(f"model={name}").model), max_batch=3)
+    got = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16, ignore_eos=True))]
+    assert engine.peak_rows == 3 and got == expected, name
+
+
 def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, converted, tmp_path):
     from llmx.convert.hf import hf_to_llmx, llmx_to_hf
 
@@ -132,7 +166,8 @@ def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, co
         config = json.loads((back / "config.json").read_text())
         assert config["model_type"] == hf_model.config.model_type and "paddlenlp_version" not in config
         # transformers loads it, with the same outputs
-        reloaded = transformers.AutoModelForCausalLM.from_pretrained(back).eval()
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+            back, attn_implementation=hf_model.config._attn_implementation).eval()
         ids = torch.tensor([[5, 6, 7, 8, 9]])
         with torch.no_grad():
             assert (reloaded(ids).logits - hf_model(ids).logits).abs().max() < 1e-6, name
@@ -363,7 +398,8 @@ def test_llmx_models_export_to_transformers_with_the_same_logits(tmp_path):
         llmx_to_hf(tmp_path / name, tmp_path / f"{name}-hf")
         with paddle.no_grad():
             ours = _logits(model(paddle.to_tensor(ids))).numpy()
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}-hf").eval()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}-hf",
+                                                                   attn_implementation="eager").eval()
         with torch.no_grad():
             diff = np.abs(theirs(torch.tensor(ids)).logits.numpy() - ours).max()
         assert diff < 1e-4, f"{name}: {diff}"
