@@ -33,6 +33,9 @@ PUBLISHED = {("llama", "7b"): 6.74e9, ("qwen2", "7b"): 7.62e9, ("mixtral", "8x7b
              ("llama", "70b"): 68.98e9, ("mistral", "7b"): 7.24e9, ("chatglm2", "6b"): 6.24e9, ("bloom", "7b1"): 7.07e9,
              # DeepSeek-V3's main model (its 14B multi-token-prediction module left out); V2-Lite's 15.7B
              ("deepseek_v3", "671b"): 671e9, ("deepseek_v3", "v2_lite"): 15.7e9}
+# Gemma 2 and 3 (text): the checkpoints' own counts (google/gemma-2-2b: 2,614,341,888; gemma-3-1b: 999,885,952).
+PUBLISHED.update({("gemma2", "2b"): 2.614e9, ("gemma2", "9b"): 9.242e9, ("gemma2", "27b"): 27.227e9,
+                  ("gemma3", "1b"): 0.99989e9})
 
 
 @pytest.mark.parametrize("family,size", sorted(PUBLISHED))

@@ -41,6 +41,14 @@ HF_CONFIGS = {
                                                          n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
                                                          moe_intermediate_size=16, n_group=4, topk_group=2,
                                                          first_k_dense_replace=1),
+    # A window (4) shorter than the prompts (10 tokens); eager: transformers' sdpa attention drops soft-capping.
+    "gemma2": lambda: transformers.Gemma2Config(**_C, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                query_pre_attn_scalar=6, attn_logit_softcapping=5.0,
+                                                final_logit_softcapping=5.0, attn_implementation="eager"),
+    "gemma3": lambda: transformers.Gemma3TextConfig(**_C, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                    sliding_window_pattern=2, query_pre_attn_scalar=6,
+                                                    rope_local_base_freq=100.0,
+                                                    rope_scaling={"rope_type": "linear", "factor": 2.0}),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
 OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2")
@@ -93,12 +101,11 @@ def converted(hf_models, tmp_path_factory):
 
 def _paddle_model(name: str, model_dir: Path):
     import paddle
-    from paddlenlp.transformers import AutoModelForCausalLM
 
     from llmx.families import FAMILIES, fixes
 
     fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    model = FAMILIES[name].load_class().from_pretrained(str(model_dir), dtype="float32")
     model.eval()
     return model, paddle
 
@@ -129,27 +136,33 @@ def test_from_hf_logits_and_greedy_generation_equal_transformers(name, hf_models
     assert gen[0].numpy().tolist() == hf_gen, name
 
 
-def test_engine_greedy_tokens_of_converted_deepseek_v3_equal_transformers(hf_models, converted):
-    """llmx's inference engine (llmx.infer, KV cache of multi-head latent attention: keys and values of different
-    head sizes) on the converted DeepSeek-V3: prompts of different lengths, fewer rows than prompts, 16 greedy
-    tokens each, as transformers' generate gives them one prompt at a time."""
+# Families llmx's inference engine runs, checked against transformers' generate on their converted checkpoints.
+ENGINE_FAMILIES = [name for name in HF_CONFIGS if name in ("deepseek_v3", "gemma2", "gemma3")]
+
+
+@pytest.mark.parametrize("name", ENGINE_FAMILIES)
+def test_engine_greedy_tokens_equal_transformers(name, hf_models, converted):
+    """llmx's inference engine (llmx.infer: KV cache, prompts of different lengths left-padded in one batch,
+    fewer rows than prompts) on the converted checkpoint: each prompt's 16 greedy tokens are what transformers'
+    generate gives it alone. The prompts outrun the tiny sliding windows (Gemma 2/3: 4 tokens), and DeepSeek-V3's
+    latent attention caches keys and values of different head sizes."""
     from helpers import compose
 
     from llmx.engine.model import build_tokenizer
     from llmx.infer.build import dynamic_engine
     from llmx.infer.sampling import SamplingParams
 
-    _, hf_model = hf_models["deepseek_v3"]
-    model, _ = _paddle_model("deepseek_v3", converted["deepseek_v3"])
+    _, hf_model = hf_models[name]
     rng = np.random.RandomState(2)
-    prompts = [rng.randint(3, 128, size=n).tolist() for n in (3, 11, 6, 1)]
-    engine = dynamic_engine(model, build_tokenizer(compose().model), max_batch=3)  # (ids only: any tokenizer)
-    got = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16, ignore_eos=True))]
+    prompts = [rng.randint(3, 128, size=n).tolist() for n in (10, 3, 11, 6, 1)]
     with torch.no_grad():
         expected = [hf_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                                       max_new_tokens=16, min_new_tokens=16, do_sample=False,
                                       pad_token_id=0)[0, len(p):].tolist() for p in prompts]
-    assert got == expected
+    model, _ = _paddle_model(name, converted[name])
+    engine = dynamic_engine(model, build_tokenizer(compose().model), max_batch=3)  # (ids only: any tokenizer)
+    got = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16, ignore_eos=True))]
+    assert got == expected, name
 
 
 def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, converted, tmp_path):
@@ -164,7 +177,8 @@ def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, co
         config = json.loads((back / "config.json").read_text())
         assert config["model_type"] == hf_model.config.model_type and "paddlenlp_version" not in config
         # transformers loads it, with the same outputs
-        reloaded = transformers.AutoModelForCausalLM.from_pretrained(back).eval()
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+            back, attn_implementation=hf_model.config._attn_implementation).eval()
         ids = torch.tensor([[5, 6, 7, 8, 9]])
         with torch.no_grad():
             assert (reloaded(ids).logits - hf_model(ids).logits).abs().max() < 1e-6, name
@@ -425,7 +439,8 @@ def test_llmx_models_export_to_transformers_with_the_same_logits(tmp_path):
         llmx_to_hf(tmp_path / name, tmp_path / f"{name}-hf")
         with paddle.no_grad():
             ours = _logits(model(paddle.to_tensor(ids))).numpy()
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}-hf").eval()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}-hf",
+                                                                   attn_implementation="eager").eval()
         with torch.no_grad():
             diff = np.abs(theirs(torch.tensor(ids)).logits.numpy() - ours).max()
         assert diff < 1e-4, f"{name}: {diff}"
