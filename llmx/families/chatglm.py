@@ -1,11 +1,16 @@
-"""ChatGLM v1 (PaddleNLP's ChatGLMForCausalLM). It needs [gMASK]/bos inputs, 4-D masks and 2-D position
-ids that only its own tokenizer builds: llmx knows its shapes (plan, detection) but does not train it."""
+"""ChatGLM v1 (PaddleNLP's ChatGLMForCausalLM). Its inputs are the GLM encoding (llmx.data.glm: [gMASK] and <sop>
+after the prompt, 2-D position ids, a 4-D mask bidirectional over the prompt), which needs the tokens of
+GLM_TOKENS: the bundled tiny tokenizer gets them added when it is built for this family."""
 from __future__ import annotations
 
 from typing import Any, Dict
 
 from llmx.families.record import Family, Params
 
+# The mask tokens of ChatGLMTokenizer (THUDM/chatglm-6b), by tokenizer attribute; its <sop> and <eop> are the
+# tokenizer's bos and eos. Added in this order to a tokenizer without them, so the bundled tiny one (whose bos <s>
+# and eos </s> play <sop> and <eop>) has them as ids 512 and 513 (conf/model/chatglm.yaml's tiny size says so).
+GLM_TOKENS = {"mask_token": "[MASK]", "gmask_token": "[gMASK]"}
 LORA = (".*query_key_value.*", ".*dense.*", ".*dense_h_to_4h.*", ".*dense_4h_to_h.*")  # ChatGLM v1 and v2
 
 
@@ -18,9 +23,10 @@ def count_params(hp: Dict[str, Any]) -> Params:
 
 
 FAMILY = Family(
-    "chatglm", "ChatGLMForCausalLM", "ChatGLMConfig", LORA, prefix_cache="seq_batch_heads",
-    kv_heads=None, not_trainable="ChatGLM v1 is not trainable by llmx yet; use model=chatglm2 (ChatGLM2/ChatGLM3)",
-    no_engine="ChatGLM v1 is not supported by llmx (use chatglm2)",
+    "chatglm", "ChatGLMForCausalLM", "ChatGLMConfig", LORA, kv_heads=None, encoding="glm", special_tokens=GLM_TOKENS,
+    no_prefix="ChatGLM v1: llmx does not widen its 4-D [gMASK] mask over a prefix cache",
+    no_engine="ChatGLM v1's 2-D positions and 4-D [gMASK] mask are not in llmx's engine (its runners keep 1-D "
+              "positions); stage=sft's evaluation generates with PaddleNLP's generate",
     defaults=dict(vocab_size=130528, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
                   inner_hidden_size=16384),
     aliases={"num_layers": "num_hidden_layers"}, count_params=count_params,

@@ -64,6 +64,13 @@ class Family:
     packing: bool = False
     packing_with_prefix: bool = False  # and still so behind a prefix cache
     not_trainable: str = ""  # why llmx cannot train it yet ("" = it can)
+    # How SFT examples and prompts become model inputs: `causal` (llmx.data.sft: prompt then answer, 1-D positions,
+    # a causal mask) or `glm` (llmx.data.glm, ChatGLM v1: prompt + [gMASK] + bos + answer + eos, 2-D positions, a
+    # 4-D mask bidirectional over the prompt). A family of another encoding trains with stage=sft only.
+    encoding: str = "causal"
+    # Special tokens the encoding needs, by tokenizer attribute (bos_token, ..., or a name of its own such as
+    # gmask_token): added to a tokenizer that lacks them (the bundled tiny one) when it is built.
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
     no_tensor_parallel: str = ""  # why it cannot be split over tensor-parallel ranks ("" = it can)
     # Why llmx's inference engine (llmx.infer) does not run it ("" = it does: checked at the tiny sizes, the
     # engine's batched greedy tokens equal PaddleNLP's `generate` one prompt at a time).

@@ -36,6 +36,9 @@ def validate_training(cfg: DictConfig, data_kind: str) -> None:
     """What every stage that fine-tunes on examples checks first: a trainable model, its `data` block (read as
     `data_kind` data: sft, dpo, kto, rl), the training loop and the adapters."""
     validate_trainable(cfg)
+    fam = model_family(cfg.model)
+    require(fam.encoding == "causal" or data_kind == "sft", "model.family", cfg.model.family,
+            f"trains with stage=sft (and its adapters) only: llmx writes its {fam.encoding} encoding for SFT examples")
     check_data_config(cfg.stage.data, data_kind)
     validate_train(cfg.stage.train)
     validate_peft(cfg)
