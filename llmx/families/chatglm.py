@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from llmx.families.fixes import before_build, mean_over_target_tokens
 from llmx.families.record import Family, Params
 
 # The mask tokens of ChatGLMTokenizer (THUDM/chatglm-6b), by tokenizer attribute; its <sop> and <eop> are the
@@ -22,8 +23,18 @@ def count_params(hp: Dict[str, Any]) -> Params:
     return Params(layer, hp["num_hidden_layers"], embed=V * h, head=2 * h + V * h, shared=V * h)
 
 
+@before_build
+def chatglm_loss_over_target_tokens(model=None) -> None:
+    """ChatGLMForCausalLM's loss: see llmx.families.fixes.mean_over_target_tokens (paddlenlp 3.0.0b4 on paddle
+    3.3.1). Can go when its criterion divides by the target tokens."""
+    from paddlenlp.transformers import ChatGLMForCausalLM
+
+    mean_over_target_tokens(ChatGLMForCausalLM)
+
+
 FAMILY = Family(
     "chatglm", "ChatGLMForCausalLM", "ChatGLMConfig", LORA, kv_heads=None, encoding="glm", special_tokens=GLM_TOKENS,
+    fixes=(chatglm_loss_over_target_tokens,),
     no_prefix="ChatGLM v1: llmx does not widen its 4-D [gMASK] mask over a prefix cache",
     no_engine="ChatGLM v1's 2-D positions and 4-D [gMASK] mask are not in llmx's engine (its runners keep 1-D "
               "positions); stage=sft's evaluation generates with PaddleNLP's generate",
