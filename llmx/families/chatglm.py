@@ -23,6 +23,22 @@ def count_params(hp: Dict[str, Any]) -> Params:
     return Params(layer, hp["num_hidden_layers"], embed=V * h, head=2 * h + V * h, shared=V * h)
 
 
+def hf_name_map(config) -> list:
+    """THUDM/chatglm-6b's tensor names (its modeling_chatglm.py) beside PaddleNLP's, whose ChatGLMForCausalLM has no
+    _get_name_mappings (paddlenlp 3.0.0b4). Both fuse q/k/v alike (per head: q, k, v), so a Linear weight only
+    transposes. The head is the embedding on both sides (THUDM's lm_head is tied by transformers'
+    tie_word_embeddings default; PaddleNLP's shares the tensor): no name of its own."""
+    linears = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+    norms = ("input_layernorm", "post_attention_layernorm")
+    names = [("transformer.word_embeddings.weight", False)]
+    for i in range(config.num_hidden_layers):
+        layer = f"transformer.layers.{i}."
+        names += [(layer + f"{n}.{p}", False) for n in norms for p in ("weight", "bias")]
+        names += [(layer + f"{n}.weight", True) for n in linears] + [(layer + f"{n}.bias", False) for n in linears]
+    names += [("transformer.final_layernorm.weight", False), ("transformer.final_layernorm.bias", False)]
+    return [(hf, "chatglm." + hf, transpose) for hf, transpose in names]
+
+
 @before_build
 def chatglm_loss_over_target_tokens(model=None) -> None:
     """ChatGLMForCausalLM's loss: see llmx.families.fixes.mean_over_target_tokens (paddlenlp 3.0.0b4 on paddle
@@ -42,4 +58,4 @@ FAMILY = Family(
                   inner_hidden_size=16384),
     aliases={"num_layers": "num_hidden_layers"}, count_params=count_params,
     hf_model_type="chatglm", hf_architecture="ChatGLMForConditionalGeneration", hf_marker="inner_hidden_size",
-    paddle_marker="inner_hidden_size")
+    hf_config_keys={"num_hidden_layers": "num_layers"}, hf_name_map=hf_name_map, paddle_marker="inner_hidden_size")

@@ -8,7 +8,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from llmx.errors import ConfigError
 
@@ -112,6 +112,9 @@ class Family:
     hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
     hf_tied_head: Optional[Tuple[str, str, str]] = None
     hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
+    # (HF name, PaddleNLP name, transpose) of every tensor, for a class whose _get_name_mappings PaddleNLP leaves
+    # unwritten (ChatGLM v1): a function of the PaddleNLP config, by llmx.
+    hf_name_map: Optional[Callable[[Any], Sequence[Tuple[str, str, bool]]]] = None
     hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three
     # A key every PaddleNLP config.json of this family holds, where another family's class has the same name
     # in `architectures` (ChatGLM v1's inner_hidden_size).
