@@ -11,19 +11,17 @@ The prompt is ChatGLM-6B's chat prompt: the question alone, or with history
 `[Round 0]\\n问：q\\n答：r\\n...[Round k]\\n问：q\\n答：`; a system message goes before the first question
 (`<system>\\n\\n<question>`). Only the last answer is learned (one [gMASK] span per example, as the reference
 trains). Position ids and mask are found from the ids (the <sop> and [gMASK] indices), as the reference does,
-so one function serves training batches and generation prompts. Paddle-free (numpy).
+so one function serves training batches and generation prompts (llmx.families.chatglm.GlmLayout, which the
+engine's collator and generation read too). Paddle-free.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from llmx.data.chat import TemplateError
 from llmx.data.dialogue import Dialogue
 from llmx.data.sft import SftEncoder
-from llmx.families.chatglm import GLM_TOKENS
-from llmx.tokens import pad_batch
+from llmx.families.chatglm import GlmLayout
 
 
 def chat_prompt(messages: Sequence[dict]) -> str:
@@ -42,48 +40,6 @@ def chat_prompt(messages: Sequence[dict]) -> str:
         return query
     rounds = "".join(f"[Round {i}]\n问：{q}\n答：{r}\n" for i, (q, r) in enumerate(pairs))
     return rounds + f"[Round {len(pairs)}]\n问：{query}\n答："
-
-
-class GlmLayout:
-    """The ids the GLM layout reads off a tokenizer, and the positions and mask of a sequence of ids."""
-
-    def __init__(self, tokenizer) -> None:
-        self.bos, self.eos, self.pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.gmask = tokenizer.convert_tokens_to_ids(GLM_TOKENS["gmask_token"])
-        if self.gmask in (None, tokenizer.unk_token_id):
-            raise TemplateError(f"the tokenizer has no {GLM_TOKENS['gmask_token']} token (ChatGLM v1's encoding)")
-
-    def context_length(self, ids: Sequence[int]) -> int:
-        return list(ids).index(self.bos) if self.bos in ids else len(ids)
-
-    def positions(self, ids: Sequence[int]) -> np.ndarray:
-        """int64 [2, n]: positions (frozen at the [gMASK] index from <sop> on) and block positions."""
-        n, c = len(ids), self.context_length(ids)
-        pos = np.arange(n, dtype="int64")
-        if self.gmask in ids:
-            pos[c:] = list(ids).index(self.gmask)
-        block = np.concatenate([np.zeros(c, dtype="int64"), np.arange(1, n - c + 1, dtype="int64")])
-        return np.stack([pos, block])
-
-    def mask(self, ids: Sequence[int]) -> np.ndarray:
-        """bool [n, n], True = may attend: every row sees the whole prompt, the answer causally."""
-        m = np.tri(len(ids), dtype=bool)
-        m[:, :self.context_length(ids)] = True
-        return m
-
-    def batch(self, features: Sequence[dict], left: bool = False, width: Optional[int] = None) -> dict:
-        """numpy input_ids (labels), position_ids [b, 2, s] and attention_mask [b, 1, s, s]; pads get position 0
-        and neither attend nor are attended to."""
-        out = pad_batch(features, self.pad, left=left, width=width)
-        b, s = out["input_ids"].shape
-        out["position_ids"] = np.zeros((b, 2, s), dtype="int64")
-        out["attention_mask"] = np.zeros((b, 1, s, s), dtype=bool)
-        for r, f in enumerate(features):
-            ids, n = list(f["input_ids"]), len(f["input_ids"])
-            span = slice(s - n, s) if left else slice(0, n)
-            out["position_ids"][r, :, span] = self.positions(ids)
-            out["attention_mask"][r, 0, span, span] = self.mask(ids)
-        return out
 
 
 class GlmEncoder(SftEncoder):

@@ -60,7 +60,7 @@ class GlmCollator:
     carries_global_targets = True
 
     def __init__(self, tokenizer, pad_to: Optional[int] = None) -> None:
-        from llmx.data.glm import GlmLayout
+        from llmx.families.chatglm import GlmLayout
 
         self.layout = GlmLayout(tokenizer)
         self.pad_to = pad_to

@@ -34,7 +34,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[list[int]], max_new_toke
     outputs: list[list[int]] = []
     glm = None
     if getattr(tokenizer, "llmx_encoding", "causal") == "glm":
-        from llmx.data.glm import GlmLayout
+        from llmx.families.chatglm import GlmLayout
 
         glm = GlmLayout(tokenizer)
     with whole_vocab_logits(model):

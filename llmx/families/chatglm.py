@@ -3,16 +3,63 @@ after the prompt, 2-D position ids, a 4-D mask bidirectional over the prompt), w
 GLM_TOKENS: the bundled tiny tokenizer gets them added when it is built for this family."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
+
+from llmx.errors import DataError
 from llmx.families.fixes import before_build, mean_over_target_tokens
 from llmx.families.record import Family, Params
+from llmx.tokens import pad_batch
 
 # The mask tokens of ChatGLMTokenizer (THUDM/chatglm-6b), by tokenizer attribute; its <sop> and <eop> are the
 # tokenizer's bos and eos. Added in this order to a tokenizer without them, so the bundled tiny one (whose bos <s>
 # and eos </s> play <sop> and <eop>) has them as ids 512 and 513 (conf/model/chatglm.yaml's tiny size says so).
 GLM_TOKENS = {"mask_token": "[MASK]", "gmask_token": "[gMASK]"}
 LORA = (".*query_key_value.*", ".*dense.*", ".*dense_h_to_4h.*", ".*dense_4h_to_h.*")  # ChatGLM v1 and v2
+
+
+class GlmLayout:
+    """The GLM encoding's inputs (llmx.data.glm says the convention): the ids it reads off a tokenizer, and the
+    positions and mask of a sequence of ids, found from its <sop> and [gMASK] as ChatGLM-6B's code finds them."""
+
+    def __init__(self, tokenizer) -> None:
+        self.bos, self.eos, self.pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.gmask = tokenizer.convert_tokens_to_ids(GLM_TOKENS["gmask_token"])
+        if self.gmask in (None, tokenizer.unk_token_id):
+            raise DataError(f"the tokenizer has no {GLM_TOKENS['gmask_token']} token (ChatGLM v1's encoding)")
+
+    def context_length(self, ids: Sequence[int]) -> int:
+        return list(ids).index(self.bos) if self.bos in ids else len(ids)
+
+    def positions(self, ids: Sequence[int]) -> np.ndarray:
+        """int64 [2, n]: positions (frozen at the [gMASK] index from <sop> on) and block positions."""
+        n, c = len(ids), self.context_length(ids)
+        pos = np.arange(n, dtype="int64")
+        if self.gmask in ids:
+            pos[c:] = list(ids).index(self.gmask)
+        block = np.concatenate([np.zeros(c, dtype="int64"), np.arange(1, n - c + 1, dtype="int64")])
+        return np.stack([pos, block])
+
+    def mask(self, ids: Sequence[int]) -> np.ndarray:
+        """bool [n, n], True = may attend: every row sees the whole prompt, the answer causally."""
+        m = np.tri(len(ids), dtype=bool)
+        m[:, :self.context_length(ids)] = True
+        return m
+
+    def batch(self, features: Sequence[dict], left: bool = False, width: Optional[int] = None) -> dict:
+        """numpy input_ids (labels), position_ids [b, 2, s] and attention_mask [b, 1, s, s]; pads get position 0
+        and neither attend nor are attended to."""
+        out = pad_batch(features, self.pad, left=left, width=width)
+        b, s = out["input_ids"].shape
+        out["position_ids"] = np.zeros((b, 2, s), dtype="int64")
+        out["attention_mask"] = np.zeros((b, 1, s, s), dtype=bool)
+        for r, f in enumerate(features):
+            ids, n = list(f["input_ids"]), len(f["input_ids"])
+            span = slice(s - n, s) if left else slice(0, n)
+            out["position_ids"][r, :, span] = self.positions(ids)
+            out["attention_mask"][r, 0, span, span] = self.mask(ids)
+        return out
 
 
 def count_params(hp: Dict[str, Any]) -> Params:

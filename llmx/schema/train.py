@@ -36,9 +36,6 @@ def validate_training(cfg: DictConfig, data_kind: str) -> None:
     """What every stage that fine-tunes on examples checks first: a trainable model, its `data` block (read as
     `data_kind` data: sft, dpo, kto, rl), the training loop and the adapters."""
     validate_trainable(cfg)
-    fam = model_family(cfg.model)
-    require(fam.encoding == "causal" or data_kind == "sft", "model.family", cfg.model.family,
-            f"trains with stage=sft (and its adapters) only: llmx writes its {fam.encoding} encoding for SFT examples")
     check_data_config(cfg.stage.data, data_kind)
     validate_train(cfg.stage.train)
     validate_peft(cfg)
@@ -48,6 +45,8 @@ def validate_trainable(cfg: DictConfig) -> None:
     """For stages that train the model: the family must be trainable by llmx, the weights floating point."""
     fam = model_family(cfg.model)
     require(not fam.not_trainable, "model.family", cfg.model.family, fam.not_trainable)
+    require(fam.encoding == "causal" or cfg.stage.runner == "sft", "model.family", cfg.model.family,
+            f"trains with stage=sft (and its adapters) only: llmx writes its {fam.encoding} encoding for SFT examples")
     require(not quantized(cfg.model), "model.name_or_path", cfg.model.name_or_path,
             "is a quantized checkpoint (integer weights): train the float model, and quantize after training")
 
