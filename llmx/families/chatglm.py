@@ -89,10 +89,25 @@ def hf_name_map(config) -> list:
 @before_build
 def chatglm_loss_over_target_tokens(model=None) -> None:
     """ChatGLMForCausalLM's loss: see llmx.families.fixes.mean_over_target_tokens (paddlenlp 3.0.0b4 on paddle
-    3.3.1). Can go when its criterion divides by the target tokens."""
+    3.3.1). Its vocab-parallel branch (tensor parallelism, split logits) drops the ignored positions before its
+    ParallelCrossEntropy and is right as it is: kept. Can go when its criterion divides by the target tokens."""
+    import functools
+
     from paddlenlp.transformers import ChatGLMForCausalLM
 
+    if getattr(ChatGLMForCausalLM.forward, "llmx_fixed", False):
+        return
+    upstream = ChatGLMForCausalLM.forward
     mean_over_target_tokens(ChatGLMForCausalLM)
+    fixed = ChatGLMForCausalLM.forward
+
+    @functools.wraps(upstream)
+    def forward(self, *args, **kwargs):
+        split = self.config.tensor_parallel_degree > 1 and self.config.tensor_parallel_output
+        return (upstream if split else fixed)(self, *args, **kwargs)
+
+    forward.llmx_fixed = True
+    ChatGLMForCausalLM.forward = forward
 
 
 FAMILY = Family(
