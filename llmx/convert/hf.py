@@ -106,8 +106,10 @@ def hf_config(fam: Family, config: dict, dtype: str) -> dict:
 
 # ----------------------------------------------------------------------------- name maps
 def moves(fam: Family, config) -> List[Move]:
-    """PaddleNLP's own name map of the family's class, as Moves."""
+    """PaddleNLP's own name map of the family's class (or the family's, Family.hf_name_map), as Moves."""
 
+    if fam.hf_name_map is not None:  # written by llmx where PaddleNLP has none
+        return [Move(hf, paddle, transpose) for hf, paddle, transpose in fam.hf_name_map(config)]
     cls = fam.load_class()
     out = []
     try:

@@ -50,7 +50,22 @@ def build_tokenizer(m: DictConfig):
     # The template's source, which llmx.data.chat renders as transformers does (PaddleNLP keeps only a
     # compiled template, and its own encoder is wrong for templates that are not turn-local).
     tok.llmx_chat_template = chat_template_in(path)
+    fam = family(m.family)
+    tok.llmx_encoding = fam.encoding  # llmx.data.sft.sft_encoder and the collators read it
+    add_missing_tokens(tok, fam.special_tokens)
     return tok
+
+
+def add_missing_tokens(tok, tokens) -> None:
+    """Add the family's special tokens (attribute -> token) that `tok` lacks, in order (so their ids are fixed):
+    the bundled tiny tokenizer has no [gMASK] or <sop> for ChatGLM v1."""
+    missing = {k: t for k, t in tokens.items() if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)}
+    if not missing:
+        return
+    tok.add_tokens(list(missing.values()), special_tokens=True)
+    for attribute, token in missing.items():
+        if attribute in tok.SPECIAL_TOKENS_ATTRIBUTES:
+            setattr(tok, attribute, token)
 
 
 def family_config(m: DictConfig, tokenizer=None):
@@ -67,6 +82,9 @@ def family_config(m: DictConfig, tokenizer=None):
             for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
                 if getattr(tokenizer, name, None) is not None:
                     setattr(config, name, getattr(tokenizer, name))
+            for attribute, token in family(m.family).special_tokens.items():  # ChatGLM v1's mask/gmask ids
+                if hasattr(config, attribute + "_id"):
+                    setattr(config, attribute + "_id", tokenizer.convert_tokens_to_ids(token))
     if m.get("rope_scaling"):  # over the checkpoint's own (llmx.rope; validated with the model group)
         config.rope_scaling = OmegaConf.to_container(m.rope_scaling)
     config.dtype = m.dtype

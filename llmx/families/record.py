@@ -8,7 +8,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from llmx.errors import ConfigError
 
@@ -67,6 +67,13 @@ class Family:
     # rejected in one row, the rejected answer blind to the chosen one) need one.
     no_4d_mask: str = ""
     not_trainable: str = ""  # why llmx cannot train it yet ("" = it can)
+    # How SFT examples and prompts become model inputs: `causal` (llmx.data.sft: prompt then answer, 1-D positions,
+    # a causal mask) or `glm` (llmx.data.glm, ChatGLM v1: prompt + [gMASK] + bos + answer + eos, 2-D positions, a
+    # 4-D mask bidirectional over the prompt). A family of another encoding trains with stage=sft only.
+    encoding: str = "causal"
+    # Special tokens the encoding needs, by tokenizer attribute (bos_token, ..., or a name of its own such as
+    # gmask_token): added to a tokenizer that lacks them (the bundled tiny one) when it is built.
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
     no_tensor_parallel: str = ""  # why it cannot be split over tensor-parallel ranks ("" = it can)
     # Why llmx's inference engine (llmx.infer) does not run it ("" = it does: checked at the tiny sizes, the
     # engine's batched greedy tokens equal PaddleNLP's `generate` one prompt at a time).
@@ -119,6 +126,9 @@ class Family:
     hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
     hf_tied_head: Optional[Tuple[str, str, str]] = None
     hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
+    # (HF name, PaddleNLP name, transpose) of every tensor, for a class whose _get_name_mappings PaddleNLP leaves
+    # unwritten (ChatGLM v1): a function of the PaddleNLP config, by llmx.
+    hf_name_map: Optional[Callable[[Any], Sequence[Tuple[str, str, bool]]]] = None
     hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three
     # Config values that HF's config.json implies rather than states (Baichuan: ALiBi where it has no
     # max_position_embeddings; DeepSeek-V3: noaux_tc routing on sigmoid scores, which transformers has no keys

@@ -113,9 +113,9 @@ def _exact_match(ctx, model, tokenizer, encoder, convs: list[Dialogue]) -> tuple
 
 
 def run(cfg: DictConfig, ctx) -> dict:
-    from llmx.data.sft import SftEncoder
+    from llmx.data.sft import sft_encoder
     from llmx.engine import model as models
-    from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
+    from llmx.engine.batching import PackedCollator, encoding_collator, use_flashmask
     from llmx.engine.checkpoint import adapter_base, export_model, export_result
     from llmx.engine.distributed import fixed_length_batches
     from llmx.engine.fit import fit
@@ -128,12 +128,12 @@ def run(cfg: DictConfig, ctx) -> dict:
     base_ref = adapter_base(cfg.model.name_or_path, model, tokenizer, ctx) if method != "none" else None
     model = wrap_peft(model, cfg, base_ref)
 
-    encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
+    encoder = sft_encoder(tokenizer, stage.data.max_length, stage.data.src_length)
     train_set = [encoder.encode(c) for c in ctx.inputs["train"]]
     eval_set = [encoder.encode(c) for c in ctx.inputs["eval"]]
 
     pad_to = stage.data.max_length if fixed_length_batches(ctx.layout) else None
-    packing, collator = None, PadCollator(tokenizer.pad_token_id, pad_to=pad_to)
+    packing, collator = None, encoding_collator(tokenizer, pad_to=pad_to)
     if stage.zero_padding:  # train on packed sequences; eval stays one example per row, comparable with unpacked runs
         from llmx.data.packing import pack_examples, packing_stats
 

@@ -194,6 +194,30 @@ def _probe_qwen_pipeline_attention_mask() -> dict:
             "fixed_mask_vs_expected": _max_diff(mask.reshape([4, 4]), expected)}
 
 
+def _probe_chatglm_loss_over_target_tokens() -> dict:
+    import numpy as np
+    import paddle
+    from paddlenlp.transformers import ChatGLMConfig, ChatGLMForCausalLM
+
+    from llmx.families.chatglm import chatglm_loss_over_target_tokens
+
+    config = ChatGLMConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           inner_hidden_size=32, max_sequence_length=16)
+    model = ChatGLMForCausalLM(config)
+
+    class WithItsInputs:  # ChatGLMModel refuses to run without a 4-D mask; causal, plain positions here
+        def eval(self):
+            model.eval()
+
+        def __call__(self, input_ids, **kwargs):
+            b, s = input_ids.shape
+            mask = paddle.to_tensor(np.broadcast_to(np.tri(s, dtype=bool), (b, 1, s, s)).copy())
+            positions = paddle.to_tensor(np.broadcast_to(np.stack([np.arange(s), np.zeros(s, "int64")]), (b, 2, s)).copy())
+            return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **kwargs)
+
+    return _loss_probe(WithItsInputs(), chatglm_loss_over_target_tokens)
+
+
 def _probe_chatglm2_pipeline_position_ids() -> dict:
     import paddle
     from paddlenlp.transformers import ChatGLMv2Config
@@ -441,6 +465,12 @@ def test_opt_loss_over_target_tokens(probes):
     """Upstream OPTForCausalLM's loss still divides by every position, ignored labels included; when this
     fails, llmx.families.opt.opt_loss_over_target_tokens can go."""
     _assert_loss_over_every_position(_probed(probes, "opt_loss_over_target_tokens"))
+
+
+def test_chatglm_loss_over_target_tokens(probes):
+    """Upstream ChatGLMForCausalLM's loss still divides by every position, ignored labels included; when this
+    fails, llmx.families.chatglm.chatglm_loss_over_target_tokens can go."""
+    _assert_loss_over_every_position(_probed(probes, "chatglm_loss_over_target_tokens"))
 
 
 def test_yuan_loss_over_target_tokens(probes):

@@ -51,10 +51,10 @@ HF_CONFIGS = {
                                                     rope_scaling={"rope_type": "linear", "factor": 2.0}),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
-OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2")
+OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2", "chatglm")
 OWN_CODE_EMBEDDINGS = {"qwen": "transformer.wte.weight", "baichuan": "model.layers.0.self_attn.W_pack.weight",
                        "chatglm2": "transformer.embedding.word_embeddings.weight", "yuan": "model.embed_tokens.weight",
-                       "baichuan2": "model.layers.0.self_attn.W_pack.weight"}
+                       "baichuan2": "model.layers.0.self_attn.W_pack.weight", "chatglm": "transformer.word_embeddings.weight"}
 
 
 def _tree_state(d: Path) -> dict:
@@ -207,6 +207,24 @@ def test_families_without_transformers_classes_round_trip_through_hf_names(tmp_p
         assert set(b) <= set(a) and all(np.array_equal(a[k], b[k]) for k in b), name
         assert not set(a) - set(b) - {"lm_head.weight"}, name  # (a tied head: the embedding's second name)
         assert OWN_CODE_EMBEDDINGS[name] in hf_names, f"{name}: {sorted(hf_names)[:3]}"
+        if name == "chatglm":  # llmx writes this map (PaddleNLP has none): every name and shape of THUDM/chatglm-6b's
+            assert {k: v.shape for k, v in hf_names.items()} == _chatglm_6b_tensors(cfg.model.sizes.tiny)
+
+
+def _chatglm_6b_tensors(size) -> dict:
+    """THUDM/chatglm-6b's checkpoint tensors (modeling_chatglm.py; torch Linear weights are [out, in]; the tied
+    lm_head is not saved under its own name by transformers' safetensors)."""
+    h, ff, V = size.hidden_size, size.inner_hidden_size, size.vocab_size
+    out = {"transformer.word_embeddings.weight": (V, h), "transformer.final_layernorm.weight": (h,),
+           "transformer.final_layernorm.bias": (h,)}
+    for i in range(size.num_hidden_layers):
+        for name, (rows, cols) in {"attention.query_key_value": (3 * h, h), "attention.dense": (h, h),
+                                   "mlp.dense_h_to_4h": (ff, h), "mlp.dense_4h_to_h": (h, ff)}.items():
+            out[f"transformer.layers.{i}.{name}.weight"] = (rows, cols)
+            out[f"transformer.layers.{i}.{name}.bias"] = (rows,)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out.update({f"transformer.layers.{i}.{norm}.{p}": (h,) for p in ("weight", "bias")})
+    return out
 
 
 def test_sharded_pytorch_bin_converts_like_safetensors(hf_models, converted, tmp_path):

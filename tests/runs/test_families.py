@@ -12,12 +12,12 @@ from helpers import compose
 
 from llmx.schema import CONF_DIR, asset_path, model_hparams
 from llmx.data.formats import read_sft
-from llmx.data.sft import SftEncoder
+from llmx.data.sft import sft_encoder
 from llmx.families import FAMILIES as TABLE
 from llmx.plan import count_params
 from llmx.stages import validate
 
-FAMILIES = sorted(p.stem for p in CONF_DIR.glob("model/*.yaml") if p.stem not in ("tiny", "chatglm"))
+FAMILIES = sorted(p.stem for p in CONF_DIR.glob("model/*.yaml") if p.stem != "tiny")
 
 
 def _cfg(family: str, stage: str = "sft"):
@@ -27,11 +27,11 @@ def _cfg(family: str, stage: str = "sft"):
 
 
 def _batch(tokenizer, n: int = 8):
-    from llmx.engine.batching import NUM_TOKENS, PadCollator
+    from llmx.engine.batching import NUM_TOKENS, encoding_collator
 
-    enc = SftEncoder(tokenizer, 64, 48)
+    enc = sft_encoder(tokenizer, 64, 48)  # the family's encoding (ChatGLM v1's GLM encoding)
     convs = read_sft(asset_path("demo/sft_train.jsonl"))[:n]
-    batch = PadCollator(tokenizer.pad_token_id)([enc.encode(c) for c in convs])
+    batch = encoding_collator(tokenizer)([enc.encode(c) for c in convs])
     batch.pop(NUM_TOKENS)  # the trainer's bookkeeping, not a model input
     return batch, enc, convs
 
