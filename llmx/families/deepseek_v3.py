@@ -79,6 +79,38 @@ def deepseek_rotary_tables(model=None) -> None:
     DeepseekV2RotaryEmbedding.forward = forward
 
 
+@before_build
+def deepseek_rope_scaling_types(model=None) -> None:
+    """PaddleNLP's DeepseekV2Attention picks its rotary class by rope_scaling["type"] alone: a scaling spelled
+    rope_type (transformers' spelling) fails with KeyError 'type', llama3 with "Unknown RoPE scaling type",
+    {rope_type: default} (no scaling) with KeyError too, and the dynamic NTK class fails past the context (no
+    attribute 'axis'; paddlenlp 3.0.0b4). With a scaling, build the plain rotary layer: llmx.engine.rope hands
+    out llmx's tables of the scaling through it (as transformers computes them, YaRN's attention factor
+    included), while the attention keeps upstream's softmax scale, which is transformers' (times
+    yarn_mscale(factor, mscale_all_dim) squared when the scaling has mscale_all_dim). Can go when a scaling of
+    every type, spelled rope_type, builds and runs past the context, and {rope_type: default} builds."""
+    import functools
+
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2Attention, DeepseekV2RotaryEmbedding
+
+    from llmx import rope
+
+    init_rope = DeepseekV2Attention._init_rope
+    if getattr(init_rope, "llmx_fixed", False):
+        return
+
+    @functools.wraps(init_rope)
+    def fixed(self):
+        if rope.scaling_type(self.config.rope_scaling) is None:
+            # {rope_type: default} is none: the softmax scale upstream computes next would read it as one
+            self.config.rope_scaling = None
+            return init_rope(self)
+        self.rotary_emb = DeepseekV2RotaryEmbedding(self.qk_rope_head_dim, self.max_position_embeddings,
+                                                    base=self.rope_theta)
+
+    fixed.llmx_fixed = True
+    DeepseekV2Attention._init_rope = fixed
+
 def route(gate, x):
     """(experts [tokens, k], weights [tokens, k] float32) of tokens `x` [tokens, hidden] by PaddleNLP's MoEGate
     `gate` (its config's scoring_func, topk_method, n_group/topk_group, norm_topk_prob, routed_scaling_factor),
@@ -242,8 +274,9 @@ FAMILY = Family(
     no_prefix="multi-head latent attention caches keys and values of different head sizes (qk_nope_head_dim + "
               "qk_rope_head_dim, v_head_dim); PaddleNLP's prefix encoder makes one",
     defaults=DEFAULTS, count_params=count_params,
-    fixes=(deepseek_rotary_tables, deepseek_moe_routing, deepseek_generation_inputs, deepseek_pad_embedding,
-           deepseek_tensor_parallel_rope_key, deepseek_router_init),
+    rope_layout="seq_dim",  # the attention adds the batch and head dims itself (see deepseek_rotary_tables)
+    fixes=(deepseek_rotary_tables, deepseek_rope_scaling_types, deepseek_moe_routing, deepseek_generation_inputs,
+           deepseek_pad_embedding, deepseek_tensor_parallel_rope_key, deepseek_router_init),
     hf_model_type="deepseek_v3", hf_architecture="DeepseekV3ForCausalLM",
     # transformers' DeepseekV3 routes by sigmoid scores with noaux_tc whatever config.json says (it has no
     # such keys); PaddleNLP's config defaults to DeepSeek-V2's softmax greedy routing.

@@ -278,6 +278,39 @@ def _probe_deepseek_rotary_tables() -> dict:
                                           np.abs(sin.numpy() - np.sin(expected)).max()))}
 
 
+def _probe_deepseek_rope_scaling_types() -> dict:
+    import math
+
+    import paddle
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2Attention
+
+    from llmx.families.deepseek_v3 import deepseek_rope_scaling_types
+
+    scalings = {"rope_type": {"rope_type": "yarn", "factor": 4.0},
+                "llama3": {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 8},
+                "dynamic": {"type": "dynamic", "factor": 2.0},
+                "deepseek": {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+                             "mscale": 1.0, "mscale_all_dim": 1.0},
+                "default": {"rope_type": "default"}}
+
+    def outcomes() -> dict:
+        def build_and_run(scaling):
+            attention = DeepseekV2Attention(_tiny_deepseek_config(rope_scaling=dict(scaling)))
+            attention.rotary_emb(paddle.zeros([1]), seq_len=20)  # past max_position_embeddings (16)
+            return attention
+
+        return {name: _outcome(lambda: build_and_run(scaling)) for name, scaling in scalings.items()}
+
+    upstream = outcomes()
+    deepseek_rope_scaling_types()
+    attention = DeepseekV2Attention(_tiny_deepseek_config(rope_scaling=dict(scalings["deepseek"])))
+    plain = DeepseekV2Attention(_tiny_deepseek_config(rope_scaling={"rope_type": "default"}))
+    return {"upstream": upstream, "fixed": outcomes(),
+            "fixed_rotary": [type(attention.rotary_emb).__name__, attention.rotary_emb.dim, attention.rotary_emb.base],
+            "fixed_softmax_scale": attention.softmax_scale, "plain_softmax_scale": plain.softmax_scale,
+            "softmax_scale_formula": 12 ** -0.5 * (0.1 * math.log(40.0) + 1) ** 2}
+
 def _probe_deepseek_moe_routing() -> dict:
     import paddle
     from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2MoE
@@ -507,6 +540,21 @@ def test_deepseek_rotary_tables(probes):
     assert answer["upstream"].startswith("ValueError: (InvalidArgument) The shape of input[0] and input[1]"), answer
     assert answer["fixed"] == "ok" and answer["fixed_table_shape"] == [5, 4] and answer["fixed_vs_formula"] < 1e-6
 
+
+def test_deepseek_rope_scaling_types(probes):
+    """Upstream DeepseekV2Attention still picks its rotary class by rope_scaling["type"] alone (transformers'
+    rope_type spelling: KeyError; llama3: unknown) and its dynamic class fails past the context; when this
+    fails, llmx.families.deepseek_v3.deepseek_rope_scaling_types may go (llmx.engine.rope replaces the layer's
+    tables whichever class it is). The fix keeps upstream's softmax scale (transformers': mscale_all_dim)."""
+    answer = _probed(probes, "deepseek_rope_scaling_types")
+    assert answer["upstream"] == {
+        "rope_type": "KeyError: 'type'", "llama3": "ValueError: Unknown RoPE scaling type llama3",
+        "dynamic": "AttributeError: 'DeepseekV2DynamicNTKScalingRotaryEmbedding' object has no attribute 'axis'",
+        "deepseek": "ok", "default": "KeyError: 'type'"}, answer["upstream"]
+    assert set(answer["fixed"].values()) == {"ok"}, answer["fixed"]
+    assert answer["fixed_rotary"] == ["DeepseekV2RotaryEmbedding", 4, 10000.0]
+    assert abs(answer["fixed_softmax_scale"] - answer["softmax_scale_formula"]) < 1e-12
+    assert abs(answer["plain_softmax_scale"] - 12 ** -0.5) < 1e-12
 
 def test_deepseek_moe_routing(probes):
     """Upstream DeepseekV2MoE still fails in MoELayer's capacity priorities (int64 times int32); when this

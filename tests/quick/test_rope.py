@@ -100,3 +100,22 @@ def test_a_checkpoints_rope_scaling_is_checked_like_the_key(tmp_path):
 
         cfg = compose("model=qwen2", f"model.name_or_path={hf}", f"model.rope_scaling={scaling}")
         validate_rope_scaling(cfg.model, family("qwen2"))
+
+
+def test_every_size_that_ships_a_scaling_validates():
+    """The sizes whose published config.json carries rope_scaling (DeepSeek-V3's YaRN) pass validation, so
+    `plan` and a run of them start."""
+    from helpers import REPO, compose
+    from omegaconf import OmegaConf
+
+    from llmx.families import family
+    from llmx.schema.model import validate_rope_scaling
+
+    checked = []
+    for path in sorted((REPO / "conf" / "model").glob("*.yaml")):
+        for size, hparams in OmegaConf.load(path).get("sizes", {}).items():
+            if rope.scaling_type(hparams.get("rope_scaling")) is not None:
+                cfg = compose(f"model={path.stem}", f"model.size={size}")
+                validate_rope_scaling(cfg.model, family(cfg.model.family))
+                checked.append(f"{path.stem} {size}")
+    assert {"deepseek_v3 671b", "deepseek_v3 v2_lite"} <= set(checked), checked

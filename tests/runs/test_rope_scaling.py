@@ -27,6 +27,13 @@ HF_CONFIGS = {
                                                       num_experts_per_tok=2, **k),
     "qwen2": lambda **k: transformers.Qwen2Config(**_C, num_key_value_heads=2, **k),
     "gemma": lambda **k: transformers.GemmaConfig(**_C, num_key_value_heads=1, head_dim=16, **k),
+    # test_convert's: multi-head latent attention (the rotary part: 8 of each head's 16 query/key dims), a dense
+    # first layer, then routed and shared experts
+    "deepseek_v3": lambda **k: transformers.DeepseekV3Config(**_C, num_key_value_heads=4, q_lora_rank=16,
+                                                             kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
+                                                             v_head_dim=8, n_routed_experts=8, n_shared_experts=1,
+                                                             num_experts_per_tok=2, moe_intermediate_size=16,
+                                                             n_group=4, topk_group=2, first_k_dense_replace=1, **k),
 }
 SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 2.0},
@@ -34,6 +41,10 @@ SCALINGS = {
     "yarn": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 16.0, "beta_slow": 2.0},
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16},
+    # DeepSeek-V3's config.json shape (factor 40 = 163840 / 4096 there): mscale_all_dim also sharpens DeepSeek's
+    # softmax by yarn_mscale(factor, mscale_all_dim) squared, beside the tables' attention factor (1 here)
+    "yarn_deepseek": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16, "beta_fast": 32,
+                      "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
 }
 TOLERANCE = 1e-5  # relative to the logits' largest magnitude; measured at most ~1e-6 (float32)
 
@@ -163,14 +174,15 @@ def test_families_without_a_transformers_class_have_transformers_rotary_tables(f
 
 
 def test_a_checkpoints_rope_scaling_survives_conversion_both_ways(tmp_path):
-    """Llama 3.1's and Qwen2.5's config.json spellings (rope_type llama3; the older `type: yarn` with
-    original_max_position_embeddings): HF -> llmx keeps rope_scaling in the llmx config.json and the model computes
-    transformers' logits without model.rope_scaling; llmx -> HF writes it back and transformers' model of the export
-    computes the same logits."""
+    """Llama 3.1's, Qwen2.5's and DeepSeek-V3's config.json spellings (rope_type llama3; the older `type: yarn`
+    with original_max_position_embeddings, DeepSeek's with mscale and mscale_all_dim): HF -> llmx keeps
+    rope_scaling in the llmx config.json and the model computes transformers' logits without model.rope_scaling;
+    llmx -> HF writes it back and transformers' model of the export computes the same logits."""
     from llmx.convert.hf import hf_to_llmx, llmx_to_hf
 
     cases = {"llama": SCALINGS["llama3"],
-             "qwen2": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}}
+             "qwen2": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+             "deepseek_v3": SCALINGS["yarn_deepseek"]}
     ids = np.random.RandomState(3).randint(3, 128, size=(1, LONG))
     for family, scaling in cases.items():
         hf_model = _random_hf(HF_CONFIGS[family](rope_scaling=dict(scaling)))
