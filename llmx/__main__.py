@@ -1,11 +1,11 @@
-"""`python -m llmx <command>`: tools around runs (diff, rerun, plan); no paddle import."""
+"""`python -m llmx <command>`: tools around runs (diff, rerun, plan) and what llmx supports per model family (families); no paddle import."""
 from __future__ import annotations
 
 import sys
 
 from llmx.errors import UserError
 
-COMMANDS = {"diff": "llmx.diff", "rerun": "llmx.rerun", "plan": "llmx.plan"}
+COMMANDS = {"diff": "llmx.diff", "rerun": "llmx.rerun", "plan": "llmx.plan", "families": "llmx.families.support"}
 
 
 def main(argv: list[str] | None = None) -> int:

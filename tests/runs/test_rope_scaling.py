@@ -150,10 +150,11 @@ def test_dynamic_ntk_greedy_generation_refits_as_transformers_does(unscaled):
     assert ours[0].numpy().tolist() == ref
 
 
-@pytest.mark.parametrize("family", ["baichuan", "yuan"])
+@pytest.mark.parametrize("family", ["baichuan", "baichuan2", "yuan"])
 def test_families_without_a_transformers_class_have_transformers_rotary_tables(family):
-    """Baichuan (PaddleNLP's Llama class) and Yuan: their rotary layers' cos/sin at positions past the context,
-    for every type, equal transformers' LlamaRotaryEmbedding of the same head size, base and scaling."""
+    """Baichuan (PaddleNLP's Llama class), Baichuan 2's 7B (llmx's class on it) and Yuan: their rotary layers'
+    cos/sin at positions past the context, for every type, equal transformers' LlamaRotaryEmbedding of the same
+    head size, base and scaling."""
     import paddle
 
     from llmx.engine.model import build_model
