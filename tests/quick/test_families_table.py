@@ -94,3 +94,17 @@ def test_a_dotted_family_name_imports_its_module(tmp_path, monkeypatch):
         family("outfams.empty")
     with pytest.raises(ConfigError, match="gives no parameter formula"):
         family("outfams.mine").params({})
+
+
+def test_readme_family_table_is_the_families_command_output(capsys):
+    """README's table is what `python -m llmx families` prints from the records (rerun it after a record changes)."""
+    import re
+
+    from llmx.families.support import main
+
+    main([])
+    printed = capsys.readouterr().out.strip()
+    readme = (REPO / "README.md").read_text()
+    found = re.search(r"<!-- families table: python -m llmx families -->\n(.*?)\n<!-- end of families table -->", readme, re.S)
+    assert found and found.group(1).strip() == printed
+    assert all(f"| {name} |" in printed for name in FAMILIES)
