@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from llmx.families import llama
+from llmx.families import llama, moe
 from llmx.families.fixes import before_build
 from llmx.families.formulas import llama_like
 from llmx.families.record import Family, Params
@@ -19,31 +19,16 @@ def count_params(hp: Dict[str, Any]) -> Params:
 def mixtral_moe_routing(model=None) -> None:
     """PaddleNLP's MixtralSparseMoeBlock indexes routing weights with `paddle.where(cond)`, whose output
     became 1-D in paddle 3.x, so every Mixtral forward fails ([n, hidden] * [n]) (paddlenlp 3.0.0b4 on
-    paddle 3.3.1). Replace its forward with top-k routing by per-expert token weights. Can go when a
+    paddle 3.3.1). Replace its forward with transformers' top-k routing (llmx.families.moe); the router's
+    auxiliary loss is measured in training (logged) and joins the loss as the config says. Can go when a
     Mixtral forward runs on the pinned paddle without it."""
-    import paddle
-    import paddle.nn.functional as F
-    from paddlenlp.transformers.mixtral.modeling import MixtralSparseMoeBlock
+    from paddlenlp.transformers.mixtral.modeling import MixtralForCausalLM, MixtralSparseMoeBlock
 
     def forward(self, hidden_states):
-        batch, seq, hidden = hidden_states.shape
-        x = hidden_states.reshape([-1, hidden])
-        router_logits = self.gate(x)
-        probs = F.softmax(router_logits.astype("float32"), axis=-1)
-        top_w, top_e = paddle.topk(probs, self.top_k, axis=-1)
-        top_w = (top_w / top_w.sum(axis=-1, keepdim=True)).astype(x.dtype)
-        out = paddle.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            hit = top_e == e  # [tokens, k]
-            rows = paddle.nonzero(hit.any(axis=-1)).flatten()
-            if rows.shape[0] == 0:
-                continue
-            weight = (top_w * hit.astype(x.dtype)).sum(axis=-1)  # this expert's weight per token
-            y = expert(paddle.gather(x, rows)) * paddle.gather(weight, rows).unsqueeze(-1)
-            out = out.index_add(rows, 0, y.astype(x.dtype))
-        return out.reshape([batch, seq, hidden]), router_logits
+        return moe.routed_experts(self, hidden_states, normalize=True)
 
     MixtralSparseMoeBlock.forward = forward
+    moe.router_aux_loss_logged(MixtralForCausalLM)
 
 
 FAMILY = Family(
