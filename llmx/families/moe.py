@@ -87,7 +87,9 @@ def load_balancing_loss(router_logits, num_experts: int, top_k: int, attention_m
     if attention_mask is None or attention_mask.ndim != 2:
         weight = paddle.ones([logits.shape[0]], dtype="float32")
     else:
-        weight = attention_mask.astype("float32").reshape([1, -1]).tile([len(router_logits), 1]).reshape([-1])
+        tokens = router_logits[0].shape[0]  # (a prefix-tuning mask also covers the prefix: its last columns)
+        mask = attention_mask[:, attention_mask.shape[1] - tokens // attention_mask.shape[0]:]
+        weight = mask.astype("float32").reshape([1, -1]).tile([len(router_logits), 1]).reshape([-1])
     picks_per_expert = (picks * weight.reshape([-1, 1, 1])).sum(axis=0) / weight.sum()
     prob_per_expert = (probs * weight.reshape([-1, 1])).sum(axis=0) / weight.sum()
     return (picks_per_expert * prob_per_expert.unsqueeze(0)).sum() * num_experts

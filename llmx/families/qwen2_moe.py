@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from llmx.errors import ConfigError
 from llmx.families import moe
 from llmx.families.fixes import before_build
 from llmx.families.record import Family, Params
@@ -34,6 +35,9 @@ def qwen2_moe_routing(model=None) -> None:
                                                            Qwen2MoeSparseMoEBlock)
 
     def __init__(self, config):
+        if getattr(config, "mlp_only_layers", None) or config.decoder_sparse_step != 1:
+            raise ConfigError("model family qwen2_moe: dense layers (mlp_only_layers, decoder_sparse_step > 1) "
+                              "are not supported by PaddleNLP's Qwen2MoeDecoderLayer (model=qwen3_moe's layers are)")
         nn.Layer.__init__(self)
         self.config = config
         moe.add_router_and_experts(self, config, lambda: Qwen2MoeMLP(config))

@@ -33,6 +33,13 @@ HF_CONFIGS = {
     "opt": lambda: transformers.OPTConfig(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                           num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64,
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**_C, num_key_value_heads=2, moe_intermediate_size=16,
+                                                     shared_expert_intermediate_size=48, num_experts=4,
+                                                     num_experts_per_tok=2),
+    # head_dim unlike hidden/heads, top-k renormalised, layer 1 dense
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**_C, num_key_value_heads=2, head_dim=16, moe_intermediate_size=16,
+                                                     num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+                                                     mlp_only_layers=[1]),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
 OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan")
@@ -84,12 +91,12 @@ def converted(hf_models, tmp_path_factory):
 
 def _paddle_model(name: str, model_dir: Path):
     import paddle
-    from paddlenlp.transformers import AutoModelForCausalLM
 
     from llmx.families import FAMILIES, fixes
 
     fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    # (the family's class: llmx writes some, which PaddleNLP's Auto classes do not know)
+    model = FAMILIES[name].load_class().from_pretrained(str(model_dir), dtype="float32")
     model.eval()
     return model, paddle
 
