@@ -1,6 +1,7 @@
 """llmx.families: what llmx knows per family (one module each), checked against PaddleNLP itself."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 
