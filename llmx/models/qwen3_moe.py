@@ -61,6 +61,24 @@ def _resized(config, **sizes):
     return other
 
 
+class HeadRMSNorm(qwen2_moe.Qwen2MoeRMSNorm):
+    """Qwen2-MoE's RMSNorm over each head (its last axis: head_dim). Under tensor parallelism each rank
+    normalises its own heads with the one weight all ranks hold, so the weight's gradient is summed over the
+    ranks (c_identity: identity forward, all-reduce backward), as Megatron does for replicated weights."""
+
+    def forward(self, heads):
+        weight = self.weight
+        if self.config.tensor_parallel_degree > 1:
+            from paddle.distributed import fleet
+            from paddle.distributed.fleet.layers.mpu import mp_ops
+
+            weight = mp_ops._c_identity(weight, group=fleet.get_hybrid_communicate_group().get_model_parallel_group())
+        with paddle.amp.auto_cast(False):
+            variance = heads.astype("float32").pow(2).mean(-1, keepdim=True)
+            normed = paddle.rsqrt(variance + self.variance_epsilon) * heads
+        return normed.astype(weight.dtype) * weight
+
+
 class Qwen3MoeAttention(qwen2_moe.Qwen2MoeAttention):
     """Qwen2-MoE's attention at config.head_dim, with q_norm/k_norm over each head before RoPE."""
 
@@ -84,8 +102,8 @@ class Qwen3MoeAttention(qwen2_moe.Qwen2MoeAttention):
         self.rotary_emb = qwen2_moe.Qwen2MoeRotaryEmbedding(self.head_dim, config.max_position_embeddings,
                                                             config.rope_theta)
         per_head = _resized(config, hidden_size=self.head_dim, sequence_parallel=False)
-        self.q_norm = qwen2_moe.Qwen2MoeRMSNorm(per_head)
-        self.k_norm = qwen2_moe.Qwen2MoeRMSNorm(per_head)
+        self.q_norm = HeadRMSNorm(per_head)
+        self.k_norm = HeadRMSNorm(per_head)
 
     def forward(self, hidden_states, position_ids=None, past_key_value=None, attention_mask=None,
                 output_attentions=False, use_cache=False, attn_mask_startend_row_indices=None, **kwargs):
@@ -166,7 +184,8 @@ class Qwen3MoePretrainedModel(qwen2_moe.Qwen2MoePretrainedModel):
     def _get_tensor_parallel_mappings(cls, config: Qwen3MoeConfig, is_split=True):
         """Qwen2-MoE's split actions for the tensors this model has, and the dense layers' MLPs (column, row)."""
         actions = super()._get_tensor_parallel_mappings(config, is_split)
-        names = {m.target_name.split("qwen2_moe.", 1)[-1] for m in cls._get_name_mappings(config)}
+        whole = _resized(config, architectures=["Qwen3MoeForCausalLM"])  # (a random init's config names none)
+        names = {m.target_name.split("qwen2_moe.", 1)[-1] for m in cls._get_name_mappings(whole)}
         kept = {k: v for k, v in actions.items() if k in names}
         for i in range(config.num_hidden_layers):
             if not config.is_sparse(i):
