@@ -22,13 +22,14 @@ def count_params(hp: Dict[str, Any]) -> Params:
 
 @before_build
 def qwen2_moe_routing(model=None) -> None:
-    """PaddleNLP's Qwen2MoeSparseMoEBlock is a GShard-style capacity layer: its router weight starts at a
-    constant 1.0 (every expert ties, so a random init routes by index), it reads 3-D input only, it splits
-    the experts over the data-parallel group whenever one exists (expert parallelism under dp), and it returns
-    its auxiliary loss where the decoder expects router logits, so `output_router_logits` fails (paddlenlp
-    3.0.0b4). Replace its construction and forward with transformers' Qwen2MoeSparseMoeBlock: a Linear router,
-    softmax top-k (renormalised by norm_topk_prob), every expert local, the shared expert added through its
-    sigmoid gate; the same tensor names. Can go when upstream routes as transformers does."""
+    """PaddleNLP's Qwen2MoeSparseMoEBlock is a GShard-style capacity layer whose forward fails on paddle 3.3
+    (its capacity bookkeeping mixes int64 and int32: no type promotion), so no Qwen2-MoE model runs; besides,
+    its router weight starts at a constant 1.0 (every expert ties, so a random init routes by index), it
+    splits the experts over the data-parallel group whenever one exists, and it returns its auxiliary loss
+    where the decoder expects router logits (paddlenlp 3.0.0b4 on paddle 3.3.1). Replace its construction and
+    forward with transformers' Qwen2MoeSparseMoeBlock: a Linear router, softmax top-k (renormalised by
+    norm_topk_prob), every expert local, the shared expert added through its sigmoid gate; the same tensor
+    names. Can go when upstream runs and routes as transformers does."""
     import paddle.nn.functional as F
     from paddle import nn
     from paddlenlp.transformers.qwen2_moe.modeling import (Qwen2MoeForCausalLM, Qwen2MoeMLP,

@@ -176,3 +176,18 @@ def test_sft_logs_the_router_aux_loss(tmp_path):
     assert len(rows) == 3
     # balanced routing gives top_k (2); every token on one expert pair, num_experts (4) at most
     assert all(1.0 <= r["router_aux_loss"] <= 4.0 for r in rows), rows
+
+
+def test_refusals_are_one_line():
+    """The aux loss in the loss under a pipeline (whose stages never run the whole forward) is refused before
+    launch; Qwen2-MoE's dense layers (PaddleNLP's decoder layer knows no layer index) when the model is built."""
+    from helpers import compose, input_error
+
+    from llmx.engine.model import build_model
+    from llmx.errors import ConfigError
+
+    assert input_error("model=qwen3_moe", "parallel=pp2", "model.overrides.output_router_logits=true") == (
+        "llmx: config error: parallel.pp=2: the router's auxiliary loss (output_router_logits=true) is computed over "
+        "the whole model's forward, which a pipeline never runs: it trains with parallel.pp=1")
+    with pytest.raises(ConfigError, match="^model family qwen2_moe: dense layers"):
+        build_model(compose("model=qwen2_moe", "model.overrides.decoder_sparse_step=2").model, None, 0)
