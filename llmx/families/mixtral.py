@@ -34,7 +34,7 @@ def mixtral_moe_routing(model=None) -> None:
 FAMILY = Family(
     "mixtral", "MixtralForCausalLM", "MixtralConfig",
     (".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*w1.*", ".*w2.*", ".*w3.*"),
-    prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
+    prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True, no_static=moe.NO_STATIC,
     defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2),
     count_params=count_params, fixes=(mixtral_moe_routing,),
     hf_model_type="mixtral", hf_architecture="MixtralForCausalLM", sp_tokenizer="LlamaTokenizer")

@@ -11,6 +11,12 @@ from typing import Any, Dict, Optional
 from llmx.families.formulas import llama_like
 from llmx.families.record import Params
 
+# Static mode (llmx.infer.export) fails in PaddleNLP's Mixtral/Qwen2-MoE attention, which checks tensor shapes with
+# a Python `if` that paddle.jit cannot trace (paddlenlp 3.0.0b4 on paddle 3.3.1); the routing's per-expert token
+# selection has data-dependent shapes besides.
+NO_STATIC = ("paddle.jit.to_static (paddle 3.3.1) fails in the attention of PaddleNLP's Mixtral/Qwen2-MoE (shape checks "
+             "in Python); use stage.mode=dynamic")
+
 
 # ----------------------------------------------------------------------------- routing
 def top_k_routing(router_logits, top_k: int, normalize: bool):
