@@ -257,6 +257,9 @@ class MetricsCallback(TrainerCallback):
             "elapsed_s": round(self.elapsed_before + time.time() - self.start, 3),
         }
         record.update({k: logs[k] for k in self.metric_keys if k in logs})
+        aux = self.trainer.take_router_aux_loss(args)
+        if aux is not None:
+            record["router_aux_loss"] = aux
         self.exp.log_metrics(record)
 
 
@@ -274,6 +277,7 @@ class LlmxTrainerMixin:
         self.add_callback(MetricsCallback(experiment, self, elapsed_before, metric_keys))
         self._step_targets, self._local_targets, self._weighted_losses = None, None, []
         self._held_out = TokenTally()  # the running evaluation's token losses
+        self._router_aux = []  # mixtures of experts: each micro-batch's router load-balancing loss since the last log
         # The step's loss as the mean over its target tokens, where the collator carries their count.
         self.token_weighted = bool(getattr(self.data_collator, "carries_global_targets", False)) and \
             self.train_dataset is not None
@@ -297,6 +301,7 @@ class LlmxTrainerMixin:
         try:
             return super().training_step(model, inputs, *args, **kwargs)
         finally:
+            self._keep_router_aux_loss(model)
             self._step_targets = self._local_targets = None
             for f in self._weighted_losses:
                 f.step_targets = None
@@ -312,6 +317,22 @@ class LlmxTrainerMixin:
         mine = self._local_targets if self._local_targets is not None else int((labels != IGNORE_INDEX).sum())
         loss = (result[0] if return_outputs else result) * (mine * self.loss_scale / self._step_targets)
         return (loss, result[1]) if return_outputs else loss
+
+    def _keep_router_aux_loss(self, model) -> None:
+        """The auxiliary loss an MoE family's forward measured (llmx.families.moe.router_aux_loss_logged)."""
+        while hasattr(model, "_layers"):  # (DataParallel and fleet's wrappers)
+            model = model._layers
+        aux = getattr(model, "llmx_router_aux_loss", None)
+        if aux is not None:
+            self._router_aux.append(float(aux))
+            model.llmx_router_aux_loss = None
+
+    def take_router_aux_loss(self, args) -> Optional[float]:
+        """The mean router auxiliary loss of the micro-batches since the last call, over data-parallel
+        replicas; None for models without one (and under pipeline parallelism, whose stages measure none)."""
+        total = _over_data_replicas(args, np.array([sum(self._router_aux), len(self._router_aux)], dtype="float64"))
+        self._router_aux = []
+        return round(float(total[0] / total[1]), 6) if total[1] else None
 
     def prediction_step(self, model, inputs, *args, **kwargs):
         inputs.pop(NUM_TOKENS, None)

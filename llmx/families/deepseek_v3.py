@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from llmx.families.fixes import after_random_init, before_build, mix_experts
+from llmx.families.fixes import after_random_init, before_build
+from llmx.families.moe import mix_experts
 from llmx.families.record import Family, Params
 
 # LoRA: MLA's projections (q_proj without a q_lora_rank, else q_a_proj and q_b_proj; the kv latent's in and

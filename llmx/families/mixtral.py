@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from llmx.families import llama
-from llmx.families.fixes import before_build, mix_experts
+from llmx.families import llama, moe
+from llmx.families.fixes import before_build
 from llmx.families.formulas import llama_like
 from llmx.families.record import Family, Params
 
@@ -19,30 +19,23 @@ def count_params(hp: Dict[str, Any]) -> Params:
 def mixtral_moe_routing(model=None) -> None:
     """PaddleNLP's MixtralSparseMoeBlock indexes routing weights with `paddle.where(cond)`, whose output
     became 1-D in paddle 3.x, so every Mixtral forward fails ([n, hidden] * [n]) (paddlenlp 3.0.0b4 on
-    paddle 3.3.1). Replace its forward with top-k routing by per-expert token weights. Can go when a
+    paddle 3.3.1). Replace its forward with transformers' top-k routing (llmx.families.moe); the router's
+    auxiliary loss is measured in training (logged) and joins the loss as the config says. Can go when a
     Mixtral forward runs on the pinned paddle without it."""
-    import paddle
-    import paddle.nn.functional as F
-    from paddlenlp.transformers.mixtral.modeling import MixtralSparseMoeBlock
+    from paddlenlp.transformers.mixtral.modeling import MixtralForCausalLM, MixtralSparseMoeBlock
 
     def forward(self, hidden_states):
-        batch, seq, hidden = hidden_states.shape
-        x = hidden_states.reshape([-1, hidden])
-        router_logits = self.gate(x)
-        probs = F.softmax(router_logits.astype("float32"), axis=-1)
-        top_w, top_e = paddle.topk(probs, self.top_k, axis=-1)
-        top_w = (top_w / top_w.sum(axis=-1, keepdim=True)).astype(x.dtype)
-        out = mix_experts(x, self.experts, top_e, top_w)
-        return out.reshape([batch, seq, hidden]), router_logits
+        return moe.routed_experts(self, hidden_states, normalize=True)
 
     MixtralSparseMoeBlock.forward = forward
+    moe.router_aux_loss_logged(MixtralForCausalLM)
 
 
 FAMILY = Family(
     "mixtral", "MixtralForCausalLM", "MixtralConfig",
     (".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*w1.*", ".*w2.*", ".*w3.*"),
     rope_layout="batch_seq_heads_dim",
-    prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
+    prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True, no_static=moe.NO_STATIC,
     defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2),
     count_params=count_params, fixes=(mixtral_moe_routing,),
     hf_model_type="mixtral", hf_architecture="MixtralForCausalLM", sp_tokenizer="LlamaTokenizer")

@@ -57,6 +57,9 @@ def validate_parallel(cfg: DictConfig) -> None:
         require(not fam.pipeline_ties or model_dim(m, "tie_word_embeddings") is not False, "parallel.pp", p.pp,
                 f"model family {m.family}'s pipeline class in PaddleNLP ties the head to the embedding whatever "
                 "the config says: an untied model (tie_word_embeddings=false) runs with parallel.pp=1")
+        require(not model_dim(m, "output_router_logits"), "parallel.pp", p.pp,
+                "the router's auxiliary loss (output_router_logits=true) is computed over the whole model's "
+                "forward, which a pipeline never runs: it trains with parallel.pp=1")
         require(p.sharding_stage not in (2, 3), "parallel.sharding_stage", p.sharding_stage,
                 "pp>1 needs sharding stage1 (Paddle has no pipeline with sharding stage 2/3)")
     require(p.vpp == 1 or p.pp > 2, "parallel.vpp", p.vpp,

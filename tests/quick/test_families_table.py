@@ -1,6 +1,7 @@
 """llmx.families: what llmx knows per family (one module each), checked against PaddleNLP itself."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 
@@ -30,8 +31,6 @@ def test_hparams_file_is_up_to_date_with_paddlenlp():
 
 
 def test_table_classes_exist_in_paddlenlp():
-    import importlib
-
     from llmx.engine.prefix_hooks import CACHE_LAYOUTS, MASK_PADDERS
     from llmx.infer.runners import RUNNERS
     from llmx.families import fixes
@@ -68,8 +67,6 @@ def test_unknown_hyperparameter_lists_close_matches():
 
 
 def test_each_family_is_one_module_with_its_record_and_formula():
-    import importlib
-
     from llmx.families import BUILTIN
 
     assert list(FAMILIES) == list(BUILTIN)

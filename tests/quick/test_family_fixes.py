@@ -64,6 +64,37 @@ def _probe_mixtral_moe_routing() -> dict:
             "fixed_vs_dense": float(np.abs(out.numpy().reshape([7, 8]) - dense).max())}
 
 
+def _probe_qwen2_moe_routing() -> dict:
+    import numpy as np
+    import paddle
+    import paddle.nn.functional as F
+    from paddlenlp.transformers import Qwen2MoeConfig
+    from paddlenlp.transformers.qwen2_moe.modeling import Qwen2MoeSparseMoEBlock
+
+    from llmx.families.qwen2_moe import qwen2_moe_routing
+
+    paddle.seed(0)
+    config = Qwen2MoeConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_experts=4, num_experts_per_tok=2)
+    x = paddle.randn([1, 7, 8])
+    upstream = Qwen2MoeSparseMoEBlock(config)
+    upstream_answer = {"router_values": sorted(set(upstream.gate.weight.numpy().ravel().tolist())),
+                       "forward": _outcome(lambda: upstream(x))}
+    qwen2_moe_routing()
+    block = Qwen2MoeSparseMoEBlock(config)
+    with paddle.no_grad():
+        out, logits = block(x)
+        tokens = x.reshape([-1, 8])
+        weights, experts = paddle.topk(F.softmax(block.gate(tokens), axis=-1), 2, axis=-1)  # not renormalised
+        every = np.stack([expert(tokens).numpy() for expert in block.experts])
+        shared = (F.sigmoid(block.shared_expert_gate(tokens)) * block.shared_expert(tokens)).numpy()
+    rows = np.arange(7)
+    dense = sum(weights.numpy()[:, k:k + 1] * every[experts.numpy()[:, k], rows] for k in range(2)) + shared
+    return {"upstream": upstream_answer, "fixed_logits_shape": list(logits.shape),
+            "fixed_vs_dense": float(np.abs(out.numpy().reshape([7, 8]) - dense).max())}
+
+
 def _probe_gemma_tanh_gelu() -> dict:
     import paddle
     import paddle.nn.functional as F
@@ -460,6 +491,17 @@ def test_mixtral_moe_routing(probes):
     assert answer["where_shapes"] == [[3], [3]]  # [n] each: paddle 2.x gave [n, 1]
     assert answer["upstream"].startswith("ValueError: (InvalidArgument) Broadcast dimension mismatch"), answer
     assert answer["fixed_vs_dense"] < 1e-5  # the fix: top-k routing, equal to running every expert densely
+
+
+def test_qwen2_moe_routing(probes):
+    """Upstream Qwen2MoeSparseMoEBlock still starts its router at a constant 1.0, and its GShard forward fails on
+    paddle 3.3 (its capacity bookkeeping mixes int64 and int32); when this fails,
+    llmx.families.qwen2_moe.qwen2_moe_routing may go (if upstream now routes as transformers: tests/runs/test_moe.py)."""
+    answer = _probed(probes, "qwen2_moe_routing")
+    assert answer["upstream"]["router_values"] == [1.0], answer
+    assert answer["upstream"]["forward"].startswith("TypeError: (InvalidType) Type promotion"), answer
+    assert answer["fixed_logits_shape"] == [7, 4]
+    assert answer["fixed_vs_dense"] < 1e-5  # top-k routing plus the gated shared expert, as running them densely
 
 
 def test_gemma_tanh_gelu(probes):

@@ -102,6 +102,8 @@ def test_inference_input_errors_name_path_and_line(tmp_path):
      "stage.mode='static': model.family=opt does not run as a static program: paddle.jit.to_static"),
     (["stage=infer", "model=yuan", "stage.export_only=true", "stage.mode=static"],
      "stage.mode='static': model.family=yuan does not run as a static program: Yuan's localized filtering"),
+    (["stage=infer", "model=qwen3_moe", "stage.export_only=true", "stage.mode=static"],
+     "stage.mode='static': model.family=qwen3_moe does not run as a static program: paddle.jit.to_static"),
     (["stage=serve", "model=bloom", "stage.mode=static", "stage.static_dir=/"],
      "stage.mode='static': model.family=bloom does not run as a static program"),
     (["stage=serve", "stage.mode=static"], "stage.static_dir=None: static mode serves an exported program"),

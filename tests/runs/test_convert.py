@@ -49,6 +49,13 @@ HF_CONFIGS = {
                                                     sliding_window_pattern=2, query_pre_attn_scalar=6,
                                                     rope_local_base_freq=100.0,
                                                     rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**_C, num_key_value_heads=2, moe_intermediate_size=16,
+                                                     shared_expert_intermediate_size=48, num_experts=4,
+                                                     num_experts_per_tok=2),
+    # head_dim unlike hidden/heads, top-k renormalised, layer 1 dense
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**_C, num_key_value_heads=2, head_dim=16, moe_intermediate_size=16,
+                                                     num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+                                                     mlp_only_layers=[1]),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
 OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2", "chatglm")

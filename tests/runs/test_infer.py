@@ -234,3 +234,51 @@ def test_families_with_their_own_cache_generate_what_paddlenlp_generates(family,
         server["proc"].kill()
         server["proc"].wait()
     assert (reply["choices"][0]["text"], reply["usage"]["completion_tokens"]) == generate(tokenizer(texts[1])["input_ids"])
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe"])
+def test_moe_engine_greedy_tokens_equal_transformers_generate(family, tmp_path):
+    """A tiny random transformers MoE model, converted: the engine's greedy tokens for prompts of different
+    lengths batched together (left-padded rows, KV cache) are transformers' `generate`, one prompt at a time."""
+    import numpy as np
+    import paddle
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    from llmx.convert.hf import hf_to_llmx
+    from llmx.engine.model import build_tokenizer
+    from llmx.families import FAMILIES, fixes
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+    from helpers import compose
+
+    common = dict(vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    make = {"mixtral": lambda: transformers.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2),
+            "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**common, num_experts=4, num_experts_per_tok=2,
+                                                             moe_intermediate_size=16, shared_expert_intermediate_size=32),
+            "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**common, num_experts=4, num_experts_per_tok=2, head_dim=16,
+                                                             moe_intermediate_size=16, norm_topk_prob=True)}[family]
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(make()).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # (peaked: no ties between greedy candidates)
+    hf.save_pretrained(tmp_path / "hf")
+    hf_to_llmx(tmp_path / "hf", tmp_path / "llmx")
+    paddle.set_device("cpu")
+    fixes.apply(FAMILIES[family].fixes, fixes.BEFORE_BUILD)
+    model = FAMILIES[family].load_class().from_pretrained(str(tmp_path / "llmx"), dtype="float32")
+    tokenizer = build_tokenizer(compose(f"model={family}").model)  # (eos 2, pad 3, as the model's config)
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(4, 512, size=n).tolist() for n in (5, 17, 9)]
+    engine = dynamic_engine(model, tokenizer, max_batch=3)
+    ours = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16))]
+    assert engine.peak_rows == 3
+    for prompt, tokens in zip(prompts, ours):
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=16, do_sample=False, eos_token_id=2, pad_token_id=3)[0, len(prompt):]
+        theirs = theirs.tolist()
+        assert tokens == (theirs[:theirs.index(2)] if 2 in theirs else theirs), (prompt, tokens, theirs)
+    assert sum(map(len, ours)) > 24  # (not all ending at once)
