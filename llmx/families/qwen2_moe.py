@@ -57,7 +57,8 @@ def qwen2_moe_routing(model=None) -> None:
 
 FAMILY = Family(
     "qwen2_moe", "Qwen2MoeForCausalLM", "Qwen2MoeConfig", LORA, pipeline_class="Qwen2MoeForCausalLMPipe",
-    prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True, no_static=moe.NO_STATIC,
+    rope_layout="batch_seq_heads_dim", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
+    no_static=moe.NO_STATIC,
     defaults=dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
                   num_attention_heads=16, num_key_value_heads=16, moe_intermediate_size=1408,
                   shared_expert_intermediate_size=5632, num_experts=60, num_experts_per_tok=4),

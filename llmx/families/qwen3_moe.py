@@ -27,7 +27,8 @@ def count_params(hp: Dict[str, Any]) -> Params:
 
 FAMILY = Family(
     "qwen3_moe", "Qwen3MoeForCausalLM", "Qwen3MoeConfig", LORA, pipeline_class="Qwen3MoeForCausalLMPipe",
-    prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True, no_static=moe.NO_STATIC,
+    rope_layout="batch_seq_heads_dim", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
+    no_static=moe.NO_STATIC,
     defaults=dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
                   num_attention_heads=32, num_key_value_heads=4, moe_intermediate_size=768, num_experts=128,
                   num_experts_per_tok=8, tie_word_embeddings=False, decoder_sparse_step=1),

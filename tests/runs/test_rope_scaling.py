@@ -27,6 +27,12 @@ HF_CONFIGS = {
                                                       num_experts_per_tok=2, **k),
     "qwen2": lambda **k: transformers.Qwen2Config(**_C, num_key_value_heads=2, **k),
     "gemma": lambda **k: transformers.GemmaConfig(**_C, num_key_value_heads=1, head_dim=16, **k),
+    "qwen2_moe": lambda **k: transformers.Qwen2MoeConfig(**_C, num_key_value_heads=2, moe_intermediate_size=16,
+                                                         shared_expert_intermediate_size=48, num_experts=4,
+                                                         num_experts_per_tok=2, **k),
+    "qwen3_moe": lambda **k: transformers.Qwen3MoeConfig(**_C, num_key_value_heads=2, head_dim=16,
+                                                         moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                                                         norm_topk_prob=True, **k),
     # test_convert's: multi-head latent attention (the rotary part: 8 of each head's 16 query/key dims), a dense
     # first layer, then routed and shared experts
     "deepseek_v3": lambda **k: transformers.DeepseekV3Config(**_C, num_key_value_heads=4, q_lora_rank=16,
