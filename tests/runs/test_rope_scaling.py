@@ -27,6 +27,14 @@ HF_CONFIGS = {
                                                       num_experts_per_tok=2, **k),
     "qwen2": lambda **k: transformers.Qwen2Config(**_C, num_key_value_heads=2, **k),
     "gemma": lambda **k: transformers.GemmaConfig(**_C, num_key_value_heads=1, head_dim=16, **k),
+    # Windows (8) shorter than the sequence; eager: transformers' sdpa attention drops Gemma 2's soft-capping.
+    "gemma2": lambda **k: transformers.Gemma2Config(**_C, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                                                    query_pre_attn_scalar=6, attn_logit_softcapping=5.0,
+                                                    final_logit_softcapping=5.0, attn_implementation="eager", **k),
+    # Sliding layers rotate with their own base, unscaled in transformers: only the full layer's rotation is scaled.
+    "gemma3": lambda **k: transformers.Gemma3TextConfig(**_C, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                                                        sliding_window_pattern=2, query_pre_attn_scalar=6,
+                                                        rope_local_base_freq=100.0, **k),
 }
 SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 2.0},
