@@ -55,12 +55,18 @@ def _random_hf(config, seed: int = 0):
     return model
 
 
+def _hf_load(hf_dir, **kwargs):
+    """A saved model, with eager attention: config.json does not keep attn_implementation, and transformers'
+    default sdpa attention drops Gemma 2's attention soft-capping."""
+    return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", **kwargs).eval()
+
+
 def _hf_scaled(hf_dir, scaling: dict):
     """The saved model under `scaling` (set on its config: Mistral's and Mixtral's config classes do not list
     rope_scaling, which their rotary embeddings read all the same)."""
     config = transformers.AutoConfig.from_pretrained(hf_dir)
     config.rope_scaling = dict(scaling)
-    return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, config=config).eval()
+    return _hf_load(hf_dir, config=config)
 
 
 def _hf_logits(model, ids) -> np.ndarray:
@@ -114,7 +120,7 @@ def test_every_family_and_scaling_type_gives_transformers_logits_past_the_contex
     ids = np.random.RandomState(1).randint(3, 128, size=(2, LONG))
     worst, failures = {}, []
     for family, (model_dir, hf_dir) in unscaled.items():
-        unscaled_ref = _hf_logits(transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval(), ids)
+        unscaled_ref = _hf_logits(_hf_load(hf_dir), ids)
         for kind, scaling in SCALINGS.items():
             hf_model = _hf_scaled(hf_dir, scaling)
             ref = _hf_logits(hf_model, ids)
@@ -192,5 +198,5 @@ def test_a_checkpoints_rope_scaling_survives_conversion_both_ways(tmp_path):
         llmx_to_hf(tmp_path / family, tmp_path / f"{family}-back")
         back = json.loads((tmp_path / f"{family}-back" / "config.json").read_text())["rope_scaling"]
         assert back == kept, family
-        exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{family}-back").eval()
+        exported = _hf_load(tmp_path / f"{family}-back")
         assert _relative(_hf_logits(exported, ids), ref) < TOLERANCE, family
