@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # Family.rope_layout -> the shape a [seq, dim] table takes in the family's attention.
 LAYOUTS = {
     "seq_dim": lambda t: t,  # Mistral
-    "batch_seq_heads_dim": lambda t: t[None, :, None, :],  # Llama, Qwen2, Mixtral, Gemma: [1, seq, 1, dim]
+    "batch_seq_heads_dim": lambda t: t[None, :, None, :],  # Llama, Qwen2, Mixtral, Gemma (1-3): [1, seq, 1, dim]
     "batch_heads_seq_dim": lambda t: t[None, None, :, :],  # Yuan: [1, 1, seq, dim]
 }
 UNUSED_TABLES = ("cos_cached", "sin_cached", "cos_sin_table")

@@ -95,6 +95,9 @@ class Gemma2Attention(GemmaAttention):
     def normalize_heads(self, query, key):
         return query, key  # (Gemma 3 normalises each head here)
 
+    def rotary(self):
+        return self.rotary_emb  # (Gemma 3's sliding layers have one of their own)
+
     def forward(self, hidden_states, position_ids=None, past_key_value=None, attention_mask=None,
                 output_attentions=False, use_cache=False, alibi=None):
         shape = [0, 0, -1, self.head_dim]  # [batch, seq, heads, head_dim]
@@ -102,7 +105,7 @@ class Gemma2Attention(GemmaAttention):
         value = self.v_proj(hidden_states).reshape(shape)
         query, key = self.normalize_heads(query, key)
         past = 0 if past_key_value is None else past_key_value[0].shape[1]
-        cos, sin = self.rotary_emb(value, seq_len=past + key.shape[1])
+        cos, sin = self.rotary()(value, seq_len=past + key.shape[1])
         query, key = apply_rotary_pos_emb(query, key, cos, sin, position_ids)
         if past_key_value is not None:
             key = paddle.concat([past_key_value[0], key], axis=1)

@@ -3,9 +3,11 @@
 
 What Gemma 3 changes: each query and key head is RMS-normalised (q_norm, k_norm: Gemma's 1 + weight norm
 over head_dim) before the rotary embedding; sliding layers rotate with their own base
-(rope_local_base_freq), full layers with rope_theta and the config's rope_scaling; five sliding layers to
-one full one (sliding_window_pattern, or layer_types); no attention soft-capping (transformers 4.55.4
-ignores attn_logit_softcapping for Gemma 3) and no final soft-capping unless the config sets it.
+(rope_local_base_freq), unscaled, full layers with rope_theta and the config's rope_scaling (llmx.engine.rope
+scales every layer named rotary_emb: the sliding layers' is named rotary_emb_local, as in transformers); five
+sliding layers to one full one (sliding_window_pattern, or layer_types); no attention soft-capping
+(transformers 4.55.4 ignores attn_logit_softcapping for Gemma 3) and no final soft-capping unless the config
+sets it.
 """
 from __future__ import annotations
 
@@ -35,9 +37,6 @@ class Gemma3Config(Gemma2Config):
                          attn_logit_softcapping=attn_logit_softcapping, **kwargs)
         self.rope_scaling = rope_scaling
         self.rope_local_base_freq = rope_local_base_freq
-        kind = (rope_scaling or {}).get("rope_type", (rope_scaling or {}).get("type", "default"))
-        if kind not in ("default", "linear"):
-            raise ValueError(f"Gemma3Config: rope_scaling type {kind!r} is not supported (linear or none)")
 
 
 class HeadRMSNorm(GemmaRMSNorm):
@@ -66,14 +65,17 @@ class Gemma3Attention(Gemma2Attention):
         super().__init__(config, layerwise_recompute, layer_idx)
         self.softcap = None  # (see the module's docstring)
         self.q_norm, self.k_norm = HeadRMSNorm(config), HeadRMSNorm(config)
-        if config.layer_types[layer_idx] == SLIDING:
-            self.rotary_emb = GemmaRotaryEmbedding(self.head_dim, config.max_position_embeddings,
-                                                   base=config.rope_local_base_freq)
-        elif config.rope_scaling:  # linear: positions divided by the factor
-            self.rotary_emb.inv_freq = self.rotary_emb.inv_freq / float(config.rope_scaling["factor"])
+        self.local = config.layer_types[layer_idx] == SLIDING
+        if self.local:  # its own base and never scaled: not under the name llmx.engine.rope scales
+            del self.rotary_emb
+            self.rotary_emb_local = GemmaRotaryEmbedding(self.head_dim, config.max_position_embeddings,
+                                                         base=config.rope_local_base_freq)
 
     def normalize_heads(self, query, key):
         return self.q_norm(query), self.k_norm(key)
+
+    def rotary(self):
+        return self.rotary_emb_local if self.local else self.rotary_emb
 
 
 class Gemma3DecoderLayer(Gemma2DecoderLayer):

@@ -109,10 +109,12 @@ def converted(hf_models, tmp_path_factory):
 def _paddle_model(name: str, model_dir: Path):
     import paddle
 
+    from llmx.engine.rope import scale_rotary_layers
     from llmx.families import FAMILIES, fixes
 
     fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)
     model = FAMILIES[name].load_class().from_pretrained(str(model_dir), dtype="float32")
+    scale_rotary_layers(model, FAMILIES[name], model.config)  # a config.json rope_scaling, as build_model applies it
     model.eval()
     return model, paddle
 

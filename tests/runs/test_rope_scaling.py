@@ -40,6 +40,14 @@ HF_CONFIGS = {
                                                              v_head_dim=8, n_routed_experts=8, n_shared_experts=1,
                                                              num_experts_per_tok=2, moe_intermediate_size=16,
                                                              n_group=4, topk_group=2, first_k_dense_replace=1, **k),
+    # Windows (8) shorter than the sequence; eager: transformers' sdpa attention drops Gemma 2's soft-capping.
+    "gemma2": lambda **k: transformers.Gemma2Config(**_C, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                                                    query_pre_attn_scalar=6, attn_logit_softcapping=5.0,
+                                                    final_logit_softcapping=5.0, attn_implementation="eager", **k),
+    # Sliding layers rotate with their own base, unscaled in transformers: only the full layer's rotation is scaled.
+    "gemma3": lambda **k: transformers.Gemma3TextConfig(**_C, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                                                        sliding_window_pattern=2, query_pre_attn_scalar=6,
+                                                        rope_local_base_freq=100.0, **k),
 }
 SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 2.0},
@@ -52,7 +60,7 @@ SCALINGS = {
     "yarn_deepseek": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 16, "beta_fast": 32,
                       "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
 }
-TOLERANCE = 1e-5  # relative to the logits' largest magnitude; measured at most ~1e-6 (float32)
+TOLERANCE = 1e-5  # relative to the logits' largest magnitude; measured at most ~3e-6 (gemma3; float32)
 
 
 def _random_hf(config, seed: int = 0):
@@ -64,12 +72,18 @@ def _random_hf(config, seed: int = 0):
     return model
 
 
+def _hf_load(hf_dir, **kwargs):
+    """A saved model, with eager attention: config.json does not keep attn_implementation, and transformers'
+    default sdpa attention drops Gemma 2's attention soft-capping."""
+    return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager", **kwargs).eval()
+
+
 def _hf_scaled(hf_dir, scaling: dict):
     """The saved model under `scaling` (set on its config: Mistral's and Mixtral's config classes do not list
     rope_scaling, which their rotary embeddings read all the same)."""
     config = transformers.AutoConfig.from_pretrained(hf_dir)
     config.rope_scaling = dict(scaling)
-    return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, config=config).eval()
+    return _hf_load(hf_dir, config=config)
 
 
 def _hf_logits(model, ids) -> np.ndarray:
@@ -123,7 +137,7 @@ def test_every_family_and_scaling_type_gives_transformers_logits_past_the_contex
     ids = np.random.RandomState(1).randint(3, 128, size=(2, LONG))
     worst, failures = {}, []
     for family, (model_dir, hf_dir) in unscaled.items():
-        unscaled_ref = _hf_logits(transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval(), ids)
+        unscaled_ref = _hf_logits(_hf_load(hf_dir), ids)
         for kind, scaling in SCALINGS.items():
             hf_model = _hf_scaled(hf_dir, scaling)
             ref = _hf_logits(hf_model, ids)
@@ -203,5 +217,5 @@ def test_a_checkpoints_rope_scaling_survives_conversion_both_ways(tmp_path):
         llmx_to_hf(tmp_path / family, tmp_path / f"{family}-back")
         back = json.loads((tmp_path / f"{family}-back" / "config.json").read_text())["rope_scaling"]
         assert back == kept, family
-        exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{family}-back").eval()
+        exported = _hf_load(tmp_path / f"{family}-back")
         assert _relative(_hf_logits(exported, ids), ref) < TOLERANCE, family
