@@ -33,6 +33,9 @@ HF_CONFIGS = {
     "opt": lambda: transformers.OPTConfig(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                           num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64,
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    # head_dim 16, not hidden / heads; the second layer attends within a 6-token window
+    "qwen3": lambda: transformers.Qwen3Config(**_C, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                                              use_sliding_window=True, sliding_window=6, max_window_layers=1),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
 OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan")
@@ -84,12 +87,11 @@ def converted(hf_models, tmp_path_factory):
 
 def _paddle_model(name: str, model_dir: Path):
     import paddle
-    from paddlenlp.transformers import AutoModelForCausalLM
 
     from llmx.families import FAMILIES, fixes
 
-    fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)  # (the family's class: PaddleNLP's, or llmx.models')
+    model = FAMILIES[name].load_class().from_pretrained(str(model_dir), dtype="float32")
     model.eval()
     return model, paddle
 
@@ -118,6 +120,26 @@ def test_from_hf_logits_and_greedy_generation_equal_transformers(name, hf_models
                                 eos_token_id=2, pad_token_id=0)
     assert np.abs(ours - ref).max() < 1e-4, f"{name}: logits differ by {np.abs(ours - ref).max()}"
     assert gen[0].numpy().tolist() == hf_gen, name
+
+
+@pytest.mark.parametrize("name", list(HF_CONFIGS))
+def test_engine_on_a_converted_model_gives_transformers_greedy_tokens(name, hf_models, converted):
+    """llmx's inference engine (KV cache), which stage=infer and stage=serve run, on the converted model."""
+    from paddlenlp.transformers import AutoTokenizer
+
+    from llmx.infer.build import dynamic_engine
+    from llmx.infer.sampling import SamplingParams
+    from llmx.schema import asset_path
+
+    _, hf_model = hf_models[name]
+    prompt = np.random.RandomState(1).randint(3, 128, size=(1, 10))
+    with torch.no_grad():
+        hf_gen = hf_model.generate(torch.tensor(prompt), attention_mask=torch.ones(1, 10, dtype=torch.long),
+                                   max_new_tokens=16, do_sample=False, pad_token_id=0)[0, 10:].tolist()
+    model, _ = _paddle_model(name, converted[name])
+    tokenizer = AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer"))  # (eos 2, as the HF config's)
+    ours = dynamic_engine(model, tokenizer, max_batch=1).generate([prompt[0].tolist()], SamplingParams(max_new_tokens=16))
+    assert len(hf_gen) == 16 and ours[0].tokens == hf_gen, name
 
 
 def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, converted, tmp_path):
