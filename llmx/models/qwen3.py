@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import paddle
 from paddlenlp.transformers.conversion_utils import StateDictNameMapping
+from paddlenlp.transformers.llama import modeling as llama
 from paddlenlp.transformers.qwen2 import modeling as qwen2
 from paddlenlp.transformers.qwen2.configuration import Qwen2Config
 from paddlenlp.transformers.qwen2.modeling_pp import Qwen2ForCausalLMPipe
@@ -82,10 +83,11 @@ class Qwen3Attention(qwen2.Qwen2Attention):
                 output_attentions=False, use_cache=False, attn_mask_startend_row_indices=None, **kwargs):
         """Qwen2's attention (without its fused-qkv, sequence-parallel and fused-RoPE branches, which
         Qwen3's checks refuse) with q and k normalised per head before RoPE, and the sliding window."""
-        heads = [0, 0, -1, self.head_dim]  # [batch, seq, heads, head_dim]
-        query = self.q_norm(self.q_proj(hidden_states).reshape(heads))
-        key = self.k_norm(self.k_proj(hidden_states).reshape(heads))
-        value = self.v_proj(hidden_states).reshape(heads)
+        # [batch, seq, heads, head_dim], head counts spelled out: a static program needs them known
+        query = self.q_norm(self.q_proj(hidden_states).reshape([0, 0, self.num_heads, self.head_dim]))
+        kv_heads = [0, 0, self.num_key_value_heads, self.head_dim]
+        key = self.k_norm(self.k_proj(hidden_states).reshape(kv_heads))
+        value = self.v_proj(hidden_states).reshape(kv_heads)
         past = 0 if past_key_value is None else past_key_value[0].shape[1]
         cos, sin = self.rotary_emb(value, seq_len=past + key.shape[1])
         query, key = qwen2.apply_rotary_pos_emb(query, key, cos, sin, position_ids)
@@ -98,11 +100,23 @@ class Qwen3Attention(qwen2.Qwen2Attention):
             value = qwen2.repeat_kv(value, self.num_key_value_groups)
         if self.sliding_window is not None:
             attention_mask = windowed(attention_mask, self.sliding_window, query.shape[1], key.shape[1])
-        out = self.attn_func(query, self.config, key, value, attention_mask, output_attentions,
-                             attn_mask_startend_row_indices=attn_mask_startend_row_indices, training=self.training)
+        if paddle.in_dynamic_mode():
+            out = self.attn_func(query, self.config, key, value, attention_mask, output_attentions,
+                                 attn_mask_startend_row_indices=attn_mask_startend_row_indices, training=self.training)
+        else:  # traced by paddle.jit (static export): see traced_attention
+            out = traced_attention(query, self.config, key, value, attention_mask, output_attentions,
+                                   attn_mask_startend_row_indices=attn_mask_startend_row_indices)
         out, weights = out if output_attentions else (out, None)
         outputs = (self.o_proj(out),) + ((weights,) if output_attentions else ()) + ((present,) if use_cache else ())
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+def traced_attention(*args, **kwargs):
+    """Attention while paddle.jit traces a static program: PaddleNLP's Qwen2 attention compares the traced
+    shapes with `!=`, which dy2static cannot turn into a Python bool, and the trace fails (paddlenlp 3.0.0b4 on
+    paddle 3.3.1; Qwen2's own export fails so). Llama's attention is the same computation (softmax(q k^T /
+    sqrt(head_dim) + mask) v) with those checks in dynamic mode only; without dropout, as inference runs."""
+    return llama.scaled_dot_product_attention(*args, **kwargs)
 
 
 def windowed(attention_mask, window: int, q_len: int, kv_len: int):

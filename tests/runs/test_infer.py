@@ -13,6 +13,8 @@ import re
 import pytest
 from helpers import launch, read_json, read_jsonl
 
+from llmx.families import FAMILIES
+
 WORDS = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing matches".split()
 
 
@@ -234,3 +236,43 @@ def test_families_with_their_own_cache_generate_what_paddlenlp_generates(family,
         server["proc"].kill()
         server["proc"].wait()
     assert (reply["choices"][0]["text"], reply["usage"]["completion_tokens"]) == generate(tokenizer(texts[1])["input_ids"])
+
+
+@pytest.mark.parametrize("family", [n for n, f in FAMILIES.items() if f.classes != "paddlenlp.transformers"])
+def test_families_llmx_writes_reload_and_generate_what_paddlenlp_generates(family, tmp_path):
+    """A family whose model code is llmx's (llmx.models): its saved directory is told apart by its architecture
+    (no model=), and stage=infer, batched and padded, and in static mode where it runs so, gives the greedy
+    tokens of PaddleNLP's `generate` one prompt at a time."""
+    import paddle
+    from helpers import compose
+
+    from llmx.engine.model import build_model, build_tokenizer
+    from llmx.infer.support import static_problem
+
+    paddle.set_device("cpu")
+    cfg = compose(f"model={family}", "model.size=tiny", "+model.overrides.initializer_range=0.5")  # (peaked: no ties)
+    tokenizer = build_tokenizer(cfg.model)
+    model = build_model(cfg.model, tokenizer, seed=0)
+    model.eval()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    eos = tokenizer.eos_token_id
+    texts = _texts(6)
+    want = []
+    for prompt in _prompt_ids(tokenizer, texts):
+        out = model.generate(input_ids=paddle.to_tensor([prompt]), attention_mask=paddle.ones([1, len(prompt)], "int64"),
+                             max_new_tokens=16, decode_strategy="greedy_search", eos_token_id=eos,
+                             pad_token_id=tokenizer.pad_token_id)[0].numpy()[0].tolist()
+        tokens = out[:out.index(eos)] if eos in out else out
+        want.append((tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False), len(tokens)))
+    assert sum(n for _, n in want) > 6 * 8  # (not all ending at once)
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"src": t}) + "\n" for t in texts))
+    modes = ["dynamic"] + ([] if static_problem(family) else ["static"])
+    for mode in modes:
+        run = tmp_path / mode
+        launch("stage=infer", f"model.name_or_path={model_dir}", f"stage.mode={mode}", f"stage.input={prompts_file}",
+               "stage.max_new_tokens=16", "stage.max_batch=4", "stage.progress_bar=false", f"hydra.run.dir={run}")
+        assert f"family: {family}" in (run / ".hydra" / "config.yaml").read_text()
+        assert [(r["output"], r["generated_tokens"]) for r in read_jsonl(run / "output.jsonl")] == want, mode
