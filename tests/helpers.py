@@ -89,7 +89,8 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
     if family is not None:
         fixes.apply(FAMILIES[family].fixes, fixes.BEFORE_BUILD)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    # (the family's class: PaddleNLP's AutoModel does not know those llmx.models writes)
+    model = (FAMILIES[family].load_class() if family else AutoModelForCausalLM).from_pretrained(str(model_dir))
     if adapter is not None:
         model = LoRAModel.from_pretrained(model, str(adapter))
     model.eval()

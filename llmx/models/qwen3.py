@@ -12,6 +12,7 @@ PaddleNLP names (`qwen2.layers.N...`); Hugging Face's are Qwen3's (`model.layers
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import List, Optional
 
 import paddle
@@ -52,11 +53,21 @@ class Qwen3Config(Qwen2Config):
 
 class HeadRMSNorm(qwen2.Qwen2RMSNorm):
     """Qwen2's RMSNorm over one head's features (`head_dim` of them): Qwen3's q_norm and k_norm. The weight is
-    the same on every head, so tensor parallelism replicates it."""
+    the same on every head, so tensor parallelism replicates it, and sums its gradient over the ranks."""
 
     def __init__(self, config: Qwen3Config):
         super().__init__(config)
         self.weight = self.create_parameter([config.head_dim], default_initializer=paddle.nn.initializer.Constant(1.0))
+        if config.tensor_parallel_degree > 1:  # each rank normalises its own heads: it sees a part of the gradient
+            self.weight.register_hook(_summed_over_tensor_parallel_ranks)
+
+
+def _summed_over_tensor_parallel_ranks(grad):
+    from paddle.distributed import all_reduce, fleet
+
+    grad = grad.clone()
+    all_reduce(grad, group=fleet.get_hybrid_communicate_group().get_model_parallel_group())
+    return grad
 
 
 class Qwen3Attention(qwen2.Qwen2Attention):
@@ -148,11 +159,12 @@ def _check(config: Qwen3Config) -> None:
             raise ValueError(f"Qwen3: {key}=True is not supported by llmx's Qwen3 attention")
 
 
-def _set_windows(model, config: Qwen3Config) -> None:
-    """Each attention's sliding window, by its layer's index in its name (`...layers.N.self_attn`)."""
+def _set_windows(model, config: Qwen3Config, first: int = 0) -> None:
+    """Each attention's sliding window, by its decoder layer's index: in its name (`qwen2.layers.N.self_attn`),
+    or in a pipeline, its place among the pipeline's layers (`M.self_attn`) less the `first` decoder's place."""
     for name, layer in model.named_sublayers():
         if isinstance(layer, Qwen3Attention):
-            layer.sliding_window = config.window_of(int(name.split("layers.")[-1].split(".")[0]))
+            layer.sliding_window = config.window_of(int(re.search(r"(\d+)\.self_attn$", name).group(1)) - first)
 
 
 class Qwen3ForCausalLM(qwen2.Qwen2ForCausalLM):
@@ -187,4 +199,4 @@ class Qwen3ForCausalLMPipe(Qwen2ForCausalLMPipe):
         _check(config)
         with _qwen3_attention():
             super().__init__(config)
-        _set_windows(self, config)
+        _set_windows(self, config, first=1)  # (layer 0: the embedding)

@@ -31,6 +31,9 @@ TRAINABLE = sorted(name for name, f in FAMILIES.items() if not f.not_trainable)
 VARIANTS = {
     "llama-tied": ("llama", ["model.overrides.tie_word_embeddings=true"], ("pp2", "tp2pp2")),
     "gemma-untied": ("gemma", ["model.overrides.tie_word_embeddings=false"], ("tp2",)),
+    # Qwen3's second layer attends within a 4-token window: each pipeline stage finds its layers' windows
+    "qwen3-window": ("qwen3", ["+model.overrides.use_sliding_window=true", "+model.overrides.sliding_window=4",
+                               "+model.overrides.max_window_layers=1"], ("pp2",)),
 }
 LAYOUTS = {  # layout -> (processes, the families that support it)
     "tp2": (2, [f for f in TRAINABLE if not FAMILIES[f].no_tensor_parallel]),
