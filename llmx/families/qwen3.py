@@ -13,7 +13,7 @@ def count_params(hp: Dict[str, Any]) -> Params:
     """Qwen2's layer without the q/k/v biases (with o_proj's too where attention_bias adds them), plus the
     q_norm and k_norm weights (head_dim each)."""
     head_dim = hp["head_dim"]
-    biases = (2 * hp["num_attention_heads"] + 2 * hp["num_key_value_heads"]) * head_dim + hp["hidden_size"]
+    biases = (hp["num_attention_heads"] + 2 * hp["num_key_value_heads"]) * head_dim + hp["hidden_size"]  # q, k, v; o
     return llama_like(hp, layer_extra=2 * head_dim + (biases if hp.get("attention_bias") else 0))
 
 

@@ -30,7 +30,10 @@ def test_family_defaults_match_paddlenlp_config_classes():
 
 # Published totals (Hugging Face checkpoints' parameter counts).
 PUBLISHED = {("llama", "7b"): 6.74e9, ("qwen2", "7b"): 7.62e9, ("mixtral", "8x7b"): 46.7e9, ("gemma", "7b"): 8.54e9,
-             ("llama", "70b"): 68.98e9, ("mistral", "7b"): 7.24e9, ("chatglm2", "6b"): 6.24e9, ("bloom", "7b1"): 7.07e9}
+             ("llama", "70b"): 68.98e9, ("mistral", "7b"): 7.24e9, ("chatglm2", "6b"): 6.24e9, ("bloom", "7b1"): 7.07e9,
+             # Qwen3 (Hugging Face's counts of the safetensors; the 0.6B's card: 0.6B, its tied head counted once)
+             ("qwen3", "0.6b"): 0.596e9, ("qwen3", "4b"): 4.02e9, ("qwen3", "8b"): 8.19e9, ("qwen3", "14b"): 14.8e9,
+             ("qwen3", "32b"): 32.8e9}
 
 
 @pytest.mark.parametrize("family,size", sorted(PUBLISHED))
