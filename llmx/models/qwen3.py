@@ -71,6 +71,8 @@ def _summed_over_tensor_parallel_ranks(grad):
 
 
 class Qwen3Attention(qwen2.Qwen2Attention):
+    """Qwen2's attention at Qwen3's shapes, with q_norm and k_norm (and a sliding window where the layer has one)."""
+
     def __init__(self, config: Qwen3Config, layerwise_recompute: bool = True, skip_recompute_ops=None):
         super().__init__(config, layerwise_recompute, skip_recompute_ops)
         # Qwen2's projections assume head_dim = hidden / heads and biases on q, k, v: made again at Qwen3's shapes.
@@ -131,7 +133,7 @@ def traced_attention(*args, **kwargs):
 
 
 def windowed(attention_mask, window: int, q_len: int, kv_len: int):
-    """The additive [batch, 1, q, kv] mask, further closed where a query is `window` or more positions past
+    """The [batch, 1, q, kv] mask (additive; boolean in a pipeline), further closed where a query is `window` or more positions past
     the key (transformers' sliding window: by index in the cache; the new queries are its last q_len)."""
     if attention_mask is None:
         raise ValueError("Qwen3's sliding window needs an attention mask (not flash attention's causal None)")
