@@ -37,7 +37,7 @@ BAD_CONFIGS = {
     "wrong_type_float": (["stage.train.lr=abc"], ["stage.train.lr", "'abc'", "could not be converted to Float"]),
     "bad_override_syntax": (["stage.train.lr=[1"], ["config error: bad override", "'[1'"]),
     "unknown_model": (["model=nope"],
-                      ["Could not find 'model/nope'", "available: baichuan, bloom, chatglm", "qwen2, tiny, yuan"]),
+                      ["Could not find 'model/nope'", f"available: {OPTIONS('model')}"]),
     "unknown_stage": (["stage=nope"], ["Could not find 'stage/nope'", f"available: {OPTIONS('stage')}"]),
     "unknown_parallel": (["parallel=nope"], ["Could not find 'parallel/nope'", f"available: {OPTIONS('parallel')}"]),
     "unknown_quant": (["quant=nope"], ["Could not find 'quant/nope'", f"available: {OPTIONS('quant')}"]),

@@ -144,6 +144,6 @@ def test_zero_padding_config_validates_for_supported_families():
                 accepted[method].append(name)
     # not chatglm (v1: not trainable), opt, yuan (no 4D masks)
     assert accepted["lora"] == ["baichuan", "bloom", "chatglm2", "gemma", "gpt3", "llama", "mistral", "mixtral", "qwen",
-                                "qwen2", "tiny"]
+                                "qwen2", "qwen3", "tiny"]
     # nor bloom (ALiBi), gpt3 (learned positions), mistral (rotary): positions or biases follow the prefix
-    assert accepted["prefix"] == ["baichuan", "chatglm2", "gemma", "llama", "mixtral", "qwen", "qwen2", "tiny"]
+    assert accepted["prefix"] == ["baichuan", "chatglm2", "gemma", "llama", "mixtral", "qwen", "qwen2", "qwen3", "tiny"]
