@@ -82,21 +82,23 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
 
     from llmx.schema import asset_path
     from llmx.data.formats import read_sft
-    from llmx.data.sft import SftEncoder
+    from llmx.data.sft import sft_encoder
     from llmx.families import FAMILIES, fixes
     from llmx.tokens import pad_batch
 
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if family is not None:
         fixes.apply(FAMILIES[family].fixes, fixes.BEFORE_BUILD)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    # (the family's class: PaddleNLP's AutoModel does not know those llmx.models writes)
+        tokenizer.llmx_encoding = FAMILIES[family].encoding  # as llmx.engine.model.build_tokenizer marks it
+    # (a family whose class llmx writes, llmx.models, is not among PaddleNLP's Auto classes)
     model = (FAMILIES[family].load_class() if family else AutoModelForCausalLM).from_pretrained(str(model_dir))
     if adapter is not None:
         model = LoRAModel.from_pretrained(model, str(adapter))
     model.eval()
-    encoder = SftEncoder(tokenizer, 128, 96)
+    encoder = sft_encoder(tokenizer, 128, 96)
     encoded = [encoder.encode(c) for c in read_sft(asset_path("demo/sft_eval.jsonl"))[:examples]]
-    batch = {k: paddle.to_tensor(v) for k, v in pad_batch(encoded, tokenizer.pad_token_id).items()}
+    arrays = encoder.layout.batch(encoded) if hasattr(encoder, "layout") else pad_batch(encoded, tokenizer.pad_token_id)
+    batch = {k: paddle.to_tensor(v) for k, v in arrays.items()}
     with paddle.no_grad():
         out = model(**batch)
     return float(out[0] if isinstance(out, tuple) else out.loss)

@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -65,10 +65,12 @@ def read_json(path: Path) -> dict:
 
 def paddle_names(fam: Family, hf_config: dict) -> dict:
     """An HF config.json's values under PaddleNLP's key names (as the family table says), less HF's class
-    markers: what the converted model's config is made from (paddle-free)."""
+    markers, with what it implies rather than states (`Family.hf_config_in`): what the converted model's config
+    is made from (paddle-free)."""
     renamed = {v: k for k, v in fam.hf_config_keys.items()}
-    return {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
-                                                                         "auto_map", "torch_dtype")}
+    out = {renamed.get(k, k): v for k, v in hf_config.items() if k not in ("architectures", "model_type",
+                                                                        "auto_map", "torch_dtype")}
+    return {**out, **fam.hf_config_in(hf_config)} if fam.hf_config_in else out
 
 
 def paddle_config(fam: Family, hf_config: dict):
@@ -99,13 +101,15 @@ def hf_config(fam: Family, config: dict, dtype: str) -> dict:
     out["architectures"] = [fam.hf_architecture]
     out["torch_dtype"] = dtype
     out["use_cache"] = True
-    return dict(sorted(out.items()))
+    return dict(sorted((fam.hf_config_out(out) if fam.hf_config_out else out).items()))
 
 
 # ----------------------------------------------------------------------------- name maps
 def moves(fam: Family, config) -> List[Move]:
-    """PaddleNLP's own name map of the family's class, as Moves."""
+    """PaddleNLP's own name map of the family's class (or the family's, Family.hf_name_map), as Moves."""
 
+    if fam.hf_name_map is not None:  # written by llmx where PaddleNLP has none
+        return [Move(hf, paddle, transpose) for hf, paddle, transpose in fam.hf_name_map(config)]
     cls = fam.load_class()
     out = []
     try:
@@ -133,7 +137,14 @@ def moves(fam: Family, config) -> List[Move]:
 
 
 def _rotary_buffer(name: str) -> bool:
-    return name.endswith("rotary_emb.inv_freq")  # recomputed from the config by both libraries
+    # recomputed from the config by both libraries: rotary frequencies, GPT-2's causal mask (older files keep it)
+    return name.endswith(("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias"))
+
+
+def _as_saved(mv: Move, index: TensorIndex) -> Move:
+    """transformers saves a base model (GPT2Model: the original GPT-2 files) without its prefix (`transformer.`)."""
+    bare = mv.hf.split(".", 1)[-1]
+    return replace(mv, hf=bare) if mv.hf not in index and bare in index else mv
 
 
 def expected_tensors(fam: Family, config) -> Tuple[Dict[str, Tuple[int, ...]], Dict[str, str]]:
@@ -223,7 +234,7 @@ def _plan_from_hf(fam: Family, config, index: TensorIndex, shapes, aliases, hf: 
     tensor present with its shape, nothing left over."""
     by_target: Dict[str, List[Move]] = {}
     for mv in moves(fam, config):
-        by_target.setdefault(mv.paddle, []).append(mv)
+        by_target.setdefault(mv.paddle, []).append(_as_saved(mv, index))
     plan: Dict[str, List[Move]] = {}
     used = set()
     tied = bool(getattr(config, "tie_word_embeddings", False))

@@ -54,6 +54,30 @@ class PadCollator:
                 **_bookkeeping(features, int(batch["attention_mask"].sum()))}
 
 
+class GlmCollator:
+    """Pads a batch of GLM-encoded examples (ChatGLM v1, llmx.data.glm) with their 2-D positions and 4-D masks."""
+
+    carries_global_targets = True
+
+    def __init__(self, tokenizer, pad_to: Optional[int] = None) -> None:
+        from llmx.families.chatglm import GlmLayout
+
+        self.layout = GlmLayout(tokenizer)
+        self.pad_to = pad_to
+
+    def __call__(self, features: Sequence[dict]) -> dict:
+        batch = self.layout.batch(features, width=self.pad_to)
+        return {**{k: paddle.to_tensor(v) for k, v in batch.items()},
+                **_bookkeeping(features, sum(len(f["input_ids"]) for f in features))}
+
+
+def encoding_collator(tokenizer, pad_to: Optional[int] = None):
+    """The collator of single (unpacked) examples for the tokenizer's encoding (llmx.data.sft.sft_encoder's)."""
+    if getattr(tokenizer, "llmx_encoding", "causal") == "glm":
+        return GlmCollator(tokenizer, pad_to)
+    return PadCollator(tokenizer.pad_token_id, pad_to=pad_to)
+
+
 def segment_ids(seq_lens_per_row: Sequence[Sequence[int]], width: int) -> np.ndarray:
     """[batch, width] int: the example each position belongs to; the padding tail is one more segment."""
     seg = np.empty((len(seq_lens_per_row), width), dtype=np.int64)

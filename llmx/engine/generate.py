@@ -32,16 +32,21 @@ def greedy_generate(model, tokenizer, prompts: Sequence[list[int]], max_new_toke
     was_training = model.training
     model.eval()
     outputs: list[list[int]] = []
+    glm = None
+    if getattr(tokenizer, "llmx_encoding", "causal") == "glm":
+        from llmx.families.chatglm import GlmLayout
+
+        glm = GlmLayout(tokenizer)
     with whole_vocab_logits(model):
         for start in range(0, len(prompts), batch_size):
             chunk = [{"input_ids": p} for p in prompts[start:start + batch_size]]
-            batch = pad_batch(chunk, pad, left=True)
-            mask = batch["attention_mask"]
-            position_ids = (mask.cumsum(-1) - 1).clip(min=0)
+            if glm is not None:  # ChatGLM v1: 2-D positions and the 4-D [gMASK] mask, which generate extends
+                batch = glm.batch(chunk, left=True)
+            else:
+                batch = pad_batch(chunk, pad, left=True)
+                batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clip(min=0)
             ids, _ = model.generate(
-                input_ids=paddle.to_tensor(batch["input_ids"]),
-                attention_mask=paddle.to_tensor(mask),
-                position_ids=paddle.to_tensor(position_ids),
+                **{k: paddle.to_tensor(v) for k, v in batch.items()},
                 max_new_tokens=max_new_tokens,
                 decode_strategy="greedy_search",
                 eos_token_id=eos,

@@ -21,6 +21,7 @@ from llmx.schema import asset_path
 from llmx.convert.tokenizer import chat_template_in
 from llmx.engine.distributed import hybrid_group
 from llmx.engine.peft import count_parameters, load_adapter
+from llmx.engine.rope import scale_rotary_layers
 from llmx.families import Family, family, fixes
 from llmx.ops import patch as ops_patch
 from llmx.sources import ModelSource, resolve
@@ -49,7 +50,22 @@ def build_tokenizer(m: DictConfig):
     # The template's source, which llmx.data.chat renders as transformers does (PaddleNLP keeps only a
     # compiled template, and its own encoder is wrong for templates that are not turn-local).
     tok.llmx_chat_template = chat_template_in(path)
+    fam = family(m.family)
+    tok.llmx_encoding = fam.encoding  # llmx.data.sft.sft_encoder and the collators read it
+    add_missing_tokens(tok, fam.special_tokens)
     return tok
+
+
+def add_missing_tokens(tok, tokens) -> None:
+    """Add the family's special tokens (attribute -> token) that `tok` lacks, in order (so their ids are fixed):
+    the bundled tiny tokenizer has no [gMASK] or <sop> for ChatGLM v1."""
+    missing = {k: t for k, t in tokens.items() if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)}
+    if not missing:
+        return
+    tok.add_tokens(list(missing.values()), special_tokens=True)
+    for attribute, token in missing.items():
+        if attribute in tok.SPECIAL_TOKENS_ATTRIBUTES:
+            setattr(tok, attribute, token)
 
 
 def family_config(m: DictConfig, tokenizer=None):
@@ -66,6 +82,11 @@ def family_config(m: DictConfig, tokenizer=None):
             for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
                 if getattr(tokenizer, name, None) is not None:
                     setattr(config, name, getattr(tokenizer, name))
+            for attribute, token in family(m.family).special_tokens.items():  # ChatGLM v1's mask/gmask ids
+                if hasattr(config, attribute + "_id"):
+                    setattr(config, attribute + "_id", tokenizer.convert_tokens_to_ids(token))
+    if m.get("rope_scaling"):  # over the checkpoint's own (llmx.rope; validated with the model group)
+        config.rope_scaling = OmegaConf.to_container(m.rope_scaling)
     config.dtype = m.dtype
     # Our batches mark unlearned positions with IGNORE_INDEX; some criterions (GPT's) read
     # their ignore index from the config and default to 0, a real token id.
@@ -88,6 +109,7 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
     tp, pp = (hcg.get_model_parallel_world_size(), hcg.get_pipe_parallel_world_size()) if hcg else (1, 1)
     if tp > 1 or pp > 1:
         model = _build_parallel_model(m, fam, model_cls, config, tokenizer, seed, hcg, parallel, load_weights)
+        scale_rotary_layers(model, fam, config)
         if m.fused_ops != "off":  # the split and pipeline layers are other classes: not matched
             log.info("model.fused_ops=%s: not applied under tensor/pipeline parallelism", m.fused_ops)
         ops_patch.enable(model, "off")
@@ -96,6 +118,7 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
         model = _pretrained(m, fam, model_cls, config, merge=not keep_adapter)
     else:
         model = _random_init(m, fam, model_cls, config, tokenizer, seed)
+    scale_rotary_layers(model, fam, config)
     ops_patch.enable(model, m.fused_ops)  # llmx.ops' kernels into the layers that match (model.fused_ops)
     return model
 

@@ -20,13 +20,23 @@ import paddle
 from omegaconf import DictConfig, OmegaConf
 
 from llmx.engine.peft import SAME_FORWARD_WRAPPERS
+from llmx.families import FAMILIES
 from llmx.sources import SCORE_HEAD, score_head_file
 
 
 def backbone(model):
     """The transformer under the LM head, through any adapter wrapper."""
-    inner = model.model if type(model).__name__ in SAME_FORWARD_WRAPPERS else model
-    return inner.base_model
+    return _causal_lm(model).base_model
+
+
+def _causal_lm(model):
+    return model.model if type(model).__name__ in SAME_FORWARD_WRAPPERS else model
+
+
+def _hidden_seq_first(lm) -> bool:
+    """Whether `lm`'s backbone answers [seq, batch, hidden] (the family record says)."""
+    name = type(_causal_lm(lm)).__name__
+    return any(f.hidden_seq_first for f in FAMILIES.values() if f.architecture == name)
 
 
 def score_head(hidden: int, head_state: dict | None = None) -> paddle.nn.Linear:
@@ -54,12 +64,15 @@ class ScoreModel(paddle.nn.Layer):
         self.lm = lm
         self.config = lm.config  # PaddleNLP's Trainer reads the model's config
         self.head = score_head(lm.config.hidden_size, head_state)
+        self.seq_first = _hidden_seq_first(lm)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
         """Per-position values [rows, T] (float32)."""
         out = backbone(self.lm)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 return_dict=False)
         hidden = out[0] if isinstance(out, (tuple, list)) else out
+        if self.seq_first:
+            hidden = hidden.transpose([1, 0, 2])
         return self.head(hidden.astype("float32")).squeeze(-1)
 
     def score(self, input_ids, attention_mask):

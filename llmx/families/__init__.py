@@ -28,7 +28,7 @@ __all__ = ["BUILTIN", "FAMILIES", "Family", "Params", "close_matches", "family",
 
 # llmx's own families, in the order lookups prefer them and messages list them.
 BUILTIN = ("llama", "baichuan", "qwen", "qwen2", "mistral", "mixtral", "gemma", "chatglm", "chatglm2", "bloom",
-           "gpt3", "opt", "yuan", "qwen3")
+           "gpt3", "opt", "yuan", "baichuan2", "deepseek_v3", "gemma2", "gemma3", "qwen3")
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in (importlib.import_module(f"{__name__}.{n}").FAMILY for n in BUILTIN)}
 
@@ -69,8 +69,9 @@ def family_of_hf_config(config: Mapping[str, Any]) -> Optional[str]:
     it), or None."""
     kind = config.get("model_type")
     found = [f for f in FAMILIES.values() if f.hf_model_type == kind]
-    if len(found) > 1:
-        found = [f for f in found if f.hf_marker is None or f.hf_marker in config] or found
+    if len(found) > 1:  # a family whose marker is there, else one that needs none (Baichuan 2 before Baichuan)
+        found = ([f for f in found if f.hf_marker is not None and f.hf_marker in config]
+                 or [f for f in found if f.hf_marker is None] or found)
     return found[0].name if found else None
 
 

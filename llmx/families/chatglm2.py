@@ -52,8 +52,9 @@ def chatglm2_pipeline_position_ids(model=None) -> None:
 
 FAMILY = Family(
     "chatglm2", "ChatGLMv2ForCausalLM", "ChatGLMv2Config", chatglm.LORA, pipeline_class="ChatGLMv2ForCausalLMPipe",
+    no_rope_scaling="ChatGLM2 builds one interleaved rotary table over half of each head at seq_length (its own code's rope_ratio): llmx does not rebuild it yet",
     prefix_cache="seq_batch_heads", packing=True, packing_with_prefix=True, kv_heads="multi_query_group_num",
-    fixes=(chatglm2_pipeline_position_ids,),
+    fixes=(chatglm2_pipeline_position_ids,), hidden_seq_first=True,
     defaults=dict(vocab_size=65024, hidden_size=4096, num_hidden_layers=28, num_attention_heads=32,
                   ffn_hidden_size=13696, multi_query_group_num=1, add_bias_linear=False, add_qkv_bias=False,
                   rmsnorm=True, post_layer_norm=True),

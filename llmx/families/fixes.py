@@ -64,3 +64,22 @@ def mean_over_target_tokens(model_class) -> None:
 
     fixed.llmx_fixed = True
     model_class.forward = fixed
+
+
+def mix_experts(x, experts, top_experts, top_weights):
+    """The mixture-of-experts output of tokens `x` [tokens, hidden]: each token's chosen experts
+    (`top_experts` [tokens, k]) weighted by `top_weights` [tokens, k], computed per expert on the tokens that
+    chose it (no capacity, no dropped tokens). PaddleNLP's dispatchers fail on paddle 3.x's CPU builds
+    (Mixtral's 1-D `paddle.where`, MoELayer's int32/int64 priorities): the families' routing fixes share this."""
+    import paddle
+
+    out = paddle.zeros_like(x)
+    for e, expert in enumerate(experts):
+        hit = top_experts == e  # [tokens, k]
+        rows = paddle.nonzero(hit.any(axis=-1)).flatten()
+        if rows.shape[0] == 0:
+            continue
+        weight = (top_weights * hit.astype(top_weights.dtype)).sum(axis=-1)  # this expert's weight per token
+        y = expert(paddle.gather(x, rows)) * paddle.gather(weight, rows).unsqueeze(-1).astype(x.dtype)
+        out = out.index_add(rows, 0, y.astype(x.dtype))
+    return out

@@ -31,6 +31,7 @@ FAMILY = Family(
     # GemmaForCausalLMPipe shares the embedding with the head unconditionally (paddlenlp 3.0.0b4): an untied
     # model's [hidden, vocab] head would receive the [vocab, hidden] embedding; such a model is refused under pp.
     pipeline_ties=True,
+    rope_layout="batch_seq_heads_dim",
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     defaults=dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=16, head_dim=256, tie_word_embeddings=True),

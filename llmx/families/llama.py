@@ -16,6 +16,7 @@ GPT_NAMES = {"n_positions": "max_position_embeddings", "n_embd": "hidden_size", 
 
 FAMILY = Family(
     "llama", "LlamaForCausalLM", "LlamaConfig", FUSED_LORA, pipeline_class="LlamaForCausalLMPipe",
+    rope_layout="batch_seq_heads_dim",
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     defaults=DEFAULTS, aliases=GPT_NAMES, count_params=llama_like,
     hf_model_type="llama", hf_architecture="LlamaForCausalLM", sp_tokenizer="LlamaTokenizer")

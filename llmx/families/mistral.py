@@ -10,6 +10,7 @@ from llmx.families.record import Family
 
 FAMILY = Family(
     "mistral", "MistralForCausalLM", "MistralConfig", llama.LORA, prefix_cache="batch_heads_seq", packing=True,
+    rope_layout="seq_dim",
     defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8),
     count_params=partial(llama_like, ties=False),  # its class always builds its own lm_head
     hf_model_type="mistral", hf_architecture="MistralForCausalLM", sp_tokenizer="LlamaTokenizer")

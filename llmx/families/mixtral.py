@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from llmx.families import llama
-from llmx.families.fixes import before_build
+from llmx.families.fixes import before_build, mix_experts
 from llmx.families.formulas import llama_like
 from llmx.families.record import Family, Params
 
@@ -32,15 +32,7 @@ def mixtral_moe_routing(model=None) -> None:
         probs = F.softmax(router_logits.astype("float32"), axis=-1)
         top_w, top_e = paddle.topk(probs, self.top_k, axis=-1)
         top_w = (top_w / top_w.sum(axis=-1, keepdim=True)).astype(x.dtype)
-        out = paddle.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            hit = top_e == e  # [tokens, k]
-            rows = paddle.nonzero(hit.any(axis=-1)).flatten()
-            if rows.shape[0] == 0:
-                continue
-            weight = (top_w * hit.astype(x.dtype)).sum(axis=-1)  # this expert's weight per token
-            y = expert(paddle.gather(x, rows)) * paddle.gather(weight, rows).unsqueeze(-1)
-            out = out.index_add(rows, 0, y.astype(x.dtype))
+        out = mix_experts(x, self.experts, top_e, top_w)
         return out.reshape([batch, seq, hidden]), router_logits
 
     MixtralSparseMoeBlock.forward = forward
@@ -49,6 +41,7 @@ def mixtral_moe_routing(model=None) -> None:
 FAMILY = Family(
     "mixtral", "MixtralForCausalLM", "MixtralConfig",
     (".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*o_proj.*", ".*w1.*", ".*w2.*", ".*w3.*"),
+    rope_layout="batch_seq_heads_dim",
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2),
     count_params=count_params, fixes=(mixtral_moe_routing,),

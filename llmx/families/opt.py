@@ -56,7 +56,8 @@ FAMILY = Family(
     "opt", "OPTForCausalLM", "OPTConfig",
     (".*project_in.*", ".*project_out.*", ".*q_proj.*", ".*k_proj.*", ".*v_proj.*", ".*qkv_proj.*",
      ".*out_proj.*", ".*linear1.*", ".*linear2.*"),
-    prefix_cache="opt_cache", kv_heads=None, fixes=(opt_missing_attributes, opt_loss_over_target_tokens),
+    prefix_cache="opt_cache", kv_heads=None,
+    no_4d_mask="PaddleNLP's OPTModel derives its positions from a 2-D attention mask", fixes=(opt_missing_attributes, opt_loss_over_target_tokens),
     # Positions come from the mask's running count (position_ids are ignored): a left-padded row computes what it
     # computes alone.
     engine_cache="cache",

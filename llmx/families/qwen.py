@@ -41,6 +41,7 @@ FAMILY = Family(
     "qwen", "QWenForCausalLM", "QWenConfig",
     (".*attn.c_attn.*", ".*attn.c_proj.*", ".*mlp.w1.*", ".*mlp.w2.*", ".*mlp.c_proj.*"),
     pipeline_class="QWenForCausalLMPipe", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
+    no_rope_scaling="QWen v1 scales its rotary embeddings its own way: use_dynamic_ntk and use_logn_attn",
     kv_heads=None, fixes=(qwen_pipeline_attention_mask,),
     defaults=dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                   kv_channels=128, intermediate_size=22016, no_bias=True),

@@ -9,6 +9,7 @@ from llmx.families.record import Family
 
 FAMILY = Family(
     "qwen2", "Qwen2ForCausalLM", "Qwen2Config", llama.LORA, pipeline_class="Qwen2ForCausalLMPipe",
+    rope_layout="batch_seq_heads_dim",
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     defaults=dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
                   num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),

@@ -8,7 +8,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from llmx.errors import ConfigError
 
@@ -63,7 +63,17 @@ class Family:
     # position ids, so a packed forward equals separate ones (tests/test_packing.py).
     packing: bool = False
     packing_with_prefix: bool = False  # and still so behind a prefix cache
+    # Why the model takes no 4-D attention mask ("" = it does): DPO/KTO's rows (trl's: prompt, chosen and
+    # rejected in one row, the rejected answer blind to the chosen one) need one.
+    no_4d_mask: str = ""
     not_trainable: str = ""  # why llmx cannot train it yet ("" = it can)
+    # How SFT examples and prompts become model inputs: `causal` (llmx.data.sft: prompt then answer, 1-D positions,
+    # a causal mask) or `glm` (llmx.data.glm, ChatGLM v1: prompt + [gMASK] + bos + answer + eos, 2-D positions, a
+    # 4-D mask bidirectional over the prompt). A family of another encoding trains with stage=sft only.
+    encoding: str = "causal"
+    # Special tokens the encoding needs, by tokenizer attribute (bos_token, ..., or a name of its own such as
+    # gmask_token): added to a tokenizer that lacks them (the bundled tiny one) when it is built.
+    special_tokens: Mapping[str, str] = field(default_factory=dict)
     no_tensor_parallel: str = ""  # why it cannot be split over tensor-parallel ranks ("" = it can)
     # Why llmx's inference engine (llmx.infer) does not run it ("" = it does: checked at the tiny sizes, the
     # engine's batched greedy tokens equal PaddleNLP's `generate` one prompt at a time).
@@ -76,7 +86,18 @@ class Family:
     # position_ids or the mask's running count, and pads are masked out): what runs a padded batch without a
     # cache (static mode, adapters run without a KV cache) is refused.
     no_padded_batch: str = ""
+    # The base model (`base_model`, under the LM head) answers hidden states [seq, batch, hidden] (ChatGLM's),
+    # not [batch, seq, hidden]: what reads them besides the family's own head (llmx.engine.score) transposes.
+    hidden_seq_first: bool = False
     no_static: str = ""  # why the engine's static mode (llmx.infer.export) cannot export it ("" = it can)
+    # RoPE scaling (model.rope_scaling, or a checkpoint's config.json rope_scaling; llmx.rope): how the family's
+    # rotary layers lay out the cos/sin tables they return, a name in llmx.engine.rope.LAYOUTS. llmx.engine.rope
+    # recomputes the tables of every sublayer named `rotary_emb` that has PaddleNLP's Llama-style interface
+    # (attributes `dim` and `base`, `forward(x, seq_len) -> (cos, sin)`: Llama's, Qwen2's, Qwen2-MoE's, Mistral's,
+    # Mixtral's, Gemma's and Yuan's classes), so a family built on one of those classes names its layout here and
+    # takes every scaling type. None: a scaling is refused, with the reason in `no_rope_scaling`.
+    rope_layout: Optional[str] = None
+    no_rope_scaling: str = ""
     # Canonical names of the hyperparameters layouts depend on (after `aliases`).
     heads: str = "num_attention_heads"
     kv_heads: Optional[str] = "num_key_value_heads"  # None: one KV head per query head
@@ -105,7 +126,16 @@ class Family:
     hf_config_extra: Mapping[str, Any] = field(default_factory=dict)
     hf_tied_head: Optional[Tuple[str, str, str]] = None
     hf_map_prefix: Optional[Tuple[str, str]] = None  # (PaddleNLP, HF) prefixes PaddleNLP's name map leaves off
+    # (HF name, PaddleNLP name, transpose) of every tensor, for a class whose _get_name_mappings PaddleNLP leaves
+    # unwritten (ChatGLM v1): a function of the PaddleNLP config, by llmx.
+    hf_name_map: Optional[Callable[[Any], Sequence[Tuple[str, str, bool]]]] = None
     hf_fused_qkv: Optional[str] = None  # HF's name of one fused q/k/v weight that PaddleNLP's class keeps as three
+    # Config values that HF's config.json implies rather than states (Baichuan: ALiBi where it has no
+    # max_position_embeddings; DeepSeek-V3: noaux_tc routing on sigmoid scores, which transformers has no keys
+    # for): HF config -> PaddleNLP keys to set; and its inverse, the HF config.json (as
+    # hf_config made it) -> the one the checkpoint's own code reads.
+    hf_config_in: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+    hf_config_out: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
     # A key every PaddleNLP config.json of this family holds, where another family's class has the same name
     # in `architectures` (ChatGLM v1's inner_hidden_size).
     paddle_marker: Optional[str] = None

@@ -33,6 +33,7 @@ FAMILY = Family(
                        "checkpoint fails to load split; a split random init computes other attention than one "
                        "process); use dp or sharding",
     no_prefix="in training Yuan builds its own attention mask and rejects a prefix cache",
+    rope_layout="batch_heads_seq_dim",
     engine_cache="whole_sequence",
     no_padded_batch="Yuan's localized filtering convolves each token with the two before it, pad tokens included, "
                     "and with reset_position_ids it builds its own causal mask, ignoring the attention mask",

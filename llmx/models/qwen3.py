@@ -22,6 +22,8 @@ from paddlenlp.transformers.qwen2 import modeling as qwen2
 from paddlenlp.transformers.qwen2.configuration import Qwen2Config
 from paddlenlp.transformers.qwen2.modeling_pp import Qwen2ForCausalLMPipe
 
+from llmx.models.gemma2 import window_mask  # by mask column, as transformers counts (the cache's index)
+
 __all__ = ["Qwen3Config", "Qwen3ForCausalLM", "Qwen3ForCausalLMPipe"]
 
 
@@ -112,7 +114,7 @@ class Qwen3Attention(qwen2.Qwen2Attention):
             key = qwen2.repeat_kv(key, self.num_key_value_groups)
             value = qwen2.repeat_kv(value, self.num_key_value_groups)
         if self.sliding_window is not None:
-            attention_mask = windowed(attention_mask, self.sliding_window, query.shape[1], key.shape[1])
+            attention_mask = window_mask(attention_mask, self.sliding_window)
         if paddle.in_dynamic_mode():
             out = self.attn_func(query, self.config, key, value, attention_mask, output_attentions,
                                  attn_mask_startend_row_indices=attn_mask_startend_row_indices, training=self.training)
@@ -130,18 +132,6 @@ def traced_attention(*args, **kwargs):
     paddle 3.3.1; Qwen2's own export fails so). Llama's attention is the same computation (softmax(q k^T /
     sqrt(head_dim) + mask) v) with those checks in dynamic mode only; without dropout, as inference runs."""
     return llama.scaled_dot_product_attention(*args, **kwargs)
-
-
-def windowed(attention_mask, window: int, q_len: int, kv_len: int):
-    """The [batch, 1, q, kv] mask (additive; boolean in a pipeline), further closed where a query is `window` or more positions past
-    the key (transformers' sliding window: by index in the cache; the new queries are its last q_len)."""
-    if attention_mask is None:
-        raise ValueError("Qwen3's sliding window needs an attention mask (not flash attention's causal None)")
-    query_at = paddle.arange(kv_len - q_len, kv_len, dtype="int64").unsqueeze(-1)
-    too_far = (query_at - paddle.arange(kv_len, dtype="int64").unsqueeze(0)) >= window
-    dtype = attention_mask.dtype
-    closed = paddle.full([], False if dtype == paddle.bool else paddle.finfo(dtype).min, dtype)
-    return paddle.where(too_far, closed, attention_mask)
 
 
 @contextlib.contextmanager

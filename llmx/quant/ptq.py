@@ -6,6 +6,7 @@ embeddings, norms and the LM head stay float.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -25,14 +26,17 @@ SPECS = {
     "fp8": ("e4m3", 8, "e4m3_per_tensor"),
 }
 MAX_ROWS = 4096  # calibration tokens kept per layer
+_IN_NUMBERED_LAYER = re.compile(r"\.\d+\.")
 
 
 def targets(model, include_head: bool = False) -> list[tuple[str, object]]:
-    """The decoder layers' Linears (and with include_head the LM head, a [hidden, vocab] matmul too)."""
+    """The decoder layers' Linears (and with include_head the LM head, a [hidden, vocab] matmul too). A decoder
+    layer is an entry of a numbered layer list, whatever the family calls it (`layers.3`, Bloom's and QWen's
+    `h.3`, ChatGLM's `encoder.layers.3`)."""
     import paddle
 
     return [(n, l) for n, l in model.named_sublayers()
-            if (isinstance(l, paddle.nn.Linear) and ".layers." in n)
+            if (isinstance(l, paddle.nn.Linear) and _IN_NUMBERED_LAYER.search(n))
             or (include_head and n == "lm_head" and len(getattr(l, "weight", paddle.zeros([1])).shape) == 2)]
 
 

@@ -10,6 +10,8 @@ from typing import Any, Dict, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from llmx import rope
+from llmx.errors import ConfigError
 from llmx.schema.checks import existing, one_of, require
 from llmx.sources import resolve as resolve_source
 
@@ -31,6 +33,10 @@ class ModelConfig:
     # on (fail when they do not), off. Off by default: with auto, 8 of the suite's 488 tests fail
     # (static export through the wrapped forward, callers reading logits next to a loss, ...).
     fused_ops: str = "off"
+    # RoPE scaling for long context (llmx.rope): {rope_type: linear|dynamic|yarn|llama3, factor: ..., ...} with the
+    # keys transformers names (`type` is read as rope_type). Empty = the checkpoint's config.json rope_scaling, if
+    # any; {rope_type: default} = none even where the checkpoint has one.
+    rope_scaling: Dict[str, Any] = field(default_factory=dict)
 
 
 def model_family(m: DictConfig):
@@ -51,6 +57,27 @@ def validate_model(m: DictConfig) -> None:
     existing("model.tokenizer", m.tokenizer, "tokenizer directory")
     fam.check_hyperparameter_names(m.sizes[m.size].keys(), f"model.sizes.{m.size}")
     fam.check_hyperparameter_names(m.overrides.keys(), "model.overrides")
+    validate_rope_scaling(m, fam)
+
+
+def validate_rope_scaling(m: DictConfig, fam) -> None:
+    """model.rope_scaling, or else the one the checkpoint's config.json (or the size) carries: a scaling llmx
+    computes, for a family whose rotary layers llmx scales."""
+    given = m.get("rope_scaling")
+    raw = model_hparams(m)
+    if given:
+        scaling, where = OmegaConf.to_container(given), "model.rope_scaling"
+    else:
+        scaling = raw.get("rope_scaling")
+        where = f"{m.name_or_path}: config.json rope_scaling" if m.name_or_path else f"model.sizes.{m.size}.rope_scaling"
+    rope.check(scaling, where)
+    if rope.scaling_type(scaling) is None:
+        return
+    if fam.rope_layout is None:
+        reason = fam.no_rope_scaling or "its positions are not rotary embeddings llmx scales"
+        raise ConfigError(f"{where}: model family {fam.name} takes no RoPE scaling ({reason})")
+    if fam.hyperparameters(raw).get("alibi"):
+        raise ConfigError(f"{where}: model family {fam.name} with alibi=true has ALiBi positions, no rotary embeddings")
 
 
 def model_hparams(m: DictConfig) -> Dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from llmx.families import family
 from llmx.schema.checks import positive, require
 from llmx.schema.train import validate_training
 
@@ -11,6 +12,10 @@ def validate_preference(cfg: DictConfig) -> None:
     """What the preference stages (dpo, kto) share: validate_pairs, beta and merge_adapter."""
     s = cfg.stage
     validate_pairs(cfg)
+    problem = family(cfg.model.family).no_4d_mask
+    require(not problem, "model.family", cfg.model.family,
+            f"stage={s.runner} trains on trl's rows (several sequences in one row under a 4-D attention mask), "
+            f"which this family cannot take: {problem}")
     require(not s.merge_adapter or s.peft.method == "lora", "stage.merge_adapter", True, "needs stage.peft.method=lora")
     require(s.beta > 0, "stage.beta", s.beta, "must be > 0")
 

@@ -45,6 +45,8 @@ def validate_trainable(cfg: DictConfig) -> None:
     """For stages that train the model: the family must be trainable by llmx, the weights floating point."""
     fam = model_family(cfg.model)
     require(not fam.not_trainable, "model.family", cfg.model.family, fam.not_trainable)
+    require(fam.encoding == "causal" or cfg.stage.runner == "sft", "model.family", cfg.model.family,
+            f"trains with stage=sft (and its adapters) only: llmx writes its {fam.encoding} encoding for SFT examples")
     require(not quantized(cfg.model), "model.name_or_path", cfg.model.name_or_path,
             "is a quantized checkpoint (integer weights): train the float model, and quantize after training")
 

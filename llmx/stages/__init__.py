@@ -66,8 +66,10 @@ def register_configs(search_dirs: list[str] = ()) -> None:
     cs = ConfigStore.instance()
     schema = OmegaConf.structured(RunConfig)
     # Hydra composes in struct mode, where only `+key=` may add a key; hyperparameter overrides are
-    # free-form by nature, so this one node takes new keys from a plain `model.overrides.X=...`.
+    # free-form by nature, so this node takes new keys from a plain `model.overrides.X=...`; so does
+    # model.rope_scaling (`model.rope_scaling={rope_type: yarn, factor: 4.0}`: its keys depend on the type).
     OmegaConf.set_struct(schema.model.overrides, False)
+    OmegaConf.set_struct(schema.model.rope_scaling, False)
     cs.store(name="run_schema", node=schema)
     stages = dict(builtin_stages())
     for folder in search_dirs:

@@ -14,7 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from llmx.schema import asset_path, existing, positive, require
+from llmx.schema import asset_path, existing, model_family, positive, require
 from llmx.data.formats import read
 
 
@@ -44,6 +44,9 @@ def validate(cfg: DictConfig) -> None:
     # calibration and the per-layer algorithms see whole weight matrices: one process
     require(par.dp * par.tp * par.pp * par.sharding == 1, "parallel", f"dp{par.dp} tp{par.tp} pp{par.pp} sharding{par.sharding}",
             "stage=quantize runs in one process (parallel=single)")
+    encoding = model_family(cfg.model).encoding
+    require(encoding == "causal", "model.family", cfg.model.family,
+            f"stage=quantize calibrates on causal batches, not on its {encoding} encoding")
     existing("stage.eval", s.eval, "file")
     existing("quant.calib_path", q.calib_path, "file")
     positive("stage.max_length", s.max_length, 2)

@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 
 from llmx.data.dialogue import Dialogue
 from llmx.data.formats import read_splits
-from llmx.schema import (DataFiles, MERGEABLE_METHODS, PeftConfig, TrainConfig, model_family, positive, require,
-                         validate_training)
+from llmx.schema import (DataFiles, MERGEABLE_METHODS, PeftConfig, TrainConfig, model_family, model_hparams, positive,
+                         require, validate_training)
 from llmx.families import FAMILIES
 
 
@@ -67,7 +67,9 @@ def validate(cfg: DictConfig) -> None:
             f"model family {m.family} cannot keep packed examples apart; supported: {', '.join(packing)}")
     require(not (s.zero_padding and p.method == "reft"), "stage.zero_padding", True,
             "not with ReFT (its interventions act at each example's prompt positions, one example per row)")
-    require(not (s.zero_padding and p.method == "prefix" and not fam.packing_with_prefix), "stage.zero_padding", True,
+    # (ALiBi's biases, Baichuan's 13B's, count key positions from the prefix cache on, as Bloom's do)
+    prefix_shifts = not fam.packing_with_prefix or bool(s.zero_padding and model_hparams(m).get("alibi"))
+    require(not (s.zero_padding and p.method == "prefix" and prefix_shifts), "stage.zero_padding", True,
             f"not with prefix tuning for model family {m.family} (positions or biases follow the prefix cache)")
     # PaddleNLP's sequence-parallel decoders reshape activations to [-1, seq_length, ...]: every
     # batch must be exactly seq_length tokens long, which padded SFT batches are not.
@@ -111,9 +113,9 @@ def _exact_match(ctx, model, tokenizer, encoder, convs: list[Dialogue]) -> tuple
 
 
 def run(cfg: DictConfig, ctx) -> dict:
-    from llmx.data.sft import SftEncoder
+    from llmx.data.sft import sft_encoder
     from llmx.engine import model as models
-    from llmx.engine.batching import PackedCollator, PadCollator, use_flashmask
+    from llmx.engine.batching import PackedCollator, encoding_collator, use_flashmask
     from llmx.engine.checkpoint import adapter_base, export_model, export_result
     from llmx.engine.distributed import fixed_length_batches
     from llmx.engine.fit import fit
@@ -126,12 +128,12 @@ def run(cfg: DictConfig, ctx) -> dict:
     base_ref = adapter_base(cfg.model.name_or_path, model, tokenizer, ctx) if method != "none" else None
     model = wrap_peft(model, cfg, base_ref)
 
-    encoder = SftEncoder(tokenizer, stage.data.max_length, stage.data.src_length)
+    encoder = sft_encoder(tokenizer, stage.data.max_length, stage.data.src_length)
     train_set = [encoder.encode(c) for c in ctx.inputs["train"]]
     eval_set = [encoder.encode(c) for c in ctx.inputs["eval"]]
 
     pad_to = stage.data.max_length if fixed_length_batches(ctx.layout) else None
-    packing, collator = None, PadCollator(tokenizer.pad_token_id, pad_to=pad_to)
+    packing, collator = None, encoding_collator(tokenizer, pad_to=pad_to)
     if stage.zero_padding:  # train on packed sequences; eval stays one example per row, comparable with unpacked runs
         from llmx.data.packing import pack_examples, packing_stats
 

@@ -52,8 +52,8 @@ def check(overrides: list[str], cfg=None) -> str | None:
         expected_error = "stage.input=None: needs a JSONL file of prompts"
     elif choice.get("stage") == "convert":  # converts model.name_or_path: nothing to convert by default
         expected_error = "model.name_or_path=None: needs the directory to convert"
-    elif cfg.model.family == "chatglm":  # composes (e.g. for planning), but the sft runner refuses it
-        expected_error = "ChatGLM v1 is not trainable by llmx yet"
+    elif cfg.model.family == "chatglm" and cfg.stage.runner != "sft":  # its GLM encoding is written for SFT
+        expected_error = "trains with stage=sft (and its adapters) only"
     elif choice.get("stage") == "merge":  # merges need models to merge
         expected_error = "linear needs at least 1 model(s), got 0"
     elif choice.get("stage") == "ppo":  # PPO's reward is a reward model, trained first (stage=rm)

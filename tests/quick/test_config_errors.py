@@ -120,7 +120,7 @@ BAD_CONFIGS = {
                                     ["parallel='dp*sharding=2': must divide stage.train.grad_accum (1) or "
                                      "stage.train.batch_size (3)"]),
     "sharding_stage": (["parallel.sharding_stage=5"], ["parallel.sharding_stage=5", "allowed: 0 (off), 1, 2, 3"]),
-    "chatglm_v1_sft": (["model=chatglm"], ["model.family='chatglm'", "use model=chatglm2"]),
+    "chatglm_v1_dpo": (["model=chatglm", "stage=dpo"], ["model.family='chatglm'", "trains with stage=sft (and its adapters) only"]),
     "negative_seed": (["seed=-1"], ["seed=-1", "must be >= 0"]),
     "device": (["device=tpu"], ["device='tpu'", "allowed: auto, cpu, gpu"]),
     "unknown_hyperparameter": (["model.overrides.hiden_size=128"],

@@ -194,6 +194,30 @@ def _probe_qwen_pipeline_attention_mask() -> dict:
             "fixed_mask_vs_expected": _max_diff(mask.reshape([4, 4]), expected)}
 
 
+def _probe_chatglm_loss_over_target_tokens() -> dict:
+    import numpy as np
+    import paddle
+    from paddlenlp.transformers import ChatGLMConfig, ChatGLMForCausalLM
+
+    from llmx.families.chatglm import chatglm_loss_over_target_tokens
+
+    config = ChatGLMConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           inner_hidden_size=32, max_sequence_length=16)
+    model = ChatGLMForCausalLM(config)
+
+    class WithItsInputs:  # ChatGLMModel refuses to run without a 4-D mask; causal, plain positions here
+        def eval(self):
+            model.eval()
+
+        def __call__(self, input_ids, **kwargs):
+            b, s = input_ids.shape
+            mask = paddle.to_tensor(np.broadcast_to(np.tri(s, dtype=bool), (b, 1, s, s)).copy())
+            positions = paddle.to_tensor(np.broadcast_to(np.stack([np.arange(s), np.zeros(s, "int64")]), (b, 2, s)).copy())
+            return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, **kwargs)
+
+    return _loss_probe(WithItsInputs(), chatglm_loss_over_target_tokens)
+
+
 def _probe_chatglm2_pipeline_position_ids() -> dict:
     import paddle
     from paddlenlp.transformers import ChatGLMv2Config
@@ -216,6 +240,138 @@ def _probe_chatglm2_pipeline_position_ids() -> dict:
     upstream = as_next_stage_reads(embedding(inputs))
     chatglm2_pipeline_position_ids()
     return {"upstream": upstream, "fixed": as_next_stage_reads(embedding(inputs))}
+
+
+def _tiny_deepseek_config(**kw):
+    from paddlenlp.transformers import DeepseekV3Config
+
+    moe = dict(n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=8, n_group=4,
+               topk_group=2, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True,
+               routed_scaling_factor=2.5)
+    return DeepseekV3Config(**{**dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, q_lora_rank=8, kv_lora_rank=8,
+                                      qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, max_position_embeddings=16,
+                                      seq_length=16, pad_token_id=3), **(moe if kw.pop("moe", False) else {}), **kw})
+
+
+def _probe_deepseek_rotary_tables() -> dict:
+    import numpy as np
+    import paddle
+    from paddlenlp.transformers import DeepseekV3ForCausalLM
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2RotaryEmbedding
+
+    from llmx.families.deepseek_v3 import deepseek_rotary_tables
+
+    paddle.seed(0)
+    model = DeepseekV3ForCausalLM(_tiny_deepseek_config())  # dense: no MoE layer in the way
+    ids = paddle.to_tensor([[5, 6, 7, 8, 9]])
+    rotary = DeepseekV2RotaryEmbedding(4, max_position_embeddings=16)
+    upstream_shape = list(rotary(paddle.zeros([1]), seq_len=5)[0].shape)
+    upstream = _outcome(lambda: model(ids))
+    deepseek_rotary_tables()
+    cos, sin = rotary(paddle.zeros([1]), seq_len=5)
+    angles = np.outer(np.arange(5), 1.0 / 10000 ** (np.arange(0, 4, 2) / 4))
+    expected = np.concatenate([angles, angles], axis=-1)
+    return {"upstream_table_shape": upstream_shape, "upstream": upstream, "fixed": _outcome(lambda: model(ids)),
+            "fixed_table_shape": list(cos.shape),
+            "fixed_vs_formula": float(max(np.abs(cos.numpy() - np.cos(expected)).max(),
+                                          np.abs(sin.numpy() - np.sin(expected)).max()))}
+
+
+def _probe_deepseek_moe_routing() -> dict:
+    import paddle
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2MoE
+
+    from llmx.families.deepseek_v3 import deepseek_moe_routing, route
+
+    paddle.seed(0)
+    block = DeepseekV2MoE(_tiny_deepseek_config(moe=True))
+    block.gate.weight.set_value(paddle.randn(block.gate.weight.shape))
+    block.gate.e_score_correction_bias.set_value(paddle.randn([8]) * 0.3)
+    x = paddle.randn([2, 5, 16])
+    upstream = _outcome(lambda: block(x))
+    deepseek_moe_routing()
+    with paddle.no_grad():
+        tokens = x.reshape([10, 16])
+        experts, weights = route(block.gate, tokens)
+        dense = block.shared_experts(tokens)
+        for t in range(10):  # each token through its own experts, one at a time
+            for k in range(2):
+                dense[t] += weights[t, k] * block.experts[int(experts[t, k])](tokens[t:t + 1])[0]
+        inferred = block(x)
+        block.train()
+        trained = block(x)
+    rebuilt = DeepseekV2MoE(_tiny_deepseek_config(moe=True))  # (the fix marks the bias as it builds)
+    return {"upstream": upstream, "fixed_vs_per_token": _max_diff(inferred.reshape([10, 16]), dense),
+            "train_vs_eval": _max_diff(trained, inferred),
+            "bias_trained": not rebuilt.gate.e_score_correction_bias.stop_gradient}
+
+
+def _probe_deepseek_tensor_parallel_rope_key() -> dict:
+    """Upstream's attention source (a tp run needs several processes: tests/runs/test_family_layouts.py shows the
+    fix at work), and that one process is left as it was."""
+    import inspect
+
+    import paddle
+    from paddlenlp.transformers.deepseek_v2.modeling import DeepseekV2Attention
+
+    from llmx.families.deepseek_v3 import deepseek_tensor_parallel_rope_key
+
+    source = inspect.getsource(DeepseekV2Attention)
+    deepseek_tensor_parallel_rope_key()
+    paddle.seed(0)
+    attention = DeepseekV2Attention(_tiny_deepseek_config())
+    return {"upstream_identities": source.count("_c_identity") + source.count("c_identity("),
+            "upstream_rope_key_expanded": "k_pe.reshape([-1, q_len, 1, self.qk_rope_head_dim]).expand(" in source,
+            "fixed_hooks_in_one_process": len(attention.kv_a_proj_with_mqa._forward_post_hooks)}
+
+
+def _probe_deepseek_generation_inputs() -> dict:
+    import paddle
+    from paddlenlp.transformers import DeepseekV3ForCausalLM
+
+    from llmx.families.deepseek_v3 import deepseek_generation_inputs
+
+    def inputs():  # (it reads nothing of the model)
+        got = DeepseekV3ForCausalLM.prepare_inputs_for_generation(
+            None, paddle.to_tensor([[0, 5, 6]]), attention_mask=paddle.to_tensor([[0, 1, 1]]),
+            position_ids=paddle.to_tensor([[0, 0, 1]]), use_cache=True)
+        return sorted(k for k, v in got.items() if v is not None)
+
+    upstream = inputs()
+    deepseek_generation_inputs()
+    return {"upstream": upstream, "fixed": inputs()}
+
+
+def _probe_deepseek_pad_embedding() -> dict:
+    import paddle
+    from paddlenlp.transformers import DeepseekV3ForCausalLM
+
+    from llmx.families.deepseek_v3 import deepseek_pad_embedding
+
+    def pad_row_read():
+        paddle.seed(0)
+        embed = DeepseekV3ForCausalLM(_tiny_deepseek_config()).get_input_embeddings()
+        embed.weight.set_value(paddle.randn(embed.weight.shape))  # (paddle also zeroes the pad row at init)
+        return float(embed(paddle.to_tensor([[3]])).abs().max()), float(embed.weight[3].abs().max())
+
+    upstream = pad_row_read()
+    deepseek_pad_embedding()
+    return {"upstream": upstream, "fixed": pad_row_read()}
+
+
+def _probe_deepseek_router_init() -> dict:
+    import paddle
+    from paddlenlp.transformers import DeepseekV3ForCausalLM
+
+    from llmx.families.deepseek_v3 import deepseek_router_init
+
+    paddle.seed(0)
+    model = DeepseekV3ForCausalLM.from_config(_tiny_deepseek_config(moe=True))  # as llmx's random init
+    weight = model.get_decoder().layers[0].mlp.gate.weight
+    upstream = sorted({float(v) for v in weight.numpy().ravel()})
+    deepseek_router_init(model)
+    return {"upstream_values": upstream, "fixed_std": float(weight.std()), "initializer_range": 0.02}
 
 
 def _probe_all() -> None:
@@ -311,6 +467,12 @@ def test_opt_loss_over_target_tokens(probes):
     _assert_loss_over_every_position(_probed(probes, "opt_loss_over_target_tokens"))
 
 
+def test_chatglm_loss_over_target_tokens(probes):
+    """Upstream ChatGLMForCausalLM's loss still divides by every position, ignored labels included; when this
+    fails, llmx.families.chatglm.chatglm_loss_over_target_tokens can go."""
+    _assert_loss_over_every_position(_probed(probes, "chatglm_loss_over_target_tokens"))
+
+
 def test_yuan_loss_over_target_tokens(probes):
     """Upstream YuanForCausalLM's loss (use_loss_mask off) still divides by every position, ignored labels
     included; when this fails, llmx.families.yuan.yuan_loss_over_target_tokens can go."""
@@ -334,3 +496,58 @@ def test_chatglm2_pipeline_position_ids(probes):
     assert answer["upstream"] == {"passed": 3, "position_ids": "paddle.float32", "rotary": None, "positions": None}
     assert answer["fixed"]["passed"] == 4 and answer["fixed"]["positions"] == [[0, 1, 2, 3]]
     assert answer["fixed"]["rotary"] is not None
+
+
+def test_deepseek_rotary_tables(probes):
+    """Upstream DeepseekV2RotaryEmbedding still hands the attention [1, seq, 1, dim] tables that it indexes as
+    [seq, dim], so a DeepSeek forward without YaRN scaling fails; when this fails,
+    llmx.families.deepseek_v3.deepseek_rotary_tables can go."""
+    answer = _probed(probes, "deepseek_rotary_tables")
+    assert answer["upstream_table_shape"] == [1, 5, 1, 4]
+    assert answer["upstream"].startswith("ValueError: (InvalidArgument) The shape of input[0] and input[1]"), answer
+    assert answer["fixed"] == "ok" and answer["fixed_table_shape"] == [5, 4] and answer["fixed_vs_formula"] < 1e-6
+
+
+def test_deepseek_moe_routing(probes):
+    """Upstream DeepseekV2MoE still fails in MoELayer's capacity priorities (int64 times int32); when this
+    fails, llmx.families.deepseek_v3.deepseek_moe_routing can go (if upstream also trains on the weights it
+    infers with: tests/runs/test_deepseek_v3_routing.py compares them with transformers)."""
+    answer = _probed(probes, "deepseek_moe_routing")
+    assert answer["upstream"].startswith("TypeError: (InvalidType) Type promotion"), answer
+    assert answer["fixed_vs_per_token"] < 1e-5 and answer["train_vs_eval"] == 0.0
+    assert answer["bias_trained"] is False
+
+
+def test_deepseek_generation_inputs(probes):
+    """Upstream DeepseekV3ForCausalLM still has no prepare_inputs_for_generation (generate passes the ids
+    alone); when this fails, llmx.families.deepseek_v3.deepseek_generation_inputs can go."""
+    answer = _probed(probes, "deepseek_generation_inputs")
+    assert answer["upstream"] == ["input_ids"]
+    assert answer["fixed"] == ["attention_mask", "input_ids", "position_ids", "use_cache"]
+
+
+def test_deepseek_pad_embedding(probes):
+    """Upstream DeepseekV2Model still embeds pad_token_id as zeros (paddle's padding_idx); when this fails,
+    llmx.families.deepseek_v3.deepseek_pad_embedding can go."""
+    answer = _probed(probes, "deepseek_pad_embedding")
+    (upstream_read, upstream_row), (fixed_read, fixed_row) = answer["upstream"], answer["fixed"]
+    assert upstream_read == 0.0 and upstream_row > 0.0
+    assert fixed_read == fixed_row > 0.0
+
+
+def test_deepseek_router_init(probes):
+    """Upstream DeepseekV2PretrainedModel._init_weights still returns at once, leaving every router weight
+    1.0; when this fails, llmx.families.deepseek_v3.deepseek_router_init can go."""
+    answer = _probed(probes, "deepseek_router_init")
+    assert answer["upstream_values"] == [1.0]
+    assert abs(answer["fixed_std"] - answer["initializer_range"]) < 0.005
+
+
+def test_deepseek_tensor_parallel_rope_key(probes):
+    """Upstream DeepseekV2Attention still expands k_pe over its rank's heads with no model-parallel identity
+    (so its gradient is not summed over the ranks); when this fails, llmx.families.deepseek_v3.
+    deepseek_tensor_parallel_rope_key may go: drop it, and the deepseek_v3 tp2 cell of
+    tests/runs/test_family_layouts.py tells."""
+    answer = _probed(probes, "deepseek_tensor_parallel_rope_key")
+    assert answer["upstream_identities"] == 0 and answer["upstream_rope_key_expanded"] is True
+    assert answer["fixed_hooks_in_one_process"] == 0

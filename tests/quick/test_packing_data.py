@@ -106,12 +106,17 @@ def test_collator_masks_block_diagonal_and_flashmask_agree():
 def test_zero_padding_refused_for_families_without_4d_masks(family, tmp_path):
     line = input_error(f"model={family}", "stage.zero_padding=true")
     assert line.startswith("llmx: config error: stage.zero_padding=True: "), line
-    assert f"model family {family} cannot keep packed examples apart; supported: baichuan, bloom, " in line, line
+    assert f"model family {family} cannot keep packed examples apart; supported: baichuan, baichuan2, bloom, " in line, line
 
 
 def test_zero_padding_with_prefix_refused_where_positions_follow_the_prefix(tmp_path):
     line = input_error("model=mistral", "stage=prefix", "stage.zero_padding=true")
     assert "stage.zero_padding=True: not with prefix tuning for model family mistral" in line, line
+
+
+def test_zero_padding_with_prefix_refused_for_alibi():
+    line = input_error("model=baichuan2", "model.size=13b", "stage=prefix", "stage.zero_padding=true")
+    assert "stage.zero_padding=True: not with prefix tuning for model family baichuan2" in line, line
 
 
 def test_zero_padding_config_validates_for_supported_families():
@@ -143,7 +148,8 @@ def test_zero_padding_config_validates_for_supported_families():
             if validates(c):
                 accepted[method].append(name)
     # not chatglm (v1: not trainable), opt, yuan (no 4D masks)
-    assert accepted["lora"] == ["baichuan", "bloom", "chatglm2", "gemma", "gpt3", "llama", "mistral", "mixtral", "qwen",
-                                "qwen2", "qwen3", "tiny"]
-    # nor bloom (ALiBi), gpt3 (learned positions), mistral (rotary): positions or biases follow the prefix
-    assert accepted["prefix"] == ["baichuan", "chatglm2", "gemma", "llama", "mixtral", "qwen", "qwen2", "qwen3", "tiny"]
+    assert accepted["lora"] == ["baichuan", "baichuan2", "bloom", "chatglm2", "gemma", "gemma2", "gemma3", "gpt3",
+                                "llama", "mistral", "mixtral", "qwen", "qwen2", "qwen3", "tiny"]
+    # nor bloom (ALiBi), gpt3 (learned positions), mistral (rotary): positions or biases follow the prefix;
+    # nor gemma2/3 (the sliding window counts the prefix's columns)
+    assert accepted["prefix"] == ["baichuan", "baichuan2", "chatglm2", "gemma", "llama", "mixtral", "qwen", "qwen2", "qwen3", "tiny"]

@@ -31,9 +31,14 @@ def test_family_defaults_match_paddlenlp_config_classes():
 # Published totals (Hugging Face checkpoints' parameter counts).
 PUBLISHED = {("llama", "7b"): 6.74e9, ("qwen2", "7b"): 7.62e9, ("mixtral", "8x7b"): 46.7e9, ("gemma", "7b"): 8.54e9,
              ("llama", "70b"): 68.98e9, ("mistral", "7b"): 7.24e9, ("chatglm2", "6b"): 6.24e9, ("bloom", "7b1"): 7.07e9,
-             # Qwen3 (Hugging Face's counts of the safetensors; the 0.6B's card: 0.6B, its tied head counted once)
-             ("qwen3", "0.6b"): 0.596e9, ("qwen3", "4b"): 4.02e9, ("qwen3", "8b"): 8.19e9, ("qwen3", "14b"): 14.8e9,
-             ("qwen3", "32b"): 32.8e9}
+             # DeepSeek-V3's main model (its 14B multi-token-prediction module left out); V2-Lite's 15.7B
+             ("deepseek_v3", "671b"): 671e9, ("deepseek_v3", "v2_lite"): 15.7e9}
+# Gemma 2 and 3 (text): the checkpoints' own counts (google/gemma-2-2b: 2,614,341,888; gemma-3-1b: 999,885,952).
+PUBLISHED.update({("gemma2", "2b"): 2.614e9, ("gemma2", "9b"): 9.242e9, ("gemma2", "27b"): 27.227e9,
+                  ("gemma3", "1b"): 0.99989e9})
+# Qwen3: Hugging Face's counts of the safetensors (the 0.6B's card: 0.6B, its tied head counted once).
+PUBLISHED.update({("qwen3", "0.6b"): 0.596e9, ("qwen3", "4b"): 4.02e9, ("qwen3", "8b"): 8.19e9, ("qwen3", "14b"): 14.8e9,
+                  ("qwen3", "32b"): 32.8e9})
 
 
 @pytest.mark.parametrize("family,size", sorted(PUBLISHED))
@@ -44,7 +49,10 @@ def test_real_sizes_match_published_totals(family, size):
 
 
 # Published active parameters per token of mixtures of experts (the model cards' figures).
-PUBLISHED_ACTIVE = {("mixtral", "8x7b"): 12.9e9, ("mixtral", "8x22b"): 39.1e9}
+PUBLISHED_ACTIVE = {("mixtral", "8x7b"): 12.9e9, ("mixtral", "8x22b"): 39.1e9,
+                    # DeepSeek-V3's README_WEIGHTS.md: 36.6B activated, counting the output head but not the input
+                    # embedding (a lookup), which llmx counts too: 129280 x 7168 (the model card rounds to 37B)
+                    ("deepseek_v3", "671b"): 36.6e9 + 129280 * 7168}
 
 
 @pytest.mark.parametrize("family,size", sorted(PUBLISHED_ACTIVE))

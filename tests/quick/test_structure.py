@@ -31,7 +31,7 @@ LAYERS = (
     ("infer/serve", {"serve", "infer"}),
     ("engine", {"engine"}),
     ("data/convert/quant/ops", {"data", "convert", "quant", "ops", "sources", "models"}),
-    ("ground", {"schema", "config", "families", "layout", "compat", "errors", "console", "experiment", "tokens",
+    ("ground", {"schema", "config", "families", "layout", "rope", "compat", "errors", "console", "experiment", "tokens",
                 "devices"}),
 )
 # The explained exceptions: validation asks what a checkpoint path holds (its kind, family and config.json,
@@ -99,7 +99,7 @@ import sys
 import hydra._internal.utils as hu
 from hydra.core.config_store import ConfigStore
 before = (hu.run_and_report, sorted(ConfigStore.instance().repo))
-import llmx.cli, llmx.config, llmx.layout, llmx.families, llmx.experiment, llmx.data.sft, llmx.data.pretrain
+import llmx.cli, llmx.config, llmx.layout, llmx.rope, llmx.families, llmx.experiment, llmx.data.sft, llmx.data.pretrain
 import llmx.data.packing, llmx.diff, llmx.rerun, llmx.plan, llmx.run, llmx.launcher, llmx.console, llmx.stages
 import llmx.stages.sft, llmx.stages.pretrain, llmx.sweep, llmx.devices, llmx.slurm, llmx.tokens, llmx.sources
 import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.sampling, llmx.infer.text, llmx.infer.support

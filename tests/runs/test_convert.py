@@ -33,14 +33,31 @@ HF_CONFIGS = {
     "opt": lambda: transformers.OPTConfig(vocab_size=128, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                                           num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64,
                                           bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "gpt3": lambda: transformers.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                            bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    # MLA with a query bottleneck, a dense first layer, then 8 routed experts in 4 groups (2 chosen) and a shared one
+    "deepseek_v3": lambda: transformers.DeepseekV3Config(**_C, num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16,
+                                                         qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+                                                         n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+                                                         moe_intermediate_size=16, n_group=4, topk_group=2,
+                                                         first_k_dense_replace=1),
+    # A window (4) shorter than the prompts (10 tokens); eager: transformers' sdpa attention drops soft-capping.
+    "gemma2": lambda: transformers.Gemma2Config(**_C, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                query_pre_attn_scalar=6, attn_logit_softcapping=5.0,
+                                                final_logit_softcapping=5.0, attn_implementation="eager"),
+    "gemma3": lambda: transformers.Gemma3TextConfig(**_C, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                    sliding_window_pattern=2, query_pre_attn_scalar=6,
+                                                    rope_local_base_freq=100.0,
+                                                    rope_scaling={"rope_type": "linear", "factor": 2.0}),
     # head_dim 16, not hidden / heads; the second layer attends within a 6-token window
     "qwen3": lambda: transformers.Qwen3Config(**_C, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
                                               use_sliding_window=True, sliding_window=6, max_window_layers=1),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
-OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan")
+OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2", "chatglm")
 OWN_CODE_EMBEDDINGS = {"qwen": "transformer.wte.weight", "baichuan": "model.layers.0.self_attn.W_pack.weight",
-                       "chatglm2": "transformer.embedding.word_embeddings.weight", "yuan": "model.embed_tokens.weight"}
+                       "chatglm2": "transformer.embedding.word_embeddings.weight", "yuan": "model.embed_tokens.weight",
+                       "baichuan2": "model.layers.0.self_attn.W_pack.weight", "chatglm": "transformer.word_embeddings.weight"}
 
 
 def _tree_state(d: Path) -> dict:
@@ -90,7 +107,7 @@ def _paddle_model(name: str, model_dir: Path):
 
     from llmx.families import FAMILIES, fixes
 
-    fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)  # (the family's class: PaddleNLP's, or llmx.models')
+    fixes.apply(FAMILIES[name].fixes, fixes.BEFORE_BUILD)
     model = FAMILIES[name].load_class().from_pretrained(str(model_dir), dtype="float32")
     model.eval()
     return model, paddle
@@ -122,24 +139,33 @@ def test_from_hf_logits_and_greedy_generation_equal_transformers(name, hf_models
     assert gen[0].numpy().tolist() == hf_gen, name
 
 
-@pytest.mark.parametrize("name", list(HF_CONFIGS))
-def test_engine_on_a_converted_model_gives_transformers_greedy_tokens(name, hf_models, converted):
-    """llmx's inference engine (KV cache), which stage=infer and stage=serve run, on the converted model."""
-    from paddlenlp.transformers import AutoTokenizer
+# Families llmx's inference engine runs, checked against transformers' generate on their converted checkpoints.
+ENGINE_FAMILIES = [name for name in HF_CONFIGS if name in ("deepseek_v3", "gemma2", "gemma3", "qwen3")]
 
+
+@pytest.mark.parametrize("name", ENGINE_FAMILIES)
+def test_engine_greedy_tokens_equal_transformers(name, hf_models, converted):
+    """llmx's inference engine (llmx.infer: KV cache, prompts of different lengths left-padded in one batch,
+    fewer rows than prompts) on the converted checkpoint: each prompt's 16 greedy tokens are what transformers'
+    generate gives it alone. The prompts outrun the tiny sliding windows (Gemma 2/3: 4 tokens), and DeepSeek-V3's
+    latent attention caches keys and values of different head sizes."""
+    from helpers import compose
+
+    from llmx.engine.model import build_tokenizer
     from llmx.infer.build import dynamic_engine
     from llmx.infer.sampling import SamplingParams
-    from llmx.schema import asset_path
 
     _, hf_model = hf_models[name]
-    prompt = np.random.RandomState(1).randint(3, 128, size=(1, 10))
+    rng = np.random.RandomState(2)
+    prompts = [rng.randint(3, 128, size=n).tolist() for n in (10, 3, 11, 6, 1)]
     with torch.no_grad():
-        hf_gen = hf_model.generate(torch.tensor(prompt), attention_mask=torch.ones(1, 10, dtype=torch.long),
-                                   max_new_tokens=16, do_sample=False, pad_token_id=0)[0, 10:].tolist()
+        expected = [hf_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                      max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                                      pad_token_id=0)[0, len(p):].tolist() for p in prompts]
     model, _ = _paddle_model(name, converted[name])
-    tokenizer = AutoTokenizer.from_pretrained(asset_path("tiny_tokenizer"))  # (eos 2, as the HF config's)
-    ours = dynamic_engine(model, tokenizer, max_batch=1).generate([prompt[0].tolist()], SamplingParams(max_new_tokens=16))
-    assert len(hf_gen) == 16 and ours[0].tokens == hf_gen, name
+    engine = dynamic_engine(model, build_tokenizer(compose().model), max_batch=3)  # (ids only: any tokenizer)
+    got = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16, ignore_eos=True))]
+    assert got == expected, name
 
 
 def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, converted, tmp_path):
@@ -154,7 +180,8 @@ def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, co
         config = json.loads((back / "config.json").read_text())
         assert config["model_type"] == hf_model.config.model_type and "paddlenlp_version" not in config
         # transformers loads it, with the same outputs
-        reloaded = transformers.AutoModelForCausalLM.from_pretrained(back).eval()
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+            back, attn_implementation=hf_model.config._attn_implementation).eval()
         ids = torch.tensor([[5, 6, 7, 8, 9]])
         with torch.no_grad():
             assert (reloaded(ids).logits - hf_model(ids).logits).abs().max() < 1e-6, name
@@ -165,7 +192,7 @@ def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, co
 
 
 def test_families_without_transformers_classes_round_trip_through_hf_names(tmp_path):
-    """qwen, baichuan, chatglm2, yuan ship their own modeling code with their checkpoints: llmx writes their
+    """qwen, baichuan(2), chatglm2, yuan ship their own modeling code with their checkpoints: llmx writes their
     HF names and config (model_type, architecture) and reads them back to the same tensors."""
     from helpers import compose
 
@@ -183,6 +210,24 @@ def test_families_without_transformers_classes_round_trip_through_hf_names(tmp_p
         assert set(b) <= set(a) and all(np.array_equal(a[k], b[k]) for k in b), name
         assert not set(a) - set(b) - {"lm_head.weight"}, name  # (a tied head: the embedding's second name)
         assert OWN_CODE_EMBEDDINGS[name] in hf_names, f"{name}: {sorted(hf_names)[:3]}"
+        if name == "chatglm":  # llmx writes this map (PaddleNLP has none): every name and shape of THUDM/chatglm-6b's
+            assert {k: v.shape for k, v in hf_names.items()} == _chatglm_6b_tensors(cfg.model.sizes.tiny)
+
+
+def _chatglm_6b_tensors(size) -> dict:
+    """THUDM/chatglm-6b's checkpoint tensors (modeling_chatglm.py; torch Linear weights are [out, in]; the tied
+    lm_head is not saved under its own name by transformers' safetensors)."""
+    h, ff, V = size.hidden_size, size.inner_hidden_size, size.vocab_size
+    out = {"transformer.word_embeddings.weight": (V, h), "transformer.final_layernorm.weight": (h,),
+           "transformer.final_layernorm.bias": (h,)}
+    for i in range(size.num_hidden_layers):
+        for name, (rows, cols) in {"attention.query_key_value": (3 * h, h), "attention.dense": (h, h),
+                                   "mlp.dense_h_to_4h": (ff, h), "mlp.dense_4h_to_h": (h, ff)}.items():
+            out[f"transformer.layers.{i}.{name}.weight"] = (rows, cols)
+            out[f"transformer.layers.{i}.{name}.bias"] = (rows,)
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out.update({f"transformer.layers.{i}.{norm}.{p}": (h,) for p in ("weight", "bias")})
+    return out
 
 
 def test_sharded_pytorch_bin_converts_like_safetensors(hf_models, converted, tmp_path):
@@ -268,6 +313,36 @@ def test_bad_checkpoints_fail_with_one_line_naming_tensor_and_shapes(hf_models, 
         message = str(err.value)
         assert expected in message and "\n" not in message, message
         assert not (tmp_path / f"{case}-out").exists(), "nothing is left behind"
+
+
+def test_gpt2_files_of_the_base_model_convert_alike_and_what_gpt3_cannot_compute_is_refused(hf_models, converted,
+                                                                                              tmp_path):
+    """The original GPT-2 files hold GPT2Model's tensors (no `transformer.` prefix) and its causal-mask buffers;
+    GPT-2 settings PaddleNLP's GPT cannot compute stop in one line."""
+    from llmx.convert.hf import hf_to_llmx
+    from llmx.errors import ConfigError
+
+    def as_base_model(state):
+        for name in list(state):
+            state[name[len("transformer."):]] = state.pop(name)
+        for n in range(2):
+            state[f"h.{n}.attn.bias"] = np.tril(np.ones((64, 64), np.uint8))[None, None]
+            state[f"h.{n}.attn.masked_bias"] = np.array(-1e4, np.float32)
+
+    _rewrite(hf_models["gpt3"][0], tmp_path / "base", as_base_model)
+    hf_to_llmx(tmp_path / "base", tmp_path / "base-llmx")
+    a, b = _st(converted["gpt3"] / "model.safetensors"), _st(tmp_path / "base-llmx" / "model.safetensors")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    refused = {"activation_function": "gelu", "layer_norm_epsilon": 1e-6, "scale_attn_weights": False,
+               "scale_attn_by_inverse_layer_idx": True, "tie_word_embeddings": False}
+    for key, value in refused.items():
+        bad = tmp_path / key
+        shutil.copytree(hf_models["gpt3"][0], bad)
+        config = json.loads((bad / "config.json").read_text())
+        (bad / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ConfigError) as err:
+            hf_to_llmx(bad, tmp_path / f"{key}-out")
+        assert key in str(err.value) and "\n" not in str(err.value) and "gpt3" in str(err.value), str(err.value)
 
 
 # ----------------------------------------------------------------------------- stages, cache, LoRA export
@@ -385,7 +460,8 @@ def test_llmx_models_export_to_transformers_with_the_same_logits(tmp_path):
         llmx_to_hf(tmp_path / name, tmp_path / f"{name}-hf")
         with paddle.no_grad():
             ours = _logits(model(paddle.to_tensor(ids))).numpy()
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}-hf").eval()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / f"{name}-hf",
+                                                                   attn_implementation="eager").eval()
         with torch.no_grad():
             diff = np.abs(theirs(torch.tensor(ids)).logits.numpy() - ours).max()
         assert diff < 1e-4, f"{name}: {diff}"

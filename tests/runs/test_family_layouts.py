@@ -5,7 +5,7 @@ with one line naming the family and why.
 The weights move: lr 5e-2 without warmup, gradient clipping on (the default max_grad_norm), so a
 layout that computes a different gradient norm or update shows within three steps. Besides each
 family's tiny default, a tied llama (its pipeline shares the embedding with the head between the first
-and the last stage: the shared weight counts once in the gradient norm) and an untied gemma (refused
+and the last stage: the shared weight counts once in the gradient norm), baichuan2 with ALiBi and an untied gemma (refused
 under pp: its pipeline class always ties) run where they differ from the defaults.
 
 Each layout launches its ranks once and trains every cell in turn (tests/runs/run_matrix.py runs
@@ -31,6 +31,8 @@ TRAINABLE = sorted(name for name, f in FAMILIES.items() if not f.not_trainable)
 VARIANTS = {
     "llama-tied": ("llama", ["model.overrides.tie_word_embeddings=true"], ("pp2", "tp2pp2")),
     "gemma-untied": ("gemma", ["model.overrides.tie_word_embeddings=false"], ("tp2",)),
+    # ALiBi instead of RoPE (Baichuan 2's 13B): tensor-parallel ranks take their heads' slopes
+    "baichuan2-alibi": ("baichuan2", ["model.overrides.alibi=true"], ("tp2", "pp2")),
     # Qwen3's second layer attends within a 4-token window: each pipeline stage finds its layers' windows
     "qwen3-window": ("qwen3", ["+model.overrides.use_sliding_window=true", "+model.overrides.sliding_window=4",
                                "+model.overrides.max_window_layers=1"], ("pp2",)),
