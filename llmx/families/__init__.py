@@ -28,7 +28,7 @@ __all__ = ["BUILTIN", "FAMILIES", "Family", "Params", "close_matches", "family",
 
 # llmx's own families, in the order lookups prefer them and messages list them.
 BUILTIN = ("llama", "baichuan", "qwen", "qwen2", "mistral", "mixtral", "gemma", "chatglm", "chatglm2", "bloom",
-           "gpt3", "opt", "yuan", "baichuan2", "deepseek_v3", "gemma2", "gemma3", "qwen2_moe", "qwen3_moe")
+           "gpt3", "opt", "yuan", "baichuan2", "deepseek_v3", "gemma2", "gemma3", "qwen2_moe", "qwen3_moe", "qwen3")
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in (importlib.import_module(f"{__name__}.{n}").FAMILY for n in BUILTIN)}
 

@@ -44,6 +44,20 @@ def export_program(model, tokenizer, out_dir: Path) -> Path:
     return Path(out_dir)
 
 
+def program_config(program_dir):
+    """The exported model's config: the family's config class where llmx knows the family (PaddleNLP's
+    AutoConfig does not know the model types of llmx.models, Qwen3's), else AutoConfig."""
+    import json
+
+    from paddlenlp.transformers import AutoConfig
+
+    from llmx.families import family, family_of_paddle_config
+
+    name = family_of_paddle_config(json.loads((Path(program_dir) / "config.json").read_text()))
+    reader = family(name).load_class("config_class") if name else AutoConfig
+    return reader.from_pretrained(str(program_dir))
+
+
 def is_program_dir(path) -> bool:
     return path is not None and (Path(path) / f"{PREFIX}.pdiparams").is_file()
 

@@ -130,12 +130,14 @@ def _engine(cfg: DictConfig, ctx):
         del model
     if s.export_only:
         return None, None, program
-    from paddlenlp.transformers import AutoConfig, AutoTokenizer
+    from paddlenlp.transformers import AutoTokenizer
+
+    from llmx.infer.export import program_config
 
     tokenizer = AutoTokenizer.from_pretrained(str(program))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    engine = static_engine(program, tokenizer, AutoConfig.from_pretrained(str(program)), ctx.runtime.device,
+    engine = static_engine(program, tokenizer, program_config(program), ctx.runtime.device,
                            s.max_batch, s.max_tokens_in_cache, cfg.seed)
     return engine, tokenizer, program
 

@@ -119,12 +119,14 @@ def run(cfg: DictConfig, ctx) -> dict:
 
     s = cfg.stage
     if s.mode == "static":
-        from paddlenlp.transformers import AutoConfig, AutoTokenizer
+        from paddlenlp.transformers import AutoTokenizer
+
+        from llmx.infer.export import program_config
 
         tokenizer = AutoTokenizer.from_pretrained(s.static_dir)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        engine = static_engine(s.static_dir, tokenizer, AutoConfig.from_pretrained(s.static_dir), ctx.runtime.device,
+        engine = static_engine(s.static_dir, tokenizer, program_config(s.static_dir), ctx.runtime.device,
                                s.max_batch, s.max_tokens_in_cache, cfg.seed)
     else:
         tokenizer = models.build_tokenizer(cfg.model)

@@ -149,8 +149,8 @@ def test_zero_padding_config_validates_for_supported_families():
                 accepted[method].append(name)
     # not chatglm (v1: not trainable), opt, yuan (no 4D masks)
     assert accepted["lora"] == ["baichuan", "baichuan2", "bloom", "chatglm2", "gemma", "gemma2", "gemma3", "gpt3",
-                                "llama", "mistral", "mixtral", "qwen", "qwen2", "qwen2_moe", "qwen3_moe", "tiny"]
+                                "llama", "mistral", "mixtral", "qwen", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "tiny"]
     # nor bloom (ALiBi), gpt3 (learned positions), mistral (rotary): positions or biases follow the prefix;
     # nor gemma2/3 (the sliding window counts the prefix's columns)
     assert accepted["prefix"] == ["baichuan", "baichuan2", "chatglm2", "gemma", "llama", "mixtral", "qwen", "qwen2",
-                                  "qwen2_moe", "qwen3_moe", "tiny"]
+                                  "qwen2_moe", "qwen3", "qwen3_moe", "tiny"]

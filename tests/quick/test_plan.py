@@ -38,6 +38,9 @@ PUBLISHED = {("llama", "7b"): 6.74e9, ("qwen2", "7b"): 7.62e9, ("mixtral", "8x7b
 # Gemma 2 and 3 (text): the checkpoints' own counts (google/gemma-2-2b: 2,614,341,888; gemma-3-1b: 999,885,952).
 PUBLISHED.update({("gemma2", "2b"): 2.614e9, ("gemma2", "9b"): 9.242e9, ("gemma2", "27b"): 27.227e9,
                   ("gemma3", "1b"): 0.99989e9})
+# Qwen3: Hugging Face's counts of the safetensors (the 0.6B's card: 0.6B, its tied head counted once).
+PUBLISHED.update({("qwen3", "0.6b"): 0.596e9, ("qwen3", "4b"): 4.02e9, ("qwen3", "8b"): 8.19e9, ("qwen3", "14b"): 14.8e9,
+                  ("qwen3", "32b"): 32.8e9})
 
 
 @pytest.mark.parametrize("family,size", sorted(PUBLISHED))

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from helpers import FAST, launch
 
+from llmx.families import FAMILIES
+
 torch = pytest.importorskip("torch", reason="torch (CPU build) is a test dependency: pip install -e '.[test]'")
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency: pip install -e '.[test]'")
 
@@ -56,6 +58,9 @@ HF_CONFIGS = {
     "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**_C, num_key_value_heads=2, head_dim=16, moe_intermediate_size=16,
                                                      num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
                                                      mlp_only_layers=[1]),
+    # head_dim 16, not hidden / heads; the second layer attends within a 6-token window
+    "qwen3": lambda: transformers.Qwen3Config(**_C, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                                              use_sliding_window=True, sliding_window=6, max_window_layers=1),
 }
 # Families whose checkpoints come with their own (remote) code, not transformers: round trip llmx -> HF -> llmx.
 OWN_CODE = ("qwen", "baichuan", "chatglm2", "yuan", "baichuan2", "chatglm")
@@ -145,8 +150,8 @@ def test_from_hf_logits_and_greedy_generation_equal_transformers(name, hf_models
     assert gen[0].numpy().tolist() == hf_gen, name
 
 
-# Families llmx's inference engine runs, checked against transformers' generate on their converted checkpoints.
-ENGINE_FAMILIES = [name for name in HF_CONFIGS if name in ("deepseek_v3", "gemma2", "gemma3")]
+# Every family with a transformers class that llmx's inference engine runs: against transformers' generate.
+ENGINE_FAMILIES = [name for name in HF_CONFIGS if not FAMILIES[name].no_engine]
 
 
 @pytest.mark.parametrize("name", ENGINE_FAMILIES)

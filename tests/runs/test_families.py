@@ -172,6 +172,7 @@ VARIANTS = [
                      "model.overrides.scoring_func=softmax", "model.overrides.n_shared_experts=null"]),
     ("chatglm2", ["model.overrides.add_bias_linear=true", "model.overrides.multi_query_group_num=1"]),
     ("opt", ["model.overrides.word_embed_proj_dim=32", "model.overrides.normalize_before=false"]),
+    ("qwen3", ["model.overrides.attention_bias=true", "model.overrides.tie_word_embeddings=false"]),
 ]
 
 

@@ -33,6 +33,9 @@ VARIANTS = {
     "gemma-untied": ("gemma", ["model.overrides.tie_word_embeddings=false"], ("tp2",)),
     # ALiBi instead of RoPE (Baichuan 2's 13B): tensor-parallel ranks take their heads' slopes
     "baichuan2-alibi": ("baichuan2", ["model.overrides.alibi=true"], ("tp2", "pp2")),
+    # Qwen3's second layer attends within a 4-token window: each pipeline stage finds its layers' windows
+    "qwen3-window": ("qwen3", ["+model.overrides.use_sliding_window=true", "+model.overrides.sliding_window=4",
+                               "+model.overrides.max_window_layers=1"], ("pp2",)),
 }
 LAYOUTS = {  # layout -> (processes, the families that support it)
     "tp2": (2, [f for f in TRAINABLE if not FAMILIES[f].no_tensor_parallel]),

@@ -33,7 +33,7 @@ def _logits(out):
     return out if isinstance(out, paddle.Tensor) else (out[0] if isinstance(out, tuple) else out.logits)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gemma3", "qwen2_moe", "qwen3_moe"])  # gemma2/3: a 16-token window, 48-token examples
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "gemma3", "qwen2_moe", "qwen3", "qwen3_moe"])  # gemma2/3: a 16-token window, 48-token examples
 def test_packed_forward_equals_one_by_one(family):
     """Per-token logits and per-example losses of a packed batch equal each example's own forward:
     no attention crosses an example boundary, and positions restart at every example."""

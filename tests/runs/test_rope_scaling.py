@@ -48,6 +48,7 @@ HF_CONFIGS = {
     "gemma3": lambda **k: transformers.Gemma3TextConfig(**_C, num_key_value_heads=2, head_dim=8, sliding_window=8,
                                                         sliding_window_pattern=2, query_pre_attn_scalar=6,
                                                         rope_local_base_freq=100.0, **k),
+    "qwen3": lambda **k: transformers.Qwen3Config(**_C, num_key_value_heads=2, head_dim=16, **k),
 }
 SCALINGS = {
     "linear": {"rope_type": "linear", "factor": 2.0},
