@@ -10,6 +10,7 @@ from llmx.families.record import Family
 FAMILY = Family(
     "baichuan2", "Baichuan2ForCausalLM", "LlamaConfig", llama.FUSED_LORA, pipeline_class="Baichuan2ForCausalLMPipe",
     rope_layout="batch_seq_heads_dim",  # (the 7B's; the 13B's ALiBi refuses a scaling)
+    no_static="paddle.jit.to_static (paddle 3.3.1) fails on its model with a RecursionError; use stage.mode=dynamic",
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     defaults=llama.DEFAULTS, aliases=llama.GPT_NAMES, count_params=llama_like,
     hf_model_type="baichuan", hf_architecture="BaichuanForCausalLM", hf_marker="z_loss_weight",
