@@ -5,7 +5,7 @@ import sys
 
 from llmx.errors import UserError
 
-COMMANDS = {"diff": "llmx.diff", "rerun": "llmx.rerun", "plan": "llmx.plan", "families": "llmx.families.support"}
+COMMANDS = {"diff": "llmx.diff", "rerun": "llmx.rerun", "plan": "llmx.plan", "families": "llmx.family_table"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,7 +97,7 @@ def test_readme_family_table_is_the_families_command_output(capsys):
     """README's table is what `python -m llmx families` prints from the records (rerun it after a record changes)."""
     import re
 
-    from llmx.families.support import main
+    from llmx.family_table import main
 
     main([])
     printed = capsys.readouterr().out.strip()

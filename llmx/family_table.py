@@ -3,7 +3,8 @@
 One row per family: where its model code comes from, its published sizes, which parallel layouts, adapters,
 packing, RoPE scaling, inference engine and stages it takes, and how its Hugging Face checkpoints convert. Every
 "no" has its reason in the record (`--why` prints them); README's family table is this command's output
-(tests/quick/test_families_table.py keeps the two equal).
+(tests/quick/test_families_table.py keeps the two equal). An entry-layer module: it reads the records and
+the model conf files.
 """
 from __future__ import annotations
 
