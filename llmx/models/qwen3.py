@@ -7,7 +7,8 @@ projections carry a bias only when `attention_bias` says so (never in the publis
 `max_window_layers` on may attend within a sliding window (`use_sliding_window`, `layer_types`), as
 transformers reads these settings. Everything else is Qwen2's, so the classes here subclass Qwen2's and
 Qwen2's decoder layer is built around `Qwen3Attention` (`_qwen3_attention`). The tensors keep Qwen2's
-PaddleNLP names (`qwen2.layers.N...`); Hugging Face's are Qwen3's (`model.layers.N...`).
+PaddleNLP names (`qwen2.layers.N...`); Hugging Face's are Qwen3's (`model.layers.N...`). Qwen3-MoE
+(llmx.models.qwen3_moe) builds its decoder layers around the same `Qwen3Attention`.
 """
 from __future__ import annotations
 
@@ -73,9 +74,13 @@ def _summed_over_tensor_parallel_ranks(grad):
 
 
 class Qwen3Attention(qwen2.Qwen2Attention):
-    """Qwen2's attention at Qwen3's shapes, with q_norm and k_norm (and a sliding window where the layer has one)."""
+    """Qwen2's attention at Qwen3's shapes, with q_norm and k_norm (and a sliding window where the layer has one).
+    Its config needs only Qwen2's keys plus `head_dim` and `attention_bias`: Qwen3-MoE's serves as well."""
 
     def __init__(self, config: Qwen3Config, layerwise_recompute: bool = True, skip_recompute_ops=None):
+        for key in ("fuse_attention_qkv", "sequence_parallel", "use_fused_rope"):
+            if getattr(config, key, False):
+                raise ValueError(f"Qwen3: {key}=True is not supported by llmx's Qwen3 attention")
         super().__init__(config, layerwise_recompute, skip_recompute_ops)
         # Qwen2's projections assume head_dim = hidden / heads and biases on q, k, v: made again at Qwen3's shapes.
         self.head_dim = config.head_dim
@@ -145,12 +150,6 @@ def _qwen3_attention():
         qwen2.Qwen2Attention = qwen2_attention
 
 
-def _check(config: Qwen3Config) -> None:
-    for key in ("fuse_attention_qkv", "sequence_parallel", "use_fused_rope"):
-        if getattr(config, key, False):
-            raise ValueError(f"Qwen3: {key}=True is not supported by llmx's Qwen3 attention")
-
-
 def _set_windows(model, config: Qwen3Config, first: int = 0) -> None:
     """Each attention's sliding window, by its decoder layer's index: in its name (`qwen2.layers.N.self_attn`),
     or in a pipeline, its place among the pipeline's layers (`M.self_attn`) less the `first` decoder's place."""
@@ -163,7 +162,6 @@ class Qwen3ForCausalLM(qwen2.Qwen2ForCausalLM):
     config_class = Qwen3Config
 
     def __init__(self, config: Qwen3Config):
-        _check(config)
         with _qwen3_attention():
             super().__init__(config)
         _set_windows(self, config)
@@ -188,7 +186,6 @@ class Qwen3ForCausalLMPipe(Qwen2ForCausalLMPipe):
     config_class = Qwen3Config
 
     def __init__(self, config: Qwen3Config):
-        _check(config)
         with _qwen3_attention():
             super().__init__(config)
         _set_windows(self, config, first=1)  # (layer 0: the embedding)

@@ -1,21 +1,22 @@
 """Qwen3-MoE on PaddleNLP's Qwen2-MoE building blocks (transformers 4.55's Qwen3Moe is the reference).
 
-What differs from Qwen2-MoE: an RMSNorm over each head of q and k (q_norm/k_norm) before RoPE, head_dim from
-the config (Qwen3-30B-A3B: 32 heads of 128 on a 2048 hidden), q/k/v/o biases only with attention_bias, no
-shared expert, and dense layers where decoder_sparse_step/mlp_only_layers say so. Everything else is
-Qwen2-MoE's: its RMSNorm, rotary embedding, attention kernel, gated MLP, LM head, criterion, the model's
-forward and generation code, its name maps and tensor-parallel split actions. The base model keeps
-Qwen2-MoE's attribute name `qwen2_moe` so that code serves unchanged (llmx's tensor names start with it).
+What differs from Qwen2-MoE: the attention is dense Qwen3's (llmx.models.qwen3.Qwen3Attention: an RMSNorm
+over each head of q and k before RoPE, head_dim from the config (Qwen3-30B-A3B: 32 heads of 128 on a 2048
+hidden), q/k/v/o biases only with attention_bias, a sliding window with use_sliding_window), no shared expert,
+and dense layers where decoder_sparse_step/mlp_only_layers say so. Everything else is Qwen2-MoE's: its
+RMSNorm, gated MLP, LM head, criterion, the model's forward and generation code, its name maps and
+tensor-parallel split actions. The base model keeps Qwen2-MoE's attribute name `qwen2_moe` so that code serves
+unchanged (llmx's tensor names start with it).
 Routing is transformers' (llmx.families.moe), shared with Mixtral and Qwen2-MoE.
 """
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import paddle
 import paddle.distributed.fleet.meta_parallel as mpu
 from paddle import nn
-from paddlenlp.transformers import linear_utils
 from paddlenlp.transformers.conversion_utils import StateDictNameMapping
 from paddlenlp.transformers.model_utils import register_base_model
 from paddlenlp.transformers.qwen2_moe import modeling as qwen2_moe
@@ -23,6 +24,7 @@ from paddlenlp.transformers.qwen2_moe import modeling_pp as qwen2_moe_pp
 from paddlenlp.transformers.qwen2_moe.configuration import Qwen2MoeConfig
 
 from llmx.families import moe
+from llmx.models.qwen3 import Qwen3Attention
 
 __all__ = ["Qwen3MoeConfig", "Qwen3MoeModel", "Qwen3MoeForCausalLM", "Qwen3MoeForCausalLMPipe"]
 
@@ -52,6 +54,11 @@ class Qwen3MoeConfig(Qwen2MoeConfig):
         return (layer not in self.mlp_only_layers and self.num_experts > 0
                 and (layer + 1) % self.decoder_sparse_step == 0)
 
+    def window_of(self, layer: int) -> Optional[int]:
+        """The sliding window of decoder layer `layer`: transformers' Qwen3-MoE slides on every layer where
+        use_sliding_window says so (it has no max_window_layers rule); None where it attends to everything."""
+        return self.sliding_window if self.use_sliding_window else None
+
 
 def _resized(config, **sizes):
     """A copy of `config` with other sizes, for Qwen2-MoE blocks that read their size from the config."""
@@ -59,72 +66,6 @@ def _resized(config, **sizes):
     for key, value in sizes.items():
         setattr(other, key, value)
     return other
-
-
-class HeadRMSNorm(qwen2_moe.Qwen2MoeRMSNorm):
-    """Qwen2-MoE's RMSNorm over each head (its last axis: head_dim). Under tensor parallelism each rank
-    normalises its own heads with the one weight all ranks hold, so the weight's gradient is summed over the
-    ranks (c_identity: identity forward, all-reduce backward), as Megatron does for replicated weights."""
-
-    def forward(self, heads):
-        weight = self.weight
-        if self.config.tensor_parallel_degree > 1:
-            from paddle.distributed import fleet
-            from paddle.distributed.fleet.layers.mpu import mp_ops
-
-            weight = mp_ops._c_identity(weight, group=fleet.get_hybrid_communicate_group().get_model_parallel_group())
-        with paddle.amp.auto_cast(False):
-            variance = heads.astype("float32").pow(2).mean(-1, keepdim=True)
-            normed = paddle.rsqrt(variance + self.variance_epsilon) * heads
-        return normed.astype(weight.dtype) * weight
-
-
-class Qwen3MoeAttention(qwen2_moe.Qwen2MoeAttention):
-    """Qwen2-MoE's attention at config.head_dim, with q_norm/k_norm over each head before RoPE."""
-
-    def __init__(self, config: Qwen3MoeConfig, layerwise_recompute: bool = True):
-        super().__init__(config, layerwise_recompute)
-        self.head_dim = config.head_dim
-        q, kv, bias = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim, \
-            config.attention_bias
-        if config.tensor_parallel_degree > 1:
-            column, row = (linear_utils.ColumnSequenceParallelLinear, linear_utils.RowSequenceParallelLinear) \
-                if config.sequence_parallel else (linear_utils.ColumnParallelLinear, linear_utils.RowParallelLinear)
-            self.q_proj = column(config.hidden_size, q, has_bias=bias, gather_output=False)
-            self.k_proj = column(config.hidden_size, kv, has_bias=bias, gather_output=False)
-            self.v_proj = column(config.hidden_size, kv, has_bias=bias, gather_output=False)
-            self.o_proj = row(q, config.hidden_size, has_bias=bias, input_is_parallel=True)
-        else:
-            self.q_proj = linear_utils.Linear(config.hidden_size, q, bias_attr=bias)
-            self.k_proj = linear_utils.Linear(config.hidden_size, kv, bias_attr=bias)
-            self.v_proj = linear_utils.Linear(config.hidden_size, kv, bias_attr=bias)
-            self.o_proj = linear_utils.Linear(q, config.hidden_size, bias_attr=bias)
-        self.rotary_emb = qwen2_moe.Qwen2MoeRotaryEmbedding(self.head_dim, config.max_position_embeddings,
-                                                            config.rope_theta)
-        per_head = _resized(config, hidden_size=self.head_dim, sequence_parallel=False)
-        self.q_norm = HeadRMSNorm(per_head)
-        self.k_norm = HeadRMSNorm(per_head)
-
-    def forward(self, hidden_states, position_ids=None, past_key_value=None, attention_mask=None,
-                output_attentions=False, use_cache=False, attn_mask_startend_row_indices=None, **kwargs):
-        heads = [0, 0, -1, self.head_dim]  # [batch, seq, heads, head_dim]
-        query = self.q_norm(self.q_proj(hidden_states).reshape(heads))
-        key = self.k_norm(self.k_proj(hidden_states).reshape(heads))
-        value = self.v_proj(hidden_states).reshape(heads)
-        cached = past_key_value[0].shape[1] if past_key_value is not None else 0
-        cos, sin = self.rotary_emb(value, seq_len=cached + key.shape[1])
-        query, key = qwen2_moe.apply_rotary_pos_emb(query, key, cos, sin, position_ids)
-        if past_key_value is not None:
-            key = paddle.concat([past_key_value[0], key], axis=1)
-            value = paddle.concat([past_key_value[1], value], axis=1)
-        present = (key, value) if use_cache else None
-        out = self.attn_func(query, self.config, qwen2_moe.repeat_kv(key, self.num_key_value_groups),
-                             qwen2_moe.repeat_kv(value, self.num_key_value_groups), attention_mask, output_attentions,
-                             attn_mask_startend_row_indices=attn_mask_startend_row_indices, training=self.training,
-                             sequence_parallel=self.sequence_parallel)
-        out, weights = out if output_attentions else (out, None)
-        outputs = (self.o_proj(out),) + ((weights,) if output_attentions else ()) + ((present,) if use_cache else ())
-        return outputs[0] if len(outputs) == 1 else outputs
 
 
 class Qwen3MoeSparseMoeBlock(nn.Layer):
@@ -144,7 +85,8 @@ class Qwen3MoeDecoderLayer(qwen2_moe.Qwen2MoeDecoderLayer):
     def __init__(self, config: Qwen3MoeConfig, layerwise_recompute: bool = False, layer_idx: int = 0):
         nn.Layer.__init__(self)
         self.config = config
-        self.self_attn = Qwen3MoeAttention(config, layerwise_recompute)
+        self.self_attn = Qwen3Attention(config, layerwise_recompute)
+        self.self_attn.sliding_window = config.window_of(layer_idx)
         self.mlp = Qwen3MoeSparseMoeBlock(config) if config.is_sparse(layer_idx) else \
             qwen2_moe.Qwen2MoeMLP(_resized(config, moe_intermediate_size=config.intermediate_size))
         self.input_layernorm = qwen2_moe.Qwen2MoeRMSNorm(config)

@@ -54,10 +54,10 @@ HF_CONFIGS = {
     "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**_C, num_key_value_heads=2, moe_intermediate_size=16,
                                                      shared_expert_intermediate_size=48, num_experts=4,
                                                      num_experts_per_tok=2),
-    # head_dim unlike hidden/heads, top-k renormalised, layer 1 dense
+    # head_dim unlike hidden/heads, top-k renormalised, layer 1 dense, every layer within a 6-token window
     "qwen3_moe": lambda: transformers.Qwen3MoeConfig(**_C, num_key_value_heads=2, head_dim=16, moe_intermediate_size=16,
                                                      num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
-                                                     mlp_only_layers=[1]),
+                                                     mlp_only_layers=[1], use_sliding_window=True, sliding_window=6),
     # head_dim 16, not hidden / heads; the second layer attends within a 6-token window
     "qwen3": lambda: transformers.Qwen3Config(**_C, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
                                               use_sliding_window=True, sliding_window=6, max_window_layers=1),
