@@ -223,13 +223,25 @@ def _saved_tiny(family: str, tmp_path):
     return model_dir, tokenizer, generate, texts, prompts_file
 
 
+def _served_completion(overrides: list, prompt: str, tmp_path) -> tuple:
+    """(text, tokens) of one greedy /v1/completions answer of `stage=serve` started with `overrides`."""
+    import httpx
+    from helpers import start_server
+
+    server = start_server(["launch.py", *overrides], tmp_path / "serve")
+    try:
+        reply = httpx.post(server["base"] + "/v1/completions", headers={"Authorization": "Bearer test-key"},
+                           json={"model": "paddlenlp", "prompt": prompt, "max_tokens": 16, "temperature": 0}, timeout=60).json()
+    finally:
+        server["proc"].kill()
+        server["proc"].wait()
+    return reply["choices"][0]["text"], reply["usage"]["completion_tokens"]
+
+
 @pytest.mark.parametrize("family", ["bloom", "opt", "yuan"])
 def test_families_with_their_own_cache_generate_what_paddlenlp_generates(family, tmp_path):
     """stage=infer over prompts of different lengths, batched in fewer rows than prompts, and one stage=serve
     completion: the greedy tokens of PaddleNLP's `generate`, one prompt at a time."""
-    import httpx
-    from helpers import start_server
-
     model_dir, tokenizer, generate, texts, prompts_file = _saved_tiny(family, tmp_path)
     common = [f"model={family}", f"model.name_or_path={model_dir}"]
     launch("stage=infer", *common, f"stage.input={prompts_file}", "stage.max_new_tokens=16", "stage.max_batch=4",
@@ -238,21 +250,14 @@ def test_families_with_their_own_cache_generate_what_paddlenlp_generates(family,
     assert [(r["output"], r["generated_tokens"]) for r in rows] == [generate(p) for p in _prompt_ids(tokenizer, texts)]
     assert sum(r["generated_tokens"] for r in rows) > 6 * 8  # (not all ending at once)
 
-    server = start_server(["launch.py", *common], tmp_path / "serve")
-    try:
-        reply = httpx.post(server["base"] + "/v1/completions", headers={"Authorization": "Bearer test-key"},
-                           json={"model": "paddlenlp", "prompt": texts[1], "max_tokens": 16, "temperature": 0}, timeout=60).json()
-    finally:
-        server["proc"].kill()
-        server["proc"].wait()
-    assert (reply["choices"][0]["text"], reply["usage"]["completion_tokens"]) == generate(tokenizer(texts[1])["input_ids"])
+    assert _served_completion(common, texts[1], tmp_path) == generate(tokenizer(texts[1])["input_ids"])
 
 
 @pytest.mark.parametrize("family", [n for n, f in FAMILIES.items() if f.classes != "paddlenlp.transformers"])
 def test_families_llmx_writes_reload_and_generate_what_paddlenlp_generates(family, tmp_path):
     """A family whose model code is llmx's (llmx.models): its saved directory is told apart by its architecture
-    (no model=), and stage=infer, batched and padded, and in static mode where it runs so, gives the greedy
-    tokens of PaddleNLP's `generate` one prompt at a time."""
+    (no model=), and stage=infer, batched and padded, and in static mode where it runs so, and stage=serve give
+    the greedy tokens of PaddleNLP's `generate` one prompt at a time."""
     from llmx.infer.support import static_problem
 
     model_dir, tokenizer, generate, texts, prompts_file = _saved_tiny(family, tmp_path)
@@ -265,3 +270,5 @@ def test_families_llmx_writes_reload_and_generate_what_paddlenlp_generates(famil
                "stage.max_new_tokens=16", "stage.max_batch=4", "stage.progress_bar=false", f"hydra.run.dir={run}")
         assert f"family: {family}" in (run / ".hydra" / "config.yaml").read_text()
         assert [(r["output"], r["generated_tokens"]) for r in read_jsonl(run / "output.jsonl")] == want, mode
+    assert _served_completion([f"model.name_or_path={model_dir}"], texts[1], tmp_path) == \
+        generate(tokenizer(texts[1])["input_ids"])
