@@ -53,7 +53,7 @@ def row(fam: Family) -> Dict[str, str]:
 
 def reasons(fam: Family) -> List[str]:
     """The record's reasons for each "no" of its row."""
-    found = [("tp", fam.no_tensor_parallel), ("prefix", fam.no_prefix), ("rope scaling", fam.no_rope_scaling),
+    found = [("tp", fam.no_tensor_parallel), ("sequence parallel", fam.no_sequence_parallel), ("prefix", fam.no_prefix), ("rope scaling", fam.no_rope_scaling),
              ("engine", fam.no_engine), ("training", fam.not_trainable), ("dpo, kto", fam.no_4d_mask),
              ("static mode", fam.no_static)]
     return [f"{what}: {why}" for what, why in found if why]

@@ -18,6 +18,7 @@ def gemma2_params(hp, extra_per_layer=0):
 
 FAMILY = Family(
     "gemma2", "Gemma2ForCausalLM", "Gemma2Config", llama.LORA, classes="llmx.models.gemma2",
+    no_sequence_parallel="its attention (llmx.models.gemma2) is not written for sequence-parallel layers",
     rope_layout="batch_seq_heads_dim", prefix_cache="batch_seq_heads", packing=True, no_static=NO_STATIC,
     defaults=dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, tie_word_embeddings=True),

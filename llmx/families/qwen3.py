@@ -19,6 +19,7 @@ def count_params(hp: Dict[str, Any]) -> Params:
 
 FAMILY = Family(
     "qwen3", "Qwen3ForCausalLM", "Qwen3Config", llama.LORA, pipeline_class="Qwen3ForCausalLMPipe",
+    no_sequence_parallel="its attention (llmx.models.qwen3) is not written for sequence-parallel layers",
     rope_layout="batch_seq_heads_dim",  # (Qwen2's rotary layer, at Qwen3's head_dim)
     prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     defaults=dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,

@@ -27,6 +27,7 @@ def count_params(hp: Dict[str, Any]) -> Params:
 
 FAMILY = Family(
     "qwen3_moe", "Qwen3MoeForCausalLM", "Qwen3MoeConfig", LORA, pipeline_class="Qwen3MoeForCausalLMPipe",
+    no_sequence_parallel="its attention (llmx.models.qwen3's) is not written for sequence-parallel layers",
     rope_layout="batch_seq_heads_dim", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     no_static=moe.NO_STATIC,
     defaults=dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,

@@ -75,6 +75,7 @@ class Family:
     # gmask_token): added to a tokenizer that lacks them (the bundled tiny one) when it is built.
     special_tokens: Mapping[str, str] = field(default_factory=dict)
     no_tensor_parallel: str = ""  # why it cannot be split over tensor-parallel ranks ("" = it can)
+    no_sequence_parallel: str = ""  # why its tensor-parallel layers cannot also split the sequence ("" = they can)
     # Why llmx's inference engine (llmx.infer) does not run it ("" = it does: checked at the tiny sizes, the
     # engine's batched greedy tokens equal PaddleNLP's `generate` one prompt at a time).
     no_engine: str = ""

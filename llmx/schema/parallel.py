@@ -65,6 +65,8 @@ def validate_parallel(cfg: DictConfig) -> None:
     require(p.vpp == 1 or p.pp > 2, "parallel.vpp", p.vpp,
             "virtual pipeline stages need parallel.pp > 2 (Paddle's interleaved schedule asserts it)")
     require(not p.sequence_parallel or p.tp > 1, "parallel.sequence_parallel", True, "needs parallel.tp > 1")
+    require(not p.sequence_parallel or not fam.no_sequence_parallel, "parallel.sequence_parallel", True,
+            f"model family {m.family}: {fam.no_sequence_parallel}")
     require(p.tp == 1 and p.pp == 1 or not quantized(m), "model.name_or_path", m.name_or_path,
             "is a quantized checkpoint: it is dequantized per layer in one process; splitting it over tensor or "
             "pipeline ranks is not implemented (use parallel=single)")

@@ -105,3 +105,12 @@ def test_readme_family_table_is_the_families_command_output(capsys):
     found = re.search(r"<!-- families table: python -m llmx families -->\n(.*?)\n<!-- end of families table -->", readme, re.S)
     assert found and found.group(1).strip() == printed
     assert all(f"| {name} |" in printed for name in FAMILIES)
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if f.no_sequence_parallel])
+def test_sequence_parallelism_is_refused_before_launch_where_the_record_says(name):
+    from helpers import input_error
+
+    line = input_error(f"model={name}", "parallel=tp2", "parallel.sequence_parallel=true")
+    assert line == (f"llmx: config error: parallel.sequence_parallel=True: model family {name}: "
+                    f"{FAMILIES[name].no_sequence_parallel}")
