@@ -169,14 +169,19 @@ def test_engine_greedy_tokens_equal_transformers(name, hf_models, converted):
     _, hf_model = hf_models[name]
     rng = np.random.RandomState(2)
     prompts = [rng.randint(3, 128, size=n).tolist() for n in (10, 3, 11, 6, 1)]
-    with torch.no_grad():
-        expected = [hf_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                      max_new_tokens=16, min_new_tokens=16, do_sample=False,
-                                      pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    expected = []
+    for p in prompts:  # up to 16 tokens, ending before eos (2) as the engine's answers do
+        with torch.no_grad():
+            out = hf_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                    max_new_tokens=16, do_sample=False, eos_token_id=2, pad_token_id=0)[0, len(p):]
+        out = out.tolist()
+        expected.append(out[:out.index(2)] if 2 in out else out)
     model, _ = _paddle_model(name, converted[name])
-    engine = dynamic_engine(model, build_tokenizer(compose().model), max_batch=3)  # (ids only: any tokenizer)
-    got = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16, ignore_eos=True))]
+    tokenizer = build_tokenizer(compose().model)  # (ids only; its eos is the models' 2)
+    engine = dynamic_engine(model, tokenizer, max_batch=3)
+    got = [r.tokens for r in engine.generate(prompts, SamplingParams(max_new_tokens=16))]
     assert got == expected, name
+    assert sum(map(len, got)) > 2 * 16, name  # (not all ending at once)
 
 
 def test_round_trips_hf_llmx_hf_and_llmx_hf_llmx_keep_every_tensor(hf_models, converted, tmp_path):
