@@ -37,6 +37,13 @@ VARIANTS = {
     "qwen3-window": ("qwen3", ["+model.overrides.use_sliding_window=true", "+model.overrides.sliding_window=4",
                                "+model.overrides.max_window_layers=1"], ("pp2",)),
 }
+# Families whose step-2/3 losses drift past 1e-5 from float32 rounding alone: their step-1 gradients under tp2
+# match one process's to 2.1e-6 relative (each parameter's max difference over its max; the ranks' replicated
+# gradients are identical; the global norm to 1e-7), but Adam's first update lr*g/(|g|+eps) gives a near-zero
+# gradient element an update set by its rounding (gemma2's o_proj: 3e-3 of lr 5e-2 apart). One process with
+# batch 2 x 4 accumulation instead of 4 x 2 drifts as far (gemma3: 3.3e-5 at step 3; tp2: gemma2 1.4e-5, gemma3
+# 1.8e-5); a missing gradient reduction (Gemma 3's q/k norms) is off by 5.9e-3 at step 2.
+LOSS_TOLERANCE = {"gemma2": 1e-4, "gemma3": 1e-4}
 LAYOUTS = {  # layout -> (processes, the families that support it)
     "tp2": (2, [f for f in TRAINABLE if not FAMILIES[f].no_tensor_parallel]),
     "pp2": (2, [f for f in TRAINABLE if FAMILIES[f].pipeline_class]),
@@ -81,7 +88,8 @@ def test_every_family_matches_one_process(layout, single, tmp_path):
     problems = []
     for cell in _cells(layout):
         want, got = train_losses(single / cell), train_losses(out / cell)
-        if [s for s, _ in got] != [1, 2, 3] or [x for _, x in got] != pytest.approx([x for _, x in want], rel=1e-5):
+        rel = LOSS_TOLERANCE.get(_cell(cell)[0], 1e-5)
+        if [s for s, _ in got] != [1, 2, 3] or [x for _, x in got] != pytest.approx([x for _, x in want], rel=rel):
             problems.append(f"{cell}: losses {got} vs one process {want}")
         # each rank held a part of the model, and the parts merge back into the whole
         part, whole = read_json(out / cell / "summary.json")["total_params"], read_json(single / cell / "summary.json")["total_params"]
