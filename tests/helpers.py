@@ -82,7 +82,7 @@ def saved_model_loss(model_dir, adapter=None, family: str | None = None, example
 
     from llmx.schema import asset_path
     from llmx.data.formats import read_sft
-    from llmx.data.sft import sft_encoder
+    from llmx.data.encoders import sft_encoder
     from llmx.families import FAMILIES, fixes
     from llmx.tokens import pad_batch
 

@@ -57,13 +57,3 @@ class SftEncoder:
     def prompt_for_generation(self, dialogue: Dialogue) -> list[int]:
         """Every earlier turn with its gold answer, then the last prompt."""
         return self.prompt_and_answer(dialogue)[0]
-
-
-def sft_encoder(tokenizer, max_length: int, src_length: int) -> SftEncoder:
-    """The encoder of the tokenizer's model family (`llmx_encoding`, set by llmx.engine.model.build_tokenizer from
-    Family.encoding): the GLM encoding for ChatGLM v1, else prompt then answer."""
-    if getattr(tokenizer, "llmx_encoding", "causal") == "glm":
-        from llmx.data.glm import GlmEncoder
-
-        return GlmEncoder(tokenizer, max_length, src_length)
-    return SftEncoder(tokenizer, max_length, src_length)

@@ -72,7 +72,7 @@ class GlmCollator:
 
 
 def encoding_collator(tokenizer, pad_to: Optional[int] = None):
-    """The collator of single (unpacked) examples for the tokenizer's encoding (llmx.data.sft.sft_encoder's)."""
+    """The collator of single (unpacked) examples for the tokenizer's encoding (llmx.data.encoders.sft_encoder's)."""
     if getattr(tokenizer, "llmx_encoding", "causal") == "glm":
         return GlmCollator(tokenizer, pad_to)
     return PadCollator(tokenizer.pad_token_id, pad_to=pad_to)

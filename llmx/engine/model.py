@@ -51,7 +51,7 @@ def build_tokenizer(m: DictConfig):
     # compiled template, and its own encoder is wrong for templates that are not turn-local).
     tok.llmx_chat_template = chat_template_in(path)
     fam = family(m.family)
-    tok.llmx_encoding = fam.encoding  # llmx.data.sft.sft_encoder and the collators read it
+    tok.llmx_encoding = fam.encoding  # llmx.data.encoders.sft_encoder and the collators read it
     add_missing_tokens(tok, fam.special_tokens)
     return tok
 

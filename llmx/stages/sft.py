@@ -113,7 +113,7 @@ def _exact_match(ctx, model, tokenizer, encoder, convs: list[Dialogue]) -> tuple
 
 
 def run(cfg: DictConfig, ctx) -> dict:
-    from llmx.data.sft import sft_encoder
+    from llmx.data.encoders import sft_encoder
     from llmx.engine import model as models
     from llmx.engine.batching import PackedCollator, encoding_collator, use_flashmask
     from llmx.engine.checkpoint import adapter_base, export_model, export_result

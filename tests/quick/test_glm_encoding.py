@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import compose, dialogue
 
-from llmx.data.sft import sft_encoder
+from llmx.data.encoders import sft_encoder
 from llmx.tokens import IGNORE_INDEX
 
 

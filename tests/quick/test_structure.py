@@ -101,7 +101,7 @@ import hydra._internal.utils as hu
 from hydra.core.config_store import ConfigStore
 before = (hu.run_and_report, sorted(ConfigStore.instance().repo))
 import llmx.cli, llmx.config, llmx.layout, llmx.rope, llmx.families, llmx.experiment, llmx.data.sft, llmx.data.pretrain
-import llmx.data.packing, llmx.diff, llmx.rerun, llmx.plan, llmx.run, llmx.launcher, llmx.console, llmx.stages
+import llmx.data.packing, llmx.data.encoders, llmx.diff, llmx.rerun, llmx.plan, llmx.run, llmx.launcher, llmx.console, llmx.stages
 import llmx.stages.sft, llmx.stages.pretrain, llmx.sweep, llmx.devices, llmx.slurm, llmx.tokens, llmx.sources
 import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.sampling, llmx.infer.text, llmx.infer.support
 import llmx.stages.dpo, llmx.stages.kto, llmx.data.preference, llmx.data.demo_preference

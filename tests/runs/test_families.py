@@ -12,7 +12,7 @@ from helpers import compose
 
 from llmx.schema import CONF_DIR, asset_path, model_hparams
 from llmx.data.formats import read_sft
-from llmx.data.sft import sft_encoder
+from llmx.data.encoders import sft_encoder
 from llmx.families import FAMILIES as TABLE
 from llmx.plan import count_params
 from llmx.stages import validate
