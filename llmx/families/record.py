@@ -63,8 +63,8 @@ class Family:
     # position ids, so a packed forward equals separate ones (tests/test_packing.py).
     packing: bool = False
     packing_with_prefix: bool = False  # and still so behind a prefix cache
-    # Why the model takes no 4-D attention mask ("" = it does): DPO/KTO's rows (trl's: prompt, chosen and
-    # rejected in one row, the rejected answer blind to the chosen one) need one.
+    # Why the model takes no 4-D attention mask ("" = it does): DPO/KTO's rows (trl's: several sequences in one
+    # row, a DPO row's rejected answer blind to its chosen one) need one.
     no_4d_mask: str = ""
     not_trainable: str = ""  # why llmx cannot train it yet ("" = it can)
     # How SFT examples and prompts become model inputs: `causal` (llmx.data.sft: prompt then answer, 1-D positions,
