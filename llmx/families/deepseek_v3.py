@@ -272,6 +272,8 @@ def routing_from_hf(hf: Dict[str, Any]) -> Dict[str, Any]:
 
 FAMILY = Family(
     "deepseek_v3", "DeepseekV3ForCausalLM", "DeepseekV3Config", LORA, pipeline_class="DeepseekV3ForCausalLMPipe",
+    no_static="paddle.jit.to_static (paddle 3.3.1) fails in PaddleNLP's DeepSeek model code (a Python `if` on a "
+              "tensor value, which it cannot trace); use stage.mode=dynamic",
     no_prefix="multi-head latent attention caches keys and values of different head sizes (qk_nope_head_dim + "
               "qk_rope_head_dim, v_head_dim); PaddleNLP's prefix encoder makes one",
     defaults=DEFAULTS, count_params=count_params,

@@ -28,6 +28,8 @@ def gemma_tanh_gelu(model=None) -> None:
 
 FAMILY = Family(
     "gemma", "GemmaForCausalLM", "GemmaConfig", llama.LORA, pipeline_class="GemmaForCausalLMPipe",
+    no_static="paddle.jit.to_static (paddle 3.3.1) fails in PaddleNLP's Gemma model code (a Python `if` on a "
+              "tensor value, which it cannot trace); use stage.mode=dynamic",
     # GemmaForCausalLMPipe shares the embedding with the head unconditionally (paddlenlp 3.0.0b4): an untied
     # model's [hidden, vocab] head would receive the [vocab, hidden] embedding; such a model is refused under pp.
     pipeline_ties=True,

@@ -10,6 +10,8 @@ from llmx.families.record import Family
 
 FAMILY = Family(
     "mistral", "MistralForCausalLM", "MistralConfig", llama.LORA, prefix_cache="batch_heads_seq", packing=True,
+    no_static="paddle.jit.to_static (paddle 3.3.1) fails in PaddleNLP's Mistral model code (a Python `if` on a "
+              "tensor value, which it cannot trace); use stage.mode=dynamic",
     rope_layout="seq_dim",
     defaults=dict(llama.DEFAULTS, intermediate_size=14336, num_key_value_heads=8),
     count_params=partial(llama_like, ties=False),  # its class always builds its own lm_head

@@ -40,6 +40,8 @@ def qwen_pipeline_attention_mask(model=None) -> None:
 FAMILY = Family(
     "qwen", "QWenForCausalLM", "QWenConfig",
     (".*attn.c_attn.*", ".*attn.c_proj.*", ".*mlp.w1.*", ".*mlp.w2.*", ".*mlp.c_proj.*"),
+    no_static="paddle.jit.to_static (paddle 3.3.1) fails tracing PaddleNLP's QWen model (a TypeError in its code); "
+              "use stage.mode=dynamic",
     pipeline_class="QWenForCausalLMPipe", prefix_cache="batch_seq_heads", packing=True, packing_with_prefix=True,
     no_rope_scaling="QWen v1 scales its rotary embeddings its own way: use_dynamic_ntk and use_logn_attn",
     kv_heads=None, fixes=(qwen_pipeline_attention_mask,),

@@ -14,6 +14,7 @@ import pytest
 from helpers import launch, read_json, read_jsonl
 
 from llmx.families import FAMILIES
+from llmx.infer.support import static_problem
 
 WORDS = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge boxing matches".split()
 
@@ -272,3 +273,28 @@ def test_families_llmx_writes_reload_and_generate_what_paddlenlp_generates(famil
         assert [(r["output"], r["generated_tokens"]) for r in read_jsonl(run / "output.jsonl")] == want, mode
     assert _served_completion([f"model.name_or_path={model_dir}"], texts[1], tmp_path) == \
         generate(tokenizer(texts[1])["input_ids"])
+
+
+@pytest.mark.parametrize("family", [n for n, f in FAMILIES.items() if not static_problem(n) and not f.no_engine])
+def test_every_family_whose_record_allows_static_mode_exports_a_program(family, tmp_path):
+    """Static mode is refused in one line where the family's record says it fails (Family.no_static); everywhere
+    else the export runs and the program answers the eager model's next-token logits."""
+    import numpy as np
+    import paddle
+    from helpers import compose
+
+    from llmx.engine.model import build_model, build_tokenizer
+    from llmx.infer.export import export_program, load_predictor
+    from llmx.infer.runners import StaticRunner
+
+    paddle.set_device("cpu")
+    cfg = compose(f"model={family}", "model.size=tiny")
+    tokenizer = build_tokenizer(cfg.model)
+    model = build_model(cfg.model, tokenizer, seed=0)
+    ids = np.array([[5, 6, 7, 8, 9, 10]], dtype="int64")
+    with paddle.no_grad():
+        out = model(input_ids=paddle.to_tensor(ids))
+    eager = (out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)).numpy()[:, -1]
+    program = export_program(model, tokenizer, tmp_path / "program")  # (tracing leaves Qwen2's rotary cache unusable)
+    static = StaticRunner(load_predictor(program), tokenizer.pad_token_id)._run(ids, np.ones_like(ids))
+    assert np.abs(static - eager).max() < 1e-4, family
