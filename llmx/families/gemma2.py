@@ -7,8 +7,8 @@ from llmx.families.formulas import llama_like
 from llmx.families.record import Family
 
 # What llmx.models.gemma2 and gemma3 share in their records.
-NO_STATIC = ("its config class is llmx's own (llmx.models), which the static program's loader (PaddleNLP's "
-             "AutoConfig) does not know; run stage.mode=dynamic")
+NO_STATIC = ("paddle.jit.to_static (paddle 3.3.1) fails tracing its model (a rank mismatch in the traced program); "
+             "use stage.mode=dynamic")
 
 
 def gemma2_params(hp, extra_per_layer=0):
