@@ -1,6 +1,7 @@
 """Every model family through every stage a user chains after SFT: dpo, kto, rm, ppo, grpo (from the SFT run),
-merge (the SFT and DPO runs), quantize (weight-only int8, perplexity on held-out data) and infer (greedy answers
-with the inference engine's KV cache, or PaddleNLP's generate where the record says the engine cannot).
+merge (the SFT and GRPO runs), quantize (weight-only int8, perplexity on held-out data) and infer (greedy answers
+of the merged model with the inference engine's KV cache). The stages a family's record refuses are left out of
+its chain and checked to stop in one line before launch.
 
 One family per launch of tests/runs/run_matrix.py (one interpreter, one paddle import for its whole chain); each
 run is as short as proves it runs: one or two steps. What each stage computes is tested elsewhere on the tiny
