@@ -11,11 +11,11 @@ sets it.
 """
 from __future__ import annotations
 
-import paddle
 from paddle import nn
 from paddlenlp.transformers.gemma.modeling import GemmaRMSNorm, GemmaRotaryEmbedding
 from paddlenlp.transformers.model_utils import register_base_model
 
+from llmx.models import sum_gradient_over_tensor_parallel_ranks
 from llmx.models.gemma2 import (SLIDING, Gemma2Attention, Gemma2Config, Gemma2DecoderLayer, Gemma2ForCausalLM,
                                 Gemma2Model, Gemma2PretrainedModel)
 
@@ -40,24 +40,14 @@ class Gemma3Config(Gemma2Config):
 
 
 class HeadRMSNorm(GemmaRMSNorm):
-    """Gemma's (1 + weight) RMSNorm over each head's head_dim features. Under tensor parallelism each rank
-    normalises its own heads with the one shared weight: its gradient is the sum over the ranks (an identity
-    whose backward all-reduces, as a column-parallel layer's input)."""
+    """Gemma's (1 + weight) RMSNorm over each head's head_dim features (the one weight shared by every head)."""
 
     def __init__(self, config):
         super().__init__(config)
         self.hidden_size = config.head_dim
         self.weight = self.create_parameter([config.head_dim], default_initializer=nn.initializer.Constant(1.0))
-        self.tensor_parallel = config.tensor_parallel_degree > 1
-
-    def forward(self, x):
-        weight = self.weight
-        if self.tensor_parallel:
-            from paddle.distributed import fleet
-
-            group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
-            weight = paddle.distributed.collective._c_identity(weight, group=group)
-        return self._norm(x.astype("float32")).astype(x.dtype) * (weight + 1)
+        if config.tensor_parallel_degree > 1:
+            sum_gradient_over_tensor_parallel_ranks(self.weight)
 
 
 class Gemma3Attention(Gemma2Attention):

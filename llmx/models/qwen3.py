@@ -23,6 +23,7 @@ from paddlenlp.transformers.qwen2 import modeling as qwen2
 from paddlenlp.transformers.qwen2.configuration import Qwen2Config
 from paddlenlp.transformers.qwen2.modeling_pp import Qwen2ForCausalLMPipe
 
+from llmx.models import sum_gradient_over_tensor_parallel_ranks
 from llmx.models.gemma2 import window_mask  # by mask column, as transformers counts (the cache's index)
 
 __all__ = ["Qwen3Config", "Qwen3ForCausalLM", "Qwen3ForCausalLMPipe"]
@@ -61,16 +62,8 @@ class HeadRMSNorm(qwen2.Qwen2RMSNorm):
     def __init__(self, config: Qwen3Config):
         super().__init__(config)
         self.weight = self.create_parameter([config.head_dim], default_initializer=paddle.nn.initializer.Constant(1.0))
-        if config.tensor_parallel_degree > 1:  # each rank normalises its own heads: it sees a part of the gradient
-            self.weight.register_hook(_summed_over_tensor_parallel_ranks)
-
-
-def _summed_over_tensor_parallel_ranks(grad):
-    from paddle.distributed import all_reduce, fleet
-
-    grad = grad.clone()
-    all_reduce(grad, group=fleet.get_hybrid_communicate_group().get_model_parallel_group())
-    return grad
+        if config.tensor_parallel_degree > 1:
+            sum_gradient_over_tensor_parallel_ranks(self.weight)
 
 
 class Qwen3Attention(qwen2.Qwen2Attention):
