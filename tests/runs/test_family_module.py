@@ -75,7 +75,7 @@ def test_a_family_from_a_module_and_a_conf_file_alone(tmp_path):
     layer = 2 * H * HEADS * head_dim + 2 * H * KV_HEADS * head_dim + 3 * H * FF + 2 * H
     total = LAYERS * layer + 2 * VOCAB * H + H
     assert planned == {"family": "myfams.tinyllama2", "size": "tiny", "dtype": "float32", "parameters": total,
-                       "parameters_per_device": total}
+                       "active_parameters": total, "parameters_per_device": total}  # (dense: every parameter active)
     assert not mark.exists()  # plan builds nothing
 
     # its hyperparameter names are checked as a built-in family's are
