@@ -3,6 +3,7 @@
 `install()` (called by launch.py's entry point; importing this module changes nothing):
 - registers llmx's schemas and resolvers (llmx.stages.register_configs), and the schemas of
   outside stages whose conf files a `hydra.searchpath=[file://...]` override brings in;
+- spells a search's `interval(a,b,log)` as Hydra's `tag(log,interval(a,b))` (llmx.search);
 - applies llmx.compat.hydra's patches: config problems (ours, Hydra's, OmegaConf's) become one
   line on stderr and exit code 2; anything else keeps Hydra's report.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from llmx.compat import hydra as hydra_compat
+from llmx.search import hydra_spelling
 from llmx.stages import register_configs
 
 
@@ -32,6 +34,7 @@ def search_path_dirs(argv: list[str]) -> list[str]:
 
 def install(argv: list[str] = sys.argv) -> None:
     """Prepare Hydra for launch.py (see the module docstring); idempotent."""
+    argv[1:] = [hydra_spelling(a) for a in argv[1:]]  # a search's interval(a,b,log), which Hydra cannot parse
     register_configs(search_path_dirs(argv[1:]))
     hydra_compat.install()
     multirun_for_submitit(argv)
