@@ -81,12 +81,14 @@ def run_job(cfg: DictConfig) -> dict | None:
         print_plan(cfg)
         return None
     from llmx.launcher import adopt_slurm_world, under_launcher
+    from llmx.search import enter_trial
     from llmx.sweep import write_status
 
     quiet_libraries(cfg.verbose)
     rank_of_paddle_launch = under_launcher()
     adopt_slurm_world()  # Slurm tasks as ranks: before validation compares the world with the layout
     hydra_cfg = HydraConfig.get()
+    enter_trial(hydra_cfg)  # a trial of a search (hydra/sweeper=llmx_search) reports to its study
     run_dir, started = Path(hydra_cfg.runtime.output_dir), time.time()
     main_process = int(os.environ.get("PADDLE_TRAINER_ID", "0")) == 0  # other ranks leave the files to rank 0
     multirun = hydra_cfg.mode == RunMode.MULTIRUN

@@ -17,20 +17,22 @@ dir holds a timestamp and would never be found again, so a search whose sweep di
 `multirun/search/<stage>_<model>_<hash of the overrides>` instead (`hydra.sweep.dir=...` picks another).
 
 A trial's training reports its held-out loss at each evaluation (`stage.train.eval_steps`) to its
-trial in the study and stops when the pruner says so (llmx.engine.trial reads where, from the
-environment variables set here through `hydra.job.env_set`). Imports no paddle.
+trial in the study and stops when the pruner says so (llmx.engine.trial; each job learns where its trial
+is from enter_trial, through the environment). Imports no paddle.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from llmx.errors import ConfigError
@@ -39,6 +41,7 @@ log = logging.getLogger("llmx")
 
 STUDY_FILE = "study.db"
 STUDY_NAME = "llmx_search"
+SWEEPER = "LlmxSearchSweeper"  # (hydra_plugins/llmx_search/sweeper.py)
 # Where a trial's training finds its trial (read by llmx.engine.trial, which the engine layer keeps to itself).
 ENV_STORAGE, ENV_STUDY, ENV_TRIAL = "LLMX_SEARCH_STORAGE", "LLMX_SEARCH_STUDY", "LLMX_SEARCH_TRIAL"
 DIRECTIONS = ("minimize", "maximize")
@@ -216,6 +219,15 @@ def stable_sweep_dir(config: DictConfig, arguments: Sequence[str]) -> Optional[s
     return f"multirun/search/{choices.get('stage')}_{choices.get('model')}_{digest}"
 
 
+def enter_trial(hydra_cfg) -> None:
+    """In a job of a search (llmx.run), tell its training where its trial is: trial number = job number,
+    the study in the sweep dir. Through the environment, which the ranks a job starts inherit."""
+    if hydra_cfg.mode != RunMode.MULTIRUN or not str(hydra_cfg.sweeper.get("_target_", "")).endswith(SWEEPER):
+        return
+    os.environ.update({ENV_STORAGE: storage_url(Path(str(hydra_cfg.sweep.dir))), ENV_STUDY: STUDY_NAME,
+                       ENV_TRIAL: str(hydra_cfg.job.num)})
+
+
 def _quoted(value: str) -> str:
     """A Hydra override value quoted (paths may hold characters Hydra's grammar reads otherwise)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -252,7 +264,7 @@ class Search:
         returns = []
         while done < s.n_trials:
             trials = [study.ask(space) for _ in range(min(s.n_jobs, s.n_trials - done))]
-            batch = [plain + trial_overrides(t.params) + self._trial_env(sweep_dir, t.number) for t in trials]
+            batch = [plain + trial_overrides(t.params) + self._trial_env(sweep_dir) for t in trials]
             for trial, overrides in zip(trials, batch):
                 trial.set_user_attr("overrides", plain + trial_overrides(trial.params))
             self.config_loader_check(batch)
@@ -301,22 +313,16 @@ class Search:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _trial_env(self, sweep_dir: Path, number: int) -> list[str]:
-        env = "hydra.job.env_set."
-        return [f"hydra.sweep.dir={_quoted(str(sweep_dir))}",
-                f"{env}{ENV_STORAGE}={_quoted(storage_url(sweep_dir))}", f"{env}{ENV_STUDY}={STUDY_NAME}",
-                f"{env}{ENV_TRIAL}={number}"]
+    def _trial_env(self, sweep_dir: Path) -> list[str]:
+        return [f"hydra.sweep.dir={_quoted(str(sweep_dir))}"]  # (see _sweep_dir)
 
     def _report(self, study) -> None:
         from optuna.trial import TrialState
 
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            raise ConfigError(f"search: no trial completed ({len(study.trials)} run); see "
-                              f"{Path(str(self.config.hydra.sweep.dir)) / 'sweep.md'} and the trials' llmx.log")
-        best = study.best_trial
-        log.info("search: best trial %d %s=%.6g: %s", best.number, self.settings.objective, best.value,
-                 best_command(best.user_attrs.get("overrides", [])))
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):  # (none: llmx.sweep says so)
+            best = study.best_trial
+            log.info("search: best trial %d %s=%.6g: %s", best.number, self.settings.objective, best.value,
+                     best_command(best.user_attrs.get("overrides", [])))
 
 
 def best_command(overrides: Sequence[str]) -> str:

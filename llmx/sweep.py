@@ -4,7 +4,8 @@ Every job (single run or sweep job) writes `status.json` (ok/failed, the error's
 last line, wall time, peak memory). In a multirun a failing job is recorded and
 the sweep goes on; when the sweep ends, the Hydra callback `SweepSummary` tables
 every job from its directory and, if any failed, ends the sweep with one line
-saying how many. Imports no paddle.
+saying how many. A search (hydra/sweeper=llmx_search) is tabled from its Optuna study instead: trials
+best first, ending with the best trial's command line. Imports no paddle.
 """
 from __future__ import annotations
 
@@ -68,14 +69,31 @@ def sweep_rows(sweep_dir: Path) -> list[dict]:
 
 def write_sweep_table(sweep_dir: Path) -> list[dict]:
     rows = sweep_rows(sweep_dir)
+    _write_tables(sweep_dir, rows, COLUMNS)
+    return rows
+
+
+def _write_tables(sweep_dir: Path, rows: list[dict], columns: list[str], last: str = "") -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(sweep_dir / "sweep.csv", buf.getvalue())
-    md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    md += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
-    atomic_write_text(sweep_dir / "sweep.md", "\n".join(md) + "\n")
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in columns) + " |" for r in rows]
+    atomic_write_text(sweep_dir / "sweep.md", "\n".join(md) + "\n" + (f"\n{last}\n" if last else ""))
+
+
+def write_search_table(sweep_dir: Path) -> list[dict] | None:
+    """A search's (hydra/sweeper=llmx_search) table: its trials from the study, best first, and the
+    best trial's command line; None when the sweep dir holds no study."""
+    from llmx.search import study_rows
+
+    found = study_rows(sweep_dir)
+    if found is None:
+        return None
+    rows, columns, last = found
+    _write_tables(sweep_dir, rows, columns, last)
     return rows
 
 
@@ -85,6 +103,10 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir() or config.get("plan"):  # a sweep of plans (plan=true) ran no jobs to table
+            return
+        trials = write_search_table(sweep_dir)
+        if trials is not None:
+            self._end_search(sweep_dir, trials)
             return
         rows = write_sweep_table(sweep_dir)
         failed = [r for r in rows if r["status"] != "ok"]
@@ -96,3 +118,15 @@ class SweepSummary(Callback):
                              f"first: job {first['job']} ({first['overrides']}): {first['error']}\n")
             raise SystemExit(2)
         print(f"sweep: {len(rows)} jobs ok; table: {sweep_dir / 'sweep.md'}")
+
+    @staticmethod
+    def _end_search(sweep_dir: Path, trials: list[dict]) -> None:
+        """Failed trials are part of a search; it fails only when none completed."""
+        states = [t["state"] for t in trials]
+        counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if s in states)
+        if "COMPLETE" not in states:
+            first = next((t for t in trials if t["error"]), None)
+            sys.stderr.write(f"llmx: error: search: no trial completed ({counts}; see {sweep_dir / 'sweep.md'})"
+                             + (f"; first: trial {first['trial']}: {first['error']}" if first else "") + "\n")
+            raise SystemExit(2)
+        print(f"search: {len(trials)} trials ({counts}); best first in {sweep_dir / 'sweep.md'}")

@@ -13,6 +13,7 @@ from paddlenlp.trainer import Trainer
 
 from llmx.engine.peft import count_parameters
 from llmx.engine.trainer import resume_point, trainer_class, training_arguments
+from llmx.engine.trial import PeriodicEvaluation, SearchTrial
 
 
 def summarise_metrics(rows: list[dict]) -> dict:
@@ -34,7 +35,8 @@ def summarise_metrics(rows: list[dict]) -> dict:
 def fit(cfg: DictConfig, ctx, model, train_set: Sequence, eval_set: Optional[Sequence], collator, tokenizer=None,
         evaluate: bool = True, trainer_base: type = Trainer, args=None, **trainer_kwargs):
     """Train `model` with `trainer_base` + llmx's mixin in the run directory; resume if it holds a
-    checkpoint. With `evaluate`, the eval loss is measured before (fresh runs) and after training.
+    checkpoint. With `evaluate`, the eval loss is measured before (fresh runs) and after training, and every
+    `stage.train.eval_steps` steps (llmx.engine.trial, which also prunes a search's trials).
     `args` (TrainingArguments or a subclass) defaults to training_arguments(cfg); extra keyword
     arguments go to the Trainer (e.g. a reference model or criterion). Returns (trainer, summary)."""
     exp = ctx.experiment
@@ -53,6 +55,9 @@ def fit(cfg: DictConfig, ctx, model, train_set: Sequence, eval_set: Optional[Seq
         **trainer_kwargs,
     )
     evaluate = evaluate and bool(eval_set)
+    periodic = PeriodicEvaluation(cfg.stage.train.eval_steps, exp, SearchTrial.from_environment())
+    if evaluate:
+        trainer.add_callback(periodic)
     if evaluate and resume is None:
         exp.log_metrics({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -63,6 +68,7 @@ def fit(cfg: DictConfig, ctx, model, train_set: Sequence, eval_set: Optional[Seq
         "resumed_from": resume.name if resume else None,
         "trainable_params": count_parameters(model, trainable_only=True),
         "total_params": count_parameters(model),
+        **periodic.summary(),
     }
     if evaluate:
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]

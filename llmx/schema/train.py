@@ -28,6 +28,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     logging_steps: int = 10
     save_steps: int = 100
+    eval_steps: int = 0  # also evaluate every N steps (0: only before and after); a search prunes trials from these
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = keep all
     progress_bar: bool = True
 
@@ -63,4 +64,5 @@ def validate_train(t: DictConfig) -> None:
     require(t.max_grad_norm >= 0, "stage.train.max_grad_norm", t.max_grad_norm, "must be >= 0 (0 disables clipping)")
     positive("stage.train.logging_steps", t.logging_steps)
     positive("stage.train.save_steps", t.save_steps)
+    positive("stage.train.eval_steps", t.eval_steps, 0)
     positive("stage.train.keep_checkpoints", t.keep_checkpoints, 0)
