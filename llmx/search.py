@@ -48,7 +48,8 @@ DIRECTIONS = ("minimize", "maximize")
 # Samplers by name; each needs what Optuna says (cmaes: the `cmaes` package; gp: torch and scipy; qmc: scipy).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
             "gp": "GPSampler"}
-SEEDED = {"tpe", "random", "cmaes", "qmc", "gp"}
+SEEDED = set(SAMPLERS)
+NEEDS = {"cmaes": ("cmaes",), "qmc": ("scipy",), "gp": ("torch", "scipy")}  # Optuna imports them only when sampling
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
            "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
            "threshold": "ThresholdPruner"}
@@ -151,8 +152,17 @@ def trial_overrides(params: dict) -> list[str]:
 # --- the study --------------------------------------------------------------------------------------
 
 def make_sampler(settings: SearchSettings, seed: int):
+    import importlib.util
+    import warnings
+
     import optuna
 
+    missing = [m for m in NEEDS.get(settings.sampler, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"hydra.sweeper.sampler={settings.sampler} needs {' and '.join(missing)}: "
+                          f"pip install {' '.join(missing)}, or choose another sampler ({', '.join(SAMPLERS)})")
+    # Optuna marks some samplers experimental in a warning at every construction; llmx chose to offer them.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     kwargs = dict(settings.sampler_args or {})
     if settings.sampler in SEEDED:
         kwargs.setdefault("seed", seed)
@@ -240,6 +250,10 @@ class Search:
 
     def __init__(self, settings: SearchSettings, config: DictConfig, launcher, config_loader) -> None:
         settings.check()
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("hydra/sweeper=llmx_search needs Optuna: pip install 'llmx[search]'") from None
         self.settings, self.config, self.launcher, self.config_loader = settings, config, launcher, config_loader
 
     def run(self, arguments: Sequence[str]) -> list:
