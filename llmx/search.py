@@ -23,6 +23,7 @@ is from enter_trial, through the environment). Imports no paddle.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -48,7 +49,6 @@ DIRECTIONS = ("minimize", "maximize")
 # Samplers by name; each needs what Optuna says (cmaes: the `cmaes` package; gp: torch and scipy; qmc: scipy).
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
             "gp": "GPSampler"}
-SEEDED = set(SAMPLERS)
 NEEDS = {"cmaes": ("cmaes",), "qmc": ("scipy",), "gp": ("torch", "scipy")}  # Optuna imports them only when sampling
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
            "hyperband": "HyperbandPruner", "successive_halving": "SuccessiveHalvingPruner",
@@ -152,7 +152,6 @@ def trial_overrides(params: dict) -> list[str]:
 # --- the study --------------------------------------------------------------------------------------
 
 def make_sampler(settings: SearchSettings, seed: int):
-    import importlib.util
     import warnings
 
     import optuna
@@ -163,9 +162,7 @@ def make_sampler(settings: SearchSettings, seed: int):
                           f"pip install {' '.join(missing)}, or choose another sampler ({', '.join(SAMPLERS)})")
     # Optuna marks some samplers experimental in a warning at every construction; llmx chose to offer them.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    kwargs = dict(settings.sampler_args or {})
-    if settings.sampler in SEEDED:
-        kwargs.setdefault("seed", seed)
+    kwargs = {"seed": seed, **(settings.sampler_args or {})}
     return _build(getattr(optuna.samplers, SAMPLERS[settings.sampler]), kwargs, f"sampler={settings.sampler}")
 
 
@@ -190,20 +187,22 @@ def storage_url(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
 
 
-def open_study(settings: SearchSettings, sweep_dir: Path, seed: int):
+def open_study(settings: SearchSettings, sweep_dir: Path, sampler, pruner):
     """The study in `sweep_dir`, created or (the same command again) continued."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # llmx says what happens, one line per trial
     sweep_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(storage=storage_url(sweep_dir), study_name=STUDY_NAME, load_if_exists=True,
-                                direction=settings.direction, sampler=make_sampler(settings, seed),
-                                pruner=make_pruner(settings))
+                                direction=settings.direction, sampler=sampler, pruner=pruner)
     recorded = study.user_attrs.get("objective")
     if recorded not in (None, settings.objective) or study.direction.name.lower() != settings.direction:
         raise ConfigError(f"hydra.sweeper.objective/direction: the study in {sweep_dir} searches "
                           f"{study.direction.name.lower()} {recorded}; keep them, or choose another hydra.sweep.dir")
     study.set_user_attr("objective", settings.objective)
+    # The trials' training asks the study whether to prune (llmx.engine.trial): the pruner is not stored
+    # with the study, so its class and arguments are.
+    study.set_user_attr("pruner", {"class": PRUNERS[settings.pruner], "args": dict(settings.pruner_args or {})})
     return study
 
 
@@ -250,10 +249,8 @@ class Search:
 
     def __init__(self, settings: SearchSettings, config: DictConfig, launcher, config_loader) -> None:
         settings.check()
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("hydra/sweeper=llmx_search needs Optuna: pip install 'llmx[search]'") from None
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError("hydra/sweeper=llmx_search needs Optuna: pip install 'llmx[search]'")
         self.settings, self.config, self.launcher, self.config_loader = settings, config, launcher, config_loader
 
     def run(self, arguments: Sequence[str]) -> list:
@@ -267,10 +264,11 @@ class Search:
         if not space:
             raise ConfigError("hydra/sweeper=llmx_search: no search space; give a key e.g. "
                               "'stage.train.lr=interval(1e-4,1e-2,log)' or 'stage.peft.lora_r=choice(8,16)'")
+        seed = s.seed if s.seed is not None else int(self.config.get("seed", 0))
+        sampler, pruner = make_sampler(s, seed), make_pruner(s)  # (their errors before any file is written)
         sweep_dir = self._sweep_dir(arguments)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        seed = s.seed if s.seed is not None else int(self.config.get("seed", 0))
-        study = open_study(s, sweep_dir, seed)
+        study = open_study(s, sweep_dir, sampler, pruner)
         close_interrupted(study)
         done = len(study.trials) - len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         log.info("search: %s %s over %s; study %s (%d of %d trials done)", s.direction, s.objective,

@@ -70,7 +70,7 @@ def fit(cfg: DictConfig, ctx, model, train_set: Sequence, eval_set: Optional[Seq
         "total_params": count_parameters(model),
         **periodic.summary(),
     }
-    if evaluate:
+    if evaluate and "pruned_at_step" not in summary:  # (a pruned run's last evaluation is its eval_loss)
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
         exp.log_metrics({"step": trainer.state.global_step, "eval_loss": summary["eval_loss"]})
     summary.update(summarise_metrics(exp.read_metrics()))

@@ -27,6 +27,9 @@ class SearchTrial:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.load_study(study_name=study, storage=storage)
+        pruner = self.study.user_attrs.get("pruner")  # the search's pruner (llmx.search.open_study)
+        if pruner:
+            self.study.pruner = getattr(optuna.pruners, pruner["class"])(**pruner["args"])
         trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
         self.trial = optuna.trial.Trial(self.study, trial_id)
         self.objective = self.study.user_attrs.get("objective", "eval_loss")
@@ -65,6 +68,7 @@ class PeriodicEvaluation(TrainerCallback):
     def __init__(self, eval_steps: int, exp: Experiment, trial: Optional[SearchTrial], prefix: str = "eval") -> None:
         self.eval_steps, self.exp, self.trial, self.prefix = eval_steps, exp, trial, prefix
         self.pruned_at: Optional[int] = None
+        self.last: dict = {}
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.eval_steps > 0 and state.global_step % self.eval_steps == 0 and state.global_step < state.max_steps:
@@ -75,7 +79,8 @@ class PeriodicEvaluation(TrainerCallback):
             return  # fit's own evaluations, before and after training (or after a pruning)
         key = f"{self.prefix}_loss"
         if key in metrics:
-            self.exp.log_metrics({"step": state.global_step, key: metrics[key]})
+            self.last = {key: metrics[key]}
+            self.exp.log_metrics({"step": state.global_step, **self.last})
         if not searching():
             return
         prune = self.trial.should_prune(state.global_step, metrics) if self.trial is not None else False
@@ -84,4 +89,4 @@ class PeriodicEvaluation(TrainerCallback):
             control.should_training_stop = True
 
     def summary(self) -> dict:
-        return {"pruned_at_step": self.pruned_at} if self.pruned_at is not None else {}
+        return {"pruned_at_step": self.pruned_at, **self.last} if self.pruned_at is not None else {}
