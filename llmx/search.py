@@ -108,7 +108,7 @@ def parse_space(arguments: Sequence[str]) -> tuple[dict, list[str]]:
             raise ConfigError(f"{arg}: not an override Hydra can parse ({str(error).splitlines()[0]})") from None
         key = override.get_key_element()
         if not override.is_sweep_override():
-            plain.append(f"{key}={override.get_value_element_as_str()}")
+            plain.append(arg)  # as the user wrote it
             continue
         sweep = override.value()
         if getattr(sweep, "shuffle", False) or (sweep.tags - {"log"}):

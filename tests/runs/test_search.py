@@ -13,6 +13,7 @@ import time
 
 import optuna
 from helpers import FAST, REPO, launch, read_json, read_jsonl
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_slurm import needs_slurm
 
@@ -54,8 +55,8 @@ def test_tpe_finds_at_least_the_median_of_a_grid(tmp_path):
     assert float(rows[0]["stage.train.lr"]) == best.params["stage.train.lr"] and rows[0]["state"] == "COMPLETE"
     complete = [float(r["eval_loss"]) for r in rows if r["state"] == "COMPLETE"]
     assert complete == sorted(complete)
-    job_overrides = (sweep / str(best.number) / ".hydra" / "overrides.yaml").read_text().split("\n- ")[1:]
-    assert md.rstrip().endswith("python launch.py " + " ".join(o.strip() for o in job_overrides))
+    job_overrides = OmegaConf.load(sweep / str(best.number) / ".hydra" / "overrides.yaml")
+    assert md.rstrip().endswith("python launch.py " + " ".join(job_overrides))
     assert "search: best trial" in out.stdout + out.stderr
 
 
