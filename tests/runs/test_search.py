@@ -6,6 +6,7 @@ pruned; on the real Slurm of .ci/run, trials of different layouts run side by si
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 import subprocess
 import sys
@@ -114,4 +115,7 @@ def test_search_over_layouts_on_slurm(tmp_path):
     assert [t.state for t in trials] == [C] * 4 and all(list(t.intermediate_values) == [2] for t in trials)
     for t in trials:
         assert read_json(sweep / str(t.number) / "summary.json")["eval_loss"] == t.value
-    assert {t.params["parallel"] for t in trials} <= {"single", "dp2"}
+    assert {t.params["parallel"] for t in trials} == {"single", "dp2"}
+    asked = sorted(int(re.search(r"--ntasks-per-node=(\d+)", p.read_text()).group(1))
+                   for p in (sweep / ".submitit").glob("*/*_submission.sh"))
+    assert asked == sorted(2 if t.params["parallel"] == "dp2" else 1 for t in trials), "one Slurm task per rank"
