@@ -275,15 +275,16 @@ class Search:
                  ", ".join(space), sweep_dir / STUDY_FILE, done, s.n_trials)
         returns = []
         while done < s.n_trials:
-            trials = [study.ask(space) for _ in range(min(s.n_jobs, s.n_trials - done))]
-            batch = [plain + trial_overrides(t.params) + self._trial_env(sweep_dir) for t in trials]
-            for trial, overrides in zip(trials, batch):
-                trial.set_user_attr("overrides", plain + trial_overrides(trial.params))
-            self.config_loader_check(batch)
+            trials, batch = self._next_batch(study, space, plain, sweep_dir, min(s.n_jobs, s.n_trials - done))
+            done += len(trials) - len(batch)
+            if not batch:
+                continue
+            trials = trials[:len(batch)]
             results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            unmeasured = None
             for trial, result in zip(trials, results):
                 job_dir = sweep_dir / str(trial.number)
-                value, error = None, None
+                error = None
                 if result.status == JobStatus.COMPLETED and isinstance(result.return_value, dict):
                     summary = result.return_value
                 else:
@@ -303,16 +304,36 @@ class Search:
                 trial.set_user_attr("error", reason)
                 study.tell(trial, state=TrialState.FAIL)
                 log.info("search: trial %d failed: %s", trial.number, reason)
+                unmeasured = unmeasured or (reason if summary else None)
+            if unmeasured:  # a run that went well but lacks the objective: so will every other trial
+                raise ConfigError(f"hydra.sweeper.objective={s.objective}: {unmeasured}")
             done += len(trials)
             returns.append(results)
         self._report(study)
         return returns
 
-    def config_loader_check(self, batch: Sequence[Sequence[str]]) -> None:
-        """Every trial's config composes (Hydra's Sweeper.validate_batch_is_legal, without its dependence
-        on the sweeper's attributes)."""
-        for overrides in batch:
-            self.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+    def _next_batch(self, study, space: dict, plain: list[str], sweep_dir: Path, size: int):
+        """Up to `size` new trials and their overrides. A trial whose config does not compose (say a
+        choice of a group option that does not exist) is recorded as failed and ends the batch, as the
+        launcher numbers a batch's jobs consecutively (job number = trial number)."""
+        from optuna.trial import TrialState
+
+        trials, batch = [], []
+        while len(trials) < size:
+            trial = study.ask(space)
+            trials.append(trial)
+            overrides = plain + trial_overrides(trial.params)
+            trial.set_user_attr("overrides", overrides)
+            try:
+                self.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=overrides)
+            except Exception as error:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors
+                reason = str(error).strip().splitlines()[0]
+                trial.set_user_attr("error", reason)
+                study.tell(trial, state=TrialState.FAIL)
+                log.info("search: trial %d failed: %s", trial.number, reason)
+                break
+            batch.append(overrides + self._trial_env(sweep_dir))
+        return trials, batch
 
     def _sweep_dir(self, arguments: Sequence[str]) -> Path:
         stable = stable_sweep_dir(self.config, arguments)
@@ -355,7 +376,7 @@ def _failure(job_dir: Path, error: Any, objective: str, summary: dict) -> str:
     if error is not None:
         return f"{type(error).__name__}: {str(error).splitlines()[-1] if str(error) else ''}"
     if summary:
-        return f"its summary has no {objective} (it has {', '.join(sorted(summary))}): set hydra.sweeper.objective"
+        return f"the run's summary has no {objective} (it has {', '.join(sorted(summary))})"
     return "no summary (see its llmx.log)"
 
 

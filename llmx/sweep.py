@@ -123,7 +123,8 @@ class SweepSummary(Callback):
     def _end_search(sweep_dir: Path, trials: list[dict]) -> None:
         """Failed trials are part of a search; it fails only when none completed."""
         states = [t["state"] for t in trials]
-        counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL") if s in states)
+        counts = ", ".join(f"{states.count(s)} {word}" for s, word in
+                           (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed")) if s in states)
         if "COMPLETE" not in states:
             first = next((t for t in trials if t["error"]), None)
             sys.stderr.write(f"llmx: error: search: no trial completed ({counts}; see {sweep_dir / 'sweep.md'})"

@@ -119,3 +119,15 @@ def test_search_over_layouts_on_slurm(tmp_path):
     asked = sorted(int(re.search(r"--ntasks-per-node=(\d+)", p.read_text()).group(1))
                    for p in (sweep / ".submitit").glob("*/*_submission.sh"))
     assert asked == sorted(2 if t.params["parallel"] == "dp2" else 1 for t in trials), "one Slurm task per rank"
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path):
+    sweep = tmp_path / "search"
+    search(sweep, "stage.train.lr=choice(-1,1e-2)", "hydra.sweeper.n_trials=3", "stage.train.eval_steps=0")
+    trials = study(sweep).trials
+    assert {t.state for t in trials} == {C, F}, "both choices were tried"
+    for t in trials:
+        assert (t.state == F) == (t.params["stage.train.lr"] == "-1")
+        assert t.state == C or t.user_attrs["error"] == "ConfigError: stage.train.lr=-1.0: must be > 0"
+    assert [read_json(sweep / str(t.number) / "status.json")["status"] for t in trials] == \
+        ["failed" if t.state == F else "ok" for t in trials]
