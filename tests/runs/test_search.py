@@ -89,20 +89,30 @@ def test_relaunch_continues_the_study_after_a_kill(tmp_path):
     assert "| FAIL |" in (sweep / "sweep.md").read_text()
 
 
-def test_a_pruned_trial_stops_and_is_recorded_as_pruned(tmp_path):
-    """A threshold below any loss prunes at the first evaluation during training (step 2 of 4)."""
+def test_pruned_and_failed_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    """A threshold below any loss prunes every run at its first evaluation during training (step 2 of 4);
+    a run that fails (lr=-1) is a failed trial; the search goes on, and fails as none completed."""
     sweep = tmp_path / "search"
-    out = search(sweep, LR, "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner=threshold",
+    out = search(sweep, "stage.train.lr=choice(-1,1e-2)", "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=threshold",
                  "+hydra.sweeper.pruner_args.upper=1.0", check=False)
-    (trial,) = study(sweep).trials
-    assert trial.state == P and list(trial.intermediate_values) == [2]
-    summary = read_json(sweep / "0" / "summary.json")
-    assert summary["pruned_at_step"] == 2 and summary["steps"] == 2
-    assert summary["eval_loss"] == trial.intermediate_values[2]
-    assert [r["step"] for r in read_jsonl(sweep / "0" / "metrics.jsonl") if "eval_loss" in r] == [0, 2]
-    assert "| 0 | " in (sweep / "sweep.md").read_text() and "| PRUNED |" in (sweep / "sweep.md").read_text()
-    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == \
-        f"llmx: error: search: no trial completed (1 pruned; see {sweep / 'sweep.md'})"
+    trials = study(sweep).trials
+    assert len(trials) == 3 and {t.state for t in trials} == {P, F}, "both choices were tried"
+    for t in trials:
+        status = read_json(sweep / str(t.number) / "status.json")
+        if t.params["stage.train.lr"] == "-1":
+            assert t.state == F and t.user_attrs["error"] == "ConfigError: stage.train.lr=-1.0: must be > 0"
+            assert status["status"] == "failed"
+            continue
+        assert t.state == P and list(t.intermediate_values) == [2] and status["status"] == "ok"
+        summary = read_json(sweep / str(t.number) / "summary.json")
+        assert summary["pruned_at_step"] == 2 and summary["steps"] == 2
+        assert summary["eval_loss"] == t.intermediate_values[2]
+        assert [r["step"] for r in read_jsonl(sweep / str(t.number) / "metrics.jsonl") if "eval_loss" in r] == [0, 2]
+    md = (sweep / "sweep.md").read_text()
+    assert md.index("| PRUNED |") < md.index("| FAIL |") and "must be > 0" in md
+    counts = f"{sum(t.state == P for t in trials)} pruned, {sum(t.state == F for t in trials)} failed"
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(
+        f"llmx: error: search: no trial completed ({counts}; see {sweep / 'sweep.md'}); first: trial ")
 
 
 @needs_slurm
@@ -119,15 +129,3 @@ def test_search_over_layouts_on_slurm(tmp_path):
     asked = sorted(int(re.search(r"--ntasks-per-node=(\d+)", p.read_text()).group(1))
                    for p in (sweep / ".submitit").glob("*/*_submission.sh"))
     assert asked == sorted(2 if t.params["parallel"] == "dp2" else 1 for t in trials), "one Slurm task per rank"
-
-
-def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path):
-    sweep = tmp_path / "search"
-    search(sweep, "stage.train.lr=choice(-1,1e-2)", "hydra.sweeper.n_trials=3", "stage.train.eval_steps=0")
-    trials = study(sweep).trials
-    assert {t.state for t in trials} == {C, F}, "both choices were tried"
-    for t in trials:
-        assert (t.state == F) == (t.params["stage.train.lr"] == "-1")
-        assert t.state == C or t.user_attrs["error"] == "ConfigError: stage.train.lr=-1.0: must be > 0"
-    assert [read_json(sweep / str(t.number) / "status.json")["status"] for t in trials] == \
-        ["failed" if t.state == F else "ok" for t in trials]
