@@ -22,9 +22,10 @@ PADDLENLP_LOGGER = "PaddleNLP"
 _FIRST = ("steps", "eval_loss", "train_loss", "final_loss", "exact_match", "eval_perplexity", "tokens_per_s",
           "trainable_params", "total_params")
 _NOT_SHOWN = ("eval_loss_before", "epoch")  # eval_loss_before is shown with eval_loss
-# The run's own records, named on the `run dir:` line where the run left them (the stage's outputs are listed
-# above it, from its summary).
-_RECORDS = ("summary.json", "metrics.jsonl", "samples.jsonl", "checkpoints", "llmx.log")
+# The `run dir:` line names what the run left there: these first, in this order, llmx.log last, the rest by
+# name; not its bookkeeping (the reproduce hint reads provenance.json and status.json for the user).
+_FIRST_RECORDS = ("summary.json", "metrics.jsonl", "samples.jsonl", "checkpoints")
+_BOOKKEEPING = ("provenance.json", "status.json")
 # Summary figures worth comparing across runs (`python -m llmx diff`): what a config changes in a model or its speed,
 # not a server's traffic or a conversion's tensor count. Matched as parts of the keys.
 _COMPARABLE = ("loss", "perplexity", "exact_match", "score", "reward", "tokens_per_s", "accuracy")
@@ -101,7 +102,7 @@ def summary_lines(summary: Mapping[str, Any], run_dir: Path, seconds: float) -> 
         lines.append(f"  {key:<{width}}  {value}")
     lines += [f"  {key:<{width}}  {_relative(summary[key])}" for key in paths]
     run = _relative(run_dir)
-    records = [name + ("/" if (run_dir / name).is_dir() else "") for name in _RECORDS if (run_dir / name).exists()]
+    records = run_records(run_dir, shown_above=[Path(summary[k]) for k in paths])
     lines.append(f"run dir: {run}" + (f"  ({', '.join(records)})" if records else ""))
     lines += curve_hints(run_dir)
     hints = []
@@ -112,6 +113,19 @@ def summary_lines(summary: Mapping[str, Any], run_dir: Path, seconds: float) -> 
     if hints:
         lines.append(";  ".join(hints))
     return lines
+
+
+def run_records(run_dir: Path, shown_above: list[Path] = ()) -> list[str]:
+    """What the run left in its directory, folders with a slash: the summary and logs first, llmx.log last, the
+    rest by name between; bookkeeping files (provenance, status), hidden ones and the outputs `shown_above` left out."""
+    if not run_dir.is_dir():
+        return []
+    skip = {p.resolve() for p in shown_above}
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                   if not p.name.startswith(".") and p.name not in _BOOKKEEPING and p.resolve() not in skip)
+    first = [n for k in _FIRST_RECORDS for n in names if n.rstrip("/") == k]
+    last = [n for n in names if n == "llmx.log"]
+    return first + [n for n in names if n not in first + last] + last
 
 
 def curve_hints(run_dir: Path) -> list[str]:
