@@ -23,7 +23,7 @@ _FIRST = ("steps", "eval_loss", "train_loss", "final_loss", "exact_match", "eval
           "trainable_params", "total_params")
 _NOT_SHOWN = ("eval_loss_before", "epoch")  # eval_loss_before is shown with eval_loss
 # The `run dir:` line names what the run left there: these first, in this order, llmx.log last, the rest by
-# name; not its bookkeeping (the reproduce hint reads provenance.json and status.json for the user).
+# name; not the bookkeeping that llmx's tools read for the user (provenance.json, status.json).
 _FIRST_RECORDS = ("summary.json", "metrics.jsonl", "samples.jsonl", "checkpoints")
 _BOOKKEEPING = ("provenance.json", "status.json")
 # Summary figures worth comparing across runs (`python -m llmx diff`): what a config changes in a model or its speed,

@@ -72,6 +72,13 @@ def atomic_dir(dst: Path):
     replace_dir(tmp, dst)
 
 
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or not empty
+        pass
+
+
 def _git(args: list[str], cwd: Path) -> Optional[str]:
     try:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
@@ -212,10 +219,7 @@ class Experiment:
         Trainer's output dir, which it creates even when it saves nothing), and `checkpoints/` with it
         when no checkpoint is there."""
         shutil.rmtree(self.staging_dir(), ignore_errors=True)
-        try:
-            self.checkpoints.rmdir()
-        except OSError:  # absent, or holds checkpoints
-            pass
+        _remove_if_empty(self.checkpoints)
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"{STEP_PREFIX}{step}"
@@ -228,10 +232,7 @@ class Experiment:
         final = self.checkpoint_dir(step)
         replace_dir(written, final)  # a re-run of the same step after resume replaces the old copy
         atomic_write_text(self.checkpoints / LATEST, final.name + "\n")
-        try:
-            self.staging_dir().rmdir()  # emptied by the rename: no empty folder left behind
-        except OSError:  # another writer's files are still there
-            pass
+        _remove_if_empty(self.staging_dir())  # emptied by the rename (unless another writer's files are there)
         if keep > 0:
             for old in self.complete_checkpoints()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
