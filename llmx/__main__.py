@@ -1,11 +1,12 @@
-"""`python -m llmx <command>`: tools around runs (diff, rerun, plan) and what llmx supports per model family (families); no paddle import."""
+"""`python -m llmx <command>`: tools around runs (diff, rerun, plan), what llmx supports per model family (families) and its config groups and stages (groups); no paddle import."""
 from __future__ import annotations
 
 import sys
 
 from llmx.errors import UserError
 
-COMMANDS = {"diff": "llmx.diff", "rerun": "llmx.rerun", "plan": "llmx.plan", "families": "llmx.family_table"}
+COMMANDS = {"diff": "llmx.diff", "rerun": "llmx.rerun", "plan": "llmx.plan", "families": "llmx.family_table",
+            "groups": "llmx.groups_table"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ Layout (Hydra's run dir):
     metrics.jsonl         one JSON object per logged step
     summary.json          final metrics
     samples.jsonl         generations at eval time
-    checkpoints/step-N/   complete checkpoints; `checkpoints/latest` names the newest
+    checkpoints/step-N/   complete checkpoints; `checkpoints/latest` names the newest (the folder
+                          exists only once a checkpoint is written)
     llmx.log              the run's log
 
 Every file that a crash could leave half-written is written to a temporary name
@@ -36,6 +37,8 @@ STEP_PREFIX = "step-"
 COMPLETE_MARKER = "llmx_checkpoint.json"
 # What Hydra writes into a run dir before the job starts; a dir holding only these ran nothing.
 HYDRA_FILES = (".hydra", "llmx.log")
+# What `python -m llmx rerun --check` compares step by step.
+LOSS_KEYS = ("loss", "eval_loss")
 PACKAGES = ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp", "llmx", "hydra-core", "omegaconf", "numpy")
 
 
@@ -67,6 +70,13 @@ def atomic_dir(dst: Path):
     tmp.mkdir(parents=True)
     yield tmp
     replace_dir(tmp, dst)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or not empty
+        pass
 
 
 def _git(args: list[str], cwd: Path) -> Optional[str]:
@@ -111,8 +121,10 @@ class Experiment:
         self.summary_path = self.dir / "summary.json"
 
     def create(self) -> "Experiment":
+        """The run directory; `checkpoints/` comes with the first checkpoint (a stage that writes none
+        leaves no empty folder)."""
         if self.writer:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(parents=True, exist_ok=True)
         return self
 
     # -- provenance -----------------------------------------------------------
@@ -156,6 +168,10 @@ class Experiment:
         first = next((r for r in self.read_metrics() if r.get("step") == 0 and any(k.endswith("_before") for k in r)), {})
         return {k: v for k, v in first.items() if k.endswith("_before")}
 
+    def logged_losses(self) -> list[tuple[int, str, float]]:
+        """(step, key, value) of every loss in metrics.jsonl, in order: what `rerun --check` compares."""
+        return [(r["step"], k, r[k]) for r in self.read_metrics() for k in LOSS_KEYS if k in r]
+
     def truncate_metrics_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint we restart from, so the
         file continues as if the run had never stopped."""
@@ -198,6 +214,13 @@ class Experiment:
         """Where a checkpoint is written before it is renamed into place."""
         return self.checkpoints / ".staging"
 
+    def clear_staging(self) -> None:
+        """Remove what a checkpoint writer left in staging (a killed run's half-written checkpoint, the
+        Trainer's output dir, which it creates even when it saves nothing), and `checkpoints/` with it
+        when no checkpoint is there."""
+        shutil.rmtree(self.staging_dir(), ignore_errors=True)
+        _remove_if_empty(self.checkpoints)
+
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"{STEP_PREFIX}{step}"
 
@@ -209,6 +232,7 @@ class Experiment:
         final = self.checkpoint_dir(step)
         replace_dir(written, final)  # a re-run of the same step after resume replaces the old copy
         atomic_write_text(self.checkpoints / LATEST, final.name + "\n")
+        _remove_if_empty(self.staging_dir())  # emptied by the rename (unless another writer's files are there)
         if keep > 0:
             for old in self.complete_checkpoints()[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)

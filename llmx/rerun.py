@@ -25,11 +25,10 @@ from omegaconf import OmegaConf
 
 from llmx.diff import flatten
 from llmx.errors import UserError
-from llmx.experiment import code_version, package_versions
+from llmx.experiment import Experiment, code_version, package_versions
 from llmx.launcher import NOT_INHERITED
 
 LAUNCH = Path(__file__).resolve().parent.parent / "launch.py"
-LOSS_KEYS = ("loss", "eval_loss")
 
 
 def recorded_overrides(run_dir: Path) -> list[str]:
@@ -102,9 +101,7 @@ def provenance_notes(run_dir: Path) -> list[str]:
 
 
 def losses(run_dir: Path) -> list[tuple[int, str, float]]:
-    path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return [(r["step"], k, r[k]) for r in rows for k in LOSS_KEYS if k in r]
+    return Experiment(run_dir, writer=False).logged_losses()
 
 
 def first_difference(recorded: list, rerun: list, rtol: float) -> Optional[str]:

@@ -60,6 +60,18 @@ def train_losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
 
 
+def closing_lines(console: str) -> list[str]:
+    """The lines a run's console output ends with, from its `run dir:` line on (llmx.console.summary_lines)."""
+    lines = console.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("run dir: "))
+    return [line for line in lines[start:] if line.strip()]
+
+
+def empty_folders(run: Path) -> list[str]:
+    """Folders under a run dir that hold nothing (a run leaves none)."""
+    return [str(p.relative_to(run)) for p in sorted(Path(run).rglob("*")) if p.is_dir() and not any(p.iterdir())]
+
+
 def compose(*overrides: str):
     """The config launch.py would compose (Hydra's compose API, in this process; no validation)."""
     from hydra import compose as hydra_compose

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -373,7 +372,7 @@ class LlmxTrainerMixin:
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
         if self.args.should_save:  # the Trainer creates output_dir (our staging dir) even when it never saves
-            shutil.rmtree(self.experiment.staging_dir(), ignore_errors=True)
+            self.experiment.clear_staging()
         return result
 
     def evaluate(self, *args, **kwargs):
@@ -423,7 +422,7 @@ def trainer_class(base: type = Trainer) -> type:
 def resume_point(exp: Experiment) -> Optional[Path]:
     """The checkpoint a re-launched run continues from (None for a fresh run)."""
     if exp.writer:  # whatever a killed run left half-written is never resumed from
-        shutil.rmtree(exp.staging_dir(), ignore_errors=True)
+        exp.clear_staging()
     ckpt = exp.latest_checkpoint()
     if ckpt is not None:
         say("resuming from %s", ckpt)

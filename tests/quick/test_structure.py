@@ -26,7 +26,7 @@ def _imports(path) -> set[str]:
 # ones below it, never from one above. Units are llmx's packages and its top-level modules.
 LAYERS = (
     ("entry", {"__main__", "cli", "run", "plan", "rerun", "sweep", "search", "launcher", "slurm", "diff",
-               "model_choice", "family_table"}),
+               "model_choice", "family_table", "groups_table"}),
     ("stages", {"stages"}),
     ("algorithms", {"align", "rl", "merge"}),
     ("infer/serve", {"serve", "infer"}),
@@ -107,7 +107,7 @@ import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.samplin
 import llmx.stages.dpo, llmx.stages.kto, llmx.data.preference, llmx.data.demo_preference
 import llmx.stages.rm, llmx.stages.ppo, llmx.stages.grpo, llmx.rl.config, llmx.rl.rewards
 import llmx.families.record, llmx.families.formulas, llmx.families.fixes, llmx.families.llama, llmx.families.moe
-import llmx.family_table, llmx.search
+import llmx.family_table, llmx.groups_table, llmx.search
 import llmx.schema, llmx.schema.run, llmx.schema.model, llmx.schema.train, llmx.schema.peft, llmx.schema.preference
 import llmx.convert.cache, llmx.convert.gguf
 import llmx.compat, llmx.compat.hydra

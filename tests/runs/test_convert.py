@@ -405,10 +405,18 @@ def test_hf_dir_trains_through_the_cache_and_a_lora_run_exports_to_transformers(
         summary = _run_stage(tmp_path / "from", "stage=convert", f"model.name_or_path={hf_dir}",
                              f"stage.output_dir={out}")
         exported = tmp_path / "lora-hf"
-        _run_stage(tmp_path / "to", "stage=convert", "stage.direction=to_hf", f"model.name_or_path={run}",
-                   f"stage.output_dir={exported}")
+        to_hf = _run_stage(tmp_path / "to", "stage=convert", "stage.direction=to_hf", f"model.name_or_path={run}",
+                           f"stage.output_dir={exported}")
     finally:
         del os.environ["LLMX_CACHE"]
+    # what the conversions leave: no empty folder (no checkpoints/), and closing lines naming what they wrote
+    from helpers import empty_folders
+
+    from llmx.console import summary_lines
+
+    assert empty_folders(tmp_path / "from") == empty_folders(tmp_path / "to") == []
+    assert summary_lines(to_hf, tmp_path / "to", 0)[-2:] == [f"  model_dir  {exported}",
+                                                             f"run dir: {tmp_path / 'to'}  (merged_model/)"]
     assert summary["cache_dir"] == str(caches[0]) and (caches[0] / "llmx_converted.json").stat().st_mtime_ns == marker
     assert len([p for p in (tmp_path / "cache" / "hf").iterdir() if p.is_dir()]) == 1  # reused, not converted again
     assert _st(out / "model.safetensors").keys() == _st(caches[0] / "model.safetensors").keys()

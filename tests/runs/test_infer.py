@@ -11,7 +11,7 @@ import json
 import re
 
 import pytest
-from helpers import launch, read_json, read_jsonl
+from helpers import closing_lines, empty_folders, launch, read_json, read_jsonl
 
 from llmx.families import FAMILIES
 from llmx.infer.support import static_problem
@@ -173,6 +173,11 @@ def test_stage_infer_under_tp2_and_static_with_a_lora_adapter_match_one_process(
     generated = sum(n for _, n, _ in with_adapter)
     assert re.search(rf"^16 requests: {prompt_tokens} prompt tokens, {generated} generated tokens "
                      r"in [\d.]+ s, [\d.]+ tokens/s \(static, max_batch 4\) -> ", proc.stdout, re.M), proc.stdout
+    # its closing lines name the predictions file; no curves, checkpoints or losses to reproduce; no empty folder
+    assert f"  output            {static / 'output.jsonl'}" in proc.stdout.splitlines()
+    assert closing_lines(proc.stdout) == [f"run dir: {static}  (summary.json, llmx.log)",
+                                          f"compare: python -m llmx diff {static} <another run>"]
+    assert empty_folders(static) == empty_folders(export) == empty_folders(tp2) == []
 
 
 def test_stage_infer_takes_the_family_from_a_run_without_model(tmp_path):

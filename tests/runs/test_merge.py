@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import launch, read_json  # noqa: E402
+from helpers import closing_lines, empty_folders, launch, read_json  # noqa: E402
 from merge_fixtures import NAMES, random_model  # noqa: E402
 
 from llmx.merge.recipe import Recipe, check, from_mergekit  # noqa: E402
@@ -205,8 +205,11 @@ def test_merged_tiny_model_loads_and_generates(tmp_path):
         tok.save_pretrained(str(out))
         dirs.append(str(out))
     run = tmp_path / "run"
-    launch("stage=merge", "stage.method=dare_ties", f"stage.models=[{dirs[0]},{dirs[1]}]", "stage.weights=[0.7,0.3]",
-           f"stage.base_model={dirs[2]}", "stage.density=0.6", f"hydra.run.dir={run}")
+    proc = launch("stage=merge", "stage.method=dare_ties", f"stage.models=[{dirs[0]},{dirs[1]}]",
+                  "stage.weights=[0.7,0.3]", f"stage.base_model={dirs[2]}", "stage.density=0.6", f"hydra.run.dir={run}")
+    assert f"  model_dir      {run / 'model'}" in proc.stdout.splitlines()
+    assert closing_lines(proc.stdout) == [f"run dir: {run}  (summary.json, merge.json, llmx.log)"]
+    assert empty_folders(run) == []
     record = read_json(run / "merge.json")
     assert [i["name"] for i in record["inputs"]] == [dirs[0], dirs[1], dirs[2]]
     assert all(len(i["sha256"]) == 64 for i in record["inputs"]) and record["method"] == "dare_ties"

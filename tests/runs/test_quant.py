@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import FAST, compose, launch, read_json  # noqa: E402
+from helpers import FAST, compose, empty_folders, launch, read_json  # noqa: E402
 
 from llmx.schema import asset_path  # noqa: E402
 
@@ -53,9 +53,10 @@ def quant_sweep(tmp_path_factory):
     launch(f"hydra.run.dir={d / 'sft'}", "stage.train.max_steps=120", "stage.train.lr=1e-2", f"stage.data.train={EVAL}",
            f"stage.data.eval={EVAL}", "stage.eval.num_samples=8", *FAST)
     add_outliers(d / "sft" / "model", d / "outliers", 30.0)
-    launch("-m", "stage=quantize", f"model.name_or_path={d / 'outliers'}", f"quant={','.join(CONFIGS)}",
-           "quant.group_size=-1", "quant.include_head=true", f"quant.calib_path={EVAL}", f"stage.eval={EVAL}",
-           f"hydra.sweep.dir={d / 'sweep'}")
+    proc = launch("-m", "stage=quantize", f"model.name_or_path={d / 'outliers'}", f"quant={','.join(CONFIGS)}",
+                  "quant.group_size=-1", "quant.include_head=true", f"quant.calib_path={EVAL}", f"stage.eval={EVAL}",
+                  f"hydra.sweep.dir={d / 'sweep'}")
+    (d / "console.txt").write_text(proc.stdout)
     runs = {c: d / "sweep" / str(i) for i, c in enumerate(CONFIGS)}
     return d, runs, {c: read_json(r / "summary.json") for c, r in runs.items()}
 
@@ -72,6 +73,11 @@ def _load(model_dir):
 
 def test_perplexity_ordering(quant_sweep):
     d, runs, s = quant_sweep
+    console = (d / "console.txt").read_text()
+    for run in runs.values():  # each job ends naming its quantized model; no checkpoints, curves or losses
+        assert f"  model_dir            {run / 'model'}\nrun dir: {run}  (summary.json, llmx.log)\n" \
+               f"compare: python -m llmx diff {run} <another run>\n" in console
+        assert empty_folders(run) == []
     ppl = {c: s[c]["perplexity_after"] for c in CONFIGS}
     float_ppl = s["wint8"]["perplexity_before"]
     assert all(s[c]["perplexity_before"] == float_ppl for c in CONFIGS)

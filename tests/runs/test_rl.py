@@ -121,6 +121,17 @@ def test_grpo_rule_reward_rises_with_bounded_kl(sft_run, tmp_path, monkeypatch):
                        "stage.train.max_steps=12", "stage.train.batch_size=8", *SMALL)  # 4 updates per rollout batch
     assert s["eval_reward_after"] > s["eval_reward_before"] + 0.15
     assert s["kl_to_reference"] < 3.0
+    # what it leaves: metrics (losses), checkpoints and its model, no VisualDL log, no empty folder (staging)
+    from helpers import empty_folders
+
+    from llmx.console import summary_lines
+
+    run = tmp_path / "grpo"
+    assert empty_folders(run) == []
+    lines = summary_lines(s, run, 0)
+    assert lines[-3].split() == ["model_dir", str(run / "model")]
+    assert lines[-2:] == [f"run dir: {run}  (summary.json, metrics.jsonl, checkpoints/)",
+                          f"compare: python -m llmx diff {run} <another run>;  reproduce: python -m llmx rerun {run} --check"]
 
 
 def test_lora_actor_holds_one_copy_of_the_base(sft_run, rm_run, tmp_path):

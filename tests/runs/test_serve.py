@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from helpers import start_server
+from helpers import closing_lines, empty_folders, start_server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -240,7 +240,11 @@ def test_sigterm_ends_running_streams_and_releases_the_port(server):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # which Linux refuses while a socket still listens)
         s.bind(("127.0.0.1", server["port"]))
         s.listen()
-    assert "server stopped:" in proc.stdout.read()
+    # its closing lines: the traffic it served, and the run dir with what it holds (no curves, losses or checkpoints)
+    out, run = proc.stdout.read(), server["run"]
+    assert "server stopped:" in out
+    assert closing_lines(out) == [f"run dir: {run}  (summary.json, llmx.log)"]
+    assert empty_folders(run) == []
 
 
 # launch.py, with the prompt renderer failing for real on one message: an unforeseen error while answering

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import FAST, REPO, launch, read_json, read_jsonl, train_losses
+from helpers import FAST, REPO, closing_lines, empty_folders, launch, read_json, read_jsonl, train_losses
 
 RUN_FILES = [".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "provenance.json",
              "metrics.jsonl", "summary.json", "samples.jsonl", "llmx.log", "checkpoints/latest", "model/config.json"]
@@ -23,8 +23,13 @@ def test_default_job_leaves_a_complete_run_dir_and_learns(default_job):
     console = (proc.stdout + proc.stderr).split("\n")  # a progress bar redraws its line with \r
     assert len(console) <= 40, "\n".join(console)
     assert console[0] == f"llmx sft: model=tiny parallel=single -> {run}"
-    assert any(line.startswith("done in ") for line in console) and f"run dir: {run}  (summary.json" in proc.stdout
-    assert f"curves:  visualdl --logdir {run}" in proc.stdout
+    assert any(line.startswith("done in ") for line in console)
+    assert f"  model_dir         {run / 'model'}" in console
+    assert closing_lines(proc.stdout) == [
+        f"run dir: {run}  (summary.json, metrics.jsonl, samples.jsonl, checkpoints/, visualdl/, llmx.log)",
+        f"curves:  visualdl --logdir {run}",
+        f"compare: python -m llmx diff {run} <another run>;  reproduce: python -m llmx rerun {run} --check"]
+    assert empty_folders(run) == []
     assert "PaddleNLP" not in proc.stdout + proc.stderr and "Warning" not in proc.stdout + proc.stderr
     log = (run / "llmx.log").read_text()
     assert "Training completed" in log and "py.warnings" in log  # ... they went to llmx.log
