@@ -8,6 +8,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from llmx.schema.checks import fail, one_of, require
+from llmx.schema.logger import LoggerConfig, validate_logger
 from llmx.schema.model import ModelConfig, validate_model
 from llmx.schema.parallel import ParallelConfig, validate_parallel
 from llmx.schema.quant import QuantConfig, validate_quant
@@ -22,6 +23,7 @@ class RunConfig:
     stage: Any = MISSING  # each stage file picks its schema (`/schema/stage/<runner>`) in its defaults list
     parallel: ParallelConfig = MISSING
     quant: QuantConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # the chosen trackers (llmx.tracking)
     seed: int = 42
     device: str = "auto"  # auto | cpu | gpu
     verbose: bool = False  # also show PaddleNLP's logs and library warnings on the console (llmx.log has them anyway)
@@ -40,6 +42,7 @@ def validate_common(cfg: DictConfig) -> None:
     validate_model(cfg.model)
     validate_parallel(cfg)
     validate_quant(cfg)
+    validate_logger(cfg)
     one_of("device", cfg.device, DEVICES)
     require(cfg.device_memory_gb is None or cfg.device_memory_gb > 0, "device_memory_gb", cfg.device_memory_gb,
             "must be > 0 (GiB)")
