@@ -91,39 +91,58 @@ def _quiet():
         log.debug("%s", buffer.getvalue().strip())
 
 
-class VisualDL:
-    def __init__(self, settings: dict, where: Placement, params: dict) -> None:
-        from visualdl import LogWriter
+def _into_llmx_log(name: str) -> None:
+    """A library logger with a console handler of its own (MLflow's): its records go to the root logger instead,
+    so into llmx.log and, through llmx.console's filter, not onto the console."""
+    library = logging.getLogger(name)
+    for handler in list(library.handlers):
+        library.removeHandler(handler)
+    library.propagate = True
 
-        self.writer = LogWriter(logdir=where.location("visualdl", settings))
+
+class VisualDL:
+    """Opens its log at the first curve: a stage that logs none (infer, convert, ...) leaves no folder."""
+
+    def __init__(self, settings: dict, where: Placement, params: dict) -> None:
+        self.logdir, self.writer = where.location("visualdl", settings), None
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is None:
+            from visualdl import LogWriter
+
+            self.writer = LogWriter(logdir=self.logdir)
         for tag, value in values.items():
             self.writer.add_scalar(tag=tag, value=value, step=step)
 
     def summary(self, step: int, values: dict[str, float], summary: dict) -> None:
-        self.log(step, {SUMMARY_PREFIX + k: v for k, v in values.items()})
+        if self.writer is not None:
+            self.log(step, {SUMMARY_PREFIX + k: v for k, v in values.items()})
 
     def close(self, ok: bool) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class TensorBoard:
-    """tensorboardX: TensorBoard's event files without TensorFlow or torch."""
+    """tensorboardX: TensorBoard's event files without TensorFlow or torch. Opens at the first curve, as VisualDL."""
 
     def __init__(self, settings: dict, where: Placement, params: dict) -> None:
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(logdir=where.location("tensorboard", settings))
+        self.logdir, self.writer = where.location("tensorboard", settings), None
         self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is None:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(logdir=self.logdir)
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, global_step=step)
 
     def summary(self, step: int, values: dict[str, float], summary: dict) -> None:
         """The summary's numbers as scalars, and the config with them in TensorBoard's HParams tab
         (written into this run's own event file: SummaryWriter.add_hparams would start another run)."""
+        if self.writer is None:
+            return
         from tensorboardX.summary import hparams
 
         tagged = {SUMMARY_PREFIX + k: v for k, v in values.items()}
@@ -132,7 +151,8 @@ class TensorBoard:
             self.writer.file_writer.add_summary(proto)
 
     def close(self, ok: bool) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class MLflow:
@@ -144,6 +164,7 @@ class MLflow:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        _into_llmx_log("mlflow")
         self.client = MlflowClient(tracking_uri=where.location("mlflow", settings))
         name = settings.get("experiment") or where.group or "llmx"
         found = self.client.get_experiment_by_name(name)

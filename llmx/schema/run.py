@@ -23,12 +23,12 @@ class RunConfig:
     stage: Any = MISSING  # each stage file picks its schema (`/schema/stage/<runner>`) in its defaults list
     parallel: ParallelConfig = MISSING
     quant: QuantConfig = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)  # the chosen trackers (llmx.tracking)
     seed: int = 42
     device: str = "auto"  # auto | cpu | gpu
     verbose: bool = False  # also show PaddleNLP's logs and library warnings on the console (llmx.log has them anyway)
     plan: bool = False  # only print the per-device memory estimate of this layout (llmx.plan), run nothing
     device_memory_gb: Optional[float] = None  # memory of one device in GiB, for the plan's fits verdict
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # the chosen trackers (llmx.tracking)
 
 
 def validate_common(cfg: DictConfig) -> None:

@@ -1,6 +1,7 @@
 """The `logger` group: every tracker at once on an SFT run and a GRPO run, read back with each tracker's own
 package, holds metrics.jsonl's values at their steps (training steps and held-out metrics), the config as
-parameters and the summary; a sweep's jobs are one MLflow experiment."""
+parameters and the summary; a failed run's trackers are closed as failed; a sweep's jobs are one MLflow
+experiment."""
 from __future__ import annotations
 
 import glob
@@ -164,7 +165,7 @@ def test_a_sweep_is_one_mlflow_experiment_and_the_hints_say_where(tmp_path, monk
 
     sweep = tmp_path / "sweep"
     launch("-m", f"hydra.sweep.dir={sweep}", "logger=[visualdl,mlflow]", *FAST, "stage.train.max_steps=2",
-           "stage.eval.enabled=false", "stage.train.save_steps=100", "stage.train.lr=1e-3,2e-3", cwd=tmp_path)
+           "stage.train.logging_steps=1", "stage.eval.enabled=false", "stage.train.save_steps=100", "stage.train.lr=1e-3,2e-3", cwd=tmp_path)
     client, runs = mlflow_run(sweep / "mlflow.db", experiment="sweep")
     assert sorted(r.info.run_name for r in runs) == ["sweep/0", "sweep/1"]
     assert sorted(r.data.params["stage.train.lr"] for r in runs) == ["0.001", "0.002"]
@@ -174,3 +175,26 @@ def test_a_sweep_is_one_mlflow_experiment_and_the_hints_say_where(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert hints(sweep / "0") == ["curves:   visualdl --logdir sweep",
                                   f"mlflow:   mlflow ui --backend-store-uri sqlite:///{sweep / 'mlflow.db'}"]
+
+
+def test_a_failed_run_closes_its_trackers_as_failed_and_a_resumed_run_continues_its_mlflow_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from llmx.experiment import Experiment
+
+    run = Experiment(tmp_path / "run").create()
+    config = {"stage": {"train": {"lr": 0.01}}, "seed": 1}
+    run.open_trackers({"mlflow": {}}, config)
+    run.log_metrics({"step": 1, "loss": 2.5, "note": "text is no curve"})
+    run.close_trackers(None)  # the run failed
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.dir / 'mlflow.db'}")
+    (first,) = client.search_runs([client.get_experiment_by_name("llmx").experiment_id])
+    assert first.info.status == "FAILED" and first.data.params == {"stage.train.lr": "0.01", "seed": "1"}
+
+    run.open_trackers({"mlflow": {}}, config)  # relaunched into the same run dir: resumes
+    run.log_metrics({"step": 2, "loss": 2.0})
+    run.close_trackers({"final_loss": 2.0, "model_dir": "m"})
+    (again,) = client.search_runs([first.info.experiment_id])
+    assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(again.info.run_id, "loss")] == [(1, 2.5), (2, 2.0)]
+    assert again.data.metrics["summary/final_loss"] == 2.0
