@@ -145,12 +145,13 @@ class Experiment:
             if self.trackers is not None:
                 self.trackers.log(record)
 
-    def open_trackers(self, logger: dict, config: dict) -> None:
-        """Open the trackers `logger` (a resolved `logger` block) chooses, with `config` as their parameters."""
+    def open_trackers(self, logger: dict, config: dict, sweep: bool = False) -> None:
+        """Open the trackers `logger` (a resolved `logger` block) chooses, with `config` as their parameters
+        (`sweep`: the run is a multirun's job, grouped with the sweep's other jobs)."""
         if self.writer and any(v is not None for v in logger.values()):
             from llmx.tracking import open_trackers
 
-            self.trackers = open_trackers(logger, self.dir, config)
+            self.trackers = open_trackers(logger, self.dir, config, sweep)
 
     def close_trackers(self, summary: Optional[dict]) -> None:
         """Hand the trackers the summary (None: the run failed) and close them."""

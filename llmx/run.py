@@ -69,8 +69,9 @@ def run_stage(stage, cfg: DictConfig, ctx) -> dict:
     from llmx.engine.model import run_facts
 
     exp, summary = ctx.experiment, None
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     exp.open_trackers(OmegaConf.to_container(cfg.logger, resolve=True) if "logger" in cfg else {},
-                      OmegaConf.to_container(cfg, resolve=True))
+                      OmegaConf.to_container(cfg, resolve=True), sweep)
     try:
         summary = {**stage.run(cfg, ctx), **run_facts()}
         exp.write_summary(summary)

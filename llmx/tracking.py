@@ -40,10 +40,12 @@ class Placement:
     name: str  # the run, as the trackers show it
 
     @classmethod
-    def of(cls, run_dir: str | Path) -> "Placement":
+    def of(cls, run_dir: str | Path, sweep: bool = False) -> "Placement":
+        """`sweep`: the job of a multirun (Hydra's mode); else found from the files Hydra wrote, as for a rank
+        that a multi-process job launched (its own Hydra runs it as a single run) or a finished run."""
         run_dir = Path(run_dir).resolve()
-        sweep = (run_dir.parent / SWEEP_FILE).is_file()  # (a launched rank's own Hydra runs it as a single run)
-        root = run_dir.parent if sweep else run_dir
+        sweep = sweep or _in_sweep(run_dir)
+        root = run_dir.parent if sweep else run_dir  # (the sweep's subdir pattern is one level: the job number)
         return cls(run_dir, root, _shown(root) if sweep else None,
                    f"{_shown(root)}/{run_dir.name}" if sweep else _shown(run_dir))
 
@@ -54,6 +56,17 @@ class Placement:
         if tracker == "mlflow":
             return settings.get("tracking_uri") or f"sqlite:///{self.root / 'mlflow.db'}"
         return str(self.root / "swanlog") if tracker == "swanlab" else str(self.root)  # wandb adds wandb/
+
+
+def _in_sweep(run_dir: Path) -> bool:
+    if (run_dir.parent / SWEEP_FILE).is_file():  # Hydra's basic sweeper writes it before the first job
+        return True
+    record = run_dir / ".hydra" / "hydra.yaml"
+    if not record.is_file():
+        return False
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(OmegaConf.load(record), "hydra.mode") == "MULTIRUN"
 
 
 def _shown(path: Path) -> str:
@@ -285,10 +298,10 @@ class Trackers:
             log.warning("a tracker failed to close: %s", error)
 
 
-def open_trackers(logger: dict, run_dir: str | Path, config: dict) -> Trackers:
+def open_trackers(logger: dict, run_dir: str | Path, config: dict, sweep: bool = False) -> Trackers:
     """The trackers `logger` (the run config's resolved `logger` block) chooses, opened with `config`'s
-    parameters. A tracker that fails to open closes those opened before it."""
-    where, params, opened = Placement.of(run_dir), flat_params(config), []
+    parameters (`sweep`: the run is a multirun's job). A tracker that fails to open closes those opened before it."""
+    where, params, opened = Placement.of(run_dir, sweep), flat_params(config), []
     try:
         for name, tracker in TRACKERS.items():
             if logger.get(name) is not None:
