@@ -1,5 +1,5 @@
 """The `logger` group without paddle: composing several trackers, the one-line refusals (a tracker package
-missing, an unknown tracker or mode)."""
+missing, an unknown tracker or mode), and the hints of what a run wrote."""
 from __future__ import annotations
 
 import sys
@@ -39,3 +39,18 @@ def test_an_unknown_tracker_or_mode_is_refused_in_one_line(tmp_path):
     assert input_error("logger=[visualdl,neptune]") == "llmx: config error: In 'config': Could not load 'logger/neptune'."
     assert input_error("logger=wandb", "logger.wandb.mode=cloud") == \
         "llmx: config error: logger.wandb.mode='cloud': allowed: offline, online, disabled"
+
+
+def test_hints_name_only_what_was_written(tmp_path, monkeypatch):
+    """A stage that logs no curve (infer, convert, ...) gets no `visualdl --logdir` line."""
+    from llmx.tracking import hints
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose("logger=[visualdl,tensorboard]"), run / ".hydra" / "config.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert hints(run) == []
+    (run / "visualdl").mkdir()
+    (run / "visualdl" / "vdlrecords.1.log").write_bytes(b"x")
+    assert hints(run) == ["curves:   visualdl --logdir run"]
+

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from helpers import FAST, launch, read_json, read_jsonl, run_in_process
+from helpers import FAST, compose, launch, read_json, read_jsonl, run_in_process
 
 ALL = "logger=[visualdl,tensorboard,mlflow,wandb,swanlab]"
 PACKAGES = ("visualdl", "tensorboardX", "tensorboard", "mlflow", "sqlalchemy", "wandb", "swanlab")
@@ -141,12 +141,23 @@ def check_every_tracker(run: Path, param: str, value) -> None:
     assert config[param]["value"] == value
 
 
-def test_sft_run_reaches_every_tracker(tmp_path):
+def test_sft_run_reaches_every_tracker_and_the_hints_open_each(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from llmx.tracking import hints
+
     run = tmp_path / "sft"
     run_in_process(run, ALL, "stage.train.max_steps=3", "stage.train.logging_steps=1", "stage.train.save_steps=100")
     want = expected(run)
     assert set(want["eval_loss"]) == {0, 3} and set(want["loss"]) == {1, 2, 3}  # held-out metrics at their steps
     check_every_tracker(run, "stage.train.max_steps", 3)
+
+    (run / ".hydra").mkdir()  # what launch.py's Hydra writes (run_in_process does not)
+    OmegaConf.save(compose(ALL), run / ".hydra" / "config.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert hints(run) == ["curves:   visualdl --logdir sft", "curves:   tensorboard --logdir sft",
+                          f"mlflow:   mlflow ui --backend-store-uri sqlite:///{run / 'mlflow.db'}",
+                          "wandb:    wandb sync sft/wandb/offline-run-*", "swanlab:  swanlab sync sft/swanlog/run-*"]
 
 
 def test_grpo_run_reaches_every_tracker(tiny_model_dir, tmp_path):
