@@ -10,7 +10,7 @@ One class per tracker, each written on the tracker's own package, imported only 
 (llmx.schema.logger checked beforehand that the package is there). Imports no paddle.
 
 Where the files go: VisualDL and TensorBoard in the run dir (a sweep dir opened in either shows its jobs as
-runs); MLflow's file store, wandb's offline runs and SwanLab's log in the sweep dir of a multirun (else the
+runs); MLflow's SQLite store, wandb's offline runs and SwanLab's log in the sweep dir of a multirun (else the
 run dir), so that a sweep's jobs are one MLflow experiment, one wandb group, one SwanLab group.
 """
 from __future__ import annotations
