@@ -74,7 +74,7 @@ def direct(args) -> None:
         learning_rate=args.lr, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         logging_steps=args.logging_steps, save_strategy="no", evaluation_strategy="no", disable_tqdm=True,
-        report_to=["visualdl"], logging_dir=str(out / "visualdl"),  # PaddleNLP's default reporter, as llmx
+        report_to=["visualdl"], logging_dir=str(out / "visualdl"),  # VisualDL curves, as llmx writes (llmx.tracking)
         dataloader_num_workers=0, remove_unused_columns=False, device="cpu")
     SameOrderTrainer(model=model, args=targs, train_dataset=train_set, data_collator=collate,
                      callbacks=[Record()]).train()

@@ -129,13 +129,11 @@ def run_records(run_dir: Path, shown_above: list[Path] = ()) -> list[str]:
 
 
 def curve_hints(run_dir: Path) -> list[str]:
-    """How to look at the curves the run wrote, one line per kind found in `run_dir` (none when it wrote none).
-    The one place that knows where each tracker leaves its files."""
-    run = _relative(run_dir)
-    hints = []
-    if any((run_dir / "visualdl").rglob("vdlrecords.*")):
-        hints.append(f"curves:  visualdl --logdir {run}")
-    return hints
+    """How to open what the run's trackers wrote, one line per tracker that wrote something (llmx.tracking knows
+    where each one leaves its files)."""
+    from llmx.tracking import hints
+
+    return hints(run_dir)
 
 
 def _is_output_path(key: str, value: Any) -> bool:

@@ -3,7 +3,7 @@
 Layout (Hydra's run dir):
     .hydra/               Hydra's own config/hydra/overrides.yaml
     provenance.json       code version, packages, host, devices, world, seed, command
-    metrics.jsonl         one JSON object per logged step
+    metrics.jsonl         one JSON object per logged step (also sent to the chosen trackers: llmx.tracking)
     summary.json          final metrics
     samples.jsonl         generations at eval time
     checkpoints/step-N/   complete checkpoints; `checkpoints/latest` names the newest (the folder
@@ -119,6 +119,7 @@ class Experiment:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
         self.summary_path = self.dir / "summary.json"
+        self.trackers = None  # llmx.tracking.Trackers while a run is tracked (main process only)
 
     def create(self) -> "Experiment":
         """The run directory; `checkpoints/` comes with the first checkpoint (a stage that writes none
@@ -149,9 +150,26 @@ class Experiment:
 
     # -- metrics ----------------------------------------------------------------
     def log_metrics(self, record: dict) -> None:
+        """One metrics.jsonl line, and the same record to every open tracker: the one way metrics leave a run."""
         if self.writer:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+            if self.trackers is not None:
+                self.trackers.log(record)
+
+    def open_trackers(self, logger: dict, config: dict, sweep: bool = False) -> None:
+        """Open the trackers `logger` (a resolved `logger` block) chooses, with `config` as their parameters
+        (`sweep`: the run is a multirun's job, grouped with the sweep's other jobs)."""
+        if self.writer and any(v is not None for v in logger.values()):
+            from llmx.tracking import open_trackers
+
+            self.trackers = open_trackers(logger, self.dir, config, sweep)
+
+    def close_trackers(self, summary: Optional[dict]) -> None:
+        """Hand the trackers the summary (None: the run failed) and close them."""
+        trackers, self.trackers = self.trackers, None
+        if trackers is not None:
+            trackers.finish(summary)
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():

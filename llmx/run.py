@@ -63,11 +63,20 @@ def run(cfg: DictConfig, run_dir: Path, announce: bool = True) -> dict | None:
 
 def run_stage(stage, cfg: DictConfig, ctx) -> dict:
     """Run the stage module and write its summary, completed with what the engine records of every run
-    (the fused kernels that ran, with model.fused_ops auto or on)."""
+    (the fused kernels that ran, with model.fused_ops auto or on). The chosen trackers (the `logger` group)
+    are open meanwhile: they get the config, every metrics.jsonl record and the summary, and are closed
+    when the run ends or fails."""
     from llmx.engine.model import run_facts
 
-    summary = {**stage.run(cfg, ctx), **run_facts()}
-    ctx.experiment.write_summary(summary)
+    exp, summary = ctx.experiment, None
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    exp.open_trackers(OmegaConf.to_container(cfg.logger, resolve=True) if "logger" in cfg else {},
+                      OmegaConf.to_container(cfg, resolve=True), sweep)
+    try:
+        summary = {**stage.run(cfg, ctx), **run_facts()}
+        exp.write_summary(summary)
+    finally:
+        exp.close_trackers(summary)
     return summary
 
 

@@ -80,8 +80,7 @@ def training_arguments(cfg: DictConfig, exp: Experiment, device: str, args_class
         save_total_limit=None,  # pruning is ours: it must only ever see complete checkpoints
         evaluation_strategy="no",
         disable_tqdm=not t.progress_bar,
-        report_to=["visualdl"],
-        logging_dir=str(exp.dir / "visualdl"),
+        report_to=["none"],  # curves come from metrics.jsonl, through llmx.tracking (every stage, not only the Trainer's)
         dataloader_num_workers=0,  # the collator counts tokens in this process
         remove_unused_columns=False,
         device=device,

@@ -11,6 +11,7 @@
                 stage that fine-tunes on examples (trainable model + data block + training loop + adapters)
     peft        PeftConfig, validate_peft, reft_positions, the methods and LoRA variants
     preference  validate_pairs (dpo, kto, rm) and validate_preference (dpo, kto)
+    logger      LoggerConfig (the `logger` group: the chosen experiment trackers), validate_logger: their packages
 
 Hydra + OmegaConf check key names and types while composing; these check values and combinations, with
 one-line errors naming the key, the bad value and what is allowed. Each stage module holds its own `Config`
@@ -21,6 +22,7 @@ Face directory or a GGUF file through llmx.sources without converting it.
 """
 from llmx.schema.checks import existing, fail, one_of, positive, require
 from llmx.schema.data import FORMATS, KINDS, DataFiles, check_data_config, check_format, check_weights, data_paths
+from llmx.schema.logger import LoggerConfig, chosen_trackers, validate_logger
 from llmx.schema.model import (DTYPES, FUSED_OPS, ModelConfig, model_dim, model_family, model_hparams, quantized,
                                validate_model)
 from llmx.schema.parallel import ParallelConfig, launched_processes, on_cpu, validate_parallel
@@ -34,6 +36,7 @@ from llmx.schema.train import LR_SCHEDULERS, TrainConfig, validate_train, valida
 __all__ = [
     "existing", "fail", "one_of", "positive", "require",
     "FORMATS", "KINDS", "DataFiles", "check_data_config", "check_format", "check_weights", "data_paths",
+    "LoggerConfig", "chosen_trackers", "validate_logger",
     "DTYPES", "FUSED_OPS", "ModelConfig", "model_dim", "model_family", "model_hparams", "quantized", "validate_model",
     "ParallelConfig", "launched_processes", "on_cpu", "validate_parallel",
     "ASSETS_DIR", "CONF_DIR", "PACKAGE_DIR", "asset_path",

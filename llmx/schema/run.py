@@ -8,6 +8,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from llmx.schema.checks import fail, one_of, require
+from llmx.schema.logger import LoggerConfig, validate_logger
 from llmx.schema.model import ModelConfig, validate_model
 from llmx.schema.parallel import ParallelConfig, validate_parallel
 from llmx.schema.quant import QuantConfig, validate_quant
@@ -27,6 +28,7 @@ class RunConfig:
     verbose: bool = False  # also show PaddleNLP's logs and library warnings on the console (llmx.log has them anyway)
     plan: bool = False  # only print the per-device memory estimate of this layout (llmx.plan), run nothing
     device_memory_gb: Optional[float] = None  # memory of one device in GiB, for the plan's fits verdict
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # the chosen trackers (llmx.tracking)
 
 
 def validate_common(cfg: DictConfig) -> None:
@@ -40,6 +42,7 @@ def validate_common(cfg: DictConfig) -> None:
     validate_model(cfg.model)
     validate_parallel(cfg)
     validate_quant(cfg)
+    validate_logger(cfg)
     one_of("device", cfg.device, DEVICES)
     require(cfg.device_memory_gb is None or cfg.device_memory_gb > 0, "device_memory_gb", cfg.device_memory_gb,
             "must be > 0 (GiB)")

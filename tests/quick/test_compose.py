@@ -22,7 +22,7 @@ from llmx.families import FAMILIES
 from llmx.stages import register_configs, validate
 
 CONF = REPO / "conf"
-GROUPS = ("model", "stage", "parallel", "quant")
+GROUPS = ("model", "stage", "parallel", "quant", "logger")
 NO_PREFIX_TUNING = {name for name, f in FAMILIES.items() if f.prefix_cache is None}
 SHARDS = 2
 
@@ -175,7 +175,7 @@ def test_cfg_job_prints_the_composed_config(answers):
     assert "runner: sft" in proc.stdout and "family: llama" in proc.stdout
     cfg = OmegaConf.create(proc.stdout)
     assert set(cfg.keys()) == {"model", "stage", "parallel", "quant", "seed", "device", "verbose", "plan",
-                               "device_memory_gb"}
+                               "device_memory_gb", "logger"}
     assert (cfg.model.size, cfg.stage.peft.method, cfg.parallel.tp, cfg.quant.algorithm) == ("tiny", "none", 1, "none")
 
 

@@ -25,7 +25,7 @@ def leave(run, *names: str, metrics: list[dict] = ()) -> None:
     for name in (".hydra/config.yaml", "provenance.json", "status.json", "summary.json", "llmx.log", *names):
         path = run / (name + "x" if name.endswith("/") else name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("{}")
+        path.write_text("logger: {visualdl: {}}" if name == ".hydra/config.yaml" else "{}")  # the default logger
     if metrics:
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
 

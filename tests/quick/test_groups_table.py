@@ -53,15 +53,15 @@ def test_stage_runners_are_what_hydra_composes():
 
 
 def test_a_new_group_folder_is_picked_up_with_its_default(tmp_path):
-    """A group added to conf/ (as `conf/logger/`) is listed without a change to the generator, its default bold."""
+    """A group added to conf/ (here `conf/callbacks/`) is listed without a change to the generator, its default bold."""
     import shutil
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)
-    (conf / "logger").mkdir()
-    for name in ("visualdl", "tensorboard"):
-        (conf / "logger" / f"{name}.yaml").write_text(f"# {name}\nkind: {name}\n")
-    primary = (conf / "config.yaml").read_text().replace("  - quant: none\n", "  - quant: none\n  - logger: [visualdl]\n")
+    (conf / "callbacks").mkdir()
+    for name in ("early_stop", "profiler"):
+        (conf / "callbacks" / f"{name}.yaml").write_text(f"# {name}\nkind: {name}\n")
+    primary = (conf / "config.yaml").read_text().replace("  - quant: none\n", "  - quant: none\n  - callbacks: [profiler]\n")
     (conf / "config.yaml").write_text(primary)
-    assert list(groups(conf))[:5] == ["model", "stage", "parallel", "quant", "logger"]
-    assert "| `logger` | tensorboard, **visualdl** |" in markdown(conf).splitlines()
+    assert list(groups(conf))[:5] == ["model", "stage", "parallel", "quant", "callbacks"]
+    assert "| `callbacks` | early_stop, **profiler** |" in markdown(conf).splitlines()

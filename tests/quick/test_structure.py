@@ -33,7 +33,7 @@ LAYERS = (
     ("engine", {"engine"}),
     ("data/convert/quant/ops", {"data", "convert", "quant", "ops", "sources", "models"}),
     ("ground", {"schema", "config", "families", "layout", "rope", "compat", "errors", "console", "experiment", "tokens",
-                "devices"}),
+                "devices", "tracking"}),
 )
 # The explained exceptions: validation asks what a checkpoint path holds (its kind, family and config.json,
 # read without converting it; test_paddle_free_validation proves no paddle comes with it).
@@ -107,7 +107,7 @@ import llmx.stages.infer, llmx.stages.serve, llmx.data.infer, llmx.infer.samplin
 import llmx.stages.dpo, llmx.stages.kto, llmx.data.preference, llmx.data.demo_preference
 import llmx.stages.rm, llmx.stages.ppo, llmx.stages.grpo, llmx.rl.config, llmx.rl.rewards
 import llmx.families.record, llmx.families.formulas, llmx.families.fixes, llmx.families.llama, llmx.families.moe
-import llmx.family_table, llmx.groups_table, llmx.search
+import llmx.family_table, llmx.groups_table, llmx.search, llmx.tracking, llmx.schema.logger
 import llmx.schema, llmx.schema.run, llmx.schema.model, llmx.schema.train, llmx.schema.peft, llmx.schema.preference
 import llmx.convert.cache, llmx.convert.gguf
 import llmx.compat, llmx.compat.hydra
