@@ -32,7 +32,7 @@ LAYERS = (
     ("infer/serve", {"serve", "infer"}),
     ("engine", {"engine"}),
     ("data/convert/quant/ops", {"data", "convert", "quant", "ops", "sources", "models"}),
-    ("ground", {"schema", "config", "families", "layout", "rope", "compat", "errors", "console", "experiment", "tokens",
+    ("ground", {"schema", "config", "families", "layout", "rope", "compat", "errors", "console", "experiment", "tokens", "safe_pickle",
                 "devices"}),
 )
 # The explained exceptions: validation asks what a checkpoint path holds (its kind, family and config.json,

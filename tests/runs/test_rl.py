@@ -275,7 +275,7 @@ def test_grpo_tp2_equals_one_process_and_resumes(sft_run, tmp_path, monkeypatch)
     run_in_process(one, *common)
     tp2 = tmp_path / "tp2"
     _launch(*common, "parallel=tp2", "stage.train.max_steps=2", f"hydra.run.dir={tp2}")
-    assert (tp2 / "checkpoints" / "step-2" / "actor.tp01.pdparams").is_file()
+    assert (tp2 / "checkpoints" / "step-2" / "actor.tp01.safetensors").is_file()
     _launch(*common, "parallel=tp2", f"hydra.run.dir={tp2}")
     assert read_json(tp2 / "summary.json")["resumed_from"] == "step-2"
     _same_steps(one, tp2, ("reward_mean", "reward_std", "kl", "policy_loss", "surrogate", "kl_loss", "entropy",
