@@ -29,23 +29,30 @@ class PickledCodeError(UserError):
 
 def _numpy_globals() -> dict:
     import numpy as np
-    from numpy.core import multiarray
+    from numpy.core import multiarray, numeric
 
     # numpy >= 2 writes `numpy._core...` into pickles; a file written there must load here too.
     found = {}
     for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
         found[(core, "_reconstruct")] = multiarray._reconstruct
         found[(core, "scalar")] = multiarray.scalar
+    for core in ("numpy.core.numeric", "numpy._core.numeric"):
+        found[(core, "_frombuffer")] = numeric._frombuffer  # how protocol 5 writes an array
     found[("numpy", "ndarray")] = np.ndarray
     found[("numpy", "dtype")] = np.dtype
     return found
 
 
-def _paddle_eval(expression: str, namespace: dict) -> Any:
+def _paddle_eval(source: str):
     """`paddle.save` pickles a DenseTensor as `eval('data', {'data': array})`; that one call is data."""
-    if expression != "data" or not isinstance(namespace, dict) or set(namespace) != {"data"}:
-        raise pickle.UnpicklingError(f"eval({expression!r}, ...) is not paddle.save's tensor form")
-    return namespace["data"]
+
+    def tensor_data(expression="", namespace=None, *_):
+        if expression != "data" or not isinstance(namespace, dict) or set(namespace) != {"data"}:
+            raise PickledCodeError(f"{source}: refusing to unpickle builtins.eval({str(expression)[:40]!r}) (pickled "
+                                   f"code: not paddle.save's tensor form)")
+        return namespace["data"]
+
+    return tensor_data
 
 
 def _generator_state():
@@ -59,11 +66,13 @@ _BUILTINS = {name: getattr(builtins, name)
              for name in ("dict", "list", "tuple", "set", "frozenset", "complex", "bytearray", "slice", "range")}
 
 
-def _allowed(module: str, name: str):
+def _allowed(module: str, name: str, source: str):
+    if module == "__builtin__":  # protocol 2 names Python 3's builtins as Python 2's
+        module = "builtins"
     if module == "builtins" and name in _BUILTINS:
         return _BUILTINS[name]
     if (module, name) == ("builtins", "eval"):
-        return _paddle_eval
+        return _paddle_eval(source)
     if (module, name) == ("collections", "OrderedDict"):
         from collections import OrderedDict
 
@@ -106,7 +115,7 @@ def set_trust(trust: bool) -> None:
 
 def data_global(module: str, name: str, source: str):
     """The global a data pickle may name, or the one-line refusal naming the file and the global."""
-    found = _allowed(module, name)
+    found = _allowed(module, name, source)
     if found is None:
         raise PickledCodeError(f"{source}: refusing to unpickle {module}.{name} (pickled code, not data); load only "
                                f"files you trust, and then with model.trust_pickle=true")

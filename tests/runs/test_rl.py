@@ -201,6 +201,9 @@ def test_ppo_resumes_critic_optimizers_and_kl_state(sft_run, rm_run, tmp_path):
     run_in_process(run, *common, "stage.train.max_steps=2")
     s = run_in_process(run, *common, "stage.train.max_steps=3")
     assert s["resumed_from"] == "step-2"
+    saved = sorted(p.name for p in (run / "checkpoints" / "step-2").iterdir())
+    pickles = [n for n in saved if (run / "checkpoints" / "step-2" / n).read_bytes()[:1] == b"\x80"]
+    assert not pickles and "critic_optimizer.safetensors" in saved and "rng.rank0.json" in saved, saved
     want = [r for r in read_jsonl(whole / "metrics.jsonl") if "reward_mean" in r]
     got = [r for r in read_jsonl(run / "metrics.jsonl") if "reward_mean" in r]
     assert [r["step"] for r in got] == [1, 2, 3]
