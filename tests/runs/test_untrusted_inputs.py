@@ -51,7 +51,8 @@ def test_resuming_a_run_whose_rng_state_runs_code_is_refused(sft_run, tmp_path):
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     _poison(latest / "rng_state.pth", marker)
     steps = read_json(run / "summary.json")["steps"]
-    proc = launch(f"hydra.run.dir={run}", f"stage.train.max_steps={steps + 1}", check=False)
+    proc = launch(f"hydra.run.dir={run}", f"stage.train.max_steps={steps + 1}", "stage.train.progress_bar=false",
+                  check=False)
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert "refusing to unpickle subprocess.call" in _last_line(proc) and str(latest / "rng_state.pth") in _last_line(proc)
     assert not marker.exists()
