@@ -401,15 +401,16 @@ class LlmxTrainerMixin:
         )
 
     def _save_checkpoint(self, model, metrics=None):
-        staging = self.experiment.staging_dir()  # the Trainer's output_dir
-        super()._save_checkpoint(model, metrics=metrics)  # writes staging/checkpoint-N completely
-        if self.args.world_size > 1:
-            paddle.distributed.barrier()
-        if self.args.should_save:
-            written = staging / f"checkpoint-{self.state.global_step}"
-            name_single_model_class(written)
-            final = self.experiment.commit_checkpoint(written, self.state.global_step, self.keep_checkpoints)
-            log.info("checkpoint committed: %s", final)
+        step = self.state.global_step
+        written = self.experiment.staging_dir() / f"checkpoint-{step}"  # (the staging dir is the Trainer's output_dir)
+        with self.experiment.writing_checkpoint(step, written):
+            super()._save_checkpoint(model, metrics=metrics)  # writes staging/checkpoint-N completely
+            if self.args.world_size > 1:
+                paddle.distributed.barrier()
+            if self.args.should_save:
+                name_single_model_class(written)
+                final = self.experiment.commit_checkpoint(written, step, self.keep_checkpoints)
+                log.info("checkpoint committed: %s", final)
         if self.args.world_size > 1:
             paddle.distributed.barrier()
 
@@ -422,8 +423,7 @@ def trainer_class(base: type = Trainer) -> type:
 
 def resume_point(exp: Experiment) -> Optional[Path]:
     """The checkpoint a re-launched run continues from (None for a fresh run)."""
-    if exp.writer:  # whatever a killed run left half-written is never resumed from
-        shutil.rmtree(exp.staging_dir(), ignore_errors=True)
+    exp.clear_partial_writes()  # whatever a killed run left half-written is never resumed from
     ckpt = exp.latest_checkpoint()
     if ckpt is not None:
         say("resuming from %s", ckpt)

@@ -339,23 +339,25 @@ def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int) -> None:
     written by the first data-parallel rank (each tensor-parallel rank its shard: llmx.rl.loop.shard)."""
     rank, first_dp = dist.get_rank(), world()[0] == 0
     staging = exp.staging_dir() / f"step-{step}"
-    if rank == 0:
-        import shutil
+    with exp.writing_checkpoint(step, staging):
+        if rank == 0:
+            import shutil
 
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    barrier()
-    if first_dp:
-        save_state(policy.trainable_state(), staging / shard("actor.safetensors"))
-        save_state(optimizer_state(policy.optimizer, policy.trainable_state()), staging / shard("actor_optimizer.safetensors"))
-        algo.save(staging)
-    if rank == 0:
-        atomic_write_json(staging / "scheduler.json", policy.scheduler.state_dict())
-    atomic_write_json(staging / f"rng.rank{rank}.json", rng_state())
-    barrier()
-    if rank == 0:
-        final = exp.commit_checkpoint(staging, step, keep)
-        say("checkpoint committed: %s", final)
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        barrier()
+        if first_dp:
+            save_state(policy.trainable_state(), staging / shard("actor.safetensors"))
+            save_state(optimizer_state(policy.optimizer, policy.trainable_state()),
+                       staging / shard("actor_optimizer.safetensors"))
+            algo.save(staging)
+        if rank == 0:
+            atomic_write_json(staging / "scheduler.json", policy.scheduler.state_dict())
+        atomic_write_json(staging / f"rng.rank{rank}.json", rng_state())
+        barrier()
+        if rank == 0:
+            final = exp.commit_checkpoint(staging, step, keep)
+            say("checkpoint committed: %s", final)
     barrier()
 
 
