@@ -201,6 +201,7 @@ class Experiment:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.samples_path = self.dir / "samples.jsonl"
         self.summary_path = self.dir / "summary.json"
+        self.lines_logged = 0  # metrics.jsonl lines this process appended (the rest are earlier attempts')
 
     def create(self) -> "Experiment":
         if self.writer:
@@ -232,6 +233,7 @@ class Experiment:
         if self.writer:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+            self.lines_logged += 1
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -255,6 +257,14 @@ class Experiment:
             return
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+    def discard_earlier_attempts(self) -> None:
+        """A start with no checkpoint to resume from: drop the lines of earlier attempts killed before their
+        first checkpoint, so the file holds this attempt's steps only once."""
+        if not self.writer or not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines(keepends=True)
+        atomic_write_text(self.metrics_path, "".join(lines[len(lines) - self.lines_logged:] if self.lines_logged else []))
 
     def elapsed_before(self) -> float:
         """Training seconds logged so far (a resumed run continues the clock)."""

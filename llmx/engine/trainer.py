@@ -428,4 +428,6 @@ def resume_point(exp: Experiment) -> Optional[Path]:
     if ckpt is not None:
         say("resuming from %s", ckpt)
         exp.truncate_metrics_after(Experiment.checkpoint_step(ckpt))
+    else:
+        exp.discard_earlier_attempts()
     return ckpt

@@ -132,3 +132,16 @@ def test_a_kill_mid_prune_never_leaves_a_part_of_a_checkpoint_under_its_name(tmp
     assert [p.name for p in exp.complete_checkpoints()] == ["step-2", "step-3"]
     (exp.checkpoint_dir(3) / "model.safetensors").unlink()  # the newest damaged: resume walks back to step-2
     assert exp.latest_checkpoint() == exp.checkpoint_dir(2) and len(_warnings(caplog)) == 1
+
+
+def test_a_start_without_a_checkpoint_drops_the_metrics_of_attempts_killed_before_their_first(tmp_path):
+    killed = Experiment(tmp_path)
+    for step in (0, 1, 2):
+        killed.log_metrics({"step": step})
+    relaunch = Experiment(tmp_path)
+    relaunch.log_metrics({"step": 0, "eval_before": 1.0})  # a stage that measures before fit's resume_point
+    relaunch.discard_earlier_attempts()
+    relaunch.log_metrics({"step": 1})
+    assert relaunch.read_metrics() == [{"step": 0, "eval_before": 1.0}, {"step": 1}]
+    Experiment(tmp_path).discard_earlier_attempts()
+    assert Experiment(tmp_path).read_metrics() == []
