@@ -10,31 +10,45 @@ Layout (Hydra's run dir):
                           exists only once a checkpoint is written)
     llmx.log              the run's log
 
-Every file that a crash could leave half-written is written to a temporary name
-and renamed, so resume never picks up a partial checkpoint or summary.
+Every file that a crash could leave half-written is written to a temporary name, synced to disk
+and renamed, so resume never picks up a partial checkpoint or summary. A checkpoint's marker records
+every file's size and CRC-32; resume skips (and sets aside) a checkpoint whose files no longer match.
 Imports no paddle.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import zlib
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from llmx.errors import UserError
+
+log = logging.getLogger(__name__)
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STEP_PREFIX = "step-"
-# Written by llmx into a checkpoint once everything else is in it, just before the rename into
-# place: a step dir without it is never resumed from.
+# Written by llmx into a checkpoint once everything else is in it and on disk, just before the rename
+# into place: a step dir without it is never resumed from. It lists every file's size and CRC-32.
 COMPLETE_MARKER = "llmx_checkpoint.json"
+DAMAGED_PREFIX = "damaged-"  # a checkpoint resume found damaged is renamed so, never deleted
+# Test hook (tests/runs/test_checkpoint_faults.py): seconds to pause before each file of a checkpoint is
+# sealed and before each step of its commit, so that a test's SIGKILL lands inside the write.
+SLOW_WRITE_HOOK = "LLMX_TEST_SLOW_CHECKPOINT_WRITE"
 # What Hydra writes into a run dir before the job starts; a dir holding only these ran nothing.
 HYDRA_FILES = (".hydra", "llmx.log")
 # What `python -m llmx rerun --check` compares step by step.
@@ -43,13 +57,38 @@ PACKAGES = ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp", "llmx", "hydra-core
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """`path` holds the old text or the new, never a part (on disk before the rename: a power loss
+    cannot leave an empty file under the final name)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sync_dir(path: Path) -> None:
+    """Put a directory's entries (files created or renamed in it) on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a directory: first renamed to a hidden name, so a kill midway never leaves a part of it
+    under its own name (a checkpoint that lost files but kept its marker)."""
+    if not path.exists():
+        return
+    doomed = path.with_name(f".{path.name}.removing")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -60,6 +99,62 @@ def replace_dir(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def seal_file(path: Path) -> dict:
+    """Size and CRC-32 of a written file, once it is on disk. CRC-32 (zlib, over a GB/s) rather than a
+    cryptographic hash: it guards against truncation and torn or flipped blocks, not against an attacker."""
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+        os.fsync(f.fileno())
+    return {"size": path.stat().st_size, "crc32": f"{crc:08x}"}
+
+
+def file_damage(root: Path, files: dict) -> Optional[str]:
+    """What is wrong with the files under `root` against their recorded {name: {size, crc32}} (a bare size
+    in checkpoints of older llmx versions): None when nothing is. Sizes first: they cost no reading."""
+    wanted = {name: rec if isinstance(rec, dict) else {"size": rec} for name, rec in files.items()}
+    for name, rec in wanted.items():
+        path = root / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != rec["size"]:
+            return f"{name} holds {size} of its {rec['size']} bytes"
+    for name, rec in wanted.items():
+        try:
+            if "crc32" in rec and seal_file(root / name)["crc32"] != rec["crc32"]:
+                return f"{name} fails its CRC-32 check"
+        except OSError as error:  # (another rank's resume set the checkpoint aside meanwhile)
+            return f"{name} is unreadable: {error.strerror}"
+    return None
+
+
+def os_error_code(error: BaseException) -> Optional[int]:
+    """The OS error behind `error` or its causes: an OSError's errno, or the `(os error N)` that safetensors'
+    writer (Rust) puts in the message of its own exception type."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno:
+            return error.errno
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        if found:
+            return int(found.group(1))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def pause_for_tests() -> None:
+    """The SLOW_WRITE_HOOK test hook; nothing unless a test sets it."""
+    seconds = os.environ.get(SLOW_WRITE_HOOK)
+    if seconds:
+        time.sleep(float(seconds))
+
+
+class CheckpointWriteError(UserError):
+    """The disk refused a checkpoint (full, over quota, failing): the partial write is gone, the
+    checkpoints before it are as they were."""
 
 
 @contextmanager
@@ -120,6 +215,7 @@ class Experiment:
         self.samples_path = self.dir / "samples.jsonl"
         self.summary_path = self.dir / "summary.json"
         self.trackers = None  # llmx.tracking.Trackers while a run is tracked (main process only)
+        self.lines_logged = 0  # metrics.jsonl lines this process appended (the rest are earlier attempts')
 
     def create(self) -> "Experiment":
         """The run directory; `checkpoints/` comes with the first checkpoint (a stage that writes none
@@ -154,6 +250,7 @@ class Experiment:
         if self.writer:
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+            self.lines_logged += 1
             if self.trackers is not None:
                 self.trackers.log(record)
 
@@ -198,6 +295,14 @@ class Experiment:
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
+    def discard_earlier_attempts(self) -> None:
+        """A start with no checkpoint to resume from: drop the lines of earlier attempts killed before their
+        first checkpoint, so the file holds this attempt's steps only once."""
+        if not self.writer or not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines(keepends=True)
+        atomic_write_text(self.metrics_path, "".join(lines[len(lines) - self.lines_logged:] if self.lines_logged else []))
+
     def elapsed_before(self) -> float:
         """Training seconds logged so far (a resumed run continues the clock)."""
         timed = [r for r in self.read_metrics() if "elapsed_s" in r]
@@ -232,28 +337,61 @@ class Experiment:
         """Where a checkpoint is written before it is renamed into place."""
         return self.checkpoints / ".staging"
 
-    def clear_staging(self) -> None:
-        """Remove what a checkpoint writer left in staging (a killed run's half-written checkpoint, the
-        Trainer's output dir, which it creates even when it saves nothing), and `checkpoints/` with it
-        when no checkpoint is there."""
-        shutil.rmtree(self.staging_dir(), ignore_errors=True)
-        _remove_if_empty(self.checkpoints)
-
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints / f"{STEP_PREFIX}{step}"
 
+    def clear_partial_writes(self) -> None:
+        """Remove what a killed run left half-written (the staging dir, a checkpoint half renamed or half
+        pruned: hidden names; never resumed from, only taking disk space), what a writer left in staging (the
+        Trainer's output dir, which it creates even when it saves nothing), and `checkpoints/` itself when no
+        checkpoint is there."""
+        if not self.writer or not self.checkpoints.is_dir():
+            return
+        for leftover in self.checkpoints.glob(".*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+        _remove_if_empty(self.checkpoints)
+
+    @contextmanager
+    def writing_checkpoint(self, step: int, staging: Path):
+        """Around the write and commit of checkpoint `step` into `staging`: when the disk refuses it (full,
+        over quota, failing), the partial write is removed and the run ends with one line; the checkpoints
+        before stay as they were, and a relaunch resumes from the newest."""
+        try:
+            yield staging
+        except Exception as error:
+            code = os_error_code(error)
+            if code is None or code == errno.EINTR:
+                raise
+            if self.writer:
+                shutil.rmtree(staging, ignore_errors=True)  # the space a relaunch needs, status.json's first
+            before = [p.name for p in self.complete_checkpoints() if self.checkpoint_step(p) < step]
+            kept = f"the previous checkpoint {before[-1]} is kept" if before else "there is no earlier checkpoint"
+            raise CheckpointWriteError(f"{os.strerror(code).lower()} while writing checkpoint {STEP_PREFIX}{step} "
+                                       f"to {self.checkpoints}; {kept}") from error
+
     def commit_checkpoint(self, written: Path, step: int, keep: int) -> Path:
-        """Mark a fully written checkpoint complete, rename it into place, point `latest` at it,
-        prune old ones."""
-        files = {str(p.relative_to(written)): p.stat().st_size for p in sorted(written.rglob("*")) if p.is_file()}
+        """Seal a fully written checkpoint (every file on disk, its size and CRC-32 in the marker), rename it
+        into place, point `latest` at it, prune old ones. A kill at any moment leaves either the checkpoints
+        before or these plus the new one, each intact."""
+        files = {}
+        for path in sorted(written.rglob("*")):
+            if path.is_file():
+                pause_for_tests()
+                files[str(path.relative_to(written))] = seal_file(path)
+        pause_for_tests()
         atomic_write_json(written / COMPLETE_MARKER, {"step": step, "files": files})
+        sync_dir(written)
         final = self.checkpoint_dir(step)
+        pause_for_tests()
         replace_dir(written, final)  # a re-run of the same step after resume replaces the old copy
+        sync_dir(self.checkpoints)
+        pause_for_tests()
         atomic_write_text(self.checkpoints / LATEST, final.name + "\n")
         _remove_if_empty(self.staging_dir())  # emptied by the rename (unless another writer's files are there)
         if keep > 0:
             for old in self.complete_checkpoints()[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_dir(old)
         return final
 
     def complete_checkpoints(self) -> list[Path]:
@@ -263,15 +401,30 @@ class Experiment:
         ]
         return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
+    def checkpoint_damage(self, path: Path) -> Optional[str]:
+        """What is wrong with a complete checkpoint's files (None: nothing), against its marker."""
+        try:
+            files = json.loads((path / COMPLETE_MARKER).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{COMPLETE_MARKER} is unreadable"
+        return file_damage(path, files)
+
     def latest_checkpoint(self) -> Optional[Path]:
-        """The newest complete checkpoint; the `latest` pointer wins when it is valid."""
-        pointer = self.checkpoints / LATEST
-        if pointer.exists():
-            named = self.checkpoints / pointer.read_text().strip()
-            if (named / COMPLETE_MARKER).exists():
-                return named
-        complete = self.complete_checkpoints()
-        return complete[-1] if complete else None
+        """The newest complete checkpoint whose files are intact. A damaged one is skipped with one warning
+        and renamed `damaged-step-N` (the writer does; kept for the user, never deleted nor resumed from)."""
+        for ckpt in reversed(self.complete_checkpoints()):
+            damage = self.checkpoint_damage(ckpt)
+            if damage is None:
+                return ckpt
+            aside = ckpt.with_name(DAMAGED_PREFIX + ckpt.name)
+            n = 1
+            while aside.exists():
+                aside, n = ckpt.with_name(f"{DAMAGED_PREFIX}{ckpt.name}.{n}"), n + 1
+            if self.writer:
+                os.replace(ckpt, aside)
+            log.warning("checkpoint %s is damaged (%s): skipped%s", ckpt, damage,
+                        f", kept as {aside.name}" if self.writer else "")
+        return None
 
     @staticmethod
     def checkpoint_step(path: Path) -> int:

@@ -32,7 +32,11 @@ On every device (not only CPU), for a pipeline model:
   names (`embedding_weight`), which never match: every holder counts the summed gradient, and
   clipping scales by a norm that is too large (llama tiny, tied, pp2, lr 5e-2: 1% off one process
   at step 3). Marks the shared parameter of every stage but the group's first. Can go when
-  `_synchronize_shared_weights` looks the parameter up by its attribute. `COUNTERS` counts every patched call per kind, and each
+  `_synchronize_shared_weights` looks the parameter up by its attribute.
+- `restrict_unpickling()`: `paddle.load` (and so every PaddleNLP loader of `.pdparams`, `.pdopt`, RNG
+  and scheduler state) calls `pickle.load`, which runs whatever a file's pickle names. It is routed
+  through llmx.safe_pickle, which builds data only. Can go when paddle.load has a data-only mode
+  (as torch.load's `weights_only`). `COUNTERS` counts every patched call per kind, and each
 rank writes them to `<run dir>/cpu_parallel_counters.rank<N>.json` at exit, so tests can prove
 that the parallel path really ran (mp collectives for tp, send/recv for pp, ...).
 """
@@ -42,7 +46,9 @@ import atexit
 import collections
 import json
 import os
+import pickle
 import socket
+import types
 from pathlib import Path
 
 import paddle
@@ -50,6 +56,8 @@ import paddle.distributed as dist
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 from paddle.base import core
+
+from llmx import safe_pickle
 
 COUNTERS: collections.Counter = collections.Counter()
 _installed = False
@@ -384,6 +392,30 @@ def count_shared_weights_once(model) -> None:
         if model.global_rank != min(comm["ranks"]):
             for attr in comm["weight_attr"]:
                 getattr(comm["layer"], attr).is_firstly_shared = False
+
+
+# ------------------------------------------------------------------------ pickles
+class _RestrictedPickleModule(types.ModuleType):
+    """`pickle` as paddle.framework.io sees it: saving unchanged, loading through llmx.safe_pickle."""
+
+    def __getattr__(self, name):
+        return getattr(pickle, name)
+
+    @staticmethod
+    def load(file, **kwargs):
+        return safe_pickle.load(file, **kwargs)
+
+    @staticmethod
+    def loads(data, **kwargs):
+        return safe_pickle.loads(data, **kwargs)
+
+
+def restrict_unpickling() -> None:
+    """Route paddle.load's unpickling through llmx.safe_pickle (module docstring). Idempotent."""
+    import paddle.framework.io as paddle_io
+
+    if not isinstance(paddle_io.pickle, _RestrictedPickleModule):
+        paddle_io.pickle = _RestrictedPickleModule("pickle")
 
 
 # ------------------------------------------------------------------------ entry

@@ -13,10 +13,15 @@ stays where it is, with a comment in the same form: engine.peft, engine.checkpoi
   `attention_mask` on GPU for position ids (and int32 for FlashMask row indices); llmx's padded
   batches carry a 0/1 int64 mask. Can go when the pipeline tells masks from position ids by
   something other than their dtype.
+- `restrict_torch_unpickling`: `paddlenlp.utils.serialization.load_torch` (its reader of a
+  `pytorch_model.bin`) resolves every global but torch's own through plain `pickle`, so the file
+  can run code. Other globals go through llmx.safe_pickle. Can go when load_torch refuses them.
 """
 from __future__ import annotations
 
 import paddle
+
+from llmx import safe_pickle
 
 
 def merge_adapter_layer(layer) -> None:
@@ -54,3 +59,23 @@ def bool_pipeline_attention_masks(model) -> None:
         return prepare(inputs)
 
     model._prepare_pipeline_inputs_func = prepare_inputs
+
+
+def restrict_torch_unpickling() -> None:
+    """Idempotent (module docstring)."""
+    from paddlenlp.utils import serialization
+
+    wrapper = serialization.UnpicklerWrapperStage
+    if getattr(wrapper, "_llmx_restricted", False):
+        return
+    torch_globals = wrapper.find_class
+
+    def find_class(self, module, name):
+        if safe_pickle.trusted() or module == "torch._utils" or (isinstance(name, str) and "Storage" in name):
+            return torch_globals(self, module, name)  # torch's rebuild functions, mapped to numpy by PaddleNLP
+        if (module, name) == ("torch", "Size"):
+            return tuple
+        return safe_pickle.data_global(module, name, getattr(self, "llmx_source", "pytorch_model.bin"))
+
+    wrapper.find_class = find_class
+    wrapper._llmx_restricted = True

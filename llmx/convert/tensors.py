@@ -210,6 +210,9 @@ class _PdparamsFile:
     def __init__(self, path: Path):
         import paddle
 
+        from llmx.compat.paddle import restrict_unpickling
+
+        restrict_unpickling()  # data only (llmx.safe_pickle), whoever calls
         self.path = path
         self.state = {k: np.asarray(v) for k, v in paddle.load(str(path), return_numpy=True).items()}
 

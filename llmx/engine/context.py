@@ -25,10 +25,23 @@ class Context:
     log: logging.Logger
 
 
+def guard_pickles(trust: bool) -> None:
+    """Every pickle Paddle or PaddleNLP loads from now on builds data only (llmx.safe_pickle), unless the
+    run says model.trust_pickle=true."""
+    from llmx import safe_pickle
+    from llmx.compat.paddle import restrict_unpickling
+    from llmx.compat.paddlenlp import restrict_torch_unpickling
+
+    restrict_unpickling()
+    restrict_torch_unpickling()
+    safe_pickle.set_trust(trust)
+
+
 def create_context(cfg: DictConfig, run_dir: str, inputs: Any) -> Context:
     importlib.import_module("paddlenlp")  # its logger exists from here on: hand it to llmx.log
 
     quiet_libraries(cfg.verbose)
+    guard_pickles(cfg.model.trust_pickle)
     runtime = init_runtime(cfg.device, cfg.model.dtype)
     seed_everything(cfg.seed)
     experiment = Experiment(run_dir, writer=runtime.is_main).create()

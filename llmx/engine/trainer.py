@@ -371,7 +371,7 @@ class LlmxTrainerMixin:
     def train(self, *args, **kwargs):
         result = super().train(*args, **kwargs)
         if self.args.should_save:  # the Trainer creates output_dir (our staging dir) even when it never saves
-            self.experiment.clear_staging()
+            self.experiment.clear_partial_writes()
         return result
 
     def evaluate(self, *args, **kwargs):
@@ -399,15 +399,16 @@ class LlmxTrainerMixin:
         )
 
     def _save_checkpoint(self, model, metrics=None):
-        staging = self.experiment.staging_dir()  # the Trainer's output_dir
-        super()._save_checkpoint(model, metrics=metrics)  # writes staging/checkpoint-N completely
-        if self.args.world_size > 1:
-            paddle.distributed.barrier()
-        if self.args.should_save:
-            written = staging / f"checkpoint-{self.state.global_step}"
-            name_single_model_class(written)
-            final = self.experiment.commit_checkpoint(written, self.state.global_step, self.keep_checkpoints)
-            log.info("checkpoint committed: %s", final)
+        step = self.state.global_step
+        written = self.experiment.staging_dir() / f"checkpoint-{step}"  # (the staging dir is the Trainer's output_dir)
+        with self.experiment.writing_checkpoint(step, written):
+            super()._save_checkpoint(model, metrics=metrics)  # writes staging/checkpoint-N completely
+            if self.args.world_size > 1:
+                paddle.distributed.barrier()
+            if self.args.should_save:
+                name_single_model_class(written)
+                final = self.experiment.commit_checkpoint(written, step, self.keep_checkpoints)
+                log.info("checkpoint committed: %s", final)
         if self.args.world_size > 1:
             paddle.distributed.barrier()
 
@@ -420,10 +421,11 @@ def trainer_class(base: type = Trainer) -> type:
 
 def resume_point(exp: Experiment) -> Optional[Path]:
     """The checkpoint a re-launched run continues from (None for a fresh run)."""
-    if exp.writer:  # whatever a killed run left half-written is never resumed from
-        exp.clear_staging()
+    exp.clear_partial_writes()  # whatever a killed run left half-written is never resumed from
     ckpt = exp.latest_checkpoint()
     if ckpt is not None:
         say("resuming from %s", ckpt)
         exp.truncate_metrics_after(Experiment.checkpoint_step(ckpt))
+    else:
+        exp.discard_earlier_attempts()
     return ckpt

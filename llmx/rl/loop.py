@@ -15,7 +15,7 @@ counts a replicated parameter once.
 """
 from __future__ import annotations
 
-import pickle
+import json
 import time
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from omegaconf import DictConfig
 
 from llmx.console import say
 from llmx.engine.distributed import barrier
+from llmx.engine.state_files import load_state, restore_rng, rng_state, save_state
+from llmx.experiment import atomic_write_json
 from llmx.ops import vocab
 from llmx.rl.config import rollout_n
 from llmx.rl.rollout import Batch, generate, logits_of, make_batch, sample_seed
@@ -337,40 +339,38 @@ def save_checkpoint(exp, step: int, policy: Policy, algo, keep: int) -> None:
     written by the first data-parallel rank (each tensor-parallel rank its shard: llmx.rl.loop.shard)."""
     rank, first_dp = dist.get_rank(), world()[0] == 0
     staging = exp.staging_dir() / f"step-{step}"
-    if rank == 0:
-        import shutil
+    with exp.writing_checkpoint(step, staging):
+        if rank == 0:
+            import shutil
 
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    barrier()
-    if first_dp:
-        paddle.save(policy.trainable_state(), str(staging / shard("actor.pdparams")))
-        paddle.save(optimizer_state(policy.optimizer, policy.trainable_state()), str(staging / shard("actor.pdopt")))
-        algo.save(staging)
-    if rank == 0:
-        paddle.save(policy.scheduler.state_dict(), str(staging / "scheduler.pdparams"))
-    with open(staging / f"rng.rank{rank}.pkl", "wb") as f:
-        pickle.dump({"paddle": paddle.get_rng_state(), "numpy": np.random.get_state()}, f)
-    barrier()
-    if rank == 0:
-        final = exp.commit_checkpoint(staging, step, keep)
-        say("checkpoint committed: %s", final)
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        barrier()
+        if first_dp:
+            save_state(policy.trainable_state(), staging / shard("actor.safetensors"))
+            save_state(optimizer_state(policy.optimizer, policy.trainable_state()),
+                       staging / shard("actor_optimizer.safetensors"))
+            algo.save(staging)
+        if rank == 0:
+            atomic_write_json(staging / "scheduler.json", policy.scheduler.state_dict())
+        atomic_write_json(staging / f"rng.rank{rank}.json", rng_state())
+        barrier()
+        if rank == 0:
+            final = exp.commit_checkpoint(staging, step, keep)
+            say("checkpoint committed: %s", final)
     barrier()
 
 
 def load_checkpoint(path: Path, policy: Policy, algo) -> int:
     from llmx.experiment import Experiment
 
-    state = paddle.load(str(path / shard("actor.pdparams")))
+    state = load_state(path / shard("actor.safetensors"))
     for name, param in policy.trainable_state().items():
         param.set_value(state[name])
-    load_optimizer_state(policy.optimizer, policy.trainable_state(), paddle.load(str(path / shard("actor.pdopt"))))
-    policy.scheduler.set_state_dict(paddle.load(str(path / "scheduler.pdparams")))
+    load_optimizer_state(policy.optimizer, policy.trainable_state(), load_state(path / shard("actor_optimizer.safetensors")))
+    policy.scheduler.set_state_dict(json.loads((path / "scheduler.json").read_text()))
     algo.load(path)
-    rng_file = path / f"rng.rank{dist.get_rank()}.pkl"
+    rng_file = path / f"rng.rank{dist.get_rank()}.json"
     if rng_file.is_file():
-        with open(rng_file, "rb") as f:
-            rng = pickle.load(f)
-        paddle.set_rng_state(rng["paddle"])
-        np.random.set_state(rng["numpy"])
+        restore_rng(json.loads(rng_file.read_text()))
     return Experiment.checkpoint_step(path)

@@ -11,6 +11,8 @@ import json
 import numpy as np
 import paddle
 
+from llmx.engine.state_files import load_state, save_state
+from llmx.experiment import atomic_write_json
 from llmx.rl import losses as L
 from llmx.rl.algorithm import Algorithm, Experience, global_mean, mini_batch_tokens, response_stats, rollout_logps, step
 from llmx.rl.loop import all_sum, load_optimizer_state, optimizer, optimizer_state, shard, total_updates, world
@@ -128,21 +130,21 @@ class PPO(Algorithm):
         return {n: p for n, p in self.critic.named_parameters() if not p.stop_gradient}
 
     def save(self, folder) -> None:
-        paddle.save(self._critic_state(), str(folder / shard("critic.pdparams")))
-        paddle.save(optimizer_state(self.critic_opt, self._critic_state()), str(folder / shard("critic.pdopt")))
+        save_state(self._critic_state(), folder / shard("critic.safetensors"))
+        save_state(optimizer_state(self.critic_opt, self._critic_state()), folder / shard("critic_optimizer.safetensors"))
         if paddle.distributed.get_rank() != 0:  # the rest is the same on every rank
             return
-        paddle.save(self.critic_sched.state_dict(), str(folder / "critic_scheduler.pdparams"))
+        atomic_write_json(folder / "critic_scheduler.json", self.critic_sched.state_dict())
         (folder / "ppo_state.json").write_text(json.dumps({
             "kl_coeff": self.kl.value, "moments": [self.moments.count, self.moments.mean, self.moments.var],
             "ptx_position": getattr(self, "ptx_position", 0)}))
 
     def load(self, folder) -> None:
-        state = paddle.load(str(folder / shard("critic.pdparams")))
+        state = load_state(folder / shard("critic.safetensors"))
         for n, p in self._critic_state().items():
             p.set_value(state[n])
-        load_optimizer_state(self.critic_opt, self._critic_state(), paddle.load(str(folder / shard("critic.pdopt"))))
-        self.critic_sched.set_state_dict(paddle.load(str(folder / "critic_scheduler.pdparams")))
+        load_optimizer_state(self.critic_opt, self._critic_state(), load_state(folder / shard("critic_optimizer.safetensors")))
+        self.critic_sched.set_state_dict(json.loads((folder / "critic_scheduler.json").read_text()))
         saved = json.loads((folder / "ppo_state.json").read_text())
         self.kl.value = saved["kl_coeff"]
         self.moments.count, self.moments.mean, self.moments.var = saved["moments"]

@@ -37,6 +37,9 @@ class ModelConfig:
     # keys transformers names (`type` is read as rope_type). Empty = the checkpoint's config.json rope_scaling, if
     # any; {rope_type: default} = none even where the checkpoint has one.
     rope_scaling: Dict[str, Any] = field(default_factory=dict)
+    # Pickled files (.pdparams, .pdopt, RNG state) load as data only (llmx.safe_pickle): a pickle that names
+    # code is refused. true = load them unrestricted, for files you trust (the run's log says so).
+    trust_pickle: bool = False
 
 
 def model_family(m: DictConfig):

@@ -12,12 +12,14 @@ the server goes on serving.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
 import json
 import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -65,6 +67,29 @@ class EngineThread:
         self.engine.abort_all("shutdown")
 
 
+class RequireKey:
+    """ASGI middleware: every endpoint but the page (which holds no model access; it sends the key) needs
+    `Authorization: Bearer <key>`. (A plain ASGI class, not Starlette's BaseHTTPMiddleware, whose task group
+    would wrap BodyLimit's exception in an ExceptionGroup.)"""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/":
+            given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            # compare_digest: the time taken does not tell how much of a guessed key was right
+            if not hmac.compare_digest(given, self.expected):
+                await error(401, "Incorrect or missing API key (send Authorization: Bearer <key>)",
+                            code="invalid_api_key")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    """A request body grew past BodyLimit's limit while it was read."""
+
+
 class ServerErrors:
     """ASGI middleware: an exception raised while answering becomes an OpenAI-style 500 and a logged traceback.
     Starlette's own answer is a plain-text "Internal Server Error", which OpenAI clients cannot read, and its
@@ -87,11 +112,65 @@ class ServerErrors:
 
         try:
             await self.app(scope, receive, watched_send)
+        except _TooLarge:  # BodyLimit's, outside: a 413, not a failure
+            raise
         except Exception as ex:  # noqa: BLE001 - any failure: answered, logged, and the server goes on
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             if not started:
                 await error(500, f"internal error while answering: {type(ex).__name__}: {ex}",
                             kind="server_error", code="internal_error")(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before it is read or parsed. A declared
+    Content-Length is refused at once; a chunked body is counted as it arrives and refused at the first chunk
+    over the limit (uvicorn and Starlette read any size into memory)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def _refusal(self) -> JSONResponse:
+        return error(413, f"the request body is larger than this server's limit of {self.limit} bytes",
+                     code="request_too_large")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refusal()(scope, receive, send)
+            return
+        seen, started = 0, False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _TooLarge:
+            if not started:
+                await self._refusal()(scope, receive, send)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (stage=serve's config; each a one-line 400 beyond it)."""
+
+    max_request_bytes: int = 4 * 2**20
+    max_n: int = 16
+    max_tokens: int = 4096  # the largest max_tokens a request may give
+    max_messages: int = 512
 
 
 class _Body(BaseModel):
@@ -102,7 +181,7 @@ class _Body(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # (not OpenAI's; PaddleNLP's)
     repetition_penalty: float = Field(1.0, gt=0)  # (not OpenAI's; PaddleNLP's)
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1)
     stream: bool = False
     stop: Optional[Union[str, List[str]]] = None
     seed: Optional[int] = Field(None, ge=0)
@@ -132,19 +211,12 @@ class ApiError(Exception):
 
 
 def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str] = None, max_queue: int = 256,
-               default_max_tokens: int = 64) -> FastAPI:
+               default_max_tokens: int = 64, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="llmx", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine_thread = None
     started = time.time()
     names = (model_name, *ALIASES)
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key and request.url.path != "/":  # the page itself holds no model access; it sends the key
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                return error(401, "Incorrect or missing API key (send Authorization: Bearer <key>)",
-                             code="invalid_api_key")
-        return await call_next(request)
 
     @app.exception_handler(ApiError)
     async def api_error(_request, ex: ApiError):
@@ -205,6 +277,10 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
         if body.model not in names:
             raise ApiError(404, f"The model {body.model!r} does not exist (served: {model_name})", "model",
                            "model_not_found")
+        if body.n > limits.max_n:
+            raise ApiError(400, f"n: at most {limits.max_n} choices per request on this server", "n")
+        if body.max_tokens is not None and body.max_tokens > limits.max_tokens:
+            raise ApiError(400, f"max_tokens: at most {limits.max_tokens} on this server", "max_tokens")
 
     def params_of(body: _Body) -> SamplingParams:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -332,11 +408,17 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
     async def chat_completions(request: Request):
         body = await parse(request, ChatBody)
         check_model(body)
+        if len(body.messages) > limits.max_messages:
+            raise ApiError(400, f"messages: at most {limits.max_messages} messages per request on this server",
+                           "messages")
         try:
             prompt = prompt_ids(tokenizer, chat_from_messages(body.messages, "messages", body.tools))
         except DataError as ex:  # a malformed conversation, or one the chat template refuses
             raise ApiError(400, str(ex), "messages") from None
         return await respond(prompt, body, chat=True)
 
-    app.add_middleware(ServerErrors)  # added last: the outermost of the app's own middleware
+    if api_key:
+        app.add_middleware(RequireKey, key=api_key)
+    app.add_middleware(ServerErrors)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)  # added last: the outermost, before anything reads
     return app

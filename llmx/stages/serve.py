@@ -31,6 +31,14 @@ class Config:
     max_tokens_in_cache: int = 65536  # the padded KV cache bound: rows x longest (prompt + max_tokens)
     max_queue: int = 256  # requests waiting for a slot; beyond it: 503 with Retry-After
     max_tokens: int = 64  # a request's max_tokens when it gives none
+    # Per-request limits (llmx.serve.app.Limits): beyond them a request gets a one-line 400 (413 for the body,
+    # before it is read).
+    max_request_bytes: int = 4 * 2**20
+    max_n: int = 16
+    max_tokens_per_request: int = 4096
+    max_messages: int = 512
+    # A host other than loopback serves whoever reaches it: that needs an api_key, unless this says otherwise.
+    allow_no_key: bool = False
 
 
 def validate(cfg: DictConfig) -> None:
@@ -43,14 +51,31 @@ def validate(cfg: DictConfig) -> None:
             "stage.export_only=true)")
     existing("stage.static_dir", s.static_dir, "directory")
     require(0 <= s.port < 65536, "stage.port", s.port, "must be a TCP port (0-65535; 0 = any free port)")
-    for key in ("max_batch", "max_tokens_in_cache", "max_queue", "max_tokens"):
+    for key in ("max_batch", "max_tokens_in_cache", "max_queue", "max_tokens", "max_request_bytes", "max_n",
+                "max_tokens_per_request", "max_messages"):
         positive(f"stage.{key}", s[key])
+    require(s.max_tokens <= s.max_tokens_per_request, "stage.max_tokens", s.max_tokens,
+            f"the default must be within stage.max_tokens_per_request ({s.max_tokens_per_request})")
+    require(_is_loopback(s.host) or bool(s.api_key or os.environ.get(API_KEY_ENV)) or s.allow_no_key, "stage.host",
+            s.host, "serves other machines: set stage.api_key (or LLMX_API_KEY), or stage.allow_no_key=true to serve "
+            "without a key")
     check_model(cfg)
     require(p.dp * p.tp * p.pp * p.sharding == 1, "parallel",
             f"dp={p.dp} tp={p.tp} pp={p.pp}", "the server runs in one process (parallel=single)")
     if s.port:  # last: the other problems do not depend on what else runs here
         problem = _port_problem(s.host, s.port)
         require(problem is None, "stage.port", s.port, f"{problem} (choose another: stage.port=N, or 0 for any free port)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _port_problem(host: str, port: int):
@@ -115,7 +140,7 @@ def run(cfg: DictConfig, ctx) -> dict:
     from llmx.engine import model as models
     from llmx.infer.build import dynamic_engine, static_engine
     from llmx.infer.support import kept_adapter
-    from llmx.serve.app import EngineThread, create_app
+    from llmx.serve.app import EngineThread, Limits, create_app
 
     s = cfg.stage
     if s.mode == "static":
@@ -133,8 +158,10 @@ def run(cfg: DictConfig, ctx) -> dict:
         model = models.build_model(cfg.model, tokenizer, cfg.seed, cfg.parallel, keep_adapter=kept_adapter(cfg.model))
         engine = dynamic_engine(model, tokenizer, s.max_batch, s.max_tokens_in_cache, cfg.seed)
     name = _model_name(cfg)
+    limits = Limits(max_request_bytes=s.max_request_bytes, max_n=s.max_n, max_tokens=s.max_tokens_per_request,
+                    max_messages=s.max_messages)
     app = create_app(engine, tokenizer, name, s.api_key or os.environ.get(API_KEY_ENV) or None, s.max_queue,
-                     s.max_tokens)
+                     s.max_tokens, limits)
     worker = EngineThread(engine).start()
     app.state.engine_thread = worker
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zlib
 
 from llmx.experiment import COMPLETE_MARKER, Experiment, atomic_dir, code_version
 
@@ -24,7 +25,8 @@ def test_commit_marks_complete_points_latest_and_prunes(tmp_path):
     assert (exp.checkpoints / "latest").read_text().strip() == "step-30"
     assert exp.latest_checkpoint() == exp.checkpoints / "step-30"
     marker = json.loads((exp.checkpoints / "step-30" / COMPLETE_MARKER).read_text())
-    assert marker == {"step": 30, "files": {"model.safetensors": 1, "sub/rng.pth": 3}}
+    assert marker == {"step": 30, "files": {"model.safetensors": {"size": 1, "crc32": f"{zlib.crc32(b'w'):08x}"},
+                                            "sub/rng.pth": {"size": 3, "crc32": f"{zlib.crc32(b'rng'):08x}"}}}
     assert not exp.staging_dir().exists() or not any(exp.staging_dir().iterdir())
 
 

@@ -109,10 +109,28 @@ def test_inference_input_errors_name_path_and_line(tmp_path):
     (["stage=serve", "stage.mode=static"], "stage.static_dir=None: static mode serves an exported program"),
     (["stage=serve", "stage.port=70000"], "stage.port=70000: must be a TCP port"),
     (["stage=serve", "parallel=tp2"], "the server runs in one process (parallel=single)"),
+    (["stage=serve", "stage.host=0.0.0.0"], "stage.host='0.0.0.0': serves other machines: set stage.api_key (or "
+     "LLMX_API_KEY), or stage.allow_no_key=true to serve without a key"),
+    (["stage=serve", "stage.host=::", "stage.port=0"], "stage.host='::': serves other machines"),
+    (["stage=serve", "stage.max_request_bytes=0"], "stage.max_request_bytes=0: must be >= 1"),
+    (["stage=serve", "stage.max_tokens=100", "stage.max_tokens_per_request=50"],
+     "stage.max_tokens=100: the default must be within stage.max_tokens_per_request (50)"),
 ])
 def test_infer_and_serve_config_errors(overrides, expected):
     line = input_error(*overrides)
     assert line.startswith("llmx: config error: ") and expected in line, line
+
+
+@pytest.mark.parametrize("overrides", [["stage.host=localhost"], ["stage.host=127.0.0.2"], ["stage.host=::1"],
+                                       ["stage.host=0.0.0.0", "stage.api_key=k"],
+                                       ["stage.host=0.0.0.0", "stage.allow_no_key=true"]])
+def test_serve_without_a_key_is_for_loopback_unless_allowed(overrides, monkeypatch):
+    from helpers import compose
+
+    from llmx.stages import validate
+
+    monkeypatch.delenv("LLMX_API_KEY", raising=False)
+    validate(compose("stage=serve", "stage.port=0", *overrides))  # no error
 
 
 def test_serve_refuses_a_port_in_use_before_loading():

@@ -212,6 +212,9 @@ def test_ppo_resumes_critic_optimizers_and_kl_state(sft_run, rm_run, tmp_path):
     run_in_process(run, *common, "stage.train.max_steps=2")
     s = run_in_process(run, *common, "stage.train.max_steps=3")
     assert s["resumed_from"] == "step-2"
+    saved = sorted(p.name for p in (run / "checkpoints" / "step-2").iterdir())
+    pickles = [n for n in saved if (run / "checkpoints" / "step-2" / n).read_bytes()[:1] == b"\x80"]
+    assert not pickles and "critic_optimizer.safetensors" in saved and "rng.rank0.json" in saved, saved
     want = [r for r in read_jsonl(whole / "metrics.jsonl") if "reward_mean" in r]
     got = [r for r in read_jsonl(run / "metrics.jsonl") if "reward_mean" in r]
     assert [r["step"] for r in got] == [1, 2, 3]
@@ -286,7 +289,7 @@ def test_grpo_tp2_equals_one_process_and_resumes(sft_run, tmp_path, monkeypatch)
     run_in_process(one, *common)
     tp2 = tmp_path / "tp2"
     _launch(*common, "parallel=tp2", "stage.train.max_steps=2", f"hydra.run.dir={tp2}")
-    assert (tp2 / "checkpoints" / "step-2" / "actor.tp01.pdparams").is_file()
+    assert (tp2 / "checkpoints" / "step-2" / "actor.tp01.safetensors").is_file()
     _launch(*common, "parallel=tp2", f"hydra.run.dir={tp2}")
     assert read_json(tp2 / "summary.json")["resumed_from"] == "step-2"
     _same_steps(one, tp2, ("reward_mean", "reward_std", "kl", "policy_loss", "surrogate", "kl_loss", "entropy",

@@ -163,6 +163,51 @@ def test_load_malformed_requests_and_disconnects(server):
     assert m["requests"] - before["requests"] == 10 and m["peak_rows"] == 8 and m["tokens_per_s"] > 0
 
 
+def _raw_post(port: int, head: str, first_bytes: bytes) -> tuple[int, dict]:
+    """POST with only the first bytes of the body sent: what the server answers before reading the rest."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + first_bytes)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1])
+    return status, json.loads(reply.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_20_mb_body_is_refused_413_before_it_is_read(server):
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {20 * 2**20}\r\n\r\n")
+    status, body = _raw_post(server["port"], head, b'{"model": "tiny-chat", "messages": [')  # the other 20 MB never sent
+    assert status == 413 and body["error"]["code"] == "request_too_large", body
+    assert body["error"]["message"] == "the request body is larger than this server's limit of 4194304 bytes"
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "'
+        for _ in range(6):
+            yield b"x" * 2**20
+        yield b'"}]}'
+
+    r = httpx.post(server["base"] + "/v1/chat/completions", content=chunks(), headers=AUTH, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert httpx.get(server["base"] + "/health", headers=AUTH).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("extra, param, message", [
+    ({"n": 17}, "n", "n: at most 16 choices per request on this server"),
+    ({"max_tokens": 4097}, "max_tokens", "max_tokens: at most 4096 on this server"),
+    ({"messages": [{"role": "user", "content": "x"}] * 513}, "messages",
+     "messages: at most 512 messages per request on this server"),
+])
+def test_per_request_limits_are_one_line_400s(server, extra, param, message):
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "x"}], **extra}
+    r = httpx.post(server["base"] + "/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 400 and r.json()["error"] == {"message": message, "type": "invalid_request_error",
+                                                          "param": param, "code": None}
+
+
 def test_full_queue_answers_503_with_retry_after(tiny_model_dir):
     """In-process app over an engine nobody steps: two waiting requests fill a queue of 2."""
     from fastapi.testclient import TestClient
