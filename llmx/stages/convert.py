@@ -94,6 +94,9 @@ def _gguf_family(source, given) -> str:
     if fam is None:
         fail("model.name_or_path", source.path, f"config.json names architectures={config.get('architectures')}, "
              f"which no llmx family has; GGUF export takes {', '.join(EXPORTS)}")
+    found = family_of_paddle_config(config)
+    if given and found and given != found:
+        fail("model", given, f"{source.path} holds a {found} model")
     why = refusal(fam, config)
     if why:
         fail("model.name_or_path", source.path, why)
