@@ -26,10 +26,11 @@ from llmx.convert.tensors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-# llmx family -> (general.architecture, general.name or None: the source's name). transformers reads a llama
-# file as Mistral only when general.name is "mistral" (llama.cpp writes Mistral as a llama).
-EXPORTS = {"llama": ("llama", None), "mistral": ("llama", "mistral"), "qwen2": ("qwen2", None),
-           "qwen3": ("qwen3", None)}
+# llmx family -> (general.architecture, general.name or None: the source's name). llama.cpp writes Mistral as a
+# llama (the same network; llama.cpp has no sliding window for it). transformers would read a file named
+# "mistral" as Mistral, but its loader then asks the gguf package (0.19) for a "mistral" tensor table, which
+# it lacks: so the name stays the source's, and transformers reads it as Llama.
+EXPORTS = {"llama": ("llama", None), "mistral": ("llama", None), "qwen2": ("qwen2", None), "qwen3": ("qwen3", None)}
 # llama.cpp's token types (gguf.TokenType)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 # llama.cpp's pre-tokenizer names for the splits llmx.convert.gguf rebuilds (digits cut apart: SmolLM's)
@@ -226,7 +227,8 @@ def hf_to_gguf(hf_dir: Path, out: Path, fam_name: str, gguf_type: str, name: Opt
     writer = gguf.GGUFWriter(str(part), arch)
     kinds: Dict[str, int] = {}
     try:
-        writer.add_name(fixed_name or name or hf_dir.name)
+        label = fixed_name or name or hf_dir.name
+        writer.add_name(f"{label} (llama)" if label == "mistral" else label)  # (EXPORTS: not read as Mistral)
         writer.add_file_type(gguf.LlamaFileType[FILE_TYPES[gguf_type][0]])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _hparams(writer, fam_name, config)

@@ -140,7 +140,7 @@ def test_gguf_metadata_and_tensors_read_back_by_gguf_equal_the_source(fam, kind,
     sp = sentencepiece.SentencePieceProcessor(model_file=str(hf_dir / "tokenizer.model"))
     n = sp.get_piece_size()
     expected = {
-        "general.architecture": arch, "general.name": "mistral" if fam == "mistral" else fam,
+        "general.architecture": arch, "general.name": "mistral (llama)" if fam == "mistral" else fam,
         "general.file_type": int(gguf.LlamaFileType[{"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16",
                                                      "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
                                                      "q4_k_m": "MOSTLY_Q4_K_M"}[kind]]),
@@ -196,9 +196,6 @@ def test_gguf_metadata_and_tensors_read_back_by_gguf_equal_the_source(fam, kind,
                                             for k in {t.tensor_type.name for t in reader.tensors}}
 
 
-FIGURES = {}
-
-
 @pytest.mark.parametrize("fam,kind", MATRIX)
 def test_transformers_reads_the_gguf_as_llmx_model(fam, kind, sources, exports):
     """transformers' GGUF loader's logits against llmx's: to 1e-4 against llmx's model with the file's weights
@@ -217,13 +214,15 @@ def test_transformers_reads_the_gguf_as_llmx_model(fam, kind, sources, exports):
     ours = _llmx_logits(fam, llmx_dir, weights)
     exact = _llmx_logits(fam, llmx_dir) if weights is not None else ours
     diff, to_f32 = float(np.abs(theirs - ours).max()), float(np.abs(theirs - exact).max())
-    FIGURES[fam, kind] = (diff, to_f32, path.stat().st_size)
-    print(f"{fam} {kind}: vs llmx with the file's weights {diff:.2e}, vs llmx float32 {to_f32:.3e} "
-          f"(logit std {exact.std():.2f}), {path.stat().st_size / 1e6:.2f} MB")
+    relative = float(np.sqrt(((theirs - exact) ** 2).mean()) / exact.std())
+    print(f"\n{fam} {kind}: max |logits - llmx with the file's weights| {diff:.1e}; vs llmx float32: max {to_f32:.2e}, "
+          f"RMS {relative:.2%} of the logits' std; {path.stat().st_size / 1e6:.2f} MB")
     assert diff < 1e-4, (fam, kind, diff)
-    # a sanity bound for what the type's rounding does to the logits of this model (measured: see the report)
-    bound = {"f32": 1e-4, "f16": 5e-3, "bf16": 5e-2, "q8_0": 2e-2, "q4_0": 0.3, "q4_k_m": 0.3}[kind]
-    assert to_f32 < bound * max(1.0, float(exact.std())), (fam, kind, to_f32)
+    # what the type's rounding does to this random model's logits, as an RMS over their spread (measured: f16
+    # 0.1%, bf16 0.6%, q8_0 2%, q4_k_m 24-28%, q4_0 29-32%: random weights have no structure to keep): a
+    # bound that catches a wrong scale or block layout
+    bound = {"f32": 1e-5, "f16": 2e-3, "bf16": 1.5e-2, "q8_0": 0.04, "q4_0": 0.45, "q4_k_m": 0.4}[kind]
+    assert relative < bound, (fam, kind, relative)
 
 
 def test_gguf_tokenizer_encodes_like_the_source(sources, exports):
