@@ -103,8 +103,9 @@ def _gguf_family(source, given) -> str:
     if source.kind != "gguf":  # (a GGUF's vocabulary is rebuilt as a byte-level tokenizer.json)
         where = Path(source.path if source.kind == "hf" else source.tokenizer)
         if tokenizer_kind(where) is None:
-            fail("model.name_or_path", source.path, f"{where} has neither a byte-level BPE tokenizer.json nor a "
-                 "SentencePiece model, the two tokenizers a GGUF file holds")
+            what = "its tokenizer" if where == Path(source.path) else f"its tokenizer ({where})"
+            fail("model.name_or_path", source.path, f"{what} is neither a byte-level BPE tokenizer.json nor a "
+                 "SentencePiece model, the two kinds a GGUF file holds")
     return fam
 
 
