@@ -178,7 +178,7 @@ def _hparams(writer, fam_name: str, config: dict) -> None:
         writer.add_value_length(head_dim)
 
 
-def _plan(hf_dir: Path, fam_name: str, config: dict, index, gguf_type: str):
+def _plan(fam_name: str, config: dict, index, gguf_type: str):
     """[(HF name, GGUF name, GGML type, shape)] in the file's order."""
     import gguf
 
@@ -219,7 +219,7 @@ def hf_to_gguf(hf_dir: Path, out: Path, fam_name: str, gguf_type: str, name: Opt
     arch, fixed_name = EXPORTS[fam_name]
     started = time.time()
     index = TensorIndex(hf_dir)
-    plan = _plan(hf_dir, fam_name, config, index, gguf_type)
+    plan = _plan(fam_name, config, index, gguf_type)
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,21 +233,22 @@ def hf_to_gguf(hf_dir: Path, out: Path, fam_name: str, gguf_type: str, name: Opt
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _hparams(writer, fam_name, config)
         summary = write_tokenizer(writer, hf_dir, config)
-        for hf_name, name, kind, _ in plan:
-            array = _cast(index.get(hf_name), index.infos[hf_name].dtype, "float32")
-            if arch == "llama" and name.endswith("attn_q.weight"):
-                array = llama_cpp_rows(array, heads)
-            elif arch == "llama" and name.endswith("attn_k.weight"):
-                array = llama_cpp_rows(array, kv_heads)
-            data = quantize(np.asarray(array, dtype=np.float32), kind)
-            if kind in ("F32", "F16"):
-                writer.add_tensor(name, data)
-            else:
-                writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType[kind])
-            kinds[kind] = kinds.get(kind, 0) + 1
+        for _, gname, kind, shape in plan:  # the tensor table first, so that tensors stream one at a time
+            qtype = gguf.GGMLQuantizationType[kind]
+            nbytes = int(np.prod(gguf.quants.quant_shape_to_byte_shape(shape, qtype)))
+            writer.add_tensor_info(gname, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for hf_name, gname, kind, _ in plan:
+            array = _cast(index.get(hf_name), index.infos[hf_name].dtype, "float32")
+            if arch == "llama" and gname.endswith("attn_q.weight"):
+                array = llama_cpp_rows(array, heads)
+            elif arch == "llama" and gname.endswith("attn_k.weight"):
+                array = llama_cpp_rows(array, kv_heads)
+            writer.write_tensor_data(quantize(np.asarray(array, dtype=np.float32), kind))
+            kinds[kind] = kinds.get(kind, 0) + 1
+            del array
         writer.close()
         part.replace(out)
     except BaseException:
