@@ -7,7 +7,7 @@ llmx and PaddleNLP's `from_pretrained` load. `direction=to_hf` reads an llmx mod
 run directory: its model, or its adapter merged into its base) and writes one that transformers'
 `AutoModelForCausalLM.from_pretrained` loads. `direction=to_gguf` writes that HF directory (in a temporary
 folder) as one llama.cpp GGUF file of `stage.gguf_type` (llmx.convert.gguf_export) with an Ollama Modelfile
-beside it (llmx.convert.modelfile); families GGUF cannot hold are refused in prepare, before paddle. Tensors
+beside it (llmx.data.ollama); families GGUF cannot hold are refused in prepare, before paddle. Tensors
 stream one at a time; the source is only read. The family comes from config.json unless `model=<family>` names one (then a checkpoint of
 another family is refused).
 """
@@ -168,7 +168,6 @@ def _to_gguf(cfg: DictConfig, ctx, fam: str, out: Path) -> dict:
     from llmx.console import say
     from llmx.convert.gguf_export import hf_to_gguf
     from llmx.convert.hf import llmx_to_hf
-    from llmx.convert.modelfile import write_modelfile
 
     source = ctx.inputs["source"]
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source.run_dir or source.path).stem).strip("-.") or "model"
@@ -177,11 +176,29 @@ def _to_gguf(cfg: DictConfig, ctx, fam: str, out: Path) -> dict:
         llmx_to_hf(model_dir, Path(hf_dir), fam, tokenizer_dir=Path(source.tokenizer))
         gguf_file = out / f"{name}-{cfg.stage.gguf_type}.gguf"
         summary = hf_to_gguf(Path(hf_dir), gguf_file, fam, cfg.stage.gguf_type, name=name)
-        modelfile = write_modelfile(gguf_file, Path(hf_dir), summary["add_bos"])
+        modelfile = _write_modelfile(gguf_file, Path(hf_dir), summary["add_bos"])
     summary.update(modelfile=str(modelfile["path"]), ollama_template=modelfile["template"])
     say("wrote %s (%s, %.1f MB) and %s%s", gguf_file, cfg.stage.gguf_type, summary["megabytes"], modelfile["path"],
         "" if modelfile["template"] else f" without TEMPLATE ({modelfile['why']})")
     return summary
+
+
+def _write_modelfile(gguf_file: Path, hf_dir: Path, add_bos: bool) -> dict:
+    """`Modelfile` beside `gguf_file`, from HF dir `hf_dir`'s chat template and special tokens (`add_bos`: the
+    file's tokenizer.ggml.add_bos_token)."""
+    import json
+
+    from llmx.convert.tokenizer import chat_template_in
+    from llmx.data.chat import select_template
+    from llmx.data.ollama import modelfile_text
+    from llmx.experiment import atomic_write_text
+
+    config_file = hf_dir / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    made = modelfile_text(gguf_file.name, select_template(chat_template_in(hf_dir)), tok_config, add_bos)
+    path = gguf_file.parent / "Modelfile"
+    atomic_write_text(path, made["text"])
+    return {**made, "path": path}
 
 
 def _merged_model(cfg: DictConfig, ctx, fam: str) -> Path:

@@ -409,7 +409,7 @@ def test_modelfile_of_the_real_model_renders_like_its_chat_template(real_export)
 @pytest.mark.parametrize("template,stops", [(CHATML, ["<|im_end|>", "</s>"]), (LLAMA3, ["<|eot_id|>", "</s>"])])
 def test_modelfile_of_other_templates_renders_like_them(template, stops, real_export):
     """ChatML without a default system prompt, and Llama 3's (a BOS the template writes and llama.cpp adds)."""
-    from llmx.convert.modelfile import modelfile_text
+    from llmx.data.ollama import modelfile_text
 
     path, _ = real_export
     tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -420,7 +420,7 @@ def test_modelfile_of_other_templates_renders_like_them(template, stops, real_ex
 
 
 def test_modelfile_without_template_where_the_template_does_not_decompose():
-    from llmx.convert.modelfile import modelfile_text
+    from llmx.data.ollama import modelfile_text
 
     made = modelfile_text("x.gguf", GEMMA, {"bos_token": "<bos>", "eos_token": "<eos>"}, add_bos=True)
     assert not made["template"] and "TEMPLATE" not in made["text"]

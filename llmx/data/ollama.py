@@ -1,4 +1,5 @@
-"""An Ollama Modelfile for an exported GGUF: FROM, the chat template as Ollama's Go template, stop tokens, SYSTEM.
+"""A chat template as an Ollama Modelfile (for an exported GGUF): FROM, the template as Ollama's Go template, stop
+tokens, SYSTEM. Paddle-free; the stage (llmx.stages.convert) reads the template and writes the file.
 
 Ollama renders prompts with Go's text/template over `.Messages` (each with `.Role` and `.Content`), and puts
 the Modelfile's SYSTEM first when a conversation has no system message. No library turns a Jinja chat
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
 
@@ -190,20 +190,3 @@ def modelfile_text(gguf_name: str, template: Optional[str], tok_config: dict, ad
     elif "eos_token" in special:
         lines.append(f"PARAMETER stop {json.dumps(special['eos_token'], ensure_ascii=False)}")
     return {"text": "\n".join(lines).rstrip("\n") + "\n", "template": turns is not None, "why": why, "turns": turns}
-
-
-def write_modelfile(gguf_file: Path, hf_dir: Path, add_bos: bool) -> dict:
-    """Write `Modelfile` beside `gguf_file` from HF dir `hf_dir`'s chat template and special tokens (`add_bos`: the
-    file's tokenizer.ggml.add_bos_token)."""
-    from llmx.convert.tokenizer import chat_template_in
-    from llmx.data.chat import select_template
-    from llmx.experiment import atomic_write_text
-
-    gguf_file, hf_dir = Path(gguf_file), Path(hf_dir)
-    config_file = hf_dir / "tokenizer_config.json"
-    tok_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    template = select_template(chat_template_in(hf_dir))
-    made = modelfile_text(gguf_file.name, template, tok_config, add_bos)
-    path = gguf_file.parent / "Modelfile"
-    atomic_write_text(path, made["text"])
-    return {**made, "path": path}
