@@ -250,9 +250,12 @@ def test_lora_run_is_merged_into_its_base_before_export(tmp_path):
     _, theirs = _hf_gguf(Path(summary["gguf_file"]))
     import paddle
 
+    from llmx.sources import resolve
+
     cfg = compose(f"model.name_or_path={lora}")
     model = build_model(cfg.model, build_tokenizer(cfg.model), cfg.seed).eval()
-    base = build_model(compose().model, build_tokenizer(compose().model), 0).eval()
+    base_cfg = compose(f"model.name_or_path={resolve(str(lora)).local_dir}")  # the base the adapter was trained on
+    base = build_model(base_cfg.model, build_tokenizer(base_cfg.model), cfg.seed).eval()
     with paddle.no_grad():
         ours = model(paddle.to_tensor(IDS % 512))[0].numpy()
         before = base(paddle.to_tensor(IDS % 512))[0].numpy()
