@@ -217,6 +217,13 @@ def _unpermute_rows(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama_cpp_rows(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's order of q/k rows, as its converter writes them (the inverse of _unpermute_rows): each head's
+    rows as [pair, j] swapped to [j, pair]."""
+    half = w.shape[0] // heads // 2
+    return w.reshape(heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 def _dequantized(tensor) -> np.ndarray:
     from gguf.quants import dequantize
 
