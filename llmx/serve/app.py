@@ -350,12 +350,15 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
             try:
                 await asyncio.wait({answered, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                # (the last update can reach this loop before the engine thread marks its request done: the
+                # task that ended says who came first)
+                complete = answered.done() and not answered.cancelled()
                 for task in (answered, gone):
                     task.cancel()
-                for r in reqs:  # a client gone before its answer (a timeout): its rows leave the batch now
-                    if not r.done.is_set():
+                if not complete:  # a client gone before its answer (a timeout): its rows leave the batch now
+                    for r in reqs:
                         engine.cancel(r)
-            if not all(r.done.is_set() for r in reqs):
+            if not complete:
                 raise ApiError(499, "the client closed the connection before the answer", code="client_closed")
             if any(r.finish_reason in ("shutdown", "error") for r in reqs):
                 raise ApiError(503, "the server is shutting down" if reqs[0].finish_reason == "shutdown"
