@@ -505,6 +505,7 @@ def main(argv: Optional[list] = None) -> int:
         log.close()
     s = summarize(soak, end, window)
     s["rss_healthy_mb"] = round(rss0 / 1024, 1)
+    s.update(max_batch=args.max_batch, max_tokens=args.max_tokens, model=model)
     s["server_exit"] = proc.returncode
     if proc.returncode != 0:
         s["reasons"].append(f"the server exited {proc.returncode} on SIGTERM")
