@@ -263,8 +263,13 @@ class Soak:
         while not stop.is_set():
             t = time.perf_counter() - self.started
             self.rss.append((t, rss_kb(pid)))
-            if t >= next_window:
-                self.windows_metrics.append(await self.metrics(http))
+            if t >= next_window:  # progress: one line per window
+                m = await self.metrics(http)
+                self.windows_metrics.append(m)
+                bad = sum(o.problem is not None for o in self.outcomes)
+                print(f"  {t:6.0f} s: {self.level(t) if t < self.duration else 0:2d} clients, {len(self.outcomes)} "
+                      f"requests answered ({bad} unexpected), rows {m['active_rows']}, queue {m['queue_length']}, "
+                      f"RSS {self.rss[-1][1] / 1024:.0f} MB", flush=True)
                 next_window += window
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
