@@ -5,10 +5,9 @@
 All requests share one engine, stepped by one thread (`EngineThread`); a request's tokens reach its
 handler through an asyncio queue. A client that goes away (mid-stream, or before a plain answer)
 cancels its request (its rows leave the batch at the next step); a full waiting queue answers 503 with
-Retry-After; every error is
-an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`: a 4xx for a bad request, a 500
-(`type: server_error`, traceback in the run's log) for anything that fails while answering, after which
-the server goes on serving.
+Retry-After; every error is an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`: a
+4xx for a bad request, a 500 (`type: server_error`, traceback in the run's log) for anything that fails
+while answering, after which the server goes on serving.
 """
 from __future__ import annotations
 
