@@ -397,6 +397,10 @@ def summarize(soak: Soak, end: dict, window: float) -> dict:
     levels = [rss_level(soak.rss, t) for t, _ in soak.rss if t >= soak.warmup + LEVEL_SPAN]
     highest = max(levels) if levels else None
     growth = (highest - baseline) / baseline if baseline and highest else None
+    # a leak grows with the requests served: the level's change over the second half of the run says which it is
+    middle = rss_level(soak.rss, (soak.warmup + soak.duration) / 2)
+    last = rss_level(soak.rss, soak.duration)
+    trend = (last - middle) / middle if middle and last else None
     m = end["metrics"]
     reasons = []
     bad_well_formed = [o for o in problems if o.kind in WELL_FORMED or o.kind in DISCONNECTS]
@@ -425,7 +429,7 @@ def summarize(soak: Soak, end: dict, window: float) -> dict:
             "windows": windows, "rss_warmup_level_mb": round(baseline / 1024, 1) if baseline else None,
             "rss_highest_level_mb": round(highest / 1024, 1) if highest else None,
             "rss_after_peak_mb": round(max(after) / 1024, 1) if after else None,
-            "rss_end_mb": round(soak.rss[-1][1] / 1024, 1), "rss_growth": growth,
+            "rss_end_mb": round(soak.rss[-1][1] / 1024, 1), "rss_growth": growth, "rss_second_half_growth": trend,
             "rss_trace": [(round(t, 1), kb) for t, kb in soak.rss], "metrics": m, "reasons": reasons}
 
 
@@ -445,7 +449,8 @@ def report(s: dict) -> None:
     growth = "n/a" if s["rss_growth"] is None else f"{s['rss_growth']:+.2%}"
     print(f"RSS: {s['rss_healthy_mb']} MB when healthy, {s['rss_warmup_level_mb']} MB at the end of the warm-up, highest "
           f"level after it {s['rss_highest_level_mb']} MB ({growth}; limit +5%), highest sample {s['rss_after_peak_mb']} MB, "
-          f"{s['rss_end_mb']} MB at the end")
+          f"{s['rss_end_mb']} MB at the end; over the second half of the run the level moved "
+          f"{'n/a' if s['rss_second_half_growth'] is None else format(s['rss_second_half_growth'], '+.2%')}")
     m = s["metrics"]
     print(f"/metrics after the run: active_rows {m['active_rows']}, running_requests {m['running_requests']}, "
           f"queue_length {m['queue_length']}, cancelled {m['cancelled']}, requests {m['requests']}, "
