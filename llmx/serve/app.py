@@ -3,11 +3,11 @@
 `/health`, `/metrics` and the chat page at `/`.
 
 All requests share one engine, stepped by one thread (`EngineThread`); a request's tokens reach its
-handler through an asyncio queue. A client that goes away mid-stream cancels its request (its rows
-leave the batch at the next step); a full waiting queue answers 503 with Retry-After; every error is
-an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`: a 4xx for a bad request, a 500
-(`type: server_error`, traceback in the run's log) for anything that fails while answering, after which
-the server goes on serving.
+handler through an asyncio queue. A client that goes away (mid-stream, or before a plain answer)
+cancels its request (its rows leave the batch at the next step); a full waiting queue answers 503 with
+Retry-After; every error is an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`: a
+4xx for a bad request, a 500 (`type: server_error`, traceback in the run's log) for anything that fails
+while answering, after which the server goes on serving.
 """
 from __future__ import annotations
 
@@ -173,6 +173,15 @@ class Limits:
     max_messages: int = 512
 
 
+async def client_gone(receive) -> None:
+    """Returns once the client has closed its connection. Called after the body is read, so the next ASGI message is
+    the disconnect (uvicorn sends it also once the response is complete; the caller stops listening before that).
+    Starlette watches a stream's connection itself; a plain response's handler it runs to the end, so without this a
+    client that gave up (a timeout) would keep its rows decoding until its answer's last token."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
@@ -311,7 +320,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
             reqs.append(engine.submit(prompt, p, on_update))
         return reqs
 
-    async def respond(prompt: list, body: _Body, chat: bool):
+    async def respond(prompt: list, body: _Body, chat: bool, receive):
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         reqs = submit(prompt, body, loop, queue)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -331,15 +340,26 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
             return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
 
         if not body.stream:
-            try:
+            async def collect() -> None:
                 open_ = len(reqs)
                 while open_:
                     _, _, finish = await queue.get()
                     open_ -= finish is not None
+
+            answered, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(client_gone(receive))
+            try:
+                await asyncio.wait({answered, gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for r in reqs:
-                    if not r.done.is_set():
+                # (the last update can reach this loop before the engine thread marks its request done: the
+                # task that ended says who came first)
+                complete = answered.done() and not answered.cancelled()
+                for task in (answered, gone):
+                    task.cancel()
+                if not complete:  # a client gone before its answer (a timeout): its rows leave the batch now
+                    for r in reqs:
                         engine.cancel(r)
+            if not complete:
+                raise ApiError(499, "the client closed the connection before the answer", code="client_closed")
             if any(r.finish_reason in ("shutdown", "error") for r in reqs):
                 raise ApiError(503, "the server is shutting down" if reqs[0].finish_reason == "shutdown"
                                else "the engine failed", code=reqs[0].finish_reason)
@@ -402,7 +422,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
             vocab = len(tokenizer)
             if any(t < 0 or t >= vocab for t in prompt):
                 raise ApiError(400, f"prompt: token ids must be in [0, {vocab})", "prompt")
-        return await respond(prompt, body, chat=False)
+        return await respond(prompt, body, chat=False, receive=request.receive)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -415,7 +435,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, api_key: Optional[str
             prompt = prompt_ids(tokenizer, chat_from_messages(body.messages, "messages", body.tools))
         except DataError as ex:  # a malformed conversation, or one the chat template refuses
             raise ApiError(400, str(ex), "messages") from None
-        return await respond(prompt, body, chat=True)
+        return await respond(prompt, body, chat=True, receive=request.receive)
 
     if api_key:
         app.add_middleware(RequireKey, key=api_key)
