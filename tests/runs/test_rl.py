@@ -121,16 +121,21 @@ def test_grpo_rule_reward_rises_with_bounded_kl(sft_run, tmp_path, monkeypatch):
                        "stage.train.max_steps=12", "stage.train.batch_size=8", *SMALL)  # 4 updates per rollout batch
     assert s["eval_reward_after"] > s["eval_reward_before"] + 0.15
     assert s["kl_to_reference"] < 3.0
-    # what it leaves: metrics (losses), checkpoints and its model, no VisualDL log, no empty folder (staging)
-    from helpers import empty_folders
+    # what it leaves: metrics (losses), checkpoints, its model and VisualDL curves (the default logger), no empty
+    # folder (staging); the closing lines say so
+    from helpers import compose, empty_folders
+    from omegaconf import OmegaConf
 
     from llmx.console import summary_lines
 
     run = tmp_path / "grpo"
     assert empty_folders(run) == []
+    (run / ".hydra").mkdir()
+    OmegaConf.save(compose("stage=grpo"), run / ".hydra" / "config.yaml")  # what launch.py's Hydra writes
     lines = summary_lines(s, run, 0)
-    assert lines[-3].split() == ["model_dir", str(run / "model")]
-    assert lines[-2:] == [f"run dir: {run}  (summary.json, metrics.jsonl, checkpoints/)",
+    assert lines[-4].split() == ["model_dir", str(run / "model")]
+    assert lines[-3:] == [f"run dir: {run}  (summary.json, metrics.jsonl, checkpoints/, visualdl/)",
+                          f"curves:  visualdl --logdir {run}",
                           f"compare: python -m llmx diff {run} <another run>;  reproduce: python -m llmx rerun {run} --check"]
 
 

@@ -2,11 +2,14 @@
 runs (llmx.safe_pickle behind paddle.load); a legitimate PaddleNLP `.pdparams` loads, restricted or trusted."""
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import subprocess
 
 from helpers import launch, read_json
+
+from llmx.experiment import COMPLETE_MARKER, seal_file
 
 
 class _Touch:
@@ -50,6 +53,11 @@ def test_resuming_a_run_whose_rng_state_runs_code_is_refused(sft_run, tmp_path):
     shutil.copytree(sft_run, run)
     latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     _poison(latest / "rng_state.pth", marker)
+    # as a sharer would: the checkpoint's record of its files (sizes, CRC-32) matches the poisoned file, so resume
+    # does not set the checkpoint aside as damaged but loads it
+    record = json.loads((latest / COMPLETE_MARKER).read_text())
+    record["files"]["rng_state.pth"] = seal_file(latest / "rng_state.pth")
+    (latest / COMPLETE_MARKER).write_text(json.dumps(record))
     steps = read_json(run / "summary.json")["steps"]
     proc = launch(f"hydra.run.dir={run}", f"stage.train.max_steps={steps + 1}", "stage.train.progress_bar=false",
                   check=False)
