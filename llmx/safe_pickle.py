@@ -12,6 +12,7 @@ Paddle-free.
 from __future__ import annotations
 
 import builtins
+import functools
 import io
 import logging
 import pickle
@@ -27,6 +28,7 @@ class PickledCodeError(UserError):
     """A pickle asked for a global outside the allowed data types."""
 
 
+@functools.lru_cache(maxsize=None)
 def _numpy_globals() -> dict:
     import numpy as np
     from numpy.core import multiarray, numeric

@@ -90,6 +90,17 @@ class _TooLarge(Exception):
     """A request body grew past BodyLimit's limit while it was read."""
 
 
+class _WatchedSend:
+    """An ASGI `send` that remembers whether the response has started: after that no status can be sent."""
+
+    def __init__(self, send) -> None:
+        self.send, self.started = send, False
+
+    async def __call__(self, message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 class ServerErrors:
     """ASGI middleware: an exception raised while answering becomes an OpenAI-style 500 and a logged traceback.
     Starlette's own answer is a plain-text "Internal Server Error", which OpenAI clients cannot read, and its
@@ -103,20 +114,14 @@ class ServerErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def watched_send(message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = _WatchedSend(send)
         try:
-            await self.app(scope, receive, watched_send)
+            await self.app(scope, receive, watched)
         except _TooLarge:  # BodyLimit's, outside: a 413, not a failure
             raise
         except Exception as ex:  # noqa: BLE001 - any failure: answered, logged, and the server goes on
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
-            if not started:
+            if not watched.started:
                 await error(500, f"internal error while answering: {type(ex).__name__}: {ex}",
                             kind="server_error", code="internal_error")(scope, receive, send)
 
@@ -141,7 +146,7 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.limit:
             await self._refusal()(scope, receive, send)
             return
-        seen, started = 0, False
+        seen, watched = 0, _WatchedSend(send)
 
         async def counted_receive():
             nonlocal seen
@@ -151,15 +156,10 @@ class BodyLimit:
                 raise _TooLarge
             return message
 
-        async def watched_send(message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, counted_receive, watched_send)
+            await self.app(scope, counted_receive, watched)
         except _TooLarge:
-            if not started:
+            if not watched.started:
                 await self._refusal()(scope, receive, send)
 
 
