@@ -30,3 +30,14 @@ def visible_gpus() -> List[str]:
     out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
     count = sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
     return [str(i) for i in range(count)]
+
+
+def math_threads(setting) -> int:
+    """Math threads for this rank: `setting` when a number; for "auto", the cores this process may
+    run on (its affinity: taskset, Slurm's cgroup) shared evenly by the ranks on this node.
+    Paddle itself leaves every process one thread (it sets OMP_NUM_THREADS=1 when unset)."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks_here = int(os.environ.get("PADDLE_LOCAL_SIZE", "1"))  # set by paddle.distributed.launch and for Slurm tasks
+    return max(1, cores // ranks_here)

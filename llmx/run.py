@@ -156,12 +156,11 @@ def _leave_rank() -> None:
     Python's interpreter teardown: Paddle's destructors (seen with sharding stage 2 over
     gloo) sometimes abort there after the run has completed, which would fail the launch.
     Not for Slurm tasks: submitit must return the job's result from the process."""
-    import paddle.distributed as dist
-
     from llmx.compat.paddle import write_counters
+    from llmx.engine.distributed import barrier
 
     write_counters()
-    dist.barrier()
+    barrier()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

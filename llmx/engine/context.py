@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from llmx.console import quiet_libraries
+from llmx.devices import math_threads
 from llmx.engine.distributed import init_distributed
 from llmx.engine.runtime import Runtime, init_runtime, seed_everything
 from llmx.experiment import Experiment
@@ -42,10 +43,11 @@ def create_context(cfg: DictConfig, run_dir: str, inputs: Any) -> Context:
 
     quiet_libraries(cfg.verbose)
     guard_pickles(cfg.model.trust_pickle)
-    runtime = init_runtime(cfg.device, cfg.model.dtype)
+    runtime = init_runtime(cfg.device, cfg.model.dtype, math_threads(cfg.runtime.threads))
     seed_everything(cfg.seed)
     experiment = Experiment(run_dir, writer=runtime.is_main).create()
-    experiment.write_provenance(cfg.seed, runtime.world_size, runtime.device_names())
+    experiment.write_provenance(cfg.seed, runtime.world_size, runtime.device_names(),
+                                {"threads_per_rank": runtime.threads})
     layout = Layout.of(cfg.parallel)
     batching = train_batching(cfg) if OmegaConf.select(cfg, "stage.train") is not None else None
     init_distributed(layout, runtime, experiment.dir, batching, cfg.seed)

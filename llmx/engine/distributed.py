@@ -92,8 +92,43 @@ def hybrid_group():
         return None
 
 
-def barrier() -> None:
-    import paddle.distributed as dist
+_barriers_passed = 0
+BARRIER_TIMEOUT_S = 1800.0  # torch.distributed's default for gloo
 
-    if dist.get_world_size() > 1:
-        dist.barrier()
+
+def barrier(timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """Wait until every rank is here, for as long as one rank's work may take.
+
+    Not `dist.barrier()`: a gloo collective gives up after gloo's fixed 30 s (Paddle's
+    ProcessGroupGloo exposes no timeout), so a rank still building its model, or rank 0
+    writing a checkpoint of a real model, failed the others with `gloo ... TIMEOUT`. The
+    ranks count themselves in at the job's TCP store instead, which waits as long as asked."""
+    import time
+
+    import paddle.distributed as dist
+    from paddle.base import core
+
+    global _barriers_passed
+    world = dist.get_world_size()
+    if world <= 1:
+        return
+    store = core.create_or_get_global_tcp_store()
+    key = f"llmx/barrier/{_barriers_passed}"  # every rank passes the same barriers in the same order
+    _barriers_passed += 1
+
+    def wait_for_all(counter: str) -> None:
+        count, deadline = store.add(counter, 1), time.monotonic() + timeout_s
+        while count < world:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llmx: {world - count} of {world} ranks did not reach barrier {key} "
+                                   f"within {timeout_s:.0f} s (a rank died or hangs: see its log in logs/)")
+            time.sleep(0.02)
+            count = store.add(counter, 0)
+
+    wait_for_all(key)
+    # Rank 0 hosts the store: it leaves only once every rank has seen the count, or a rank
+    # still polling would lose the store when rank 0 exits right after the last barrier.
+    if dist.get_rank() == 0:
+        wait_for_all(f"{key}/seen")
+    else:
+        store.add(f"{key}/seen", 1)

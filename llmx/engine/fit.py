@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig
 from paddlenlp.trainer import Trainer
 
+from llmx.engine.distributed import barrier
 from llmx.engine.peft import count_parameters
 from llmx.engine.trainer import resume_point, trainer_class, training_arguments
 from llmx.engine.trial import PeriodicEvaluation, SearchTrial
@@ -60,6 +61,7 @@ def fit(cfg: DictConfig, ctx, model, train_set: Sequence, eval_set: Optional[Seq
         trainer.add_callback(periodic)
     if evaluate and resume is None:
         exp.log_metrics({"step": 0, "eval_loss": trainer.evaluate()["eval_loss"]})
+    barrier()  # ranks finish building at different times; the Trainer's first collective waits only 30 s
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     summary = {

@@ -16,6 +16,7 @@ class Runtime:
     device: str  # "cpu" or "gpu"
     rank: int
     world_size: int
+    threads: int = 1  # math threads of this rank (runtime.threads)
 
     @property
     def is_main(self) -> bool:
@@ -40,9 +41,19 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def init_runtime(requested_device: str, dtype: str) -> Runtime:
+def set_math_threads(threads: int) -> None:
+    """Size the math library's pools (MKL and OpenMP) for this process. Through Paddle's own
+    setter rather than OMP_NUM_THREADS: that takes effect after import, and Paddle prints a
+    warning at import for any OMP_NUM_THREADS above 1."""
+    from paddle.base import core
+
+    core.set_num_threads(threads)
+
+
+def init_runtime(requested_device: str, dtype: str, threads: int = 1) -> Runtime:
     device = pick_device(requested_device)
     paddle.set_device(device)
     if device == "cpu" and dtype != "float32":
         raise ConfigError(f"model.dtype={dtype!r}: half precision training needs a GPU (use float32 on CPU)")
-    return Runtime(device=device, rank=dist.get_rank(), world_size=dist.get_world_size())
+    set_math_threads(threads)
+    return Runtime(device=device, rank=dist.get_rank(), world_size=dist.get_world_size(), threads=threads)

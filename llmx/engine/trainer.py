@@ -34,6 +34,7 @@ from paddlenlp.trainer import Trainer, TrainerCallback, TrainingArguments
 
 from llmx.console import say
 from llmx.engine.checkpoint import name_single_model_class
+from llmx.engine.distributed import barrier
 from llmx.engine.evaluation import HeldOutSampler, HeldOutShare, TokenTally, target_tokens
 from llmx.experiment import Experiment
 from llmx.layout import Layout, train_batching
@@ -403,14 +404,12 @@ class LlmxTrainerMixin:
         written = self.experiment.staging_dir() / f"checkpoint-{step}"  # (the staging dir is the Trainer's output_dir)
         with self.experiment.writing_checkpoint(step, written):
             super()._save_checkpoint(model, metrics=metrics)  # writes staging/checkpoint-N completely
-            if self.args.world_size > 1:
-                paddle.distributed.barrier()
+            barrier()
             if self.args.should_save:
                 name_single_model_class(written)
                 final = self.experiment.commit_checkpoint(written, step, self.keep_checkpoints)
                 log.info("checkpoint committed: %s", final)
-        if self.args.world_size > 1:
-            paddle.distributed.barrier()
+        barrier()
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,6 +17,13 @@ DEVICES = ("auto", "cpu", "gpu")
 
 
 @dataclass
+class RuntimeConfig:
+    # Math threads per rank on CPU: "auto" = the cores this process may use / the ranks on its node
+    # (llmx.devices.math_threads), or a number.
+    threads: Any = "auto"
+
+
+@dataclass
 class RunConfig:
     # A default (not MISSING) so that llmx.stages.register_configs can mark `model.overrides` open for new keys.
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -29,6 +36,7 @@ class RunConfig:
     plan: bool = False  # only print the per-device memory estimate of this layout (llmx.plan), run nothing
     device_memory_gb: Optional[float] = None  # memory of one device in GiB, for the plan's fits verdict
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # the chosen trackers (llmx.tracking)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 def validate_common(cfg: DictConfig) -> None:
@@ -44,6 +52,9 @@ def validate_common(cfg: DictConfig) -> None:
     validate_quant(cfg)
     validate_logger(cfg)
     one_of("device", cfg.device, DEVICES)
+    threads = cfg.runtime.threads
+    require(threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
+            "runtime.threads", threads, "allowed: auto, or a number of threads >= 1")
     require(cfg.device_memory_gb is None or cfg.device_memory_gb > 0, "device_memory_gb", cfg.device_memory_gb,
             "must be > 0 (GiB)")
     require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")

@@ -46,6 +46,8 @@ BAD_CONFIGS = {
                                 ["model.size='7b1'", "allowed for qwen2: tiny, 0.5b, 1.5b, 7b, 72b"]),
     "model_dtype": (["model.dtype=int8"], ["model.dtype='int8'", "allowed: float32, bfloat16, float16"]),
     "model_fused_ops": (["model.fused_ops=yes"], ["model.fused_ops='yes'", "allowed: auto, on, off"]),
+    "runtime_threads": (["runtime.threads=0"], ["runtime.threads=0", "allowed: auto, or a number of threads >= 1"]),
+    "runtime_threads_word": (["runtime.threads=all"], ["runtime.threads='all'", "allowed: auto, or a number"]),
     "lr_zero": (["stage.train.lr=0"], ["stage.train.lr=0.0", "must be > 0"]),
     "lr_scheduler": (["stage.train.lr_scheduler=foo"],
                      ["stage.train.lr_scheduler='foo'", "allowed: cosine, linear, constant"]),

@@ -48,12 +48,11 @@ def main() -> int:
             sys.stdout.flush()
             os._exit(3)
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
-        import paddle.distributed as dist
-
         from llmx.compat.paddle import write_counters
+        from llmx.engine.distributed import barrier
 
         write_counters()  # into the first run's dir: the compatibility layer's calls, per rank
-        dist.barrier()
+        barrier()
     sys.stdout.flush()
     os._exit(0)  # as llmx's own ranks end (llmx.run._leave_rank): no interpreter teardown
 

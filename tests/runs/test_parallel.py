@@ -20,6 +20,7 @@ import pytest
 from helpers import FAST, REPO, config_error, launch, read_json, read_jsonl, token_mean_eval_loss, train_losses
 
 STEPS = 3
+CORES = len(os.sched_getaffinity(0))  # runtime.threads=auto shares them among the ranks of a node
 COMMON = [*FAST, f"stage.train.max_steps={STEPS}", "stage.train.logging_steps=1", "stage.train.batch_size=4",
           "stage.train.grad_accum=2", f"stage.train.save_steps={STEPS}", "stage.eval.enabled=false"]
 # tp/pp runs also evaluate (pp: loss only, a pipeline cannot generate) and export the merged model
@@ -41,7 +42,17 @@ def reference(tmp_path_factory):
     run = tmp_path_factory.mktemp("parallel") / "single"
     launch(f"hydra.run.dir={run}", *COMMON)
     assert not list(run.glob("cpu_parallel_counters*")), "the compatibility layer stays off in one process"
+    assert read_json(run / "provenance.json")["threads_per_rank"] == CORES
     return run
+
+
+def test_one_thread_gives_the_losses_of_every_core(tmp_path, reference):
+    """Where the math library splits a product over threads, each thread sums its own blocks in the
+    order one thread would: the tiny model's losses are bit for bit the same at 1 thread."""
+    run = tmp_path / "one_thread"
+    launch(f"hydra.run.dir={run}", "runtime.threads=1", *COMMON)
+    assert read_json(run / "provenance.json")["threads_per_rank"] == 1
+    assert _losses(run) == _losses(reference)
 
 
 def _run(tmp_path, layout: str, *extra: str):
@@ -52,7 +63,8 @@ def _run(tmp_path, layout: str, *extra: str):
 
 def _check_common(run, reference, world: int, rel: float = 1e-5) -> list[dict]:
     assert _losses(run) == pytest.approx(_losses(reference), rel=rel)
-    assert read_json(run / "provenance.json")["world_size"] == world
+    prov = read_json(run / "provenance.json")
+    assert prov["world_size"] == world and prov["threads_per_rank"] == max(1, CORES // world)
     assert sorted(p.name for p in (run / "launch_logs").glob("workerlog.*")) == [f"workerlog.{r}" for r in range(world)]
     assert "starting %d CPU (gloo) processes" % world in (run / "llmx.log").read_text()
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl") if "loss" in r] == list(range(1, STEPS + 1))
