@@ -246,6 +246,7 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
         before = exp.measured_before(lambda: {f"eval_{k}_before": v for k, v in
                                               measure(policy, algo, eval_prompts, cfg).items()}, resume is not None)
 
+    barrier()  # every rank built its models: the loop's collectives wait only gloo's 30 s
     for step in range(start, t.max_steps):
         global_idx = step_prompts(len(train_prompts), s.rollout.prompts_per_step, step, cfg.seed)
         chosen = [global_idx[i] for i in mine]
