@@ -60,10 +60,12 @@ MODEL_H = 3
 # With full recompute a layer keeps only its input (h per token; measured 0.85 h on SmolLM2) and rebuilds its
 # activations one layer at a time during backward.
 LOSS_BYTES = 4  # the loss (softmax, log-probabilities) is computed in float32 whatever the model's dtype
-# The CPU process's own working memory beyond its tensors (the Trainer and its data loader, tokenizer, kernels'
-# scratch, the allocator's slack), measured as peak RSS above the import baseline less the tensors for
-# the tiny model (bench/plan.py): counted for device=cpu only (a GPU's max_memory_allocated sees tensors only).
-CPU_PROCESS_GIB = 0.0
+# On CPU the measured figure is peak RSS, which holds more than the tensors: the process's own working memory
+# (Trainer, data, tokenizer: 0.03 GiB above the tensors for the tiny model) and the allocator's slack, which
+# grows with the tensors and a little with the steps (SmolLM2, 4 x 256 tokens: paddle's allocated-tensor peak
+# 4.11 GiB, plan 4.13; RSS 4.47 GiB after 2 steps, 4.67 after 3). Counted for device=cpu only: a GPU's
+# max_memory_allocated sees the tensors alone.
+CPU_PROCESS_GIB, CPU_SLACK = 0.03, 0.10
 
 STAGE_MODELS = {  # runner -> the models a stage holds besides the one it trains (see extra_models)
     "dpo": ("reference",), "kto": ("reference",), "grpo": ("reference",), "ppo": ("critic", "reference", "reward"),
@@ -198,13 +200,13 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
             extra += here * width / sharded(3) + ((grad_b + opt_b) if how == "trained" else 0.0)
         if stage.runner in ("rm", "ppo") and last:  # the score head: h -> 1 (per model that has one)
             extra += dims["h"] * width
-        process = CPU_PROCESS_GIB * GIB if on_cpu else 0.0
-        states = param_b + grad_b + opt_b + extra + process
+        states = param_b + grad_b + opt_b + extra
+        tensors, tensors_rc = states + acts + transient, states + acts_rc + transient
+        process, process_rc = ((CPU_PROCESS_GIB * GIB + CPU_SLACK * t) if on_cpu else 0.0 for t in (tensors, tensors_rc))
         return {"parameters": param_b, "gradients": grad_b, "optimizer": opt_b, "extra_models": extra,
                 "activations": acts + transient, "activations_recompute": acts_rc + transient,
-                "logits": tokens * logits, "process": process,
-                "total": states + acts + transient, "total_recompute": states + acts_rc + transient,
-                "parameters_here": here}
+                "logits": tokens * logits, "process": process, "process_recompute": process_rc,
+                "total": tensors + process, "total_recompute": tensors_rc + process_rc, "parameters_here": here}
 
     stages = [device_terms(i) for i in range(p.pp)]
     busiest = max(stages, key=lambda t: t["total_recompute" if recompute else "total"])
@@ -242,7 +244,9 @@ def render(plan: Dict[str, Any]) -> str:
     m, lay, bt, g = plan["model"], plan["layout"], plan["batch"], plan["per_device_gib"]
     mem = plan["device_memory_gb"]
     rows = [("parameters", g["parameters"]), ("gradients", g["gradients"]), ("optimizer states (AdamW)", g["optimizer"]),
+            ("extra models", g["extra_models"]), ("logits (in activations)", g["logits"]),
             ("activations, no recompute", g["activations"]), ("activations, full recompute", g["activations_recompute"]),
+            ("CPU process and allocator", g["process"]),
             ("total, no recompute", g["total"]), ("total, full recompute", g["total_recompute"])]
     active = f", {m['active_parameters'] / 1e9:.3g}B active per token" if m["active_parameters"] != m["parameters"] else ""
     lines = [f"plan: {m['family']} {m['size']} ({m['parameters'] / 1e9:.3g}B parameters{active}, {m['dtype']}), "
@@ -253,9 +257,8 @@ def render(plan: Dict[str, Any]) -> str:
              "", f"  {'per device':<30}{'GiB':>9}"]
     lines += [f"  {name:<30}{value:9.2f}" for name, value in rows]
     lines.append(f"  {'device memory':<30}{mem:9.2f}" if mem is not None else f"  {'device memory':<30}{'unknown':>9}")
-    if plan["peft"] != "none":
-        lines.append(f"note: stage.peft.method={plan['peft']} trains adapters only; gradients and optimizer "
-                     "states above are for full-parameter training (an upper bound)")
+    if plan["extra_models"]:
+        lines.append("extra models: " + ", ".join(f"{k} ({v})" for k, v in plan["extra_models"].items()))
     lines.append(plan["fits"])
     return "\n".join(lines)
 

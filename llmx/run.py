@@ -93,6 +93,12 @@ def memory_record(cfg: DictConfig, ctx) -> dict:
     peaks, stages = peaks_per_rank(runtime.device, runtime.world_size, hcg.get_stage_id() if hcg else 0)
     record = {"memory_measured": "max_memory_allocated" if runtime.device == "gpu" else "peak RSS above import baseline",
               "memory_peak_gib_per_rank": [None if p is None else round(p, 3) for p in peaks]}
+    if runtime.device == "cpu":
+        from llmx.engine.memory import tensors_peak_gib
+
+        tensors = tensors_peak_gib()
+        if tensors is not None:
+            record["memory_tensors_peak_gib"] = round(tensors, 3)  # this rank's (rank 0's in summary.json)
     known = [p for p in peaks if p is not None]
     if known:
         record["memory_peak_gib"] = round(max(known), 3)

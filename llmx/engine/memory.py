@@ -43,6 +43,17 @@ def mark_baseline() -> None:
         pass
 
 
+def tensors_peak_gib() -> Optional[float]:
+    """CPU: the peak of paddle's own count of allocated host memory (tensors only), which separates what `plan`
+    counts from the process's other memory in the RSS figure."""
+    try:
+        from paddle.base import core
+
+        return core.host_memory_stat_peak_value("Allocated", 0) / GIB
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
 def baseline_gib() -> Optional[float]:
     return None if _BASELINE is None else _BASELINE / GIB
 
