@@ -41,12 +41,99 @@ def count_params(family_name: str, given: Dict[str, Any]) -> Params:
 
 # ------------------------------------------------------------------ memory per device
 
+# What PaddleNLP 3.0.0b4's decoder layer keeps for backward, per token, in elements of the activation dtype,
+# measured rather than derived (paddle's own count of allocated host memory after one forward of LlamaForCausalLM,
+# fused_ops off, for hidden 256/512, intermediate 688/1376, 4/8 layers, 4/8 heads, 128/256 tokens, and for
+# SmolLM2-135M's shapes (576, 1536, 30 layers, 9 heads, 3 KV heads) at 64/128 tokens; every point within 0.5%;
+# `python bench/plan.py --fit` reruns the measurement):
+#   per layer  KEPT_H*h + 2*kv_dim + KEPT_I*intermediate + heads*seq + 2*head_dim
+# 12 h: the two RMSNorms' inputs and intermediates, the residual sums, q, RoPE's rotated copies, the attention
+# output; 2 kv_dim: k and v (grouped-query attention repeats no copies of them); 3 I: gate, up and their SwiGLU
+# product; heads*seq: the softmax of the attention scores (the scores themselves are freed); 2 head_dim: the
+# rows of RoPE's cos/sin tables. Under tensor parallelism the residual stream and the norms (REPLICATED_H*h of
+# the 12 h) stay whole on every rank, the rest is split (sequence parallelism splits those too).
+# A family with another block (a non-gated MLP, LayerNorm with biases) is approximated by the same count.
+KEPT_H, KEPT_I, REPLICATED_H = 12, 3, 8
+# Outside the layers, per token: the embedding output (first pipeline stage) and the final norm's kept tensors
+# (last stage), 3 h together, then the logits.
+MODEL_H = 3
+# With full recompute a layer keeps only its input (h per token; measured 0.85 h on SmolLM2) and rebuilds its
+# activations one layer at a time during backward.
+LOSS_BYTES = 4  # the loss (softmax, log-probabilities) is computed in float32 whatever the model's dtype
+# On CPU the measured figure is peak RSS, which holds more than the tensors: the process's own working memory
+# (Trainer, data, tokenizer, gloo: 0.035-0.045 GiB above the tensors for the tiny model over the layouts) and
+# the allocator's slack, which grows with the tensors and a little with the steps (SmolLM2, 4 x 256 tokens: paddle's allocated-tensor peak
+# 4.11 GiB, plan 4.13; RSS 4.47 GiB after 2 steps, 4.67 after 3). Counted for device=cpu only: a GPU's
+# max_memory_allocated sees the tensors alone.
+CPU_PROCESS_GIB, CPU_SLACK = 0.036, 0.10
 
-def estimate(cfg: DictConfig) -> Dict[str, Any]:
+STAGE_MODELS = {  # runner -> the models a stage holds besides the one it trains (see extra_models)
+    "dpo": ("reference",), "kto": ("reference",), "grpo": ("reference",), "ppo": ("critic", "reference", "reward"),
+}
+
+
+def _reference_free(stage: DictConfig) -> bool:
+    if stage.runner != "dpo":  # KTO and GRPO always keep their reference
+        return False
+    from llmx.align.options import reference_free  # paddle-free: the loss names and their rules
+
+    return reference_free(stage)
+
+
+def _seq_length(stage: DictConfig) -> Optional[int]:
+    seq = OmegaConf.select(stage, "data.max_length") or OmegaConf.select(stage, "data.seq_length")
+    if seq is None and OmegaConf.select(stage, "rollout.max_new_tokens") is not None:  # RL: prompt + sampled answer
+        seq = stage.data.max_prompt_length + stage.rollout.max_new_tokens
+    return seq
+
+
+def _shapes(family_name: str, hp: Dict[str, Any]) -> Dict[str, int]:
+    fam = family(family_name)
+    h = hp["hidden_size"]
+    heads = hp[fam.heads]
+    kv = (hp.get(fam.kv_heads) if fam.kv_heads else None) or heads
+    head_dim = hp.get("head_dim") or h // heads
+    inner = hp.get("intermediate_size") or hp.get("ffn_hidden_size") or hp.get("inner_hidden_size") or 4 * h
+    return {"h": h, "heads": heads, "kv_dim": kv * head_dim, "head_dim": head_dim, "inner": inner,
+            "vocab": hp[fam.vocab]}
+
+
+def adapter_params(dims: Dict[str, int], layers: int, rank: int) -> int:
+    """LoRA's A and B on every projection of a layer (q, k, v, o, gate, up, down): rank*(in + out) each. Other
+    adapters (prefix, LoKr, VeRA, ReFT) train fewer; this count bounds them."""
+    h, kv, inner = dims["h"], dims["kv_dim"], dims["inner"]
+    return rank * layers * (9 * h + 2 * kv + 3 * inner)
+
+
+def layer_activations(dims: Dict[str, int], seq: int, tp: int, sequence_parallel: bool) -> float:
+    """Elements one decoder layer keeps per token for backward (KEPT_H etc. above), on one tensor-parallel rank."""
+    h = dims["h"]
+    split = ((KEPT_H - REPLICATED_H) * h + 2 * dims["kv_dim"] + KEPT_I * dims["inner"] + dims["heads"] * seq
+             + 2 * dims["head_dim"])
+    whole = REPLICATED_H * h
+    return (whole + split) / tp if sequence_parallel else whole + split / tp
+
+
+def extra_models(runner: str, reference_free: bool, adapters: bool) -> Dict[str, str]:
+    """The models a stage keeps besides the one it trains, and how: "frozen" (parameters only) or "trained"
+    (parameters, gradients, optimizer states). DPO/KTO/GRPO keep a frozen reference (none with adapters: the
+    reference is the base with the adapters switched off; none for reference-free losses); PPO also its reward
+    model (frozen) and a critic initialised from it (trained, like the actor)."""
+    out: Dict[str, str] = {}
+    for name in STAGE_MODELS.get(runner, ()):
+        if name == "reference" and (adapters or reference_free):
+            continue
+        out[name] = "trained" if name == "critic" else "frozen"
+    return out
+
+
+def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
+    """The per-device memory of `cfg`'s training stage on its layout (busiest device, and each pipeline stage).
+    `device`: "cpu" adds the CPU process's own working memory (CPU_PROCESS_GIB); default cfg.device."""
     m, p, stage = cfg.model, cfg.parallel, cfg.stage
     hp = hyperparameters(m.family, model_hparams(m))
     params = count_params(m.family, model_hparams(m))
-    seq = OmegaConf.select(stage, "data.max_length") or OmegaConf.select(stage, "data.seq_length")
+    seq = _seq_length(stage)
     if seq is None or OmegaConf.select(stage, "train") is None:
         raise ConfigError(f"stage.runner={stage.runner!r}: plan needs a training stage (stage.data.max_length "
                           "or stage.data.seq_length, and stage.train)")
@@ -54,14 +141,11 @@ def estimate(cfg: DictConfig) -> Dict[str, Any]:
     batch, accum = b.micro_batch, b.accum
     half = m.dtype in ("bfloat16", "float16")
     width = 2 if half else 4  # bytes per parameter, gradient and activation element
-
-    # Parameters on the busiest device. Decoder layers split evenly over the pp stages; the input side
-    # (embeddings) sits on the first stage, the output side (final norm + lm_head) on the last; with pp=1 one
-    # device holds all (a tied embedding once). Tensor parallelism splits every layer's matrices and the
-    # vocabulary of the embedding and the lm_head by tp; we divide everything by tp, which slightly
-    # undercounts what TP replicates (norm weights, row-parallel biases, position embeddings, the MoE router).
-    ends = params.embed + params.head - params.shared if p.pp == 1 else max(params.embed, params.head)
-    per_device = (params.layers // p.pp * params.layer + params.other_layers // p.pp + ends) / p.tp
+    dims = _shapes(m.family, hp)
+    peft = OmegaConf.select(stage, "peft.method") or "none"
+    adapters = peft != "none"
+    recompute = bool(OmegaConf.select(stage, "train.recompute"))
+    on_cpu = (device or cfg.get("device", "auto")) == "cpu"
 
     # ZeRO over the sharding group: stage 1 shards the optimizer states, stage 2 also the gradients,
     # stage 3 also the parameters. Data parallelism (dp) replicates everything.
@@ -70,57 +154,79 @@ def estimate(cfg: DictConfig) -> Dict[str, Any]:
     def sharded(from_stage: int) -> int:
         return shards if p.sharding_stage >= from_stage else 1
 
-    param_bytes = per_device * width / sharded(3)
-    grad_bytes = per_device * width / sharded(2)  # gradients have the parameters' dtype
-    # AdamW: two fp32 moments per parameter, plus an fp32 master copy of the weights when the model trains in
-    # bf16/fp16 (PaddleNLP's O2 mixed precision). The beta-power scalars are negligible.
-    optimizer_bytes = per_device * (8 + (4 if half else 0)) / sharded(1)
-
-    # Activations per micro-batch and layer, after Korthikanti et al. 2022 ("Reducing Activation Recomputation
-    # in Large Transformer Models", eqs. 1-2), in bytes for 16-bit activations: s*b*h*(34 + 5*a*s/h) on one device
-    # (34: the inputs kept for backward by the layer norms, q/k/v/out projections and MLP, plus 1-byte dropout
-    # masks; 5*a*s/h: the a*s*s attention scores, softmax output and its dropout mask). Tensor parallelism
-    # splits all but the 10*s*b*h kept around the layer norms and dropouts: s*b*h*(10 + 24/t + 5*a*s/(h*t));
-    # sequence parallelism splits those too: s*b*h*(34 + 5*a*s/h)/t. The formula is for the GPT-3 block (a 4h
-    # MLP, dropout on); for llama-style blocks (gated MLP, no dropout) it is an approximation, and flash
-    # attention (GPU) keeps no attention scores, so "no recompute" is an upper bound there.
-    s, b, h, t = seq, batch, hp["hidden_size"], p.tp
-    a = hp[family(m.family).heads]
-    sbh = s * b * h
-    scores = 5 * a * s / h
-    if p.sequence_parallel and t > 1:
-        layer_acts = sbh * (34 + scores) / t
-    else:
-        layer_acts = sbh * (10 + (24 + scores) / t)
-    # Full recompute keeps only each layer's input (2*s*b*h bytes; split by t under sequence parallelism) and
-    # rebuilds one layer's activations at a time during backward.
-    layer_input = 2 * sbh / (t if p.sequence_parallel and t > 1 else 1)
-    scale = width / 2  # the formula counts 2-byte activations; float32 doubles them
-    layers_here = params.layers // p.pp
     # 1F1B pipeline: the first stage holds the activations of min(pp, micro-batches) micro-batches before its
-    # first backward; the interleaved schedule (vpp > 1) holds (1 + (pp-1)/(pp*vpp)) times that (paper, 4.2.3).
-    in_flight = 1.0 if p.pp == 1 else float(min(p.pp, accum))
-    if p.pp > 1 and p.vpp > 1 and accum >= p.pp:
-        in_flight *= 1 + (p.pp - 1) / (p.pp * p.vpp)
-    acts = layer_acts * layers_here * in_flight * scale
-    acts_recompute = (layer_input * layers_here * in_flight + layer_acts) * scale
+    # first backward, stage i min(pp - i, ...); the interleaved schedule (vpp > 1) holds (1 + (pp-1)/(pp*vpp))
+    # times that (Korthikanti et al. 2022, 4.2.3).
+    def in_flight(i: int) -> float:
+        n = 1.0 if p.pp == 1 else float(min(p.pp - i, accum))
+        if p.pp > 1 and p.vpp > 1 and accum >= p.pp:
+            n *= 1 + (p.pp - 1) / (p.pp * p.vpp)
+        return n
 
-    states = param_bytes + grad_bytes + optimizer_bytes
-    gib = {"parameters": param_bytes / GIB, "gradients": grad_bytes / GIB, "optimizer": optimizer_bytes / GIB,
-           "activations": acts / GIB, "activations_recompute": acts_recompute / GIB,
-           "total": (states + acts) / GIB, "total_recompute": (states + acts_recompute) / GIB}
+    tokens = batch * seq
+    layers_here = params.layers // p.pp
+    sp = bool(p.sequence_parallel) and p.tp > 1
+    per_layer = layer_activations(dims, seq, p.tp, sp) * width
+
+    def device_terms(i: int) -> Dict[str, float]:
+        first, last = i == 0, i == p.pp - 1
+        # Parameters: decoder layers split evenly over the pp stages; the input side (embeddings) on the first
+        # stage, the output side (final norm + lm_head) on the last; with pp=1 one device holds all (a tied
+        # embedding once). Tensor parallelism splits every layer's matrices and the vocabulary by tp; dividing
+        # everything by tp slightly undercounts what TP replicates (norm weights, biases, the MoE router).
+        ends = (params.embed + params.head - params.shared if p.pp == 1
+                else (params.embed if first else 0) + (params.head if last else 0))
+        here = (layers_here * params.layer + params.other_layers // p.pp + ends) / p.tp
+        trained = adapter_params(dims, layers_here, stage.peft.lora_r) / p.tp if adapters else here
+        # AdamW: two fp32 moments per trained parameter, plus an fp32 master copy of the weights when the model
+        # trains in bf16/fp16 (PaddleNLP's O2 mixed precision); gradients have the parameters' dtype.
+        param_b = here * width / sharded(3)
+        grad_b = trained * width / sharded(2)
+        opt_b = trained * (8 + (4 if half else 0)) / sharded(1)
+        # Backward computes each weight's gradient into a fresh tensor before adding it to the kept one: the
+        # largest (the vocabulary's embedding or head, else an MLP matrix) is briefly there twice. Measured.
+        largest = max(dims["vocab"] * dims["h"] if (first or last) else 0, dims["h"] * dims["inner"]) / p.tp
+        transient = 0.0 if adapters else largest * width
+        flight = in_flight(i)
+        model_side = ((1 if first else 0) + (MODEL_H - 1 if last else 0)) * dims["h"] * width
+        # The logits over the vocabulary (split by tp) in the model's dtype, and the loss's float32 softmax
+        # (plus a float32 copy of 16-bit logits); at backward their gradient takes the softmax's place.
+        logits = (dims["vocab"] / p.tp * (width + LOSS_BYTES + (LOSS_BYTES if half else 0))) if last else 0.0
+        acts = tokens * (layers_here * per_layer * flight + model_side + logits)
+        layer_inputs = dims["h"] / (p.tp if sp else 1) * width
+        acts_rc = tokens * (layers_here * layer_inputs * flight + per_layer + model_side + logits)
+        extra = 0.0
+        for how in extra_models(stage.runner, _reference_free(stage), adapters).values():
+            extra += here * width / sharded(3) + ((grad_b + opt_b) if how == "trained" else 0.0)
+        if stage.runner in ("rm", "ppo") and last:  # the score head: h -> 1 (per model that has one)
+            extra += dims["h"] * width
+        states = param_b + grad_b + opt_b + extra
+        tensors, tensors_rc = states + acts + transient, states + acts_rc + transient
+        process, process_rc = ((CPU_PROCESS_GIB * GIB + CPU_SLACK * t) if on_cpu else 0.0 for t in (tensors, tensors_rc))
+        return {"parameters": param_b, "gradients": grad_b, "optimizer": opt_b, "extra_models": extra,
+                "activations": acts + transient, "activations_recompute": acts_rc + transient,
+                "logits": tokens * logits, "process": process, "process_recompute": process_rc,
+                "total": tensors + process, "total_recompute": tensors_rc + process_rc, "parameters_here": here}
+
+    stages = [device_terms(i) for i in range(p.pp)]
+    busiest = max(stages, key=lambda t: t["total_recompute" if recompute else "total"])
+    gib = {k: v / GIB for k, v in busiest.items() if k != "parameters_here"}
     memory = cfg.get("device_memory_gb")
     return {
         "model": {"family": m.family, "size": m.size, "dtype": m.dtype, "parameters": params.total,
-                  "active_parameters": params.active, "parameters_per_device": round(per_device)},
+                  "active_parameters": params.active, "parameters_per_device": round(busiest["parameters_here"])},
         "layout": {"dp": p.dp, "tp": p.tp, "pp": p.pp, "vpp": p.vpp, "sharding": p.sharding,
                    "sharding_stage": p.sharding_stage, "sequence_parallel": bool(p.sequence_parallel),
                    "devices": p.dp * p.tp * p.pp * p.sharding},
-        "batch": {"micro_batch": batch, "seq_length": seq, "micro_batches_in_flight": in_flight},
+        "batch": {"micro_batch": batch, "seq_length": seq, "micro_batches_in_flight": in_flight(0)},
         "per_device_gib": gib,
+        # what each pipeline stage's devices hold (summary.json sets each rank's measured peak beside its stage's)
+        "per_pipeline_stage_gib": [t["total_recompute" if recompute else "total"] / GIB for t in stages],
+        "recompute": recompute,
+        "extra_models": extra_models(stage.runner, _reference_free(stage), adapters),
         "device_memory_gb": memory,
         "fits": verdict(gib["total"], gib["total_recompute"], memory),
-        "peft": OmegaConf.select(stage, "peft.method") or "none",
+        "peft": peft,
     }
 
 
@@ -138,7 +244,9 @@ def render(plan: Dict[str, Any]) -> str:
     m, lay, bt, g = plan["model"], plan["layout"], plan["batch"], plan["per_device_gib"]
     mem = plan["device_memory_gb"]
     rows = [("parameters", g["parameters"]), ("gradients", g["gradients"]), ("optimizer states (AdamW)", g["optimizer"]),
+            ("extra models", g["extra_models"]), ("logits (in activations)", g["logits"]),
             ("activations, no recompute", g["activations"]), ("activations, full recompute", g["activations_recompute"]),
+            ("CPU process and allocator", g["process"]),
             ("total, no recompute", g["total"]), ("total, full recompute", g["total_recompute"])]
     active = f", {m['active_parameters'] / 1e9:.3g}B active per token" if m["active_parameters"] != m["parameters"] else ""
     lines = [f"plan: {m['family']} {m['size']} ({m['parameters'] / 1e9:.3g}B parameters{active}, {m['dtype']}), "
@@ -149,9 +257,8 @@ def render(plan: Dict[str, Any]) -> str:
              "", f"  {'per device':<30}{'GiB':>9}"]
     lines += [f"  {name:<30}{value:9.2f}" for name, value in rows]
     lines.append(f"  {'device memory':<30}{mem:9.2f}" if mem is not None else f"  {'device memory':<30}{'unknown':>9}")
-    if plan["peft"] != "none":
-        lines.append(f"note: stage.peft.method={plan['peft']} trains adapters only; gradients and optimizer "
-                     "states above are for full-parameter training (an upper bound)")
+    if plan["extra_models"]:
+        lines.append("extra models: " + ", ".join(f"{k} ({v})" for k, v in plan["extra_models"].items()))
     lines.append(plan["fits"])
     return "\n".join(lines)
 

@@ -74,10 +74,41 @@ def run_stage(stage, cfg: DictConfig, ctx) -> dict:
                       OmegaConf.to_container(cfg, resolve=True), sweep)
     try:
         summary = {**stage.run(cfg, ctx), **run_facts()}
+        summary.update(memory_record(cfg, ctx))
         exp.write_summary(summary)
     finally:
         exp.close_trackers(summary)
     return summary
+
+
+def memory_record(cfg: DictConfig, ctx) -> dict:
+    """The run's measured peak per rank (llmx.engine.memory) beside `plan`'s figure for its device (llmx.plan),
+    for a training stage: memory_plan_gib / memory_peak_gib are the busiest rank's, the _per_rank lists every
+    rank's (its pipeline stage's plan). Every rank calls this (it gathers the peaks)."""
+    from llmx.engine.distributed import hybrid_group
+    from llmx.engine.memory import peaks_per_rank
+
+    runtime = ctx.runtime
+    hcg = hybrid_group()
+    peaks, stages = peaks_per_rank(runtime.device, runtime.world_size, hcg.get_stage_id() if hcg else 0)
+    record = {"memory_measured": "max_memory_allocated" if runtime.device == "gpu" else "peak RSS above import baseline",
+              "memory_peak_gib_per_rank": [None if p is None else round(p, 3) for p in peaks]}
+    if runtime.device == "cpu":
+        from llmx.engine.memory import tensors_peak_gib
+
+        tensors = tensors_peak_gib()
+        if tensors is not None:
+            record["memory_tensors_peak_gib"] = round(tensors, 3)  # this rank's (rank 0's in summary.json)
+    known = [p for p in peaks if p is not None]
+    if known:
+        record["memory_peak_gib"] = round(max(known), 3)
+    if OmegaConf.select(cfg, "stage.train") is not None:
+        from llmx.plan import estimate
+
+        plan = estimate(cfg, device=runtime.device)["per_pipeline_stage_gib"]
+        record["memory_plan_gib_per_rank"] = [round(plan[s], 3) for s in stages]
+        record["memory_plan_gib"] = round(max(plan), 3)
+    return record
 
 
 def run_job(cfg: DictConfig) -> dict | None:

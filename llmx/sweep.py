@@ -24,7 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from llmx.experiment import atomic_write_json, atomic_write_text
 
 STATUS = "status.json"
-COLUMNS = ["job", "overrides", "status", "final_loss", "eval_loss", "tokens_per_s", "peak_mem_mb", "wall_s", "error"]
+# plan_gib / peak_gib: `plan`'s per-device figure and the measured peak of the busiest rank (summary.json's
+# memory_plan_gib / memory_peak_gib); peak_mem_mb: the job process's own peak RSS, libraries included
+COLUMNS = ["job", "overrides", "status", "final_loss", "eval_loss", "tokens_per_s", "plan_gib", "peak_gib",
+           "peak_mem_mb", "wall_s", "error"]
 
 
 def peak_memory_mb() -> float:
@@ -53,6 +56,7 @@ def _job_row(job_dir: Path) -> dict:
     status, summary = load(STATUS), load("summary.json")
     row = {"job": job_dir.name, "overrides": overrides, "status": status.get("status", "unknown")}
     row.update({k: summary.get(k, "") for k in ("final_loss", "eval_loss", "tokens_per_s")})
+    row.update(plan_gib=summary.get("memory_plan_gib", ""), peak_gib=summary.get("memory_peak_gib", ""))
     row.update({k: status.get(k, "") for k in ("peak_mem_mb", "wall_s", "error")})
     return row
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from llmx.console import quiet_libraries
 from llmx.devices import math_threads
 from llmx.engine.distributed import init_distributed
+from llmx.engine.memory import mark_baseline
 from llmx.engine.runtime import Runtime, init_runtime, seed_everything
 from llmx.experiment import Experiment
 from llmx.layout import Layout, train_batching
@@ -40,6 +41,7 @@ def guard_pickles(trust: bool) -> None:
 
 def create_context(cfg: DictConfig, run_dir: str, inputs: Any) -> Context:
     importlib.import_module("paddlenlp")  # its logger exists from here on: hand it to llmx.log
+    mark_baseline()  # what the run adds from here is what summary.json's measured peak counts
 
     quiet_libraries(cfg.verbose)
     guard_pickles(cfg.model.trust_pickle)

@@ -88,6 +88,7 @@ def training_arguments(cfg: DictConfig, exp: Experiment, device: str, args_class
         bf16=half == "bfloat16",
         fp16=half == "float16",
         fp16_opt_level="O2" if half else "O1",
+        recompute=bool(t.recompute),
         **parallel_arguments(layout),
         # Safetensors weights that from_pretrained loads directly. PaddleNLP's unified
         # checkpoint saves only full models and LoRA (not PrefixModelForCausalLM: no can_generate;

@@ -31,6 +31,7 @@ class TrainConfig:
     eval_steps: int = 0  # also evaluate every N steps (0: only before and after); a search prunes trials from these
     keep_checkpoints: int = 2  # newest complete checkpoints kept; 0 = keep all
     progress_bar: bool = True
+    recompute: bool = False  # full recompute: keep each decoder layer's input only, rerun its forward in backward
 
 
 def validate_training(cfg: DictConfig, data_kind: str) -> None:

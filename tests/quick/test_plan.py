@@ -69,29 +69,62 @@ def test_moe_sizes_match_published_active_parameters(family, size):
 
 
 def test_memory_formulas():
-    """The per-device terms, recomputed by hand for qwen2 7b (h 3584, 28 heads, 28 layers) on tp4pp2, bf16."""
+    """The per-device terms, recomputed by hand for qwen2 7b (h 3584, 28 heads, 4 KV heads of 128, MLP 18944,
+    vocabulary 152064, 28 layers) on tp4pp2, bf16: the first pipeline stage (2 micro-batches in flight) is the
+    busiest; the last holds the logits."""
     cfg = _compose("model=qwen2", "model.size=7b", "parallel=tp4pp2", "model.dtype=bfloat16",
                    "stage.data.max_length=4096", "stage.train.batch_size=1", "stage.train.grad_accum=8")
     plan = estimate(cfg)
     g = plan["per_device_gib"]
-    h, V, layers = 3584, 152064, 28
+    h, V, layers, inner, kv_dim, heads, hd = 3584, 152064, 28, 18944, 512, 28, 128
     params = count_params("qwen2", model_hparams(cfg.model))
-    per_device = (layers // 2 * params.layer + V * h + h) / 4  # 14 layers + the last stage's norm and lm_head, over tp
-    assert plan["model"]["parameters_per_device"] == round(per_device)
-    assert g["parameters"] == pytest.approx(per_device * 2 / GIB) and g["gradients"] == g["parameters"]
-    assert g["optimizer"] == pytest.approx(per_device * 12 / GIB)  # 2 fp32 moments + fp32 master weights
-    sbh = 4096 * 1 * h
-    per_layer = sbh * (10 + (24 + 5 * 28 * 4096 / h) / 4)  # Korthikanti et al. eq. 2, t = 4
+    first = (layers // 2 * params.layer + V * h) / 4  # 14 layers + the embedding, over tp
+    last = (layers // 2 * params.layer + V * h + h) / 4  # 14 layers + the final norm and lm_head
+    assert plan["model"]["parameters_per_device"] == round(first)
+    assert g["parameters"] == pytest.approx(first * 2 / GIB) and g["gradients"] == g["parameters"]
+    assert g["optimizer"] == pytest.approx(first * 12 / GIB)  # 2 fp32 moments + fp32 master weights
+    s = 4096
+    # per token and layer: 8 h kept whole on each tp rank, the rest split by tp = 4
+    per_layer = (8 * h + (4 * h + 2 * kv_dim + 3 * inner + heads * s + 2 * hd) / 4) * 2
     assert plan["batch"]["micro_batches_in_flight"] == 2  # 1F1B: pp micro-batches on the first stage
-    assert g["activations"] == pytest.approx(per_layer * 14 * 2 / GIB)
-    assert g["activations_recompute"] == pytest.approx((2 * sbh * 14 * 2 + per_layer) / GIB)
+    transient = V * h / 4 * 2  # the embedding's (lm_head's) fresh gradient before it is added to the kept one
+    acts = s * (per_layer * 14 * 2 + h * 2) + transient
+    assert g["logits"] == 0 and g["activations"] == pytest.approx(acts / GIB)
+    assert g["activations_recompute"] == pytest.approx((s * (h * 2 * 14 * 2 + per_layer + h * 2) + transient) / GIB)
     assert g["total"] == pytest.approx(g["parameters"] + g["gradients"] + g["optimizer"] + g["activations"])
+    logits = V / 4 * (2 + 4 + 4)  # bf16 logits, their float32 copy and float32 softmax, vocabulary split by tp
+    last_acts = s * (per_layer * 14 + 2 * h * 2 + logits) + transient  # one micro-batch, the final norm, the logits
+    assert plan["per_pipeline_stage_gib"] == pytest.approx([g["total"], (last * 16 + last_acts) / GIB])
 
     zero2 = estimate(_compose("model=qwen2", "model.size=7b", "parallel=sharding_stage2", "parallel.sharding=8"))
     single = estimate(_compose("model=qwen2", "model.size=7b"))
-    z, s = zero2["per_device_gib"], single["per_device_gib"]
-    assert z["parameters"] == pytest.approx(s["parameters"])  # stage 2 keeps whole parameters
-    assert z["gradients"] == pytest.approx(s["gradients"] / 8) and z["optimizer"] == pytest.approx(s["optimizer"] / 8)
+    z, s1 = zero2["per_device_gib"], single["per_device_gib"]
+    assert z["parameters"] == pytest.approx(s1["parameters"])  # stage 2 keeps whole parameters
+    assert z["gradients"] == pytest.approx(s1["gradients"] / 8) and z["optimizer"] == pytest.approx(s1["optimizer"] / 8)
+
+
+def test_logits_and_the_reference_model_count():
+    """Preference training keeps a frozen copy of the model (DPO's reference) unless the adapters are what trains
+    (the reference is the base with them off) or the loss is reference-free; LoRA trains rank*(in+out) per projection."""
+    base = ("model=qwen2", "model.size=0.5b", "model.dtype=float16", "stage.data.max_length=4096",
+            "stage.train.batch_size=1", "parallel=single")
+    sft = estimate(_compose("stage=sft", *base))["per_device_gib"]
+    dpo = estimate(_compose("stage=dpo", *base))
+    g = dpo["per_device_gib"]
+    assert dpo["extra_models"] == {"reference": "frozen"}
+    assert g["extra_models"] == pytest.approx(sft["parameters"])  # the reference: parameters only, model dtype
+    assert g["total"] == pytest.approx(sft["total"] + sft["parameters"])
+    assert g["logits"] == pytest.approx(4096 * 151936 * (2 + 4 + 4) / GIB)  # fp16 logits + fp32 copy + fp32 softmax
+    assert estimate(_compose("stage=dpo", *base, "stage.loss_type=simpo"))["extra_models"] == {}
+
+    lora = estimate(_compose("stage=dpo", *base, "stage.peft.method=lora", "stage.peft.lora_r=8"))
+    h, kv_dim, inner, layers = 896, 128, 4864, 24
+    assert lora["extra_models"] == {}
+    assert lora["per_device_gib"]["gradients"] == pytest.approx(8 * layers * (9 * h + 2 * kv_dim + 3 * inner) * 2 / GIB)
+    assert lora["per_device_gib"]["parameters"] == pytest.approx(sft["parameters"])
+    ppo = estimate(_compose("stage=ppo", "stage.reward_model=/nonexistent", *base[:3]))
+    assert ppo["extra_models"] == {"critic": "trained", "reference": "frozen", "reward": "frozen"}
+    assert ppo["batch"]["seq_length"] == 96 + 16  # the prompt and the sampled answer
 
 
 def _plan(*overrides: str, capsys) -> list[str]:
