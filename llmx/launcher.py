@@ -11,6 +11,7 @@ paddle.distributed.launch) a process just joins.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -152,6 +153,9 @@ def adopt_slurm_world() -> bool:
     per_node = tasks // len(hosts)
     base = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
     endpoints = [f"{socket.gethostbyname(h)}:{base + i}" for h in hosts for i in range(per_node)]
+    gpus = visible_gpus()
+    if len(hosts) > 1 and not gpus:
+        check_gloo_address(len(hosts))
     rank, local = int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_LOCALID", "0"))
     os.environ.update({
         "PADDLE_TRAINER_ID": str(rank), "PADDLE_GLOBAL_RANK": str(rank), "PADDLE_TRAINERS_NUM": str(tasks),
@@ -160,11 +164,29 @@ def adopt_slurm_world() -> bool:
         "PADDLE_TRAINER_ENDPOINTS": ",".join(endpoints), "PADDLE_CURRENT_ENDPOINT": endpoints[rank],
         "PADDLE_MASTER": endpoints[0],
     })
-    if visible_gpus():
+    if gpus:
         os.environ.setdefault("FLAGS_selected_gpus", str(local))
     else:
         os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"
     return True
+
+
+def check_gloo_address(nodes: int) -> None:
+    """gloo (the CPU collectives) binds every rank to the address its host's name resolves to: Paddle's
+    build offers no setting for the interface. A name that resolves to loopback only (Debian's default
+    /etc/hosts maps it to 127.0.1.1) gives the other nodes an address they cannot reach: rank 0 fails
+    with `connect [127.0.0.1]:<port>: Connection refused` and the others hang. Refused here instead."""
+    name = socket.gethostname()
+    try:
+        addresses = sorted({info[4][0] for info in socket.getaddrinfo(name, None, socket.AF_INET)})
+    except socket.gaierror:
+        addresses = []
+    if not addresses or all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        node = os.environ.get("SLURMD_NODENAME", name)
+        raise UserError(f"a job over {nodes} nodes runs its CPU ranks over gloo, which binds to the address of the "
+                        f"host's name, but on node {node} the name {name!r} resolves to "
+                        f"{', '.join(addresses) or 'nothing'}, which the other nodes cannot reach: map it to the "
+                        "node's cluster address (in /etc/hosts or DNS)")
 
 
 def join_launched_job() -> None:

@@ -164,14 +164,59 @@ def in_queue(job_id: str) -> bool:
     return out.returncode != 0 or bool(out.stdout.strip())  # when squeue cannot tell, keep waiting
 
 
+def job_fields(job_id: str) -> dict[str, str]:
+    """`scontrol show job`'s Key=Value fields of a job ({} once Slurm has forgotten it)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
+    return dict(re.findall(r"(\w+)=(\S*)", out.stdout)) if out.returncode == 0 else {}
+
+
+def failed_nodes(nodes: str) -> list[str]:
+    """Those of `nodes` (a Slurm hostlist) that Slurm has set down, failing or draining, each with its reason."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-n", nodes, "-o", "%N|%T|%E"], capture_output=True, text=True)
+    lost = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        name, state, reason = (line.split("|") + ["", ""])[:3]
+        if re.match(r"(down|fail|drain)", state):
+            lost[name] = f"{name} ({state.rstrip('*~#')}: {reason})" if reason and reason != "none" else name
+    return sorted(lost.values())
+
+
+class NodeFailureWatch:
+    """Says, in one line, when Slurm requeues a job because a node it ran on failed. Slurm sets a node
+    that stops answering DOWN after SlurmdTimeout, ends the job's steps on its other nodes and requeues
+    the job, which starts again (resuming from its latest checkpoint) when enough nodes are up. The
+    ranks of the attempt that ended may have left results (a rank that saw its peer vanish): removed,
+    so that the new attempt's results are the ones waited for."""
+
+    def __init__(self, job: Any) -> None:
+        self.job, self.nodes, self.restarts = job, "", 0
+
+    def check(self) -> None:
+        fields = job_fields(self.job.job_id)
+        if fields.get("JobState") == "RUNNING":
+            self.nodes = fields.get("NodeList", self.nodes)
+        restarts = int(fields.get("Restarts") or self.restarts)
+        if restarts <= self.restarts:
+            return
+        self.restarts = restarts
+        lost = failed_nodes(self.nodes) if self.nodes else []
+        if not lost:  # a requeue for a time limit or preemption: submitit's own business
+            return
+        for task in range(self.job.num_tasks):
+            self.job.task(task).paths.result_pickle.unlink(missing_ok=True)
+        print(f"slurm job {self.job.job_id}: node {', '.join(lost)} failed; Slurm requeued the job, which "
+              "resumes from its latest checkpoint once enough nodes are up", flush=True)
+
+
 def rank0_return(job: Any) -> JobReturn:
     """The job's outcome, as its rank 0 (which writes the run's files) returned it, once every task is
     done. A task can end without a result: the ranks of a job that has used up its requeues go on after
     rank 0 has given up, until Slurm kills them. submitit then waits forever where Slurm keeps no
     accounting (it cannot see the job end) and raises where it does; so once rank 0 has returned, a job
-    gone from the queue counts as done."""
-    rank0 = job.task(0)
+    gone from the queue counts as done. A node failure meanwhile is said on the console (NodeFailureWatch)."""
+    rank0, watch = job.task(0), NodeFailureWatch(job)
     while not job.done():
+        watch.check()
         if rank0.done() and not in_queue(job.job_id):
             break
         time.sleep(2)
