@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -183,10 +183,10 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         param_b = here * width / sharded(3)
         grad_b = trained * width / sharded(2)
         opt_b = trained * (8 + (4 if half else 0)) / sharded(1)
-        # Backward computes each weight's gradient into a fresh tensor before adding it to the kept one: the
-        # largest (the vocabulary's embedding or head, else an MLP matrix) is briefly there twice. Measured.
-        largest = max(dims["vocab"] * dims["h"] if (first or last) else 0, dims["h"] * dims["inner"]) / p.tp
-        transient = 0.0 if adapters else largest * width
+        # A tied head loaded from a checkpoint: PaddleNLP's from_pretrained builds lm_head's own weight before
+        # tying it to the embedding and that tensor stays allocated (SmolLM2: 0.618 GiB allocated after the build,
+        # 0.501 of parameters; while building, one more such tensor briefly: peak 0.724). Per model copy.
+        head_b = dims["vocab"] * dims["h"] / p.tp * width if (params.shared and m.name_or_path and last) else 0.0
         flight = in_flight(i)
         model_side = ((1 if first else 0) + (MODEL_H - 1 if last else 0)) * dims["h"] * width
         # The logits over the vocabulary (split by tp) in the model's dtype, and the loss's float32 softmax
@@ -195,18 +195,37 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         acts = tokens * (layers_here * per_layer * flight + model_side + logits)
         layer_inputs = dims["h"] / (p.tp if sp else 1) * width
         acts_rc = tokens * (layers_here * layer_inputs * flight + per_layer + model_side + logits)
-        extra = 0.0
+        extra, models, trained_models = 0.0, 1, 1
         for how in extra_models(stage.runner, _reference_free(stage), adapters).values():
-            extra += here * width / sharded(3) + ((grad_b + opt_b) if how == "trained" else 0.0)
+            extra += here * width / sharded(3) + head_b + ((grad_b + opt_b) if how == "trained" else 0.0)
+            models, trained_models = models + 1, trained_models + (how == "trained")
         if stage.runner in ("rm", "ppo") and last:  # the score head: h -> 1 (per model that has one)
             extra += dims["h"] * width
-        states = param_b + grad_b + opt_b + extra
-        tensors, tensors_rc = states + acts + transient, states + acts_rc + transient
-        process, process_rc = ((CPU_PROCESS_GIB * GIB + CPU_SLACK * t) if on_cpu else 0.0 for t in (tensors, tensors_rc))
-        return {"parameters": param_b, "gradients": grad_b, "optimizer": opt_b, "extra_models": extra,
-                "activations": acts + transient, "activations_recompute": acts_rc + transient,
-                "logits": tokens * logits, "process": process, "process_recompute": process_rc,
-                "total": tensors + process, "total_recompute": tensors_rc + process_rc, "parameters_here": here}
+        states = param_b + head_b + grad_b + opt_b + extra
+        # Three moments can be the peak (SmolLM2, 2 x 128 tokens, measured with paddle's allocated-memory stat
+        # around each phase): a training step (the states and the activations); saving a checkpoint, where
+        # PaddleNLP copies the optimizer's state dict (nested_copy) before writing it (SmolLM2's moments, 1.002
+        # GiB: 2.122 -> 3.124; the peak for short rows; every run saves at least its final checkpoint); and, on
+        # CPU, loading, where the checkpoint's weights are host arrays beside the model being built (the other
+        # models already built; LoRA's peak on SmolLM2: 1.27 GiB above the baseline, 0.50 of them the arrays).
+        save = states + opt_b * trained_models
+        load = (param_b + head_b) * models + head_b + (here * width if on_cpu else 0.0)
+
+        def peak(train: float) -> Tuple[float, float]:
+            """(the peak, what of it is the CPU process's): the allocator's slack follows paddle's allocations;
+            the loading's host arrays are plain allocations."""
+            if not on_cpu:
+                return max(train, save, load), 0.0
+            phases = [(t, CPU_PROCESS_GIB * GIB + CPU_SLACK * t) for t in (train, save)]
+            phases.append((load, CPU_PROCESS_GIB * GIB))
+            tensors, process = max(phases, key=sum)
+            return tensors + process, process
+
+        (total, process), (total_rc, process_rc) = peak(states + acts), peak(states + acts_rc)
+        return {"parameters": param_b + head_b, "gradients": grad_b, "optimizer": opt_b, "extra_models": extra,
+                "activations": acts, "activations_recompute": acts_rc, "logits": tokens * logits,
+                "checkpoint_save": save, "loading": load, "process": process, "process_recompute": process_rc,
+                "total": total, "total_recompute": total_rc, "parameters_here": here}
 
     stages = [device_terms(i) for i in range(p.pp)]
     busiest = max(stages, key=lambda t: t["total_recompute" if recompute else "total"])
