@@ -61,11 +61,13 @@ MODEL_H = 3
 # activations one layer at a time during backward.
 LOSS_BYTES = 4  # the loss (softmax, log-probabilities) is computed in float32 whatever the model's dtype
 # On CPU the measured figure is peak RSS, which holds more than the tensors: the process's own working memory
-# (Trainer, data, tokenizer, gloo: 0.035-0.045 GiB above the tensors for the tiny model over the layouts) and
-# the allocator's slack, which grows with the tensors and a little with the steps (SmolLM2, 4 x 256 tokens: paddle's allocated-tensor peak
-# 4.11 GiB, plan 4.13; RSS 4.47 GiB after 2 steps, 4.67 after 3). Counted for device=cpu only: a GPU's
-# max_memory_allocated sees the tensors alone.
-CPU_PROCESS_GIB, CPU_SLACK = 0.036, 0.10
+# (Trainer, data, tokenizer, gloo: 0.035-0.045 GiB above the tensors for the tiny model over the layouts) and what
+# the C heap keeps of the checkpoint's host arrays after loading (freed, but not given back to the system, and
+# reused only in part): SmolLM2 (0.50 GiB of float32 weights), RSS above paddle's allocated-tensor peak at the
+# run's peak: 0.13-0.47 GiB over single-process full/LoRA SFT/DPO with and without recompute, 0.40 right after
+# loading; CPU_LOAD_LEFTOVER of the arrays is the middle of that range (bench/plan.py's rows, bench/README.md).
+# Counted for device=cpu only: a GPU's max_memory_allocated sees the tensors alone.
+CPU_PROCESS_GIB, CPU_LOAD_LEFTOVER = 0.036, 0.6
 
 STAGE_MODELS = {  # runner -> the models a stage holds besides the one it trains (see extra_models)
     "dpo": ("reference",), "kto": ("reference",), "grpo": ("reference",), "ppo": ("critic", "reference", "reward"),
@@ -209,16 +211,22 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         # CPU, loading, where the checkpoint's weights are host arrays beside the model being built (the other
         # models already built; LoRA's peak on SmolLM2: 1.27 GiB above the baseline, 0.50 of them the arrays).
         save = states + opt_b * trained_models
-        load = (param_b + head_b) * models + head_b + (here * width if on_cpu else 0.0)
+        # With more than one process PaddleNLP's unified checkpoint also copies the model's weights it writes (a tied
+        # head as its own tensor) on the ranks that write (dp2, SmolLM2: rank 0's allocated peak 3.836 GiB against one
+        # process's 3.124: + 0.618 + 0.105). The figure is per pipeline stage: its busiest rank, the writer.
+        if p.dp * p.tp * p.pp * p.sharding > 1:
+            save += param_b + head_b + (params.shared * width / p.tp if params.shared and last else 0.0)
+        # the host arrays: a checkpoint's weights as read (this rank's part), or a random init's full state on its
+        # way to the split under tp/pp (llmx.engine.model)
+        host = here * width if m.name_or_path else (params.total * width if p.tp * p.pp > 1 else 0.0)
+        load = (param_b + head_b) * models + head_b + (host if on_cpu else 0.0)
 
         def peak(train: float) -> Tuple[float, float]:
-            """(the peak, what of it is the CPU process's): the allocator's slack follows paddle's allocations;
-            the loading's host arrays are plain allocations."""
+            """(the peak, what of it is the CPU process's): after loading, the heap keeps part of the host arrays."""
             if not on_cpu:
                 return max(train, save, load), 0.0
-            phases = [(t, CPU_PROCESS_GIB * GIB + CPU_SLACK * t) for t in (train, save)]
-            phases.append((load, CPU_PROCESS_GIB * GIB))
-            tensors, process = max(phases, key=sum)
+            left = CPU_PROCESS_GIB * GIB + CPU_LOAD_LEFTOVER * host
+            tensors, process = max([(train, left), (save, left), (load, CPU_PROCESS_GIB * GIB)], key=sum)
             return tensors + process, process
 
         (total, process), (total_rc, process_rc) = peak(states + acts), peak(states + acts_rc)
