@@ -187,8 +187,9 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         opt_b = trained * (8 + (4 if half else 0)) / sharded(1)
         # A tied head loaded from a checkpoint: PaddleNLP's from_pretrained builds lm_head's own weight before
         # tying it to the embedding and that tensor stays allocated (SmolLM2: 0.618 GiB allocated after the build,
-        # 0.501 of parameters; while building, one more such tensor briefly: peak 0.724). Per model copy.
-        head_b = dims["vocab"] * dims["h"] / p.tp * width if (params.shared and m.name_or_path and last) else 0.0
+        # 0.501 of parameters; while building, one more such tensor briefly: peak 0.724). Per model copy. (A
+        # pipeline's stages share the embedding through SharedLayerDesc instead: not seen under pp2.)
+        head_b = dims["vocab"] * dims["h"] / p.tp * width if (params.shared and m.name_or_path and p.pp == 1) else 0.0
         flight = in_flight(i)
         model_side = ((1 if first else 0) + (MODEL_H - 1 if last else 0)) * dims["h"] * width
         # The logits over the vocabulary (split by tp) in the model's dtype, and the loss's float32 softmax
@@ -213,8 +214,9 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         save = states + opt_b * trained_models
         # With more than one process PaddleNLP's unified checkpoint also copies the model's weights it writes (a tied
         # head as its own tensor) on the ranks that write (dp2, SmolLM2: rank 0's allocated peak 3.836 GiB against one
-        # process's 3.124: + 0.618 + 0.105). The figure is per pipeline stage: its busiest rank, the writer.
-        if p.dp * p.tp * p.pp * p.sharding > 1:
+        # process's 3.124: + 0.618 + 0.105). The figure is per pipeline stage: its busiest rank, the writer. A
+        # pipeline's stages and sharding's ranks write theirs without it (pp2, sharding stage 1 on SmolLM2).
+        if p.dp * p.tp > 1 and p.pp == 1 and p.sharding == 1:
             save += param_b + head_b + (params.shared * width / p.tp if params.shared and last else 0.0)
         # the host arrays: a checkpoint's weights as read (this rank's part), or a random init's full state on its
         # way to the split under tp/pp (llmx.engine.model)
