@@ -275,7 +275,8 @@ def render(plan: Dict[str, Any]) -> str:
     rows = [("parameters", g["parameters"]), ("gradients", g["gradients"]), ("optimizer states (AdamW)", g["optimizer"]),
             ("extra models", g["extra_models"]), ("logits (in activations)", g["logits"]),
             ("activations, no recompute", g["activations"]), ("activations, full recompute", g["activations_recompute"]),
-            ("CPU process and allocator", g["process"]),
+            ("saving a checkpoint", g["checkpoint_save"]), ("loading (CPU: with host arrays)", g["loading"]),
+            ("CPU process and heap", g["process"]),
             ("total, no recompute", g["total"]), ("total, full recompute", g["total_recompute"])]
     active = f", {m['active_parameters'] / 1e9:.3g}B active per token" if m["active_parameters"] != m["parameters"] else ""
     lines = [f"plan: {m['family']} {m['size']} ({m['parameters'] / 1e9:.3g}B parameters{active}, {m['dtype']}), "
