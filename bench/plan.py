@@ -12,6 +12,7 @@ Target: within 10% per rank.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -36,8 +37,9 @@ SHAPES = {"tiny": ("stage.train.batch_size=4", "stage.data.max_length=128"),
           "real": ("stage.train.batch_size=2", "stage.data.max_length=128")}
 
 
-def overrides(model: str, layout: str, method: str, stage: str, recompute: bool, gguf: Path | None) -> list[str]:
-    out = [f"stage={stage}", f"parallel={layout}", *SHAPES[model], "stage.train.max_steps=3", "stage.train.grad_accum=1",
+def overrides(model: str, layout: str, method: str, stage: str, recompute: bool, gguf: Path | None,
+              steps: int = 3) -> list[str]:
+    out = [f"stage={stage}", f"parallel={layout}", *SHAPES[model], f"stage.train.max_steps={steps}", "stage.train.grad_accum=1",
            "stage.train.save_steps=1000", "stage.train.progress_bar=false", f"stage.train.recompute={str(recompute).lower()}"]
     # full rows (plan counts max_length tokens per row; unpacked rows are shorter), no held-out evaluation
     out += ["stage.data.eval=null", "stage.eval.enabled=false"] if stage == "dpo" else \
@@ -51,20 +53,40 @@ def overrides(model: str, layout: str, method: str, stage: str, recompute: bool,
     return out
 
 
-def run_case(case, gguf, tmp: Path) -> dict:
+def run_case(case, gguf, tmp: Path, steps: int = 3) -> dict:
     model, layout, method, stage, recompute = case
-    args = overrides(*case, gguf)
+    args = overrides(*case, gguf, steps)
     if not args:
         return {"skipped": "9 attention heads (3 KV heads) do not split over tp=2"}
-    run = tmp / "-".join([model, layout, method, stage, "rc" if recompute else "norc"])
+    run = tmp / "-".join([model, layout, method, stage, "rc" if recompute else "norc", f"{steps}steps"])
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args, f"hydra.run.dir={run}"], cwd=ROOT,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
+    return {**measured(run), "wall": time.perf_counter() - started}
+
+
+def measured(run: Path) -> dict:
+    """A finished run's measured peaks (summary.json) beside llmx.plan's figures for its overrides, computed by
+    this checkout's formula (so kept runs can be tabulated again after the formula changes: --table)."""
+    sys.path.insert(0, str(ROOT))
+    from omegaconf import OmegaConf
+
+    from llmx.plan import compose_config, estimate
+
     s = json.loads((run / "summary.json").read_text())
-    return {"plan": s["memory_plan_gib_per_rank"], "peak": s["memory_peak_gib_per_rank"],
-            "wall": time.perf_counter() - started}
+    stages = estimate(compose_config(list(OmegaConf.load(run / ".hydra" / "overrides.yaml"))), device="cpu")[
+        "per_pipeline_stage_gib"]
+    peaks = s["memory_peak_gib_per_rank"]
+    # the bench's layouts pipeline over pp2 alone, where rank i is pipeline stage i
+    plan = [stages[rank % len(stages)] for rank in range(len(peaks))]
+    return {"plan": plan, "peak": peaks, "tensors": s.get("memory_tensors_peak_gib"), "wall": float("nan")}
+
+
+def case_of(run: Path) -> tuple:
+    model, layout, method, stage, recompute, steps = run.name.rsplit("-", 5)
+    return model, layout, method, stage, recompute == "rc", int(steps.removesuffix("steps"))
 
 
 def fit() -> None:
@@ -102,18 +124,30 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="every combination (long)")
     ap.add_argument("--models", default="tiny,real")
     ap.add_argument("--layouts", default=None, help=f"comma-separated, of {','.join(LAYOUTS)}")
+    ap.add_argument("--methods", default=None, help="full,lora")
     ap.add_argument("--stages", default=None, help="sft,dpo")
+    ap.add_argument("--recompute", default=None, help="no,yes")
+    ap.add_argument("--steps", type=int, default=3, help="optimizer steps per run (default 3)")
+    ap.add_argument("--keep", default=None, help="a folder to keep the runs' directories in (logs, summary.json)")
+    ap.add_argument("--table", default=None, metavar="DIR",
+                    help="tabulate the runs kept in DIR (--keep DIR) again with this checkout's formula")
     ap.add_argument("--fit", action="store_true", help="re-measure the per-layer activation constants")
     args = ap.parse_args()
     if args.fit:
         fit()
         return
     models = args.models.split(",")
-    if args.all or args.layouts or args.stages:
-        cases = [c for c in itertools.product(models, (args.layouts or ",".join(LAYOUTS)).split(","), ("full", "lora"),
-                                              (args.stages or "sft,dpo").split(","), (False, True))]
+    picked = (args.layouts, args.methods, args.stages, args.recompute)
+    if args.all or any(picked):
+        cases = list(itertools.product(models, (args.layouts or ",".join(LAYOUTS)).split(","),
+                                       (args.methods or "full,lora").split(","), (args.stages or "sft,dpo").split(","),
+                                       [r == "yes" for r in (args.recompute or "no,yes").split(",")]))
     else:
         cases = [c for c in DEFAULT if c[0] in models]
+    if args.table:
+        runs = sorted(p.parent for p in Path(args.table).glob("*/summary.json"))
+        report([(case_of(run), lambda run=run: measured(run)) for run in runs])
+        return
     gguf = None
     if "real" in models:
         sys.path.insert(0, str(ROOT / "tests"))
@@ -122,21 +156,29 @@ def main() -> None:
         gguf, why = real_gguf()
         if gguf is None:
             sys.exit(f"the real checkpoint: {why} (or run with --models tiny)")
-    print(f"{'model':5} {'layout':16} {'method':6} {'stage':5} {'recomp':6} {'rank':>4} {'plan GiB':>9} "
-          f"{'peak GiB':>9} {'plan/peak':>9}  {'wall s':>6}", flush=True)
+    with (contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()) as tmp:
+        report([((*case, args.steps), lambda case=case: run_case(case, gguf, Path(tmp), args.steps)) for case in cases])
+
+
+def report(rows) -> None:
+    """Print each (case, result) as it comes: per rank, the plan, the measured peak and their ratio."""
+    # tensors: rank 0's peak of paddle's own count of allocated host memory (what the plan's tensor terms count,
+    # without the process and allocator around them)
+    print(f"{'model':5} {'layout':16} {'method':6} {'stage':5} {'recomp':6} {'steps':>5} {'rank':>4} {'plan GiB':>9} "
+          f"{'peak GiB':>9} {'peak/plan':>9} {'tensors':>8}  {'wall s':>6}", flush=True)
     worst = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in cases:
-            r = run_case(case, gguf, Path(tmp))
-            head = f"{case[0]:5} {case[1]:16} {case[2]:6} {case[3]:5} {'yes' if case[4] else 'no':6}"
-            if "plan" not in r:
-                print(f"{head} {'':>4} {r.get('skipped') or 'failed: ' + r['error']}", flush=True)
-                continue
-            for rank, (plan, peak) in enumerate(zip(r["plan"], r["peak"])):
-                ratio = plan / peak if peak else float("nan")
-                worst = max(worst, abs(ratio - 1))
-                print(f"{head} {rank:4d} {plan:9.3f} {peak:9.3f} {ratio:9.2f}  {r['wall']:6.0f}"
-                      + ("" if abs(ratio - 1) <= 0.10 else "  (outside 10%)"), flush=True)
+    for case, result in rows:
+        r = result()
+        head = f"{case[0]:5} {case[1]:16} {case[2]:6} {case[3]:5} {'yes' if case[4] else 'no':6} {case[5]:5d}"
+        if "plan" not in r:
+            print(f"{head} {'':>4} {r.get('skipped') or 'failed: ' + r['error']}", flush=True)
+            continue
+        for rank, (plan, peak) in enumerate(zip(r["plan"], r["peak"])):
+            off = abs(plan - peak) / peak if peak else float("nan")  # the target: the plan within 10% of the peak
+            worst = max(worst, off)
+            tensors = f"{r['tensors']:8.3f}" if rank == 0 and r.get("tensors") is not None else f"{'':8}"
+            print(f"{head} {rank:4d} {plan:9.3f} {peak:9.3f} {peak / plan:9.2f} {tensors}  {r['wall']:6.0f}"
+                  + ("" if off <= 0.10 else "  (outside 10%)"), flush=True)
     print(f"largest deviation: {worst:.0%}")
 
 

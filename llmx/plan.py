@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,11 +61,13 @@ MODEL_H = 3
 # activations one layer at a time during backward.
 LOSS_BYTES = 4  # the loss (softmax, log-probabilities) is computed in float32 whatever the model's dtype
 # On CPU the measured figure is peak RSS, which holds more than the tensors: the process's own working memory
-# (Trainer, data, tokenizer, gloo: 0.035-0.045 GiB above the tensors for the tiny model over the layouts) and
-# the allocator's slack, which grows with the tensors and a little with the steps (SmolLM2, 4 x 256 tokens: paddle's allocated-tensor peak
-# 4.11 GiB, plan 4.13; RSS 4.47 GiB after 2 steps, 4.67 after 3). Counted for device=cpu only: a GPU's
-# max_memory_allocated sees the tensors alone.
-CPU_PROCESS_GIB, CPU_SLACK = 0.036, 0.10
+# (Trainer, data, tokenizer, gloo: 0.035-0.045 GiB above the tensors for the tiny model over the layouts) and what
+# the C heap keeps of the checkpoint's host arrays after loading (freed, but not given back to the system, and
+# reused only in part): SmolLM2 (0.50 GiB of float32 weights), RSS above paddle's allocated-tensor peak at the
+# run's peak: 0.13-0.47 GiB over single-process full/LoRA SFT/DPO with and without recompute, 0.40 right after
+# loading; CPU_LOAD_LEFTOVER of the arrays is the middle of that range (bench/plan.py's rows, bench/README.md).
+# Counted for device=cpu only: a GPU's max_memory_allocated sees the tensors alone.
+CPU_PROCESS_GIB, CPU_LOAD_LEFTOVER = 0.036, 0.6
 
 STAGE_MODELS = {  # runner -> the models a stage holds besides the one it trains (see extra_models)
     "dpo": ("reference",), "kto": ("reference",), "grpo": ("reference",), "ppo": ("critic", "reference", "reward"),
@@ -183,10 +185,11 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         param_b = here * width / sharded(3)
         grad_b = trained * width / sharded(2)
         opt_b = trained * (8 + (4 if half else 0)) / sharded(1)
-        # Backward computes each weight's gradient into a fresh tensor before adding it to the kept one: the
-        # largest (the vocabulary's embedding or head, else an MLP matrix) is briefly there twice. Measured.
-        largest = max(dims["vocab"] * dims["h"] if (first or last) else 0, dims["h"] * dims["inner"]) / p.tp
-        transient = 0.0 if adapters else largest * width
+        # A tied head loaded from a checkpoint: PaddleNLP's from_pretrained builds lm_head's own weight before
+        # tying it to the embedding and that tensor stays allocated (SmolLM2: 0.618 GiB allocated after the build,
+        # 0.501 of parameters; while building, one more such tensor briefly: peak 0.724). Per model copy. (A
+        # pipeline's stages share the embedding through SharedLayerDesc instead: not seen under pp2.)
+        head_b = dims["vocab"] * dims["h"] / p.tp * width if (params.shared and m.name_or_path and p.pp == 1) else 0.0
         flight = in_flight(i)
         model_side = ((1 if first else 0) + (MODEL_H - 1 if last else 0)) * dims["h"] * width
         # The logits over the vocabulary (split by tp) in the model's dtype, and the loss's float32 softmax
@@ -195,18 +198,44 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         acts = tokens * (layers_here * per_layer * flight + model_side + logits)
         layer_inputs = dims["h"] / (p.tp if sp else 1) * width
         acts_rc = tokens * (layers_here * layer_inputs * flight + per_layer + model_side + logits)
-        extra = 0.0
+        extra, models, trained_models = 0.0, 1, 1
         for how in extra_models(stage.runner, _reference_free(stage), adapters).values():
-            extra += here * width / sharded(3) + ((grad_b + opt_b) if how == "trained" else 0.0)
+            extra += here * width / sharded(3) + head_b + ((grad_b + opt_b) if how == "trained" else 0.0)
+            models, trained_models = models + 1, trained_models + (how == "trained")
         if stage.runner in ("rm", "ppo") and last:  # the score head: h -> 1 (per model that has one)
             extra += dims["h"] * width
-        states = param_b + grad_b + opt_b + extra
-        tensors, tensors_rc = states + acts + transient, states + acts_rc + transient
-        process, process_rc = ((CPU_PROCESS_GIB * GIB + CPU_SLACK * t) if on_cpu else 0.0 for t in (tensors, tensors_rc))
-        return {"parameters": param_b, "gradients": grad_b, "optimizer": opt_b, "extra_models": extra,
-                "activations": acts + transient, "activations_recompute": acts_rc + transient,
-                "logits": tokens * logits, "process": process, "process_recompute": process_rc,
-                "total": tensors + process, "total_recompute": tensors_rc + process_rc, "parameters_here": here}
+        states = param_b + head_b + grad_b + opt_b + extra
+        # Three moments can be the peak (SmolLM2, 2 x 128 tokens, measured with paddle's allocated-memory stat
+        # around each phase): a training step (the states and the activations); saving a checkpoint, where
+        # PaddleNLP copies the optimizer's state dict (nested_copy) before writing it (SmolLM2's moments, 1.002
+        # GiB: 2.122 -> 3.124; the peak for short rows; every run saves at least its final checkpoint); and, on
+        # CPU, loading, where the checkpoint's weights are host arrays beside the model being built (the other
+        # models already built; LoRA's peak on SmolLM2: 1.27 GiB above the baseline, 0.50 of them the arrays).
+        save = states + opt_b * trained_models
+        # With more than one process PaddleNLP's unified checkpoint also copies the model's weights it writes (a tied
+        # head as its own tensor) on the ranks that write (dp2, SmolLM2: rank 0's allocated peak 3.836 GiB against one
+        # process's 3.124: + 0.618 + 0.105). The figure is per pipeline stage: its busiest rank, the writer. A
+        # pipeline's stages and sharding's ranks write theirs without it (pp2, sharding stage 1 on SmolLM2).
+        if p.dp * p.tp > 1 and p.pp == 1 and p.sharding == 1:
+            save += param_b + head_b + (params.shared * width / p.tp if params.shared and last else 0.0)
+        # the host arrays: a checkpoint's weights as read (this rank's part), or a random init's full state on its
+        # way to the split under tp/pp (llmx.engine.model)
+        host = here * width if m.name_or_path else (params.total * width if p.tp * p.pp > 1 else 0.0)
+        load = (param_b + head_b) * models + head_b + (host if on_cpu else 0.0)
+
+        def peak(train: float) -> Tuple[float, float]:
+            """(the peak, what of it is the CPU process's): after loading, the heap keeps part of the host arrays."""
+            if not on_cpu:
+                return max(train, save, load), 0.0
+            left = CPU_PROCESS_GIB * GIB + CPU_LOAD_LEFTOVER * host
+            tensors, process = max([(train, left), (save, left), (load, CPU_PROCESS_GIB * GIB)], key=sum)
+            return tensors + process, process
+
+        (total, process), (total_rc, process_rc) = peak(states + acts), peak(states + acts_rc)
+        return {"parameters": param_b + head_b, "gradients": grad_b, "optimizer": opt_b, "extra_models": extra,
+                "activations": acts, "activations_recompute": acts_rc, "logits": tokens * logits,
+                "checkpoint_save": save, "loading": load, "process": process, "process_recompute": process_rc,
+                "total": total, "total_recompute": total_rc, "parameters_here": here}
 
     stages = [device_terms(i) for i in range(p.pp)]
     busiest = max(stages, key=lambda t: t["total_recompute" if recompute else "total"])
@@ -246,7 +275,8 @@ def render(plan: Dict[str, Any]) -> str:
     rows = [("parameters", g["parameters"]), ("gradients", g["gradients"]), ("optimizer states (AdamW)", g["optimizer"]),
             ("extra models", g["extra_models"]), ("logits (in activations)", g["logits"]),
             ("activations, no recompute", g["activations"]), ("activations, full recompute", g["activations_recompute"]),
-            ("CPU process and allocator", g["process"]),
+            ("saving a checkpoint", g["checkpoint_save"]), ("loading (CPU: with host arrays)", g["loading"]),
+            ("CPU process and heap", g["process"]),
             ("total, no recompute", g["total"]), ("total, full recompute", g["total_recompute"])]
     active = f", {m['active_parameters'] / 1e9:.3g}B active per token" if m["active_parameters"] != m["parameters"] else ""
     lines = [f"plan: {m['family']} {m['size']} ({m['parameters'] / 1e9:.3g}B parameters{active}, {m['dtype']}), "
