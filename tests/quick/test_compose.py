@@ -175,7 +175,7 @@ def test_cfg_job_prints_the_composed_config(answers):
     assert "runner: sft" in proc.stdout and "family: llama" in proc.stdout
     cfg = OmegaConf.create(proc.stdout)
     assert set(cfg.keys()) == {"model", "stage", "parallel", "quant", "seed", "device", "verbose", "plan",
-                               "device_memory_gb", "logger"}
+                               "device_memory_gb", "logger", "runtime"}
     assert (cfg.model.size, cfg.stage.peft.method, cfg.parallel.tp, cfg.quant.algorithm) == ("tiny", "none", 1, "none")
 
 
