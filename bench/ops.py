@@ -157,6 +157,9 @@ def main():
     ce_inputs = [t(n_tok, h, scale=0.05), t(h, args.vocab, scale=0.05)]
     cases = [
         ("rms_norm", lambda x, w: ops.rms_norm(x, w), lambda x, w: composed.rms_norm(x, w, 1e-6), [t(b, s, h), t(h)], 2.0),
+        # what wiring it into the decoder layers changes: Paddle's add, then the rms_norm kernel
+        ("add_rms_norm vs add+kernel", lambda x, r, w: ops.add_rms_norm(x, r, w),
+         lambda x, r, w: (lambda hs: (ops.rms_norm(hs, w), hs))(x + r), [t(b, s, h), t(b, s, h), t(h)], None),
         ("rope", lambda q, k: ops.rope(q, k, cos, sin), lambda q, k: composed.rope(q, k, cos, sin),
          [t(b, s, heads, d), t(b, s, heads, d)], 2.0),
         ("swiglu", ops.swiglu, composed.swiglu, [t(b, s, 2816), t(b, s, 2816)], 2.0),
@@ -236,7 +239,7 @@ def e2e(args):
     variants = {"composed": ("off", ()), "no add_rms_norm": ("on", ("add_rms_norm",)), "all kernels": ("on", ())}
     runs = {name: model(*how) for name, how in variants.items()}
     vocab = runs["composed"][0].config.vocab_size
-    name_of_model = f"{Path(model_dir).name} (real)" if args.real else f"Llama hidden {args.e2e_hidden}, 2 layers"
+    name_of_model = f"{gguf.name} (real)" if args.real else f"Llama hidden {args.e2e_hidden}, 2 layers"
     examples = synthesize(16 * args.batch, args.seq, 100.0, 0.75, 0, vocab)
     rows = pack_examples(examples, args.seq)[:args.batch]
     if args.e2e_labels == "all":
