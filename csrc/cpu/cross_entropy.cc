@@ -20,7 +20,7 @@ void SoftmaxCeInplace(paddle::Tensor& logits, const paddle::Tensor& labels, padd
     data_t* l = loss.data<data_t>();
     for (int64_t r = 0; r < n; ++r)  // checked here: an exception must not leave an OpenMP region
       PD_CHECK(y[r] == ignore_index || (y[r] >= 0 && y[r] < v), "label ", y[r], " outside the vocabulary [0, ", v, ")");
-_Pragma("omp parallel for schedule(static)")
+_Pragma("omp parallel for schedule(static) if (n * v >= llmx::kParallelMin)")
     for (int64_t r = 0; r < n; ++r) {
       data_t* xr = x + r * v;
       if (y[r] == ignore_index) {

@@ -35,7 +35,7 @@ void gather(const T* x, T* out, const Dims& m, int64_t heads, int64_t bi, int64_
 template <typename T>
 void forward(const T* q, const T* k, const T* v, const int64_t* seg, T* out, float* lse, const Dims& m, T scale) {
   const int64_t group = m.h / m.hk;
-#pragma omp parallel
+#pragma omp parallel if (m.b * m.s * m.h * m.d >= llmx::kParallelMin)
   {
     std::vector<T> kb(m.s * m.d), vb(m.s * m.d), p(m.s), acc(m.d);
     std::vector<int64_t> start(m.s);
@@ -80,7 +80,7 @@ template <typename T>
 void backward(const T* q, const T* k, const T* v, const int64_t* seg, const T* out, const float* lse, const T* dout,
               T* dq, T* dk, T* dv, const Dims& m, T scale) {
   const int64_t group = m.h / m.hk;
-#pragma omp parallel
+#pragma omp parallel if (m.b * m.s * m.h * m.d >= llmx::kParallelMin)
   {
     std::vector<T> kb(m.s * m.d), vb(m.s * m.d), dkb(m.s * m.d), dvb(m.s * m.d);
     std::vector<int64_t> start(m.s);

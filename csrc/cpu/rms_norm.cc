@@ -8,11 +8,20 @@
 
 namespace {
 
+// With `residual` (may be null) x + residual is written to `sum` first, row by row, and normalised
+// while the row is still in cache.
 template <typename T>
-void norm_rows(const T* x, const T* w, T* y, int64_t rows, int64_t h, float eps) {
-#pragma omp parallel for schedule(static)
+void norm_rows(const T* x, const T* residual, T* sum, const T* w, T* y, int64_t rows, int64_t h, float eps) {
+#pragma omp parallel for schedule(static) if (rows * h >= llmx::kParallelMin)
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * h;
+    if (residual != nullptr) {
+      const T* rr = residual + r * h;
+      T* sr = sum + r * h;
+#pragma omp simd
+      for (int64_t i = 0; i < h; ++i) sr[i] = xr[i] + rr[i];
+      xr = sr;
+    }
     T* yr = y + r * h;
     T rstd = T(1) / std::sqrt(llmx::dot(xr, xr, h) / T(h) + T(eps));
 #pragma omp simd
@@ -26,7 +35,7 @@ template <typename T>
 void norm_rows_grad(const T* x, const T* w, const T* dy, const T* dx_add, T* dx, T* dw, int64_t rows, int64_t h,
                     float eps) {
   std::vector<T> acc_all;
-#pragma omp parallel
+#pragma omp parallel if (rows * h >= llmx::kParallelMin)
   {
     std::vector<T> acc(h, T(0));  // this thread's share of dw
 #pragma omp for schedule(static)
@@ -77,7 +86,8 @@ std::vector<paddle::Tensor> RmsNormForward(const paddle::Tensor& x, const paddle
   check(x, w);
   auto y = llmx::new_like(x);
   PD_DISPATCH_FLOATING_TYPES(x.type(), "llmx_rms_norm", ([&] {
-    norm_rows<data_t>(x.data<data_t>(), w.data<data_t>(), y.data<data_t>(), llmx::rows_of(x), x.shape().back(), eps);
+    norm_rows<data_t>(x.data<data_t>(), nullptr, nullptr, w.data<data_t>(), y.data<data_t>(), llmx::rows_of(x),
+                      x.shape().back(), eps);
   }));
   return {y};
 }
@@ -107,13 +117,8 @@ std::vector<paddle::Tensor> AddRmsNormForward(const paddle::Tensor& x, const pad
   auto y = llmx::new_like(x);
   auto h = llmx::new_like(x);
   PD_DISPATCH_FLOATING_TYPES(x.type(), "llmx_add_rms_norm", ([&] {
-    const data_t* a = x.data<data_t>();
-    const data_t* b = residual.data<data_t>();
-    data_t* hp = h.data<data_t>();
-    int64_t n = x.numel();
-_Pragma("omp parallel for simd schedule(static)")
-    for (int64_t i = 0; i < n; ++i) hp[i] = a[i] + b[i];
-    norm_rows<data_t>(hp, w.data<data_t>(), y.data<data_t>(), llmx::rows_of(x), x.shape().back(), eps);
+    norm_rows<data_t>(x.data<data_t>(), residual.data<data_t>(), h.data<data_t>(), w.data<data_t>(), y.data<data_t>(),
+                      llmx::rows_of(x), x.shape().back(), eps);
   }));
   return {y, h};
 }

@@ -11,7 +11,7 @@ template <typename T>
 void rotate(const T* x, const T* cos, const T* sin, T* out, int64_t b, int64_t s, int64_t heads, int64_t d,
             int64_t cos_b, T sign) {
   const int64_t half = d / 2;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (b * s * heads * d >= llmx::kParallelMin)
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t si = 0; si < s; ++si) {
       const int64_t crow = ((cos_b == 1 ? 0 : bi) * s + si) * d;

@@ -20,7 +20,7 @@ std::vector<paddle::Tensor> SwigluForward(const paddle::Tensor& gate, const padd
     const data_t* u = up.data<data_t>();
     data_t* o = out.data<data_t>();
     const int64_t n = gate.numel();
-_Pragma("omp parallel for simd schedule(static)")
+_Pragma("omp parallel for simd schedule(static) if (parallel : n >= llmx::kParallelMin)")
     for (int64_t i = 0; i < n; ++i) o[i] = g[i] / (data_t(1) + llmx::vexp(-g[i])) * u[i];
   }));
   return {out};
@@ -45,7 +45,7 @@ std::vector<paddle::Tensor> SwigluBackward(const paddle::Tensor& gate, const pad
     data_t* pg = dg.data<data_t>();
     data_t* pu = du.data<data_t>();
     const int64_t n = gate.numel();
-_Pragma("omp parallel for simd schedule(static)")
+_Pragma("omp parallel for simd schedule(static) if (parallel : n >= llmx::kParallelMin)")
     for (int64_t i = 0; i < n; ++i) {
       const data_t s = data_t(1) / (data_t(1) + llmx::vexp(-g[i]));
       pg[i] = d[i] * u[i] * s * (data_t(1) + g[i] * (data_t(1) - s));

@@ -110,8 +110,8 @@ def build_model(m: DictConfig, tokenizer, seed: int, parallel: Optional[DictConf
     if tp > 1 or pp > 1:
         model = _build_parallel_model(m, fam, model_cls, config, tokenizer, seed, hcg, parallel, load_weights)
         scale_rotary_layers(model, fam, config)
-        if m.fused_ops != "off":  # the split and pipeline layers are other classes: not matched
-            log.info("model.fused_ops=%s: not applied under tensor/pipeline parallelism", m.fused_ops)
+        if m.fused_ops == "on":  # the split and pipeline layers are other classes: not matched (auto: silently)
+            log.info("model.fused_ops=on: not applied under tensor/pipeline parallelism")
         ops_patch.enable(model, "off")
         return model
     if m.name_or_path and load_weights:

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from llmx.console import say
 from llmx.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ def _compile(tmp: Path, gpu: bool):
     compiler = os.environ.get("CXX") or "c++"
     if shutil.which(compiler) is None:
         raise BuildError(f"no C++ compiler: {compiler!r} is not on PATH (set CXX or install g++)")
+    say("fused ops: building llmx's kernels into %s (once per machine and llmx version, ~20-40 s) ...", cache_root())
     try:
         with _quiet(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -29,10 +29,9 @@ class ModelConfig:
     sizes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # Hyperparameters over the size or the pretrained config.json: `model.overrides.hidden_size=128`.
     overrides: Dict[str, Any] = field(default_factory=dict)
-    # llmx.ops' fused CPU kernels (csrc/) in place of matching layers: auto (when they build),
-    # on (fail when they do not), off. Off by default: with auto, 8 of the suite's 488 tests fail
-    # (static export through the wrapped forward, callers reading logits next to a loss, ...).
-    fused_ops: str = "off"
+    # llmx.ops' fused CPU kernels (csrc/) in place of matching layers: auto (when they build, built
+    # once per machine; otherwise one warning and Paddle's composed ops), on (fail when they do not), off.
+    fused_ops: str = "auto"
     # RoPE scaling for long context (llmx.rope): {rope_type: linear|dynamic|yarn|llama3, factor: ..., ...} with the
     # keys transformers names (`type` is read as rope_type). Empty = the checkpoint's config.json rope_scaling, if
     # any; {rope_type: default} = none even where the checkpoint has one.

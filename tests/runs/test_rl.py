@@ -31,7 +31,11 @@ def rm_run(sft_run, tmp_path_factory):
 
 def test_reward_model_learns_the_preferences_and_scores_as_a_stage(rm_run, tmp_path):
     s = read_json(rm_run / "summary.json")
-    assert s["eval_accuracy_after"] >= 0.65 and s["eval_accuracy_after"] > s["eval_accuracy_before"] + 0.1
+    # Above chance on the 64 held-out pairs: a coin-flip scorer reaches 39/64 with p = 0.05. Measured over
+    # seeds 42, 0, 1, 2 x model.fused_ops off/auto (the SFT start differs by rounding over its 800 steps,
+    # from the same start the RM's losses agree to 1e-6): 0.625-0.84, mean 0.72, sd 0.07; the gain over the
+    # untrained head's accuracy at least +0.16.
+    assert s["eval_accuracy_after"] >= 39 / 64 and s["eval_accuracy_after"] > s["eval_accuracy_before"] + 0.1
     assert s["eval_margin_after"] > s["eval_margin_before"]
     assert (Path(s["model_dir"]) / "score_head.safetensors").is_file()
     logged = [r for r in read_jsonl(rm_run / "metrics.jsonl") if "loss" in r]
