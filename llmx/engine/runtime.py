@@ -1,6 +1,7 @@
 """Device selection, seeding and the distributed world as seen by this process."""
 from __future__ import annotations
 
+import ctypes
 import random
 from dataclasses import dataclass
 
@@ -47,7 +48,11 @@ def set_math_threads(threads: int) -> None:
     warning at import for any OMP_NUM_THREADS above 1."""
     from paddle.base import core
 
-    core.set_num_threads(threads)
+    core.set_num_threads(threads)  # Intel's OpenMP (Paddle's kernels) and MKL
+    try:  # llmx's own kernels (csrc/) are built with GNU OpenMP, whose count Paddle's setter does not reach
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(threads)
+    except (OSError, AttributeError):  # no GNU OpenMP here: no kernel of ours uses it either
+        pass
 
 
 def init_runtime(requested_device: str, dtype: str, threads: int = 1) -> Runtime:
