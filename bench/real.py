@@ -182,7 +182,9 @@ def gemm_side(args) -> None:
     """Best of --reps float32 [n, n] @ [n, n] in one framework at the environment's thread count."""
     n = args.gemm_n
     if args.framework == "paddle":
-        import llmx  # noqa: F401 - llmx's MKL setting (MKL_DEBUG_CPU_TYPE), as every llmx run has it
+        import importlib
+
+        importlib.import_module("llmx")  # llmx's MKL setting (MKL_DEBUG_CPU_TYPE), as every llmx run has it
         import paddle
 
         paddle.set_device("cpu")
@@ -253,6 +255,8 @@ def main() -> None:
     for internal in ("--gguf", "--batches", "--out", "--method", "--framework"):
         ap.add_argument(internal, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    # this script's own folder is sys.path[0], where bench/peft.py would shadow the peft package
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     if args.torch or args.gemm:
         args.threads = int(args.threads)
         return torch_side(args) if args.torch else gemm_side(args)
