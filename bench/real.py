@@ -17,7 +17,7 @@ It also prints llmx's achieved GFLOP/s (full: 6 x parameters x real tokens per s
 x tokens for the forward and the input gradients, + 6 x adapter parameters x tokens) against the single-GEMM peak
 of this machine: a float32 matmul timed in Paddle (as llmx runs it) and in PyTorch at the same thread count.
 
-    python bench/real.py                          # full + LoRA, 1 thread and all cores: about 15 min on 2 cores
+    python bench/real.py                          # full + LoRA, 1 thread and all cores: about 13 min on 2 cores
     python bench/real.py --methods full --threads 1 --rounds 2
 """
 from __future__ import annotations
