@@ -8,5 +8,6 @@ are llmx.align's, PPO/GRPO llmx.rl's), and the engine imports no stage, algorith
     evaluation                      the Trainer's eval loss as the token mean over the whole eval set
     checkpoint                      checkpoints, resumes and the exported model or adapter
     logits, generate, score         per-token log-probs and KL; generation; the score model (rm, ppo, scoring)
+    allocator                       CPU training steps reuse the host memory the last step freed (glibc)
 
 Importing llmx.engine.* pulls in paddle; llmx.schema and llmx.experiment do not."""

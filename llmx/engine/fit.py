@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig
 from paddlenlp.trainer import Trainer
 
+from llmx.engine.allocator import keep_freed_memory
 from llmx.engine.distributed import barrier
 from llmx.engine.peft import count_parameters
 from llmx.engine.trainer import resume_point, trainer_class, training_arguments
@@ -41,6 +42,8 @@ def fit(cfg: DictConfig, ctx, model, train_set: Sequence, eval_set: Optional[Seq
     `args` (TrainingArguments or a subclass) defaults to training_arguments(cfg); extra keyword
     arguments go to the Trainer (e.g. a reference model or criterion). Returns (trainer, summary)."""
     exp = ctx.experiment
+    if ctx.runtime.device == "cpu":  # each step reuses the host memory the last one freed (llmx.engine.allocator)
+        keep_freed_memory()
     resume = resume_point(exp)
     trainer = trainer_class(trainer_base)(
         model=model,
