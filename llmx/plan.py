@@ -68,6 +68,17 @@ LOSS_BYTES = 4  # the loss (softmax, log-probabilities) is computed in float32 w
 # loading; CPU_LOAD_LEFTOVER of the arrays is the middle of that range (bench/plan.py's rows, bench/README.md).
 # Counted for device=cpu only: a GPU's max_memory_allocated sees the tensors alone.
 CPU_PROCESS_GIB, CPU_LOAD_LEFTOVER = 0.036, 0.6
+# llmx's fused loss (model.fused_ops auto/on, float32, one tensor/pipeline rank: llmx.engine.model applies the kernels
+# there only; "auto" is counted as built) never holds the [tokens, vocab] logits: one chunk of at most
+# CE_CHUNK_ELEMENTS float32 logits and at most a quarter of the rows, overwritten by its gradient, and the
+# hidden states' gradient (h per token). The same rule as llmx.ops (tests/runs/test_ops.py holds them equal).
+CE_CHUNK_ELEMENTS, CE_CHUNKS_AT_LEAST = 16 << 20, 4
+
+
+def fused_loss_bytes(tokens: int, vocab: int, h: int) -> float:
+    """What llmx's fused linear cross-entropy holds at once, in bytes (float32 only)."""
+    rows = max(16, min(CE_CHUNK_ELEMENTS // max(vocab, 1), -(-tokens // CE_CHUNKS_AT_LEAST)))
+    return (min(rows, tokens) * vocab + tokens * h) * LOSS_BYTES
 
 STAGE_MODELS = {  # runner -> the models a stage holds besides the one it trains (see extra_models)
     "dpo": ("reference",), "kto": ("reference",), "grpo": ("reference",), "ppo": ("critic", "reference", "reward"),
@@ -148,6 +159,7 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
     adapters = peft != "none"
     recompute = bool(OmegaConf.select(stage, "train.recompute"))
     on_cpu = (device or cfg.get("device", "auto")) == "cpu"
+    fused_loss = m.fused_ops != "off" and not half and p.tp * p.pp == 1
 
     # ZeRO over the sharding group: stage 1 shards the optimizer states, stage 2 also the gradients,
     # stage 3 also the parameters. Data parallelism (dp) replicates everything.
@@ -195,6 +207,8 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         # The logits over the vocabulary (split by tp) in the model's dtype, and the loss's float32 softmax
         # (plus a float32 copy of 16-bit logits); at backward their gradient takes the softmax's place.
         logits = (dims["vocab"] / p.tp * (width + LOSS_BYTES + (LOSS_BYTES if half else 0))) if last else 0.0
+        if fused_loss and last:
+            logits = fused_loss_bytes(tokens, dims["vocab"], dims["h"]) / tokens
         acts = tokens * (layers_here * per_layer * flight + model_side + logits)
         layer_inputs = dims["h"] / (p.tp if sp else 1) * width
         acts_rc = tokens * (layers_here * layer_inputs * flight + per_layer + model_side + logits)
