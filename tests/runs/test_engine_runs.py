@@ -57,11 +57,18 @@ def test_a_stage_from_a_module_and_a_conf_file_alone(tmp_path):
 
     run = tmp_path / "run"
     proc = launch(*common, "stage.repeat=3", f"hydra.run.dir={run}", env=env)
-    assert read_json(run / "summary.json") == {"stage": "hello", "letters": 6, "world_size": 1}
+    summary = read_json(run / "summary.json")
+    memory = {k: summary.pop(k) for k in list(summary) if k.startswith("memory_")}  # every stage's measured peak
+    assert summary == {"stage": "hello", "letters": 6, "world_size": 1}
+    assert memory["memory_measured"] == "peak RSS above import baseline" and len(memory["memory_peak_gib_per_rank"]) == 1
+    assert "memory_plan_gib" not in memory  # a plan is for training stages
     assert read_json(run / "status.json")["status"] == "ok" and "letters" in proc.stdout
     two = tmp_path / "two_ranks"  # the engine launches its ranks for any stage
     launch(*common, "parallel=dp2", f"hydra.run.dir={two}", env=env)
-    assert read_json(two / "summary.json") == {"stage": "hello", "letters": 2, "world_size": 2}
+    summary = read_json(two / "summary.json")
+    assert {k: v for k, v in summary.items() if not k.startswith("memory_")} == {"stage": "hello", "letters": 2,
+                                                                               "world_size": 2}
+    assert len(summary["memory_peak_gib_per_rank"]) == 2
 
     # its Config types and its validate() check the conf file's keys, as for llmx's own stages
     for bad, line in ((["stage.repeat=abc"], "llmx: config error: stage.repeat: Value 'abc' of type 'str' could not be converted to Integer"),
