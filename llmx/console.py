@@ -21,7 +21,8 @@ PADDLENLP_LOGGER = "PaddleNLP"
 # stage's other numbers; then the paths it wrote.
 _FIRST = ("steps", "eval_loss", "train_loss", "final_loss", "exact_match", "eval_perplexity", "tokens_per_s",
           "trainable_params", "total_params")
-_NOT_SHOWN = ("eval_loss_before", "epoch")  # eval_loss_before is shown with eval_loss
+# eval_loss_before is shown with eval_loss; the tensors' share of the peak is a figure for bench/plan.py
+_NOT_SHOWN = ("eval_loss_before", "epoch", "memory_tensors_peak_gib")
 # The `run dir:` line names what the run left there: these first, in this order, llmx.log last, the rest by
 # name; not the bookkeeping that llmx's tools read for the user (provenance.json, status.json).
 _FIRST_RECORDS = ("summary.json", "metrics.jsonl", "samples.jsonl", "checkpoints")
