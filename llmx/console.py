@@ -21,8 +21,9 @@ PADDLENLP_LOGGER = "PaddleNLP"
 # stage's other numbers; then the paths it wrote.
 _FIRST = ("steps", "eval_loss", "train_loss", "final_loss", "exact_match", "eval_perplexity", "tokens_per_s",
           "trainable_params", "total_params")
-# eval_loss_before is shown with eval_loss; the tensors' share of the peak is a figure for bench/plan.py
-_NOT_SHOWN = ("eval_loss_before", "epoch", "memory_tensors_peak_gib")
+_NOT_SHOWN = ("eval_loss_before", "epoch")  # eval_loss_before is shown with eval_loss
+# The measured memory beside the plan's (llmx.run.memory_record) stays in summary.json, sweep tables and `diff`.
+_NOT_SHOWN_PREFIX = "memory_"
 # The `run dir:` line names what the run left there: these first, in this order, llmx.log last, the rest by
 # name; not the bookkeeping that llmx's tools read for the user (provenance.json, status.json).
 _FIRST_RECORDS = ("summary.json", "metrics.jsonl", "samples.jsonl", "checkpoints")
@@ -93,7 +94,8 @@ def summary_lines(summary: Mapping[str, Any], run_dir: Path, seconds: float) -> 
     what the run left in `run_dir` (its records, curves, losses to reproduce)."""
     lines = [f"done in {seconds:.0f} s: {summary.get('stage', 'run')}"]
     numbers = [k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    shown = [k for k in _FIRST if k in summary] + [k for k in numbers if k not in _FIRST + _NOT_SHOWN]
+    shown = [k for k in _FIRST if k in summary] + [k for k in numbers if k not in _FIRST + _NOT_SHOWN
+                                                   and not k.startswith(_NOT_SHOWN_PREFIX)]
     paths = [k for k, v in summary.items() if _is_output_path(k, v)]
     width = max((len(k) for k in shown + paths), default=0)
     for key in shown:
