@@ -4,6 +4,7 @@
 - registers llmx's schemas and resolvers (llmx.stages.register_configs), and the schemas of
   outside stages whose conf files a `hydra.searchpath=[file://...]` override brings in;
 - spells a search's `interval(a,b,log)` as Hydra's `tag(log,interval(a,b))` (llmx.search);
+- defers the PaddleNLP modules a run never uses (llmx.compat.paddlenlp_import);
 - applies llmx.compat.hydra's patches: config problems (ours, Hydra's, OmegaConf's) become one
   line on stderr and exit code 2; anything else keeps Hydra's report.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from llmx.compat import hydra as hydra_compat
+from llmx.compat.paddlenlp_import import defer_unused_imports
 from llmx.search import hydra_spelling
 from llmx.stages import register_configs
 
@@ -34,6 +36,7 @@ def search_path_dirs(argv: list[str]) -> list[str]:
 
 def install(argv: list[str] = sys.argv) -> None:
     """Prepare Hydra for launch.py (see the module docstring); idempotent."""
+    defer_unused_imports()  # paddlenlp's applications, imported by every rank and used by none
     argv[1:] = [hydra_spelling(a) for a in argv[1:]]  # a search's interval(a,b,log), which Hydra cannot parse
     register_configs(search_path_dirs(argv[1:]))
     hydra_compat.install()

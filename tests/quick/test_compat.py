@@ -237,6 +237,39 @@ def _merged_matches_forward(layer, merge) -> bool:
     return bool(np.allclose(expected, got, atol=1e-5))
 
 
+_IMPORTS_PROBE = """
+import sys
+if sys.argv[1] == 'defer':
+    from llmx.compat.paddlenlp_import import defer_unused_imports
+    defer_unused_imports()
+import paddlenlp.transformers, paddlenlp.trainer, paddlenlp.peft, paddlenlp.trl
+print(sorted(m for m in ('paddlenlp.taskflow.taskflow', 'sklearn', 'scipy.stats', 'fastapi', 'seqeval.metrics.v1')
+             if m in sys.modules))
+if sys.argv[1] == 'defer':
+    # every deferred name still works once used: a submodule, an attribute, a call
+    import paddlenlp.taskflow.utils
+    from paddlenlp.metrics.chunk import get_entities
+    from paddlenlp.metrics import MRR
+    from paddlenlp import Taskflow
+    print(get_entities(['B-PER', 'I-PER', 'O']), type(MRR()).__name__, callable(Taskflow),
+          type(sys.modules['paddlenlp.taskflow']).__name__, 'sklearn' in sys.modules)
+"""
+
+
+def test_paddlenlp_still_imports_its_applications_and_the_deferral_keeps_them_usable():
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", _IMPORTS_PROBE, mode], capture_output=True, text=True, cwd=REPO,
+                             check=True).stdout
+        return out.strip().splitlines()
+
+    # upstream: a plain import still brings in taskflow, FastAPI, seqeval, scikit-learn and SciPy's statistics
+    assert probe("plain")[0] == str(['fastapi', 'paddlenlp.taskflow.taskflow', 'scipy.stats', 'seqeval.metrics.v1',
+                                     'sklearn'])
+    deferred = probe("defer")
+    assert deferred[0] == "[]"
+    assert deferred[1] == "[('PER', 0, 1)] MRR True module True"
+
+
 def test_paddlenlp_lokr_merge_still_calls_a_missing_get_weight():
     import paddle
     from paddlenlp.peft.lokr.lokr_layers import LoKrLinear
