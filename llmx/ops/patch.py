@@ -17,7 +17,7 @@ PaddleNLP's layer, and enable() reports only the ops it switched.
   Baichuan, Qwen2) is wrapped: when its additive mask is block-diagonal causal (packed rows, or plain
   causal rows without padding) the segments are read off the mask and llmx.ops.packed_attention
   computes only the blocks inside each example; any other mask (padding, prefixes, a cache) goes to
-  PaddleNLP's function as before.
+  PaddleNLP's function as before. The layer hands grouped key/value heads (GQA) to it untiled.
 - a pre-norm decoder layer (input_layernorm, self_attn, post_attention_layernorm, mlp: Llama's
   form, in Llama, Baichuan, Qwen2, Mistral, Yuan) whose post-attention norm was switched above gets a
   forward that joins the attention's residual add and that norm in llmx.ops.add_rms_norm (one pass
@@ -154,9 +154,21 @@ def _switch_rope(module) -> bool:
 
 
 def _segments(mask):
-    """Segment ids [b, s] when the mask ([b, 1, s, s], bool or additive) is block-diagonal causal, else None."""
+    """Segment ids [b, s] when the mask ([b, 1, s, s], bool or additive) is block-diagonal causal, else None.
+    Kept on the mask: every layer of a forward gets the same mask tensor (reading it took 2% of a step)."""
     if mask is None or len(mask.shape) != 4 or mask.shape[1] != 1 or mask.shape[2] != mask.shape[3]:
         return None
+    cached = getattr(mask, "_llmx_segments", _UNREAD)
+    if cached is _UNREAD:
+        cached = _read_segments(mask)
+        mask._llmx_segments = cached
+    return cached
+
+
+_UNREAD = object()
+
+
+def _read_segments(mask):
     allowed = mask[:, 0] if mask.dtype == paddle.bool else mask[:, 0] > -1.0  # additive: 0 or a large negative
     s = allowed.shape[-1]
     if s < 2:
@@ -182,12 +194,59 @@ def _attention_wrapper(original):
                  and q.dtype == paddle.float32 and q.shape[1] == k.shape[1])
         seg = _segments(p.get("attention_mask")) if plain else None
         if seg is None:
+            if k.shape[2] != q.shape[2]:  # left grouped by _grouped_kv_forward: the function wants every head
+                bound = sig.bind(*args, **kwargs)
+                n = q.shape[2] // k.shape[2]
+                bound.arguments["key_states"] = paddle.repeat_interleave(k, n, axis=2)
+                bound.arguments["value_states"] = paddle.repeat_interleave(p["value_states"], n, axis=2)
+                return original(*bound.args, **bound.kwargs)
             return original(*args, **kwargs)
         b, s, h, d = q.shape
         return ops.packed_attention(q, k, p["value_states"], seg).reshape([b, s, h * d])
 
     attn_func.llmx_original = original
     return attn_func
+
+
+# >0 while a switched attention layer runs its forward: its module's repeat_kv then leaves the key/value heads
+# grouped, since the packed attention reads grouped heads itself (tiling 3 heads to 9 and its gradient took 3% of
+# a step of the real checkpoint), and attn_func repeats them where it hands over to PaddleNLP's function.
+_grouped = {"depth": 0}
+_grouped_modules = []  # the family modules whose repeat_kv is wrapped (composed_only takes the wrappers out)
+
+
+def _grouped_repeat_kv(original):
+    def repeat_kv(hidden_states, n_rep):
+        if _grouped["depth"] and ops.kernels() is not None:
+            return hidden_states
+        return original(hidden_states, n_rep)
+
+    repeat_kv.llmx_original = original
+    return repeat_kv
+
+
+def _grouped_kv_forward(layer) -> None:
+    """Let `layer` (an attention layer whose attn_func was switched) hand grouped key/value heads to attn_func,
+    where its class's forward repeats them through its module's `repeat_kv` (Llama's form)."""
+    forward = vars(type(layer)).get("forward")
+    module = sys.modules.get(type(layer).__module__)
+    if forward is None or "repeat_kv" not in forward.__code__.co_names or not callable(getattr(module, "repeat_kv", None)):
+        return
+    if getattr(module.repeat_kv, "llmx_original", None) is None:
+        module.repeat_kv = _grouped_repeat_kv(module.repeat_kv)
+        _grouped_modules.append(module)
+    original = layer.forward
+
+    @functools.wraps(original)  # its signature too: the decoder layer's forward passes the arguments it names
+    def grouped_forward(*args, **kwargs):
+        _grouped["depth"] += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _grouped["depth"] -= 1
+
+    grouped_forward.llmx_original = original
+    layer.forward = grouped_forward
 
 
 def _switch_attention(layer) -> bool:
@@ -202,13 +261,21 @@ def _switch_attention(layer) -> bool:
     allowed = (seg.unsqueeze(2) == seg.unsqueeze(1)) & paddle.tril(paddle.ones([s, s], dtype="bool"))
     mask = paddle.where(allowed, paddle.zeros([1]), paddle.full([1], -1e30)).unsqueeze(1)
     config = getattr(layer, "config", None)
+    # grouped heads (2 query heads per key/value head), as _grouped_kv_forward hands them over: the kernel on a
+    # packed mask, PaddleNLP's function on a padded one
+    kg, vg = k[:, :, :1], v[:, :, 1:]
+    full = lambda t: paddle.repeat_interleave(t, 2, axis=2)  # noqa: E731
+    padded = paddle.where(paddle.to_tensor(np.arange(s) < s - 2), mask, paddle.full([1], -1e30))
     with paddle.no_grad():
         try:
-            if config is None or not _agree(original(q, config, k, v, mask, False), wrapped(q, config, k, v, mask, False)):
+            if config is None or not all(_agree(original(q, config, *kv, m, False), wrapped(q, config, *gkv, m, False))
+                                         for kv, gkv, m in [((k, v), (k, v), mask), ((full(kg), full(vg)), (kg, vg), mask),
+                                                            ((full(kg), full(vg)), (kg, vg), padded)]):
                 return False
         except Exception:  # noqa: BLE001
             return False
     layer.attn_func = wrapped
+    _grouped_kv_forward(layer)
     return True
 
 
@@ -407,7 +474,7 @@ def composed_only(model):
     Paddle's ops only (Paddle Inference does not load llmx's kernels; dy2static also cannot convert
     a forward set on the instance). The switched layers get their own forwards back, and the
     kernels are off (the rotary wrapper is per module, shared by every model: it then calls the
-    original)."""
+    original; the modules' repeat_kv wrappers are taken out, as dy2static cannot convert them)."""
     swapped = []
     for layer in model.sublayers(include_self=True):
         for name in ("forward", "attn_func"):
@@ -415,7 +482,10 @@ def composed_only(model):
             if getattr(fn, "llmx_original", None) is not None:
                 swapped.append((layer, name, fn))
     mode = ops.mode()
+    wrapped_repeat = [(module, module.repeat_kv) for module in _grouped_modules]
     try:
+        for module, fn in wrapped_repeat:
+            module.repeat_kv = fn.llmx_original
         for layer, name, fn in swapped:
             if name == "forward":
                 del layer.__dict__[name]  # back to the class's method
@@ -425,6 +495,8 @@ def composed_only(model):
             ops.configure("off")
         yield model
     finally:
+        for module, fn in wrapped_repeat:
+            module.repeat_kv = fn
         for layer, name, fn in swapped:
             object.__setattr__(layer, name, fn)
         if mode is not None:

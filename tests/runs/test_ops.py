@@ -366,6 +366,49 @@ def test_fused_residual_norm_in_decoder_layers_trains_as_the_unfused_layers(ops)
         np.testing.assert_allclose(fused[name], g, rtol=0, atol=4 * U32 * float(np.abs(g).max()), err_msg=name)
 
 
+def test_grouped_heads_reach_the_kernel_untiled_and_train_as_paddles_ops(ops, monkeypatch):
+    """GQA, 4 query heads per 2 key/value heads: a switched attention layer hands the key/value heads to the
+    packed-attention kernel grouped (repeat_kv leaves them), and to PaddleNLP's attention function repeated (padded
+    rows). Loss and gradients equal the same model's with every kernel off, within float32 rounding; the mask's
+    segments are read once per forward, not once per layer."""
+    import paddle
+    from paddlenlp.transformers import LlamaConfig, LlamaForCausalLM
+
+    import llmx.ops.patch as patch
+
+    seen, reads = [], []
+    packed_attention, read_segments = ops.packed_attention, patch._read_segments
+    monkeypatch.setattr(ops, "packed_attention", lambda q, k, v, seg: seen.append(k.shape[2]) or packed_attention(q, k, v, seg))
+    monkeypatch.setattr(patch, "_read_segments", lambda mask: reads.append(1) or read_segments(mask))
+    ids = np.random.default_rng(0).integers(1, 97, (2, 9))
+    seg = np.array([[0] * 4 + [1] * 5, [0] * 9])
+    packed = (seg[:, :, None] == seg[:, None, :]) & np.tril(np.ones((9, 9), dtype=bool))
+    padded = np.ones_like(ids)
+    padded[1, 6:] = 0
+
+    def loss_and_grads(mode, mask):
+        paddle.seed(0)
+        config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=128, vocab_size=97, max_position_embeddings=16)
+        model = LlamaForCausalLM.from_config(config, dtype="float32")
+        assert ("packed_attention" in patch.enable(model, mode)) == (mode == "on")
+        seen.clear(), reads.clear()  # (the switches' probes ran the kernel)
+        model.train()
+        loss = model(input_ids=paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), labels=paddle.to_tensor(ids),
+                     return_dict=False)[0]
+        loss.backward()
+        return float(loss), {name: p.grad.numpy() for name, p in model.named_parameters()}
+
+    for mask, kernel_calls in [(packed[:, None], [2, 2]), (padded, [])]:
+        (fused_loss, fused) = loss_and_grads("on", mask)
+        assert seen == kernel_calls and len(reads) == 1  # two layers, grouped heads, one reading of the mask
+        (loss, composed) = loss_and_grads("off", mask)
+        np.testing.assert_allclose(fused_loss, loss, rtol=TOL)
+        for name, g in composed.items():
+            np.testing.assert_allclose(fused[name], g, rtol=0, atol=TOL * float(np.abs(g).max()), err_msg=name)
+    assert ops.configure("on")
+
+
 def test_every_kernel_switches_into_the_real_checkpoint(ops, real_model_dir):
     """SmolLM2-135M's real weights: the probes' outputs reach ~1e3, and a check at a fixed 1e-5 kept its
     SwiGLU MLPs composed; every kernel must switch in (the tiny models' weights never showed it)."""
