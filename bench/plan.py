@@ -76,11 +76,13 @@ def measured(run: Path) -> dict:
     from llmx.plan import compose_config, estimate
 
     s = json.loads((run / "summary.json").read_text())
-    stages = estimate(compose_config(list(OmegaConf.load(run / ".hydra" / "overrides.yaml"))), device="cpu")[
-        "per_pipeline_stage_gib"]
+    cfg = compose_config(list(OmegaConf.load(run / ".hydra" / "overrides.yaml")))
+    est = estimate(cfg, device="cpu")
+    writing, other = est["per_pipeline_stage_gib"], est["per_pipeline_stage_gib_not_writing"]
     peaks = s["memory_peak_gib_per_rank"]
-    # the bench's layouts pipeline over pp2 alone, where rank i is pipeline stage i
-    plan = [stages[rank % len(stages)] for rank in range(len(peaks))]
+    # the bench's layouts split over one axis: under pp2 rank i is pipeline stage i, under dp2 data-parallel rank i
+    # (rank 0 writes the checkpoint)
+    plan = [(other if cfg.parallel.dp > 1 and rank > 0 else writing)[rank % len(writing)] for rank in range(len(peaks))]
     return {"plan": plan, "peak": peaks, "tensors": s.get("memory_tensors_peak_gib"), "wall": float("nan")}
 
 

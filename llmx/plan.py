@@ -24,6 +24,7 @@ from llmx.schema import CONF_DIR, model_hparams
 from llmx.stages import register_configs, validate
 from llmx.families import Params, family
 from llmx.layout import Layout, batching
+from llmx.loss_chunks import ce_chunk_rows
 
 GIB = 2**30
 
@@ -69,15 +70,13 @@ LOSS_BYTES = 4  # the loss (softmax, log-probabilities) is computed in float32 w
 # Counted for device=cpu only: a GPU's max_memory_allocated sees the tensors alone.
 CPU_PROCESS_GIB, CPU_LOAD_LEFTOVER = 0.036, 0.6
 # llmx's fused loss (model.fused_ops auto/on, float32, one tensor/pipeline rank: llmx.engine.model applies the kernels
-# there only; "auto" is counted as built) never holds the [tokens, vocab] logits: one chunk of at most
-# CE_CHUNK_ELEMENTS float32 logits and at most a quarter of the rows, overwritten by its gradient, and the
-# hidden states' gradient (h per token). The same rule as llmx.ops (tests/runs/test_ops.py holds them equal).
-CE_CHUNK_ELEMENTS, CE_CHUNKS_AT_LEAST = 16 << 20, 4
+# there only; "auto" is counted as built) never holds the [tokens, vocab] logits: one chunk of logits
+# (llmx.loss_chunks, the op's own rule), overwritten by its gradient, and the hidden states' gradient (h per token).
 
 
 def fused_loss_bytes(tokens: int, vocab: int, h: int) -> float:
     """What llmx's fused linear cross-entropy holds at once, in bytes (float32 only)."""
-    rows = max(16, min(CE_CHUNK_ELEMENTS // max(vocab, 1), -(-tokens // CE_CHUNKS_AT_LEAST)))
+    rows = ce_chunk_rows(tokens, vocab)
     return (min(rows, tokens) * vocab + tokens * h) * LOSS_BYTES
 
 STAGE_MODELS = {  # runner -> the models a stage holds besides the one it trains (see extra_models)
@@ -182,7 +181,7 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
     sp = bool(p.sequence_parallel) and p.tp > 1
     per_layer = layer_activations(dims, seq, p.tp, sp) * width
 
-    def device_terms(i: int) -> Dict[str, float]:
+    def device_terms(i: int, writer: bool = True) -> Dict[str, float]:
         first, last = i == 0, i == p.pp - 1
         # Parameters: decoder layers split evenly over the pp stages; the input side (embeddings) on the first
         # stage, the output side (final norm + lm_head) on the last; with pp=1 one device holds all (a tied
@@ -228,9 +227,10 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
         save = states + opt_b * trained_models
         # With more than one process PaddleNLP's unified checkpoint also copies the model's weights it writes (a tied
         # head as its own tensor) on the ranks that write (dp2, SmolLM2: rank 0's allocated peak 3.836 GiB against one
-        # process's 3.124: + 0.618 + 0.105). The figure is per pipeline stage: its busiest rank, the writer. A
-        # pipeline's stages and sharding's ranks write theirs without it (pp2, sharding stage 1 on SmolLM2).
-        if p.dp * p.tp > 1 and p.pp == 1 and p.sharding == 1:
+        # process's 3.124: + 0.618 + 0.105): the ranks of data-parallel rank 0 (`writer`; rank 1 under dp2 peaked
+        # at 3.504 RSS against rank 0's 4.065). A pipeline's stages and sharding's ranks write theirs without it (pp2,
+        # sharding stage 1 on SmolLM2).
+        if writer and p.dp * p.tp > 1 and p.pp == 1 and p.sharding == 1:
             save += param_b + head_b + (params.shared * width / p.tp if params.shared and last else 0.0)
         # the host arrays: a checkpoint's weights as read (this rank's part), or a random init's full state on its
         # way to the split under tp/pp (llmx.engine.model)
@@ -263,8 +263,11 @@ def estimate(cfg: DictConfig, device: Optional[str] = None) -> Dict[str, Any]:
                    "devices": p.dp * p.tp * p.pp * p.sharding},
         "batch": {"micro_batch": batch, "seq_length": seq, "micro_batches_in_flight": in_flight(0)},
         "per_device_gib": gib,
-        # what each pipeline stage's devices hold (summary.json sets each rank's measured peak beside its stage's)
+        # what each pipeline stage's devices hold: those that write the checkpoint, and the other data-parallel
+        # ranks (summary.json sets each rank's measured peak beside its own figure)
         "per_pipeline_stage_gib": [t["total_recompute" if recompute else "total"] / GIB for t in stages],
+        "per_pipeline_stage_gib_not_writing": [t["total_recompute" if recompute else "total"] / GIB
+                                               for t in (device_terms(i, writer=False) for i in range(p.pp))],
         "recompute": recompute,
         "extra_models": extra_models(stage.runner, _reference_free(stage), adapters),
         "device_memory_gb": memory,

@@ -84,13 +84,14 @@ def run_stage(stage, cfg: DictConfig, ctx) -> dict:
 def memory_record(cfg: DictConfig, ctx) -> dict:
     """The run's measured peak per rank (llmx.engine.memory) beside `plan`'s figure for its device (llmx.plan),
     for a training stage: memory_plan_gib / memory_peak_gib are the busiest rank's, the _per_rank lists every
-    rank's (its pipeline stage's plan). Every rank calls this (it gathers the peaks)."""
+    rank's (its pipeline stage's plan, for a rank that writes the checkpoint or one that does not). Every rank calls this (it gathers the peaks)."""
     from llmx.engine.distributed import hybrid_group
     from llmx.engine.memory import peaks_per_rank
 
     runtime = ctx.runtime
     hcg = hybrid_group()
-    peaks, stages = peaks_per_rank(runtime.device, runtime.world_size, hcg.get_stage_id() if hcg else 0)
+    peaks, stages, data_ranks = peaks_per_rank(runtime.device, runtime.world_size, hcg.get_stage_id() if hcg else 0,
+                                               hcg.get_data_parallel_rank() if hcg else 0)
     record = {"memory_measured": "max_memory_allocated" if runtime.device == "gpu" else "peak RSS above import baseline",
               "memory_peak_gib_per_rank": [None if p is None else round(p, 3) for p in peaks]}
     if runtime.device == "cpu":
@@ -105,9 +106,11 @@ def memory_record(cfg: DictConfig, ctx) -> dict:
     if OmegaConf.select(cfg, "stage.train") is not None:
         from llmx.plan import estimate
 
-        plan = estimate(cfg, device=runtime.device)["per_pipeline_stage_gib"]
-        record["memory_plan_gib_per_rank"] = [round(plan[s], 3) for s in stages]
-        record["memory_plan_gib"] = round(max(plan), 3)
+        plan = estimate(cfg, device=runtime.device)
+        writing, other = plan["per_pipeline_stage_gib"], plan["per_pipeline_stage_gib_not_writing"]
+        record["memory_plan_gib_per_rank"] = [round((writing if dp == 0 else other)[s], 3)
+                                              for s, dp in zip(stages, data_ranks)]
+        record["memory_plan_gib"] = round(max(writing), 3)
     return record
 
 

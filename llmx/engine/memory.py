@@ -69,15 +69,19 @@ def peak_gib(device: str) -> Optional[float]:
     return max(_peak_resident() - _BASELINE, 0) / GIB
 
 
-def peaks_per_rank(device: str, world_size: int, pipeline_stage: int) -> Tuple[List[Optional[float]], List[int]]:
-    """Every rank's `peak_gib` and pipeline stage, in rank order (a collective: every rank calls it)."""
+def peaks_per_rank(device: str, world_size: int, pipeline_stage: int,
+                   data_rank: int) -> Tuple[List[Optional[float]], List[int], List[int]]:
+    """Every rank's `peak_gib`, pipeline stage and data-parallel rank, in rank order (a collective: every rank
+    calls it)."""
     mine = peak_gib(device)
     if world_size == 1:
-        return [mine], [pipeline_stage]
+        return [mine], [pipeline_stage], [data_rank]
     import paddle
     import paddle.distributed as dist
 
     gathered: list = []
-    dist.all_gather(gathered, paddle.to_tensor([-1.0 if mine is None else mine, float(pipeline_stage)], dtype="float64"))
+    dist.all_gather(gathered, paddle.to_tensor([-1.0 if mine is None else mine, float(pipeline_stage), float(data_rank)],
+                                               dtype="float64"))
     rows = [t.numpy().tolist() for t in gathered]
-    return [None if peak < 0 else peak for peak, _ in rows], [int(stage) for _, stage in rows]
+    return ([None if peak < 0 else peak for peak, _, _ in rows], [int(stage) for _, stage, _ in rows],
+            [int(dp) for _, _, dp in rows])

@@ -16,6 +16,7 @@ with warnings.catch_warnings():  # paddle's first import warns "No ccache found"
     warnings.simplefilter("ignore")
     import paddle
 
+from llmx.loss_chunks import ce_chunk_rows
 from llmx.ops import composed
 from llmx.ops import build as _build
 from llmx.ops.build import OPS, BuildError
@@ -71,14 +72,6 @@ def reset_used() -> None:
     _used.clear()
 
 
-# Logits per chunk of the fused cross-entropy: at most 16M float32 (64 MiB; 512 rows at a 32k
-# vocabulary) and at most a quarter of the rows. MKL's GEMMs slow down on few rows (the weight
-# gradient's at 256 rows runs at ~60% of its speed at 512), so smaller chunks cost time; larger
-# ones memory. At 2048 tokens x 32k, 512-row chunks peak at 0.40 of the composed loss's memory;
-# at 1024 tokens the quarter (256 rows) keeps it at 0.64 in all, 0.34 beyond the weight gradient
-# both hold (bench/ops.py's method).
-CE_CHUNK_ELEMENTS = 16 << 20
-CE_CHUNKS_AT_LEAST = 4
 
 
 def _c(x):
@@ -191,7 +184,7 @@ def fused_linear_cross_entropy(hidden, weight, labels, ignore_index: int = -100,
         keep = paddle.nonzero(counted).flatten()
         hidden2, labels1 = paddle.index_select(hidden2, keep), paddle.gather(labels1, keep)
     vocab = weight.shape[0] if transpose_weight else weight.shape[1]
-    chunk = chunk or max(16, min(CE_CHUNK_ELEMENTS // max(vocab, 1), -(-hidden2.shape[0] // CE_CHUNKS_AT_LEAST)))
+    chunk = chunk or ce_chunk_rows(hidden2.shape[0], vocab)
     if paddle.is_grad_enabled() and not (hidden2.stop_gradient and weight.stop_gradient):
         total = _FusedLinearCE.apply(_c(hidden2), _c(weight), labels1, k, ignore_index, transpose_weight, chunk)
     else:  # evaluation: the loss chunk by chunk, no gradients

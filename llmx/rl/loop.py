@@ -25,6 +25,7 @@ import paddle.distributed as dist
 from omegaconf import DictConfig
 
 from llmx.console import say
+from llmx.engine.allocator import keep_freed_memory
 from llmx.engine.distributed import barrier
 from llmx.engine.state_files import load_state, restore_rng, rng_state, save_state
 from llmx.experiment import atomic_write_json
@@ -227,6 +228,8 @@ def train(cfg: DictConfig, ctx, algo) -> dict:
     from llmx.engine.trainer import resume_point
 
     exp, s, t = ctx.experiment, cfg.stage, cfg.stage.train
+    if ctx.runtime.device == "cpu":  # each step reuses the host memory the last one freed, as fit() does
+        keep_freed_memory()
     rank, size = world()
     params_before = process_parameters()
     policy = Policy(cfg, ctx)

@@ -102,6 +102,14 @@ def test_memory_formulas():
     assert last * 16 + last_acts < last * (16 + 12)
     assert plan["per_pipeline_stage_gib"] == pytest.approx([g["total"], last * (16 + 12) / GIB])
 
+    # data parallelism: the rank that writes the checkpoint (data-parallel rank 0) also copies the weights it writes
+    dp = estimate(_compose("model=qwen2", "model.size=7b", "parallel=dp2"), device="cpu")
+    (writing,), (other,) = dp["per_pipeline_stage_gib"], dp["per_pipeline_stage_gib_not_writing"]
+    d = dp["per_device_gib"]
+    assert d["checkpoint_save"] == pytest.approx(d["parameters"] + d["gradients"] + 2 * d["optimizer"] + d["parameters"])
+    assert writing == pytest.approx(d["total"]) and writing - other == pytest.approx(d["parameters"])
+    assert plan["per_pipeline_stage_gib_not_writing"] == plan["per_pipeline_stage_gib"]  # tp4pp2: every rank writes
+
     zero2 = estimate(_compose("model=qwen2", "model.size=7b", "parallel=sharding_stage2", "parallel.sharding=8"))
     single = estimate(_compose("model=qwen2", "model.size=7b"))
     z, s1 = zero2["per_device_gib"], single["per_device_gib"]

@@ -250,13 +250,6 @@ def test_fused_cross_entropy_peak_memory_below_composed(ops):
     assert fused[0] - grad_w < (comp[0] - grad_w) / 2, res
 
 
-def test_plan_counts_the_fused_loss_by_the_kernels_own_chunk_rule(ops):
-    """llmx.plan is paddle-free, so it states the fused loss's chunk rule itself: it must be llmx.ops' rule."""
-    from llmx import plan
-
-    assert (plan.CE_CHUNK_ELEMENTS, plan.CE_CHUNKS_AT_LEAST) == (ops.CE_CHUNK_ELEMENTS, ops.CE_CHUNKS_AT_LEAST)
-
-
 # --- models: model.fused_ops ----------------------------------------------------------------------------
 
 # What llmx.ops.patch switches per family (tiny configs): the layers that behave like the kernels;
