@@ -5,6 +5,7 @@
   outside stages whose conf files a `hydra.searchpath=[file://...]` override brings in;
 - spells a search's `interval(a,b,log)` as Hydra's `tag(log,interval(a,b))` (llmx.search);
 - defers the PaddleNLP modules a run never uses (llmx.compat.paddlenlp_import);
+- lets idle OpenMP threads sleep (llmx.devices.idle_threads_sleep);
 - applies llmx.compat.hydra's patches: config problems (ours, Hydra's, OmegaConf's) become one
   line on stderr and exit code 2; anything else keeps Hydra's report.
 """
@@ -14,6 +15,7 @@ import sys
 
 from llmx.compat import hydra as hydra_compat
 from llmx.compat.paddlenlp_import import defer_unused_imports
+from llmx.devices import idle_threads_sleep
 from llmx.search import hydra_spelling
 from llmx.stages import register_configs
 
@@ -37,6 +39,7 @@ def search_path_dirs(argv: list[str]) -> list[str]:
 def install(argv: list[str] = sys.argv) -> None:
     """Prepare Hydra for launch.py (see the module docstring); idempotent."""
     defer_unused_imports()  # paddlenlp's applications, imported by every rank and used by none
+    idle_threads_sleep()  # before paddle's import loads the OpenMP runtimes
     argv[1:] = [hydra_spelling(a) for a in argv[1:]]  # a search's interval(a,b,log), which Hydra cannot parse
     register_configs(search_path_dirs(argv[1:]))
     hydra_compat.install()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,8 @@ def create_context(cfg: DictConfig, run_dir: str, inputs: Any) -> Context:
     seed_everything(cfg.seed)
     experiment = Experiment(run_dir, writer=runtime.is_main).create()
     experiment.write_provenance(cfg.seed, runtime.world_size, runtime.device_names(),
-                                {"threads_per_rank": runtime.threads})
+                                {"threads_per_rank": runtime.threads,
+                                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")})
     layout = Layout.of(cfg.parallel)
     batching = train_batching(cfg) if OmegaConf.select(cfg, "stage.train") is not None else None
     init_distributed(layout, runtime, experiment.dir, batching, cfg.seed)

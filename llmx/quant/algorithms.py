@@ -12,11 +12,16 @@ def output_error(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:
     return float(np.mean(d * d))
 
 
-def gptq(w: np.ndarray, x: np.ndarray, bits: int, group_size: int, damp: float, act_order: bool) -> tuple[np.ndarray, np.ndarray]:
+def gptq(w: np.ndarray, x: np.ndarray, bits: int, group_size: int, damp: float, act_order: bool,
+         block: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ (Frantar et al. 2022): quantize input rows one by one, spreading each row's error over
     the rows not yet quantized through the inverse Hessian's Cholesky factor (H = 2 X^T X / n).
     With act_order rows go in decreasing diag(H) order and group scales are fixed up front from the
-    float weights (static groups), so groups stay contiguous in the original order."""
+    float weights (static groups), so groups stay contiguous in the original order.
+    The paper's lazy batch updates: a row's error reaches the rows of its own block at once and the
+    rows after the block in one matrix product per block (the same sums, grouped; the row-by-row update
+    was memory-bound: 74 s for SmolLM2-135M). A group's scales are read from its rows when it starts, so
+    blocks hold whole groups."""
     w = w.astype(np.float64).copy()
     n_in = w.shape[0]
     h = 2.0 * (x.T.astype(np.float64) @ x.astype(np.float64)) / max(len(x), 1)
@@ -32,19 +37,25 @@ def gptq(w: np.ndarray, x: np.ndarray, bits: int, group_size: int, damp: float, 
     q = np.zeros_like(w, dtype=np.int8)
     scales = np.zeros((n_in // g, w.shape[1]))
     lim = F.qmax(bits)
-    for i in range(n_in):
-        row = perm[i]
-        grp = row // g
-        if static is not None:
-            s = static[grp]
-        else:
-            if row % g == 0:  # the group starts here: scales from the (error-updated) weights of its rows
-                scales[grp] = np.maximum(np.abs(w[i:i + g]).max(axis=0), 1e-12) / lim
-            s = scales[grp]
-        qi = np.clip(np.rint(w[i] / s), -lim - 1, lim)
-        q[i] = qi
-        err = (w[i] - qi * s) / u[i, i]
-        w[i + 1:] -= np.outer(u[i, i + 1:], err)
+    if static is None and g < n_in:  # a group's rows must be up to date when it starts: whole groups per block
+        block = g * max(1, block // g)
+    for b0 in range(0, n_in, block):
+        b1 = min(b0 + block, n_in)
+        errs = np.empty((b1 - b0, w.shape[1]))
+        for i in range(b0, b1):
+            row = perm[i]
+            grp = row // g
+            if static is not None:
+                s = static[grp]
+            else:
+                if row % g == 0:  # the group starts here: scales from the (error-updated) weights of its rows
+                    scales[grp] = np.maximum(np.abs(w[i:i + g]).max(axis=0), 1e-12) / lim
+                s = scales[grp]
+            qi = np.clip(np.rint(w[i] / s), -lim - 1, lim)
+            q[i] = qi
+            errs[i - b0] = err = (w[i] - qi * s) / u[i, i]
+            w[i + 1:b1] -= np.outer(u[i, i + 1:b1], err)
+        w[b1:] -= u[b0:b1, b1:].T @ errs
     if static is not None:
         scales = static
     out = np.empty_like(q)

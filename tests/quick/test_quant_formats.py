@@ -21,6 +21,37 @@ def test_int4_packing_is_lossless():
     assert p[0, 0] == (int(q[0, 0]) + 8) | ((int(q[1, 0]) + 8) << 4)
 
 
+def _gptq_row_by_row(w, x, bits, group_size, damp):
+    """GPTQ as the paper's Algorithm 1 states it before its lazy batching: after each row, the error update of every
+    later row; a group's scales from its rows, error-updated, when it starts (no act-order)."""
+    w = w.astype(np.float64).copy()
+    h = 2.0 * x.T.astype(np.float64) @ x.astype(np.float64) / len(x)
+    h += damp * np.mean(np.diag(h)) * np.eye(len(h))
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    lim = 2 ** (bits - 1) - 1
+    q, scales = np.zeros(w.shape, np.int8), np.zeros((len(w) // group_size, w.shape[1]))
+    for i in range(len(w)):
+        if i % group_size == 0:
+            scales[i // group_size] = np.abs(w[i:i + group_size]).max(axis=0) / lim
+        s = scales[i // group_size]
+        q[i] = np.clip(np.rint(w[i] / s), -lim - 1, lim)
+        w[i + 1:] -= np.outer(u[i, i + 1:], (w[i] - q[i] * s) / u[i, i])
+    return q, scales
+
+
+def test_gptq_in_blocks_equals_the_row_by_row_update():
+    from llmx.quant.algorithms import gptq
+
+    rng = np.random.default_rng(0)
+    for n_in, n_out, group, block in [(96, 40, 32, 48), (200, 30, 100, 64), (64, 8, 16, 128), (130, 17, 130, 48)]:
+        w = rng.standard_normal((n_in, n_out)).astype(np.float32)
+        x = rng.standard_normal((50, n_in)).astype(np.float32)
+        q, scales = gptq(w, x, 4, group, 0.01, False, block=block)
+        q_ref, scales_ref = _gptq_row_by_row(w, x, 4, group, 0.01)
+        np.testing.assert_array_equal(q, q_ref)
+        np.testing.assert_allclose(scales, scales_ref, rtol=1e-6)
+
+
 def test_rtn_groups_and_e4m3():
     w = np.random.default_rng(1).standard_normal((128, 16)).astype(np.float32)
     q, s = F.rtn(w, 4, 64)
