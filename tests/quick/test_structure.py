@@ -33,7 +33,7 @@ LAYERS = (
     ("engine", {"engine"}),
     ("data/convert/quant/ops", {"data", "convert", "quant", "ops", "sources", "models"}),
     ("ground", {"schema", "config", "families", "layout", "rope", "compat", "errors", "console", "experiment", "tokens",
-                "devices", "tracking", "safe_pickle"}),
+                "devices", "tracking", "safe_pickle", "loss_chunks"}),
 )
 # The explained exceptions: validation asks what a checkpoint path holds (its kind, family and config.json,
 # read without converting it; test_paddle_free_validation proves no paddle comes with it).
