@@ -106,6 +106,7 @@ class SlurmLauncher(plugin.SlurmLauncher):
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         """A job on Slurm (every task runs this, and every start of a requeued job)."""
         quiet_schema_notice()
+        drop_unfinished_result()
         return super().__call__(*args, **kwargs)
 
     def _job_resources(self, idx: int, overrides: list[str]) -> dict[str, int | None]:
@@ -157,6 +158,18 @@ class SlurmLauncher(plugin.SlurmLauncher):
             handles = self._executor(dict(key)).map_array(self, *zip(*args))
             submitted.update({idx: job for (idx, _), job in zip(members, handles)})
         return [rank0_return(submitted[idx]) for idx, _ in jobs]
+
+
+def drop_unfinished_result() -> None:
+    """In a task of a submitit job: remove the result file an earlier attempt of this task began and never
+    finished. submitit (1.5.4) writes a task's result to `<result>.save_tmp` and then renames it; when a node
+    fails, a task on a surviving node can return (its peer vanished) and be killed by Slurm's requeue between the
+    two. The requeued attempt then cannot write its result ("A temporary saved file already exists") and the
+    sweep waits for it forever. Can go when submitit replaces a stale temporary file."""
+    import submitit
+
+    result = submitit.JobEnvironment().paths.result_pickle
+    result.with_suffix(result.suffix + ".save_tmp").unlink(missing_ok=True)
 
 
 def in_queue(job_id: str) -> bool:

@@ -167,3 +167,31 @@ def test_gpu_jobs_spread_over_nodes_when_a_node_has_too_few_gpus():
     assert job_resources(2, False, {**unset, "tasks_per_node": 1}, None, "j")["tasks_per_node"] == 1
     with pytest.raises(ConfigError, match="hydra.launcher.nodes: 3 nodes cannot share the 8 ranks of j evenly"):
         job_resources(8, False, {**unset, "nodes": 3}, None, "j")
+
+
+def test_a_requeued_task_drops_the_result_its_killed_attempt_left_unfinished(tmp_path, monkeypatch):
+    """submitit writes a task's result to `<result>.save_tmp`, then renames it; a task killed in between (a node
+    failure's requeue) left that file, and the next attempt could not write its result. Each start of a task
+    removes it (its own only), and submitit then writes the result."""
+    import submitit
+    from submitit.core import utils
+
+    from llmx.slurm import drop_unfinished_result
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "%j"))
+    monkeypatch.setenv("SLURM_JOB_ID", "157")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    result = submitit.JobEnvironment().paths.result_pickle
+    result.parent.mkdir(parents=True)
+    mine, other = (result.with_name(f"157_{task}_result.pkl.save_tmp") for task in (0, 1))
+    mine.touch(), other.touch()
+    with pytest.raises(AssertionError, match="A temporary saved file already exists"):  # submitit's refusal
+        with utils.temporary_save_path(result):
+            pass
+    drop_unfinished_result()
+    assert not mine.exists() and other.exists()
+    with utils.temporary_save_path(result) as tmp:
+        tmp.write_text("done")
+    assert result.read_text() == "done"
