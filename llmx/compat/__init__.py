@@ -23,7 +23,7 @@ The patches:
 - paddlenlp (paddlenlp 3.0.0b4): LoKr and MoRA adapter merges (`merge_adapter_layer`); bool
   attention masks for Llama's pipeline stages (`bool_pipeline_attention_masks`).
 - paddlenlp's import (`llmx.compat.paddlenlp_import`, paddle-free): `defer_unused_imports()`, called by llmx.cli,
-  imports taskflow, dataaug, server and scikit-learn only when something uses them (1.2 CPU s per process).
+  imports taskflow, dataaug, server and scikit-learn only when something uses them (0.9 s per process).
 - trl (PaddleNLP's trl, paddlenlp 3.0.0b4): see llmx.compat.trl.
 - hydra (hydra-core 1.3.8): config errors as one line and exit code 2 (`run_and_report`,
   `JobReturn.return_value`), the silenced schema-match warning; `install()`, called by llmx.cli.

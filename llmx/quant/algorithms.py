@@ -19,9 +19,9 @@ def gptq(w: np.ndarray, x: np.ndarray, bits: int, group_size: int, damp: float, 
     With act_order rows go in decreasing diag(H) order and group scales are fixed up front from the
     float weights (static groups), so groups stay contiguous in the original order.
     The paper's lazy batch updates: a row's error reaches the rows of its own block at once and the
-    rows after the block in one matrix product per block (the same sums, grouped; the row-by-row update
-    was memory-bound: 74 s for SmolLM2-135M). A group's scales are read from its rows when it starts, so
-    blocks hold whole groups."""
+    rows after the block in one matrix product per block (the same sums, grouped; updating every later row
+    after each row was memory-bound: stage=quantize's GPTQ test on SmolLM2-135M took 74 s with it, 43 s in
+    blocks). A group's scales are read from its rows when it starts, so blocks hold whole groups."""
     w = w.astype(np.float64).copy()
     n_in = w.shape[0]
     h = 2.0 * (x.T.astype(np.float64) @ x.astype(np.float64)) / max(len(x), 1)
